@@ -1,0 +1,188 @@
+//! The local content-addressed artifact store.
+//!
+//! An artifact is an immutable directory tree named by the blake3 digest of its
+//! contents (paths, file bytes, executable bits and symlink targets). Ingesting an
+//! action's output renames its directory into the store, so no bytes are copied;
+//! later actions see the stored directory itself, preopened read-only.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// Facts about a stored artifact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactInfo {
+    /// Hex blake3 digest of the tree.
+    pub digest: String,
+    /// Number of regular files.
+    pub files: u64,
+    /// Total bytes of regular files.
+    pub bytes: u64,
+}
+
+/// A directory of artifacts, one subdirectory per digest.
+#[derive(Clone, Debug)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+impl ArtifactStore {
+    /// The store under `root` (created if missing).
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating artifact store {}", root.display()))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where the artifact with `digest` lives.
+    pub fn path_of(&self, digest: &str) -> PathBuf {
+        self.root.join(digest)
+    }
+
+    /// Whether an artifact is stored.
+    pub fn contains(&self, digest: &str) -> bool {
+        self.path_of(digest).is_dir()
+    }
+
+    /// Move `dir` into the store under its digest. `dir` must be on the same
+    /// filesystem as the store (it is: both live in the data directory).
+    pub fn ingest(&self, dir: &Path) -> anyhow::Result<ArtifactInfo> {
+        let info = digest_tree(dir)?;
+        let target = self.path_of(&info.digest);
+        if target.exists() {
+            // Same content already stored: identical by construction.
+            std::fs::remove_dir_all(dir).ok();
+            return Ok(info);
+        }
+        make_read_only(dir)?;
+        match std::fs::rename(dir, &target) {
+            Ok(()) => Ok(info),
+            Err(_) if target.exists() => {
+                // Another action stored the same tree at the same moment.
+                make_writable(dir).ok();
+                std::fs::remove_dir_all(dir).ok();
+                Ok(info)
+            }
+            Err(e) => Err(e).with_context(|| format!("moving {} into the store", dir.display())),
+        }
+    }
+}
+
+/// Digest a directory tree: sorted entries of (path, kind, content hash).
+pub fn digest_tree(dir: &Path) -> anyhow::Result<ArtifactInfo> {
+    let mut hasher = blake3::Hasher::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let walker = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walker {
+        let entry = entry.with_context(|| format!("reading artifact {}", dir.display()))?;
+        let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let kind = entry.file_type();
+        hasher.update(relative.to_string_lossy().as_bytes());
+        hasher.update(&[0]);
+        if kind.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            hasher.update(b"L");
+            hasher.update(target.to_string_lossy().as_bytes());
+        } else if kind.is_dir() {
+            hasher.update(b"D");
+        } else {
+            let metadata = entry.metadata()?;
+            let file_hash = hash_file(entry.path())?;
+            hasher.update(if is_executable(&metadata) { b"X" } else { b"F" });
+            hasher.update(file_hash.as_bytes());
+            files += 1;
+            bytes += metadata.len();
+        }
+        hasher.update(&[0]);
+    }
+    Ok(ArtifactInfo {
+        digest: hasher.finalize().to_hex().to_string(),
+        files,
+        bytes,
+    })
+}
+
+fn hash_file(path: &Path) -> anyhow::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_mmap(path)
+        .with_context(|| format!("hashing {}", path.display()))?;
+    Ok(hasher.finalize())
+}
+
+fn is_executable(metadata: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    metadata.permissions().mode() & 0o111 != 0
+}
+
+/// Drop write permission from every file and directory in the tree, so that
+/// native commands (which are only confined) cannot edit a stored artifact.
+fn make_read_only(dir: &Path) -> anyhow::Result<()> {
+    set_write_bits(dir, false)
+}
+
+fn make_writable(dir: &Path) -> anyhow::Result<()> {
+    set_write_bits(dir, true)
+}
+
+fn set_write_bits(dir: &Path, writable: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // Children first on the way to read-only, parents first on the way back.
+    let walker = walkdir::WalkDir::new(dir).follow_links(false).contents_first(!writable);
+    for entry in walker {
+        let entry = entry?;
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        let mut permissions = entry.metadata()?.permissions();
+        let mode = permissions.mode();
+        permissions.set_mode(if writable { mode | 0o200 } else { mode & !0o222 });
+        std::fs::set_permissions(entry.path(), permissions)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(root: &Path, files: &[(&str, &str)]) {
+        for (path, content) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+    }
+
+    #[test]
+    fn equal_trees_share_a_digest_and_different_ones_do_not() {
+        let temp = tempfile::tempdir().unwrap();
+        let (a, b, c) = (temp.path().join("a"), temp.path().join("b"), temp.path().join("c"));
+        tree(&a, &[("x/1.txt", "one"), ("2.txt", "two")]);
+        tree(&b, &[("2.txt", "two"), ("x/1.txt", "one")]);
+        tree(&c, &[("x/1.txt", "one"), ("2.txt", "TWO")]);
+        let (da, db, dc) = (digest_tree(&a).unwrap(), digest_tree(&b).unwrap(), digest_tree(&c).unwrap());
+        assert_eq!(da.digest, db.digest);
+        assert_ne!(da.digest, dc.digest);
+        assert_eq!((da.files, da.bytes), (2, 6));
+    }
+
+    #[test]
+    fn ingest_moves_the_tree_and_makes_it_read_only() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(&temp.path().join("store")).unwrap();
+        let out = temp.path().join("out");
+        tree(&out, &[("a.txt", "hello")]);
+        let info = store.ingest(&out).unwrap();
+        assert!(!out.exists());
+        let stored = store.path_of(&info.digest).join("a.txt");
+        assert_eq!(std::fs::read_to_string(&stored).unwrap(), "hello");
+        let mode = std::fs::metadata(&stored).unwrap().permissions();
+        assert!(mode.readonly());
+    }
+}

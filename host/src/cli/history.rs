@@ -1,0 +1,101 @@
+//! `sluice executions …` and `sluice logs`: what happened, from the state store.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::Paths;
+use crate::state::StateStore;
+
+/// Execution history commands.
+#[derive(Subcommand)]
+pub enum ExecutionsCommand {
+    /// List executions, newest first.
+    List {
+        /// Only this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one execution: stages, actions, resolved config, artifacts, variables.
+    Show {
+        /// Execution id (or a unique prefix, or `latest`).
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn executions(command: ExecutionsCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
+    let state = paths.state()?;
+    match command {
+        ExecutionsCommand::List { pipeline, limit, json } => {
+            let executions = state.list_executions(pipeline.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&executions)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for e in executions {
+                let duration = e.ended_ms.map(|end| format!("{}ms", end - e.started_ms)).unwrap_or_else(|| "-".into());
+                println!("{}  {:<16} {:<11} {:>9}  {}", e.id, e.pipeline, e.status, duration, e.error.unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ExecutionsCommand::Show { id, json } => show(&state, &id, json),
+    }
+}
+
+fn resolve_id(state: &StateStore, id: &str) -> anyhow::Result<String> {
+    let found = if id == "latest" {
+        state.latest_execution()?
+    } else {
+        state.execution(id)?.map(|e| e.id)
+    };
+    found.ok_or_else(|| anyhow::anyhow!("no execution `{id}` in this data directory"))
+}
+
+fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let id = resolve_id(state, id)?;
+    let execution = state.execution(&id)?.ok_or_else(|| anyhow::anyhow!("execution vanished"))?;
+    let actions = state.actions(&id)?;
+    if json {
+        let document = serde_json::json!({
+            "execution": execution,
+            "stages": state.stages(&id)?,
+            "actions": actions,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Execution {} of {} ({}): {}", execution.id, execution.pipeline, execution.pipeline_file, execution.status);
+    if let Some(error) = &execution.error {
+        println!("  error: {error}");
+    }
+    println!("  variables: {}", execution.variables);
+    super::report::print_details(state, &id)?;
+    println!("  Resolved configuration:");
+    for action in &actions {
+        let pairs: Vec<String> = action.resolved_config.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        println!("    {:<16} {}", action.action, pairs.join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(paths: &Paths, execution: &str, action: Option<&str>) -> anyhow::Result<ExitCode> {
+    let state = paths.state()?;
+    let id = resolve_id(&state, execution)?;
+    let lines = state.logs(&id, action)?;
+    if lines.is_empty() {
+        eprintln!("no log lines for execution {id}{}", action.map(|a| format!(", action {a}")).unwrap_or_default());
+    }
+    for line in lines {
+        println!("[{} #{}] {:<7} {}", line.action, line.attempt, line.stream, line.line);
+    }
+    Ok(ExitCode::SUCCESS)
+}

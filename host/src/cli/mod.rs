@@ -1,0 +1,174 @@
+//! The `sluice` command line: argument parsing and dispatch.
+//!
+//! Exit codes: 0 success, 1 an execution failed, 2 bad input (an invalid pipeline,
+//! an unknown plugin, a refused install...).
+
+mod history;
+mod plugins;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::artifact::ArtifactStore;
+use crate::executor::Executor;
+use crate::plugin::Registry;
+use crate::sandbox::Runtime;
+use crate::secrets::SecretSource;
+use crate::state::{StateStore, Status};
+
+/// Self-hosted continuous delivery: every action is a sandboxed WASI component.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// Data directory: state database, artifacts, plugin registry.
+    #[arg(long, global = true, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    data_dir: PathBuf,
+    /// Plugin registry directory [default: <data-dir>/plugins].
+    #[arg(long, global = true, env = "SLUICE_PLUGINS")]
+    plugins: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file locally, from start to finish.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Override a pipeline variable: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        vars: Vec<(String, String)>,
+        /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+    },
+    /// Check a pipeline file against the installed plugins without running it.
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// Install, list, inspect and remove plugins.
+    #[command(subcommand)]
+    Plugin(plugins::PluginCommand),
+    /// Past and running executions.
+    #[command(subcommand)]
+    Executions(history::ExecutionsCommand),
+    /// Print the logs of an execution, or of one of its actions.
+    Logs {
+        /// Execution id (or a unique prefix, or `latest`).
+        execution: String,
+        /// Only this action.
+        action: Option<String>,
+    },
+}
+
+fn parse_assignment(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
+}
+
+/// Paths derived from the global options.
+struct Paths {
+    data_dir: PathBuf,
+    plugins: PathBuf,
+}
+
+impl Paths {
+    fn registry(&self) -> anyhow::Result<Registry> {
+        Registry::open(&self.plugins)
+    }
+
+    fn state(&self) -> anyhow::Result<StateStore> {
+        StateStore::open(&self.data_dir.join("state.db"))
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let paths = Paths {
+        plugins: cli.plugins.clone().unwrap_or_else(|| cli.data_dir.join("plugins")),
+        data_dir: cli.data_dir,
+    };
+    match dispatch(cli.command, &paths) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { file, vars, secrets } => run(paths, &file, vars.into_iter().collect(), secrets.as_deref()),
+        Command::Validate { file } => validate(paths, &file),
+        Command::Plugin(command) => plugins::dispatch(command, paths),
+        Command::Executions(command) => history::executions(command, paths),
+        Command::Logs { execution, action } => history::logs(paths, &execution, action.as_deref()),
+    }
+}
+
+fn validate(paths: &Paths, file: &Path) -> anyhow::Result<ExitCode> {
+    match crate::pipeline::load(file, &paths.registry()?) {
+        Ok(plan) => {
+            let actions: usize = plan.stages.iter().map(|s| s.actions.len()).sum();
+            println!("{}: pipeline `{}` is valid ({} stages, {actions} actions)", file.display(), plan.name, plan.stages.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn run(
+    paths: &Paths,
+    file: &Path,
+    overrides: BTreeMap<String, String>,
+    secrets_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let plan = match crate::pipeline::load(file, &paths.registry()?) {
+        Ok(plan) => Arc::new(plan),
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    Executor::resolve_variables(&plan, &overrides)?;
+    let state = Arc::new(paths.state()?);
+    let executor = Executor::new(
+        Arc::new(Runtime::new()?),
+        ArtifactStore::open(&paths.data_dir.join("artifacts"))?,
+        state.clone(),
+        SecretSource::load(secrets_file)?,
+        paths.data_dir.join("work"),
+        report::live_printer(),
+    );
+    let result = tokio_runtime()?.block_on(executor.run(plan, &overrides))?;
+    report::summary(&state, &result.id)?;
+    Ok(match result.status {
+        Status::Succeeded => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,122 @@
+//! `sluice plugin …`: install, list, inspect, remove.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::Paths;
+use crate::plugin::{PluginRef, Registry};
+use crate::sandbox::Runtime;
+
+/// Plugin registry commands.
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Install a plugin directory (with plugin.toml), or a directory of them.
+    Install {
+        /// Plugin directory, or a directory whose subdirectories are plugins.
+        dir: PathBuf,
+        /// Consent to the listed capabilities without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// List installed plugins.
+    List,
+    /// Show a plugin's manifest: configuration keys and capabilities.
+    Inspect {
+        /// `name` or `name@version-requirement`.
+        plugin: String,
+    },
+    /// Remove one installed version.
+    Remove {
+        /// `name@version` (exact version).
+        plugin: String,
+    },
+}
+
+pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
+    let registry = paths.registry()?;
+    match command {
+        PluginCommand::Install { dir, yes } => install(&registry, &dir, yes),
+        PluginCommand::List => list(&registry),
+        PluginCommand::Inspect { plugin } => inspect(&registry, &plugin),
+        PluginCommand::Remove { plugin } => remove(&registry, &plugin),
+    }
+}
+
+fn install(registry: &Registry, dir: &std::path::Path, yes: bool) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new()?;
+    let mut refused = false;
+    for source in Registry::sources(dir)? {
+        let plan = registry.plan(&source)?;
+        for line in plan.describe() {
+            println!("{line}");
+        }
+        if !yes && !ask_consent(&plan.manifest.id())? {
+            println!("  skipped {}", plan.manifest.id());
+            refused = true;
+            continue;
+        }
+        let installed = registry.install(&source, &plan, &runtime)?;
+        println!("  installed {} (digest verified, precompiled) → {}", installed.id(), installed.dir.display());
+    }
+    Ok(if refused { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+fn ask_consent(id: &str) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    anyhow::ensure!(
+        stdin.is_terminal(),
+        "installing {id} needs consent to its capabilities; run interactively or pass --yes"
+    );
+    print!("Grant these capabilities to {id}? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
+fn list(registry: &Registry) -> anyhow::Result<ExitCode> {
+    let plugins = registry.list()?;
+    if plugins.is_empty() {
+        println!("no plugins installed; install some with `sluice plugin install <dir>`");
+    }
+    for plugin in plugins {
+        let m = &plugin.manifest;
+        println!("{:<14} {:<8} {:<16} {}", m.name, m.version, m.categories.join(","), m.description);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(registry: &Registry, text: &str) -> anyhow::Result<ExitCode> {
+    let reference = PluginRef::parse(text).map_err(anyhow::Error::msg)?;
+    let plugin = registry.resolve(&reference)??;
+    let m = &plugin.manifest;
+    println!("{} — {}", m.id(), m.description);
+    println!("  world:      {}", m.world);
+    println!("  component:  {} (sha256 {})", m.component, m.sha256.as_deref().unwrap_or("-"));
+    println!("  categories: {}", m.categories.join(", "));
+    println!("  directory:  {}", plugin.dir.display());
+    println!("  config:");
+    for (key, schema) in &m.config {
+        let required = if schema.required { "required" } else { "optional" };
+        println!("    {key:<16} {:<8} {required:<9} {}", schema.kind.name(), schema.description);
+    }
+    println!("  capabilities:");
+    for line in m.capabilities.describe() {
+        println!("    {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove(registry: &Registry, text: &str) -> anyhow::Result<ExitCode> {
+    let (name, version) = text
+        .split_once('@')
+        .ok_or_else(|| anyhow::anyhow!("give the exact version to remove: name@x.y.z"))?;
+    let version = semver::Version::parse(version)
+        .map_err(|e| anyhow::anyhow!("`{version}` is not an exact version: {e}"))?;
+    let dir = registry.remove(name, &version)?;
+    println!("removed {name}@{version} ({})", dir.display());
+    Ok(ExitCode::SUCCESS)
+}

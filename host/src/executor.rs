@@ -1,0 +1,436 @@
+//! The executor: runs one execution of a [`Plan`].
+//!
+//! Stages run in order. Within a stage, actions are grouped by run order and
+//! each group runs in parallel. Before an action starts, its `#{…}` references are
+//! resolved and the resolved configuration recorded; after it succeeds, its
+//! outputs are ingested into the artifact store and its variables published to
+//! its namespace. A failed action fails its stage and the execution.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+
+use crate::artifact::{ArtifactInfo, ArtifactStore};
+use crate::pipeline::{ActionPlan, Plan, vars};
+use crate::sandbox::log::{LogSink, LogStream, ProgressHook, now_ms};
+use crate::sandbox::{ActionError, ActionOutcome, Invocation, Runtime, SandboxSpec};
+use crate::secrets::{Masker, SecretSource};
+use crate::state::{ActionEnd, OutputRecord, StateStore, Status};
+
+/// Something that happened during an execution, for live display.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The execution was recorded and starts.
+    ExecutionStarted { id: String, pipeline: String },
+    /// A stage started.
+    StageStarted { stage: String },
+    /// A stage ended.
+    StageFinished { stage: String, status: Status, duration: Duration },
+    /// A stage did not run because an earlier one failed.
+    StageSkipped { stage: String },
+    /// An action attempt started.
+    ActionStarted { stage: String, action: String, plugin: String, attempt: u32 },
+    /// An action reported progress.
+    ActionProgress { action: String, percent: u8, message: String },
+    /// An attempt failed and another will follow after `wait`.
+    ActionRetrying { action: String, attempt: u32, error: String, wait: Duration },
+    /// An action ended.
+    ActionFinished { action: String, status: Status, duration: Duration, detail: String },
+}
+
+/// Receives events; must be cheap (it runs on the executor's tasks).
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// How an execution ended.
+#[derive(Clone, Debug)]
+pub struct ExecutionResult {
+    /// Execution id.
+    pub id: String,
+    /// Succeeded or Failed.
+    pub status: Status,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Runs executions; one per process is enough, it is shared by reference.
+pub struct Executor {
+    runtime: Arc<Runtime>,
+    artifacts: ArtifactStore,
+    state: Arc<StateStore>,
+    secrets: SecretSource,
+    work_root: PathBuf,
+    events: EventSink,
+}
+
+/// What every action of one execution shares.
+struct ExecutionContext {
+    id: String,
+    plan: Arc<Plan>,
+    variables: BTreeMap<String, String>,
+    namespaces: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    artifacts: Mutex<HashMap<String, ArtifactInfo>>,
+}
+
+impl ExecutionContext {
+    fn lookup(&self, namespace: &str, key: &str) -> Option<String> {
+        match namespace {
+            "variables" => self.variables.get(key).cloned(),
+            "execution" => match key {
+                "id" => Some(self.id.clone()),
+                "pipeline" => Some(self.plan.name.clone()),
+                _ => None,
+            },
+            other => lock(&self.namespaces).get(other)?.get(key).cloned(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Executor {
+    /// An executor over these stores; scratch directories go under `work_root`,
+    /// which must be on the same filesystem as the artifact store.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        artifacts: ArtifactStore,
+        state: Arc<StateStore>,
+        secrets: SecretSource,
+        work_root: PathBuf,
+        events: EventSink,
+    ) -> Arc<Self> {
+        Arc::new(Self { runtime, artifacts, state, secrets, work_root, events })
+    }
+
+    /// Pipeline variables for a start: defaults, then `overrides`.
+    pub fn resolve_variables(
+        plan: &Plan,
+        overrides: &BTreeMap<String, String>,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut resolved = BTreeMap::new();
+        for name in overrides.keys() {
+            anyhow::ensure!(
+                plan.variables.contains_key(name),
+                "variable `{name}` is not declared by pipeline `{}` (declared: {})",
+                plan.name,
+                plan.variables.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        for (name, default) in &plan.variables {
+            let value = overrides.get(name).or(default.as_ref()).with_context(|| {
+                format!("variable `{name}` has no default; pass --var {name}=VALUE")
+            })?;
+            resolved.insert(name.clone(), value.clone());
+        }
+        Ok(resolved)
+    }
+
+    /// Run the whole plan once and record everything.
+    pub async fn run(
+        self: &Arc<Self>,
+        plan: Arc<Plan>,
+        overrides: &BTreeMap<String, String>,
+    ) -> anyhow::Result<ExecutionResult> {
+        let variables = Self::resolve_variables(&plan, overrides)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let variables_json = serde_json::to_value(&variables)?;
+        self.state.start_execution(&id, &plan.name, &plan.file, &variables_json, now_ms())?;
+        self.emit(Event::ExecutionStarted { id: id.clone(), pipeline: plan.name.clone() });
+        let context = Arc::new(ExecutionContext {
+            id: id.clone(),
+            plan: plan.clone(),
+            variables,
+            namespaces: Mutex::new(HashMap::new()),
+            artifacts: Mutex::new(HashMap::new()),
+        });
+        let mut failure: Option<String> = None;
+        for (position, stage) in plan.stages.iter().enumerate() {
+            if failure.is_some() {
+                self.skip_stage(&id, &stage.name, position)?;
+                continue;
+            }
+            failure = self.run_stage(&context, position).await?;
+        }
+        let status = if failure.is_some() { Status::Failed } else { Status::Succeeded };
+        self.state.finish_execution(&id, status, failure.as_deref(), now_ms())?;
+        std::fs::remove_dir_all(self.work_root.join(&id)).ok();
+        Ok(ExecutionResult { id, status, error: failure })
+    }
+
+    fn emit(&self, event: Event) {
+        (self.events)(event);
+    }
+
+    fn skip_stage(&self, id: &str, stage: &str, position: usize) -> anyhow::Result<()> {
+        self.state.start_stage(id, stage, position, now_ms())?;
+        self.state.finish_stage(id, stage, Status::Skipped, Some("an earlier stage failed"), now_ms())?;
+        self.emit(Event::StageSkipped { stage: stage.to_string() });
+        Ok(())
+    }
+
+    /// Run one stage; `Some(reason)` when it failed.
+    async fn run_stage(
+        self: &Arc<Self>,
+        context: &Arc<ExecutionContext>,
+        position: usize,
+    ) -> anyhow::Result<Option<String>> {
+        let stage = &context.plan.stages[position];
+        let started = Instant::now();
+        self.state.start_stage(&context.id, &stage.name, position, now_ms())?;
+        self.emit(Event::StageStarted { stage: stage.name.clone() });
+        let mut failures = Vec::new();
+        for group in stage.groups() {
+            let mut running = JoinSet::new();
+            for action in group {
+                let (executor, context, action) = (self.clone(), context.clone(), action.clone());
+                running.spawn(async move { executor.run_action(&context, &action).await });
+            }
+            while let Some(joined) = running.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => failures.push(reason),
+                    Err(panic) => failures.push(format!("internal error: action task failed: {panic}")),
+                }
+            }
+            if !failures.is_empty() {
+                break;
+            }
+        }
+        let failure = (!failures.is_empty()).then(|| failures.join("; "));
+        let status = if failure.is_some() { Status::Failed } else { Status::Succeeded };
+        self.state.finish_stage(&context.id, &stage.name, status, failure.as_deref(), now_ms())?;
+        self.emit(Event::StageFinished { stage: stage.name.clone(), status, duration: started.elapsed() });
+        Ok(failure)
+    }
+
+    /// Run one action with its retries; `Err(reason)` when it failed.
+    async fn run_action(&self, context: &ExecutionContext, action: &ActionPlan) -> Result<(), String> {
+        let started = Instant::now();
+        let masker = Arc::new(Masker::new(
+            self.secrets.granted(&action.grants.secrets).values(),
+        ));
+        let resolved = resolve_config(context, action);
+        let recorded_config = match &resolved {
+            Ok(config) => config.clone(),
+            Err(_) => action.config.clone(),
+        };
+        let masked_config: Vec<(String, String)> =
+            recorded_config.iter().map(|(k, v)| (k.clone(), masker.mask(v))).collect();
+        let record = self.state.start_action(
+            &context.id,
+            &action.stage,
+            &action.name,
+            action.run_order,
+            &action.plugin.id(),
+            &masked_config,
+            now_ms(),
+        );
+        if let Err(e) = record {
+            return Err(format!("action `{}`: recording its start failed: {e:#}", action.name));
+        }
+        let result = match resolved {
+            Ok(config) => self.attempts(context, action, config, masker.clone()).await,
+            Err(reason) => Err((0, reason)),
+        };
+        self.finish_action(context, action, result, &masker, started)
+    }
+
+    /// Try the action up to its retry policy's attempts.
+    async fn attempts(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        config: Vec<(String, String)>,
+        masker: Arc<Masker>,
+    ) -> Result<(u32, ActionOutcome, Vec<OutputRecord>), (u32, String)> {
+        let plugin = self
+            .runtime
+            .load(
+                &action.plugin.component_path(),
+                &action.plugin.precompiled_path(&self.runtime.compatibility_key()),
+            )
+            .map_err(|e| (0, format!("loading plugin {}: {e:#}", action.plugin.id())))?;
+        let mut attempt = 1;
+        loop {
+            self.emit(Event::ActionStarted {
+                stage: action.stage.clone(),
+                action: action.name.clone(),
+                plugin: action.plugin.id(),
+                attempt,
+            });
+            let outcome = self.attempt(context, action, &config, &masker, &plugin, attempt).await;
+            match outcome {
+                Ok((outcome, outputs)) => return Ok((attempt, outcome, outputs)),
+                Err(AttemptError::Action(error)) if error.retryable() && attempt < action.retry.attempts => {
+                    let wait = action.retry.backoff * 2u32.saturating_pow(attempt - 1);
+                    let error = masker.mask(&error.to_string());
+                    self.emit(Event::ActionRetrying { action: action.name.clone(), attempt, error, wait });
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err((attempt, masker.mask(&error.to_string()))),
+            }
+        }
+    }
+
+    /// One attempt in a fresh sandbox; outputs ingested on success.
+    async fn attempt(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        config: &[(String, String)],
+        masker: &Arc<Masker>,
+        plugin: &crate::sandbox::LoadedPlugin,
+        attempt: u32,
+    ) -> Result<(ActionOutcome, Vec<OutputRecord>), AttemptError> {
+        let work = self.work_root.join(&context.id).join(format!("{}-{attempt}", action.name));
+        let outputs: Vec<(String, PathBuf)> =
+            action.outputs.iter().map(|o| (o.clone(), work.join("out").join(o))).collect();
+        let workspace = work.join("workspace");
+        for dir in outputs.iter().map(|(_, d)| d).chain([&workspace]) {
+            std::fs::create_dir_all(dir).map_err(|e| AttemptError::Host(format!("creating {}: {e}", dir.display())))?;
+        }
+        let log = LogSink::new(action.limits.log_bytes, masker.clone(), Some(self.progress_hook(action)));
+        let spec = SandboxSpec {
+            invocation: Invocation {
+                pipeline: context.plan.name.clone(),
+                stage: action.stage.clone(),
+                action: action.name.clone(),
+                execution_id: context.id.clone(),
+                attempt,
+                config: config.to_vec(),
+                inputs: action.inputs.clone(),
+                outputs: action.outputs.clone(),
+                mounts: action.grants.mounts.iter().map(|m| m.name.clone()).collect(),
+            },
+            inputs: self.input_dirs(context, action),
+            outputs: outputs.clone(),
+            workspace,
+            mounts: action.grants.mounts.clone(),
+            secret_names: action.grants.secrets.clone(),
+            secret_values: self.secrets.granted(&action.grants.secrets),
+            hosts: action.grants.hosts.clone(),
+            commands: action.grants.commands.clone(),
+            limits: action.limits,
+            log: log.clone(),
+        };
+        let result = self.runtime.invoke(plugin, spec).await;
+        if let Err(error) = &result {
+            log.line(LogStream::Host, &format!("attempt {attempt} failed: {error}"));
+        }
+        let captured = log.finish();
+        let stored = self.state.append_logs(&context.id, &action.name, attempt, &captured.lines);
+        let ingested = match result {
+            Ok(outcome) => self.ingest(context, &outputs).map(|records| (outcome, records)),
+            Err(error) => Err(AttemptError::Action(error)),
+        };
+        std::fs::remove_dir_all(&work).ok();
+        stored.map_err(|e| AttemptError::Host(format!("storing logs: {e:#}")))?;
+        ingested
+    }
+
+    fn progress_hook(&self, action: &ActionPlan) -> ProgressHook {
+        let events = self.events.clone();
+        let name = action.name.clone();
+        Arc::new(move |percent, message| {
+            events(Event::ActionProgress { action: name.clone(), percent, message: message.to_string() })
+        })
+    }
+
+    fn input_dirs(&self, context: &ExecutionContext, action: &ActionPlan) -> Vec<(String, PathBuf)> {
+        let artifacts = lock(&context.artifacts);
+        action
+            .inputs
+            .iter()
+            .filter_map(|name| {
+                let info = artifacts.get(name)?;
+                Some((name.clone(), self.artifacts.path_of(&info.digest)))
+            })
+            .collect()
+    }
+
+    fn ingest(
+        &self,
+        context: &ExecutionContext,
+        outputs: &[(String, PathBuf)],
+    ) -> Result<Vec<OutputRecord>, AttemptError> {
+        let mut records = Vec::new();
+        for (name, dir) in outputs {
+            let info = self
+                .artifacts
+                .ingest(dir)
+                .map_err(|e| AttemptError::Host(format!("storing output artifact `{name}`: {e:#}")))?;
+            records.push(OutputRecord { name: name.clone(), digest: info.digest.clone(), files: info.files, bytes: info.bytes });
+            lock(&context.artifacts).insert(name.clone(), info);
+        }
+        Ok(records)
+    }
+
+    fn finish_action(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        result: Result<(u32, ActionOutcome, Vec<OutputRecord>), (u32, String)>,
+        masker: &Masker,
+        started: Instant,
+    ) -> Result<(), String> {
+        let duration = started.elapsed();
+        let (status, attempts, summary, error, variables, outputs) = match result {
+            Ok((attempts, outcome, outputs)) => {
+                let variables: Vec<(String, String)> =
+                    outcome.variables.iter().map(|(k, v)| (k.clone(), masker.mask(v))).collect();
+                if let Some(namespace) = &action.namespace {
+                    lock(&context.namespaces).insert(namespace.clone(), variables.iter().cloned().collect());
+                }
+                (Status::Succeeded, attempts, Some(masker.mask(&outcome.summary)), None, variables, outputs)
+            }
+            Err((attempts, error)) => (Status::Failed, attempts, None, Some(error), Vec::new(), Vec::new()),
+        };
+        let end = ActionEnd {
+            status,
+            attempts,
+            summary: summary.as_deref(),
+            error: error.as_deref(),
+            variables: &variables,
+            outputs: &outputs,
+        };
+        self.state
+            .finish_action(&context.id, &action.name, &end, now_ms())
+            .map_err(|e| format!("action `{}`: recording its end failed: {e:#}", action.name))?;
+        let detail = error.clone().or(summary).unwrap_or_default();
+        self.emit(Event::ActionFinished { action: action.name.clone(), status, duration, detail });
+        match error {
+            Some(error) => Err(format!("action `{}` failed: {error}", action.name)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The sandboxed action failed.
+    #[error("{0}")]
+    Action(ActionError),
+    /// The host failed around it.
+    #[error("{0}")]
+    Host(String),
+}
+
+/// The action's configuration with every reference replaced.
+fn resolve_config(context: &ExecutionContext, action: &ActionPlan) -> Result<Vec<(String, String)>, String> {
+    action
+        .config
+        .iter()
+        .map(|(key, value)| {
+            vars::resolve(value, |ns, k| context.lookup(ns, k))
+                .map(|resolved| (key.clone(), resolved))
+                .map_err(|e| format!("config `{key}`: {e}"))
+        })
+        .collect()
+}

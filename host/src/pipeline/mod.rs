@@ -1,0 +1,215 @@
+//! Pipeline files: parsing, validation against the plugin registry, and the
+//! validated [`Plan`] the executor runs.
+
+pub mod model;
+mod validate;
+pub mod vars;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::plugin::{InstalledPlugin, Registry};
+use crate::sandbox::filesystem::Mount;
+use crate::sandbox::limits::Limits;
+
+/// One problem in a pipeline file, with its location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong, and where possible how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a pipeline file.
+#[derive(Debug, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A source file and the means to turn byte offsets into line and column.
+pub struct SourceFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl SourceFile {
+    /// Wrap a file's text.
+    pub fn new(path: &Path, text: String) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            text,
+        }
+    }
+
+    /// A diagnostic at byte `offset`.
+    pub fn at(&self, offset: usize, message: impl Into<String>) -> Diagnostic {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        Diagnostic {
+            file: self.path.clone(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// How executions of one pipeline share its stages (used by `sluice serve`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExecutionMode {
+    /// A newer waiting execution replaces an older waiting one.
+    #[default]
+    Superseded,
+    /// One at a time, in arrival order.
+    Queued,
+    /// Independent.
+    Parallel,
+}
+
+/// A validated pipeline, ready to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Pipeline name.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Execution mode.
+    pub execution_mode: ExecutionMode,
+    /// Pipeline variables and their defaults.
+    pub variables: BTreeMap<String, Option<String>>,
+    /// Stages, in order.
+    pub stages: Vec<StagePlan>,
+}
+
+/// A validated stage.
+#[derive(Clone, Debug)]
+pub struct StagePlan {
+    /// Stage name.
+    pub name: String,
+    /// Actions, sorted by run order.
+    pub actions: Vec<ActionPlan>,
+}
+
+impl StagePlan {
+    /// Actions grouped by run order, lowest first; each group runs in parallel.
+    pub fn groups(&self) -> Vec<Vec<&ActionPlan>> {
+        let mut groups: BTreeMap<u32, Vec<&ActionPlan>> = BTreeMap::new();
+        for action in &self.actions {
+            groups.entry(action.run_order).or_default().push(action);
+        }
+        groups.into_values().collect()
+    }
+}
+
+/// A validated action.
+#[derive(Clone, Debug)]
+pub struct ActionPlan {
+    /// Action name, unique in the pipeline.
+    pub name: String,
+    /// Its stage's name.
+    pub stage: String,
+    /// Run order within the stage.
+    pub run_order: u32,
+    /// The installed plugin it runs.
+    pub plugin: InstalledPlugin,
+    /// Input artifact names.
+    pub inputs: Vec<String>,
+    /// Output artifact names.
+    pub outputs: Vec<String>,
+    /// Namespace for its output variables.
+    pub namespace: Option<String>,
+    /// Configuration with references still unresolved.
+    pub config: Vec<(String, String)>,
+    /// Granted capabilities.
+    pub grants: Grants,
+    /// Resource limits (the timeout included).
+    pub limits: Limits,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+}
+
+/// Capabilities granted to one action.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Secret names.
+    pub secrets: Vec<String>,
+    /// Outbound HTTP host patterns.
+    pub hosts: Vec<String>,
+    /// Program names.
+    pub commands: Vec<String>,
+    /// Host directories, paths made absolute.
+    pub mounts: Vec<Mount>,
+}
+
+/// When to try a failed action again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included (1 = no retry).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles each time after.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Read, parse and validate a pipeline file against the installed plugins.
+pub fn load(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the pipeline file: {e}"),
+        }])
+    })?;
+    let source = SourceFile::new(path, text);
+    let file: model::PipelineFile = toml::from_str(&source.text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        Diagnostics(vec![source.at(offset, e.message().trim().to_string())])
+    })?;
+    let base_dir = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    validate::validate(&source, &file, registry, &base_dir)
+}

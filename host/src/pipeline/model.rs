@@ -1,0 +1,136 @@
+//! The pipeline file as written: TOML with source spans kept for diagnostics.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// `[pipeline]`.
+    pub pipeline: Header,
+    /// `[variables]`: pipeline variables with defaults.
+    #[serde(default)]
+    pub variables: BTreeMap<String, Spanned<VariableDecl>>,
+    /// `[[stages]]`, in order.
+    #[serde(default)]
+    pub stages: Vec<StageDecl>,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Pipeline name.
+    pub name: Spanned<String>,
+    /// `superseded` (default), `queued` or `parallel`.
+    #[serde(rename = "execution-mode", alias = "execution_mode")]
+    pub execution_mode: Option<Spanned<String>>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// One pipeline variable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariableDecl {
+    /// Value used when a start does not override it.
+    pub default: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// `[[stages]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageDecl {
+    /// Stage name.
+    pub name: Spanned<String>,
+    /// `[[stages.actions]]`.
+    #[serde(default)]
+    pub actions: Vec<ActionDecl>,
+}
+
+/// `[[stages.actions]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionDecl {
+    /// Action name, unique in the pipeline.
+    pub name: Spanned<String>,
+    /// `name@version-requirement`.
+    pub plugin: Spanned<String>,
+    /// Actions with the same run order run in parallel; default 1.
+    #[serde(rename = "run-order", alias = "run_order")]
+    pub run_order: Option<Spanned<u32>>,
+    /// Input artifact names.
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    /// Output artifact names.
+    #[serde(default)]
+    pub outputs: Vec<Spanned<String>>,
+    /// Namespace for output variables.
+    pub namespace: Option<Spanned<String>>,
+    /// Configuration; values may hold `#{namespace.key}` references.
+    #[serde(default)]
+    pub config: BTreeMap<String, Spanned<toml::Value>>,
+    /// Capabilities granted to this action.
+    pub grants: Option<Spanned<GrantsDecl>>,
+    /// Wall-clock timeout, e.g. `10m`.
+    pub timeout: Option<Spanned<String>>,
+    /// Automatic retry policy.
+    pub retry: Option<Spanned<RetryDecl>>,
+    /// Resource limits.
+    pub limits: Option<Spanned<LimitsDecl>>,
+}
+
+/// `grants = { ... }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsDecl {
+    /// Secret names.
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
+    /// Outbound HTTP host patterns.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Program names.
+    #[serde(default)]
+    pub commands: Vec<Spanned<String>>,
+    /// Host directories, by mount name.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, Spanned<MountDecl>>,
+}
+
+/// One granted host directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountDecl {
+    /// Host path, relative to the pipeline file's directory unless absolute.
+    pub host: String,
+    /// `ro` (default) or `rw`.
+    pub mode: Option<String>,
+}
+
+/// `retry = { attempts = 3, backoff = "5s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDecl {
+    /// Total attempts, the first included.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles for each later one.
+    pub backoff: Option<String>,
+}
+
+/// `limits = { memory = "256MiB", cpu = "60s", log = "4MiB" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDecl {
+    /// Maximum linear memory.
+    pub memory: Option<String>,
+    /// Maximum time executing WebAssembly.
+    pub cpu: Option<String>,
+    /// Maximum log bytes kept.
+    pub log: Option<String>,
+}

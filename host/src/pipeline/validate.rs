@@ -1,0 +1,418 @@
+//! Validation of a parsed pipeline file into a [`Plan`], collecting every problem
+//! with its location instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::model::{ActionDecl, GrantsDecl, PipelineFile};
+use super::vars;
+use super::{
+    ActionPlan, Diagnostic, Diagnostics, ExecutionMode, Grants, Plan, RetryPolicy, SourceFile,
+    StagePlan,
+};
+use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
+use crate::sandbox::filesystem::Mount;
+use crate::sandbox::limits::Limits;
+use crate::units::{parse_bytes, parse_duration};
+
+/// Namespaces that actions may not claim.
+const RESERVED_NAMESPACES: [&str; 2] = ["variables", "execution"];
+/// Keys of the built-in `execution` namespace.
+const EXECUTION_KEYS: [&str; 2] = ["id", "pipeline"];
+
+/// Where an action sits: stage index, then run order. Smaller runs earlier.
+type Position = (usize, u32);
+
+struct Producer {
+    position: Position,
+    action: String,
+}
+
+struct Validator<'a> {
+    source: &'a SourceFile,
+    registry: &'a Registry,
+    base_dir: &'a Path,
+    errors: Vec<Diagnostic>,
+    artifacts: HashMap<String, Producer>,
+    namespaces: HashMap<String, Producer>,
+}
+
+pub(super) fn validate(
+    source: &SourceFile,
+    file: &PipelineFile,
+    registry: &Registry,
+    base_dir: &Path,
+) -> Result<Plan, Diagnostics> {
+    let mut validator = Validator {
+        source,
+        registry,
+        base_dir,
+        errors: Vec::new(),
+        artifacts: HashMap::new(),
+        namespaces: HashMap::new(),
+    };
+    let plan = validator.pipeline(file);
+    if validator.errors.is_empty() {
+        Ok(plan)
+    } else {
+        validator.errors.sort_by_key(|d| (d.line, d.column));
+        Err(Diagnostics(validator.errors))
+    }
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        let diagnostic = self.source.at(spanned.span().start, message);
+        self.errors.push(diagnostic);
+    }
+
+    fn pipeline(&mut self, file: &PipelineFile) -> Plan {
+        let execution_mode = self.execution_mode(file);
+        if file.stages.is_empty() {
+            self.error(&file.pipeline.name, "the pipeline has no stages; add a [[stages]] table");
+        }
+        self.collect_producers(file);
+        let mut stage_names = HashSet::new();
+        let mut action_names = HashSet::new();
+        let mut stages = Vec::new();
+        for (index, stage) in file.stages.iter().enumerate() {
+            if !stage_names.insert(stage.name.get_ref().clone()) {
+                self.error(&stage.name, format!("duplicate stage name `{}`", stage.name.get_ref()));
+            }
+            if stage.actions.is_empty() {
+                self.error(&stage.name, format!("stage `{}` has no actions", stage.name.get_ref()));
+            }
+            let mut actions = Vec::new();
+            for action in &stage.actions {
+                if !action_names.insert(action.name.get_ref().clone()) {
+                    let name = action.name.get_ref();
+                    self.error(&action.name, format!("duplicate action name `{name}`; action names are unique in a pipeline"));
+                }
+                let position = (index, run_order(action));
+                if let Some(plan) = self.action(file, stage.name.get_ref(), position, action) {
+                    actions.push(plan);
+                }
+            }
+            actions.sort_by_key(|a| a.run_order);
+            stages.push(StagePlan {
+                name: stage.name.get_ref().clone(),
+                actions,
+            });
+        }
+        Plan {
+            name: file.pipeline.name.get_ref().clone(),
+            file: self.source.path.clone(),
+            execution_mode,
+            variables: file
+                .variables
+                .iter()
+                .map(|(name, decl)| (name.clone(), decl.get_ref().default.clone()))
+                .collect(),
+            stages,
+        }
+    }
+
+    fn execution_mode(&mut self, file: &PipelineFile) -> ExecutionMode {
+        let Some(mode) = &file.pipeline.execution_mode else {
+            return ExecutionMode::default();
+        };
+        match mode.get_ref().as_str() {
+            "superseded" => ExecutionMode::Superseded,
+            "queued" => ExecutionMode::Queued,
+            "parallel" => ExecutionMode::Parallel,
+            other => {
+                self.error(mode, format!("unknown execution-mode `{other}`; use superseded, queued or parallel"));
+                ExecutionMode::default()
+            }
+        }
+    }
+
+    /// First pass: who produces each artifact and owns each namespace.
+    fn collect_producers(&mut self, file: &PipelineFile) {
+        for (index, stage) in file.stages.iter().enumerate() {
+            for action in &stage.actions {
+                let position = (index, run_order(action));
+                for output in &action.outputs {
+                    let name = output.get_ref();
+                    if let Some(first) = self.artifacts.get(name) {
+                        let message = format!("artifact `{name}` is already produced by action `{}`; output names are unique in a pipeline", first.action);
+                        self.error(output, message);
+                        continue;
+                    }
+                    let producer = Producer { position, action: action.name.get_ref().clone() };
+                    self.artifacts.insert(name.clone(), producer);
+                }
+                if let Some(namespace) = &action.namespace {
+                    self.claim_namespace(namespace, position, action.name.get_ref());
+                }
+            }
+        }
+    }
+
+    fn claim_namespace(&mut self, namespace: &Spanned<String>, position: Position, action: &str) {
+        let name = namespace.get_ref();
+        if RESERVED_NAMESPACES.contains(&name.as_str()) {
+            self.error(namespace, format!("namespace `{name}` is reserved"));
+        } else if let Some(first) = self.namespaces.get(name) {
+            let message = format!("namespace `{name}` is already used by action `{}`", first.action);
+            self.error(namespace, message);
+        } else {
+            let producer = Producer { position, action: action.to_string() };
+            self.namespaces.insert(name.clone(), producer);
+        }
+    }
+
+    fn action(
+        &mut self,
+        file: &PipelineFile,
+        stage: &str,
+        position: Position,
+        action: &ActionDecl,
+    ) -> Option<ActionPlan> {
+        self.check_inputs(action, position);
+        let config = self.config(file, action, position);
+        let plugin = self.plugin(action)?;
+        self.check_config_schema(action, &plugin.manifest, &config);
+        let grants = self.grants(action, &plugin.manifest);
+        let limits = self.limits(action);
+        let retry = self.retry(action);
+        Some(ActionPlan {
+            name: action.name.get_ref().clone(),
+            stage: stage.to_string(),
+            run_order: position.1,
+            plugin,
+            inputs: action.inputs.iter().map(|i| i.get_ref().clone()).collect(),
+            outputs: action.outputs.iter().map(|o| o.get_ref().clone()).collect(),
+            namespace: action.namespace.as_ref().map(|n| n.get_ref().clone()),
+            config: config.into_iter().map(|(k, (_, v))| (k, v)).collect(),
+            grants,
+            limits,
+            retry,
+        })
+    }
+
+    fn plugin(&mut self, action: &ActionDecl) -> Option<InstalledPlugin> {
+        let reference = match PluginRef::parse(action.plugin.get_ref()) {
+            Ok(reference) => reference,
+            Err(message) => {
+                self.error(&action.plugin, message);
+                return None;
+            }
+        };
+        match self.registry.resolve(&reference) {
+            Ok(Ok(plugin)) => Some(plugin),
+            Ok(Err(unresolved)) => {
+                self.error(&action.plugin, format!("{unresolved}; install it with `sluice plugin install <dir>`"));
+                None
+            }
+            Err(e) => {
+                self.error(&action.plugin, format!("cannot read the plugin registry: {e:#}"));
+                None
+            }
+        }
+    }
+
+    fn check_inputs(&mut self, action: &ActionDecl, position: Position) {
+        for input in &action.inputs {
+            let name = input.get_ref();
+            let message = match self.artifacts.get(name) {
+                None => format!("input artifact `{name}` is not produced by any action"),
+                Some(producer) if producer.position >= position => format!(
+                    "input artifact `{name}` is produced by action `{}`, which does not run before this one (an input must come from an earlier stage or a lower run-order)",
+                    producer.action
+                ),
+                Some(_) => continue,
+            };
+            self.error(input, message);
+        }
+    }
+
+    /// Config values as strings, references checked; keyed by name with spans.
+    fn config(
+        &mut self,
+        file: &PipelineFile,
+        action: &ActionDecl,
+        position: Position,
+    ) -> BTreeMap<String, (usize, String)> {
+        let mut config = BTreeMap::new();
+        for (key, value) in &action.config {
+            let text = match value.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    self.error(value, format!("config `{key}` must be a string, number or boolean"));
+                    continue;
+                }
+            };
+            self.check_references(file, value, &text, position);
+            config.insert(key.clone(), (value.span().start, text));
+        }
+        config
+    }
+
+    fn check_references(
+        &mut self,
+        file: &PipelineFile,
+        at: &Spanned<toml::Value>,
+        text: &str,
+        position: Position,
+    ) {
+        let refs = match vars::references(text) {
+            Ok(refs) => refs,
+            Err(message) => return self.error(at, message),
+        };
+        for reference in refs {
+            let message = match reference.namespace.as_str() {
+                "variables" if file.variables.contains_key(&reference.key) => continue,
+                "variables" => format!("`#{{{}}}` refers to an undeclared pipeline variable; declare it under [variables]", reference.name()),
+                "execution" if EXECUTION_KEYS.contains(&reference.key.as_str()) => continue,
+                "execution" => format!("`#{{{}}}` is not a built-in; use #{{execution.id}} or #{{execution.pipeline}}", reference.name()),
+                namespace => match self.namespaces.get(namespace) {
+                    Some(producer) if producer.position < position => continue,
+                    Some(producer) => format!(
+                        "`#{{{}}}` refers to namespace `{namespace}` of action `{}`, which does not run before this one",
+                        reference.name(),
+                        producer.action
+                    ),
+                    None => format!("`#{{{}}}` refers to namespace `{namespace}`, which no action declares", reference.name()),
+                },
+            };
+            self.error(at, message);
+        }
+    }
+
+    fn check_config_schema(
+        &mut self,
+        action: &ActionDecl,
+        manifest: &Manifest,
+        config: &BTreeMap<String, (usize, String)>,
+    ) {
+        for (key, (offset, value)) in config {
+            let diagnostic = match manifest.config.get(key) {
+                None => {
+                    let known: Vec<&str> = manifest.config.keys().map(String::as_str).collect();
+                    format!("unknown config key `{key}` for plugin {}; it accepts: {}", manifest.id(), known.join(", "))
+                }
+                Some(schema) if !value.contains("#{") && !schema.kind.accepts(value) => {
+                    format!("config `{key}` must be {} {}, not `{value}`", article(schema.kind.name()), schema.kind.name())
+                }
+                Some(_) => continue,
+            };
+            let diagnostic = self.source.at(*offset, diagnostic);
+            self.errors.push(diagnostic);
+        }
+        for (key, schema) in &manifest.config {
+            if schema.required && !config.contains_key(key) {
+                let message = format!("missing required config `{key}` for plugin {} ({})", manifest.id(), schema.description);
+                self.error(&action.name, message);
+            }
+        }
+    }
+
+    fn grants(&mut self, action: &ActionDecl, manifest: &Manifest) -> Grants {
+        let Some(decl) = &action.grants else {
+            return Grants::default();
+        };
+        let caps = &manifest.capabilities;
+        let id = manifest.id();
+        let decl: &GrantsDecl = decl.get_ref();
+        for secret in decl.secrets.iter().filter(|s| !caps.allows_secret(s.get_ref())) {
+            self.error(secret, format!("grant of secret `{}` exceeds the manifest of {id}, which allows secrets: {:?}", secret.get_ref(), caps.secrets));
+        }
+        for host in decl.hosts.iter().filter(|h| !caps.allows_host(h.get_ref())) {
+            self.error(host, format!("grant of outbound HTTP to `{}` exceeds the manifest of {id}, which allows hosts: {:?}", host.get_ref(), caps.hosts));
+        }
+        for command in decl.commands.iter().filter(|c| !caps.allows_command(c.get_ref())) {
+            self.error(command, format!("grant of command `{}` exceeds the manifest of {id}, which allows commands: {:?}", command.get_ref(), caps.commands));
+        }
+        let mounts = self.mounts(decl, manifest);
+        let strings = |list: &[Spanned<String>]| list.iter().map(|s| s.get_ref().clone()).collect();
+        Grants {
+            secrets: strings(&decl.secrets),
+            hosts: strings(&decl.hosts),
+            commands: strings(&decl.commands),
+            mounts,
+        }
+    }
+
+    fn mounts(&mut self, decl: &GrantsDecl, manifest: &Manifest) -> Vec<Mount> {
+        let mut mounts = Vec::new();
+        for (name, mount) in &decl.mounts {
+            if !manifest.capabilities.mounts {
+                self.error(mount, format!("grant of mount `{name}` exceeds the manifest of {}, which allows no host mounts", manifest.id()));
+                continue;
+            }
+            let writable = match mount.get_ref().mode.as_deref() {
+                None | Some("ro") => false,
+                Some("rw") => true,
+                Some(other) => {
+                    self.error(mount, format!("mount `{name}` has mode `{other}`; use `ro` or `rw`"));
+                    continue;
+                }
+            };
+            let host = self.base_dir.join(&mount.get_ref().host);
+            if !host.is_dir() {
+                self.error(mount, format!("mount `{name}`: host directory {} does not exist", host.display()));
+                continue;
+            }
+            mounts.push(Mount { name: name.clone(), host, writable });
+        }
+        mounts
+    }
+
+    fn limits(&mut self, action: &ActionDecl) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(timeout) = &action.timeout {
+            match parse_duration(timeout.get_ref()) {
+                Ok(duration) => {
+                    limits.timeout = duration;
+                    limits.cpu = duration;
+                }
+                Err(message) => self.error(timeout, message),
+            }
+        }
+        let Some(decl) = &action.limits else {
+            return limits;
+        };
+        let inner = decl.get_ref();
+        let mut apply = |result: Option<Result<(), String>>| {
+            if let Some(Err(message)) = result {
+                self.error(decl, message);
+            }
+        };
+        apply(inner.memory.as_deref().map(|m| parse_bytes(m).map(|b| limits.memory_bytes = b)));
+        apply(inner.log.as_deref().map(|l| parse_bytes(l).map(|b| limits.log_bytes = b)));
+        apply(inner.cpu.as_deref().map(|c| parse_duration(c).map(|d| limits.cpu = d)));
+        limits
+    }
+
+    fn retry(&mut self, action: &ActionDecl) -> RetryPolicy {
+        let Some(decl) = &action.retry else {
+            return RetryPolicy::default();
+        };
+        let inner = decl.get_ref();
+        let mut policy = RetryPolicy { attempts: inner.attempts, ..RetryPolicy::default() };
+        if inner.attempts == 0 {
+            self.error(decl, "retry attempts counts the first attempt too; it must be at least 1");
+        }
+        if let Some(backoff) = &inner.backoff {
+            match parse_duration(backoff) {
+                Ok(duration) => policy.backoff = duration,
+                Err(message) => self.error(decl, message),
+            }
+        }
+        policy
+    }
+}
+
+fn run_order(action: &ActionDecl) -> u32 {
+    action.run_order.as_ref().map(|r| *r.get_ref()).unwrap_or(1)
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+}

@@ -1,0 +1,311 @@
+//! Log capability: `sluice:action/log`, plus the guest's stdout and stderr.
+//!
+//! Everything an action prints lands in one [`LogSink`]: split into lines, masked,
+//! and capped at the action's log limit. Past the limit, output is dropped and one
+//! marker line says so; the guest is never trapped for logging too much (a trap
+//! would turn a noisy plugin into a failed deploy).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+use super::SandboxState;
+use super::bindings::sluice::action::log::{Host, Level};
+use crate::secrets::Masker;
+
+/// Called with (percent, message) whenever the action reports progress.
+pub type ProgressHook = Arc<dyn Fn(u8, &str) + Send + Sync>;
+
+/// Where a log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+    /// A `log.write` call, with its level.
+    Log(&'static str),
+    /// Output of a native command run through the process capability.
+    Process,
+    /// A message from the host itself (limits, denials, retries).
+    Host,
+}
+
+impl LogStream {
+    /// The name stored with each line.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Log(level) => level,
+            LogStream::Process => "process",
+            LogStream::Host => "sluice",
+        }
+    }
+}
+
+/// One captured, masked log line.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Where it came from.
+    pub stream: &'static str,
+    /// The masked text, without the trailing newline.
+    pub text: String,
+}
+
+struct Buffer {
+    lines: Vec<LogLine>,
+    bytes: u64,
+    limit: u64,
+    dropped_bytes: u64,
+    partial_stdout: Vec<u8>,
+    partial_stderr: Vec<u8>,
+}
+
+/// A shared, bounded, masking collector of an action's log lines.
+#[derive(Clone)]
+pub struct LogSink {
+    buffer: Arc<Mutex<Buffer>>,
+    masker: Arc<Masker>,
+    progress: Option<ProgressHook>,
+}
+
+impl LogSink {
+    /// A sink keeping at most `limit` bytes of masked text.
+    pub fn new(limit: u64, masker: Arc<Masker>, progress: Option<ProgressHook>) -> Self {
+        let buffer = Buffer {
+            lines: Vec::new(),
+            bytes: 0,
+            limit,
+            dropped_bytes: 0,
+            partial_stdout: Vec::new(),
+            partial_stderr: Vec::new(),
+        };
+        Self {
+            buffer: Arc::new(Mutex::new(buffer)),
+            masker,
+            progress,
+        }
+    }
+
+    /// Record one line (it may contain newlines; each becomes its own line).
+    pub fn line(&self, stream: LogStream, text: &str) {
+        let mut buffer = self.lock();
+        for piece in text.split('\n') {
+            self.push(&mut buffer, stream, piece);
+        }
+    }
+
+    /// Record raw bytes from a stream, completing lines across calls.
+    pub fn bytes(&self, stream: LogStream, data: &[u8]) {
+        let mut buffer = self.lock();
+        let mut pending = std::mem::take(match stream {
+            LogStream::Stderr => &mut buffer.partial_stderr,
+            _ => &mut buffer.partial_stdout,
+        });
+        pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&pending[start..start + pos]).into_owned();
+            self.push(&mut buffer, stream, &line);
+            start += pos + 1;
+        }
+        let rest = pending.split_off(start);
+        // An unterminated line longer than the limit would never be flushed otherwise.
+        let rest = if rest.len() as u64 > buffer.limit {
+            self.push(&mut buffer, stream, &String::from_utf8_lossy(&rest));
+            Vec::new()
+        } else {
+            rest
+        };
+        match stream {
+            LogStream::Stderr => buffer.partial_stderr = rest,
+            _ => buffer.partial_stdout = rest,
+        }
+    }
+
+    /// Report progress to whoever is watching, and log it.
+    pub fn progress(&self, percent: u8, message: &str) {
+        let message = self.masker.mask(message);
+        if let Some(hook) = &self.progress {
+            hook(percent.min(100), &message);
+        }
+        self.line(LogStream::Log("progress"), &format!("{percent}% {message}"));
+    }
+
+    /// Flush partial lines and take everything captured so far.
+    pub fn finish(&self) -> CapturedLog {
+        let mut buffer = self.lock();
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            let rest = std::mem::take(match stream {
+                LogStream::Stderr => &mut buffer.partial_stderr,
+                _ => &mut buffer.partial_stdout,
+            });
+            if !rest.is_empty() {
+                self.push(&mut buffer, stream, &String::from_utf8_lossy(&rest));
+            }
+        }
+        CapturedLog {
+            lines: std::mem::take(&mut buffer.lines),
+            dropped_bytes: buffer.dropped_bytes,
+        }
+    }
+
+    /// The masker this sink applies (shared with the process capability).
+    pub fn masker(&self) -> &Masker {
+        &self.masker
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        // A poisoned log buffer still holds valid lines; keep using it.
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, buffer: &mut Buffer, stream: LogStream, text: &str) {
+        let size = text.len() as u64 + 1;
+        if buffer.dropped_bytes > 0 || buffer.bytes + size > buffer.limit {
+            if buffer.dropped_bytes == 0 {
+                buffer.lines.push(LogLine {
+                    timestamp_ms: now_ms(),
+                    stream: LogStream::Host.name(),
+                    text: format!(
+                        "log limit of {} reached: further output of this action is dropped",
+                        crate::units::format_bytes(buffer.limit)
+                    ),
+                });
+            }
+            buffer.dropped_bytes += size;
+            return;
+        }
+        buffer.bytes += size;
+        buffer.lines.push(LogLine {
+            timestamp_ms: now_ms(),
+            stream: stream.name(),
+            text: self.masker.mask(text),
+        });
+    }
+}
+
+/// What a sink captured.
+#[derive(Debug, Default)]
+pub struct CapturedLog {
+    /// The kept, masked lines.
+    pub lines: Vec<LogLine>,
+    /// Bytes dropped after the log limit was reached (0 when within the limit).
+    pub dropped_bytes: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Host for SandboxState {
+    async fn write(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        self.log.line(LogStream::Log(level), &message);
+        Ok(())
+    }
+
+    async fn progress(&mut self, percent: u8, message: String) -> wasmtime::Result<()> {
+        self.log.progress(percent, &message);
+        Ok(())
+    }
+}
+
+/// The guest's stdout or stderr, feeding a [`LogSink`].
+pub struct GuestOutput {
+    sink: LogSink,
+    stream: LogStream,
+}
+
+impl GuestOutput {
+    /// Route a guest stream into `sink`.
+    pub fn new(sink: LogSink, stream: LogStream) -> Self {
+        Self { sink, stream }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(GuestOutputWriter {
+            sink: self.sink.clone(),
+            stream: self.stream,
+        })
+    }
+}
+
+struct GuestOutputWriter {
+    sink: LogSink,
+    stream: LogStream,
+}
+
+impl AsyncWrite for GuestOutputWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // Always accept everything: the sink drops what is over the limit.
+        self.sink.bytes(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_writes_are_joined_and_masked() {
+        let masker = Masker::new([&"topsecret".to_string()]);
+        let sink = LogSink::new(1 << 20, Arc::new(masker), None);
+        sink.bytes(LogStream::Stdout, b"token=top");
+        sink.bytes(LogStream::Stdout, b"secret\nnext");
+        let log = sink.finish();
+        let texts: Vec<_> = log.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["token=***", "next"]);
+    }
+
+    #[test]
+    fn output_past_the_limit_is_dropped_with_one_marker() {
+        let sink = LogSink::new(100, Arc::new(Masker::default()), None);
+        for _ in 0..50 {
+            sink.line(LogStream::Log("info"), "0123456789");
+        }
+        let log = sink.finish();
+        assert!(log.dropped_bytes > 0);
+        let markers = log.lines.iter().filter(|l| l.stream == "sluice").count();
+        assert_eq!(markers, 1);
+        assert!(log.lines.last().unwrap().text.contains("log limit"));
+    }
+}

@@ -1,0 +1,424 @@
+//! The sandbox runtime: runs one action invocation as a WASI 0.2 component.
+//!
+//! One [`Runtime`] (engine + linker) serves the whole process; each plugin is
+//! loaded once into an [`ActionPre`] and every invocation gets a fresh `Store`.
+//! What the guest can reach is assembled from the action's grants by one module
+//! per capability, each with the same shape: a `*Capability` struct built
+//! `from_grant`, stored in [`SandboxState`], implementing the WIT host trait:
+//! [`filesystem`], [`log`], [`secrets`], [`process`], [`http`], [`limits`].
+
+pub mod filesystem;
+pub mod http;
+pub mod limits;
+pub mod log;
+pub mod process;
+pub mod secrets;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use self::filesystem::{FilesystemCapability, Mount};
+use self::http::HttpCapability;
+use self::limits::{CpuBudget, EPOCH_TICK, LimitHit, Limits, MemoryLimiter};
+use self::log::{LogSink, LogStream};
+use self::process::ProcessCapability;
+use self::secrets::SecretsCapability;
+
+/// Host bindings generated from `wit/action.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "action",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::sluice::action::types::Invocation;
+use bindings::{Action, ActionPre};
+
+/// Capability requests the sandbox refused. Any denial fails the action, so a
+/// plugin probing for secrets or hosts cannot pass for a successful one.
+#[derive(Clone, Default)]
+pub struct Denials(Arc<Mutex<Vec<String>>>);
+
+impl Denials {
+    /// Record a denial and log it.
+    pub fn record(&self, log: &LogSink, message: String) {
+        log.line(LogStream::Host, &message);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+    }
+
+    /// The first denial, if any.
+    pub fn first(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).first().cloned()
+    }
+}
+
+/// Everything one invocation may touch, assembled from the action's grants.
+pub struct SandboxSpec {
+    /// What the guest is told.
+    pub invocation: Invocation,
+    /// Input artifact name → directory in the artifact store.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// Output artifact name → fresh empty directory.
+    pub outputs: Vec<(String, PathBuf)>,
+    /// Fresh scratch directory.
+    pub workspace: PathBuf,
+    /// Granted host directories.
+    pub mounts: Vec<Mount>,
+    /// Granted secret names.
+    pub secret_names: Vec<String>,
+    /// Values the host holds for the granted names.
+    pub secret_values: HashMap<String, String>,
+    /// Granted outbound HTTP host patterns.
+    pub hosts: Vec<String>,
+    /// Granted program names.
+    pub commands: Vec<String>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Where logs go.
+    pub log: LogSink,
+}
+
+/// What kind of failure a plugin reported. Mirrors CodePipeline's failure types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The job itself failed.
+    JobFailed,
+    /// The configuration is wrong; retrying will not help.
+    ConfigurationError,
+    /// A needed capability was not granted.
+    PermissionError,
+    /// A source revision could not be fetched.
+    RevisionUnavailable,
+}
+
+impl FailureKind {
+    /// The kebab-case name used in the WIT contract and in stored state.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::JobFailed => "job-failed",
+            FailureKind::ConfigurationError => "configuration-error",
+            FailureKind::PermissionError => "permission-error",
+            FailureKind::RevisionUnavailable => "revision-unavailable",
+        }
+    }
+}
+
+impl From<bindings::sluice::action::types::FailureKind> for FailureKind {
+    fn from(kind: bindings::sluice::action::types::FailureKind) -> Self {
+        use bindings::sluice::action::types::FailureKind as Wit;
+        match kind {
+            Wit::JobFailed => FailureKind::JobFailed,
+            Wit::ConfigurationError => FailureKind::ConfigurationError,
+            Wit::PermissionError => FailureKind::PermissionError,
+            Wit::RevisionUnavailable => FailureKind::RevisionUnavailable,
+        }
+    }
+}
+
+/// Why an invocation did not succeed. Callers branch on it to decide retries.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The plugin returned a failure.
+    #[error("{}: {message}", kind.name())]
+    Plugin {
+        /// Its kind.
+        kind: FailureKind,
+        /// Its message (masked by the caller before storing).
+        message: String,
+    },
+    /// The plugin asked for a capability it was not granted.
+    #[error("{0}")]
+    Denied(String),
+    /// A resource limit stopped the plugin.
+    #[error("{0}")]
+    Limit(LimitHit),
+    /// The plugin crashed (a WebAssembly trap).
+    #[error("plugin crashed: {0}")]
+    Trap(String),
+    /// The host could not set up the sandbox.
+    #[error("sandbox setup failed: {0}")]
+    Host(String),
+}
+
+impl ActionError {
+    /// Whether trying again might help.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ActionError::Plugin { kind, .. } => {
+                matches!(kind, FailureKind::JobFailed | FailureKind::RevisionUnavailable)
+            }
+            ActionError::Limit(LimitHit::Timeout(_)) | ActionError::Trap(_) => true,
+            ActionError::Host(_) => true,
+            ActionError::Denied(_) | ActionError::Limit(_) => false,
+        }
+    }
+}
+
+/// A successful invocation's result, as the guest returned it.
+#[derive(Clone, Debug, Default)]
+pub struct ActionOutcome {
+    /// One line for people.
+    pub summary: String,
+    /// Output variables.
+    pub variables: Vec<(String, String)>,
+}
+
+/// The `T` of every `Store<T>`: one invocation's capabilities and accounting.
+pub struct SandboxState {
+    wasi: WasiCtx,
+    http_ctx: WasiHttpCtx,
+    http: HttpCapability,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+    cpu: CpuBudget,
+    log: LogSink,
+    secrets: SecretsCapability,
+    process: ProcessCapability,
+    denials: Denials,
+}
+
+impl WasiView for SandboxState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for SandboxState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
+}
+
+impl bindings::sluice::action::types::Host for SandboxState {}
+
+/// A plugin compiled and linked, ready to instantiate many times.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    pre: ActionPre<SandboxState>,
+}
+
+/// The engine, the linker and the cache of loaded plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+    loaded: Mutex<HashMap<PathBuf, LoadedPlugin>>,
+    compilations: AtomicU64,
+}
+
+impl Runtime {
+    /// A runtime with epoch interruption driven by a background ticker thread.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        spawn_epoch_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
+        Action::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow::anyhow!("linking sluice:action: {e}"))?;
+        Ok(Self {
+            engine,
+            linker,
+            loaded: Mutex::new(HashMap::new()),
+            compilations: AtomicU64::new(0),
+        })
+    }
+
+    /// A key that changes whenever compiled code from another engine build or
+    /// configuration would be unsafe to load here.
+    pub fn compatibility_key(&self) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Compile a component ahead of time and check it fits the `action` world.
+    pub fn precompile(&self, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        let compiled = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| anyhow::anyhow!("not a valid component: {e}"))?;
+        // SAFETY: these bytes were produced just now by this very engine.
+        let component = unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.link(&component)?;
+        Ok(compiled)
+    }
+
+    /// How many components this runtime has compiled (precompiles included).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// Load a plugin: from its precompiled file when present, else compile the
+    /// component and write the precompiled file for next time. Cached per file.
+    pub fn load(&self, component: &Path, precompiled: &Path) -> anyhow::Result<LoadedPlugin> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plugin) = loaded.get(precompiled) {
+            return Ok(plugin.clone());
+        }
+        if !precompiled.exists() {
+            let wasm = std::fs::read(component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            let compiled = self.precompile(&wasm)?;
+            write_atomically(precompiled, &compiled)?;
+        }
+        // SAFETY: only files this host wrote (at install, or just above) live at
+        // `precompiled`, keyed by this engine's compatibility hash.
+        let component = unsafe { Component::deserialize_file(&self.engine, precompiled) }
+            .map_err(|e| anyhow::anyhow!("loading {}: {e}", precompiled.display()))?;
+        let plugin = LoadedPlugin {
+            pre: self.link(&component)?,
+        };
+        loaded.insert(precompiled.to_path_buf(), plugin.clone());
+        Ok(plugin)
+    }
+
+    fn link(&self, component: &Component) -> anyhow::Result<ActionPre<SandboxState>> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            anyhow::anyhow!("the component does not fit world sluice:action/action: {e}")
+        })?;
+        ActionPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("the component does not export `run`: {e}"))
+    }
+
+    /// Run one invocation in a fresh store.
+    pub async fn invoke(
+        &self,
+        plugin: &LoadedPlugin,
+        spec: SandboxSpec,
+    ) -> Result<ActionOutcome, ActionError> {
+        let limits = spec.limits;
+        let invocation = spec.invocation.clone();
+        let denials = Denials::default();
+        let state = self
+            .new_state(spec, denials.clone())
+            .map_err(|e| ActionError::Host(format!("{e:#}")))?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| match ctx.data_mut().cpu.spend_tick() {
+            Ok(()) => Ok(UpdateDeadline::Yield(1)),
+            Err(hit) => Err(wasmtime::format_err!("{hit}")),
+        });
+        let result = {
+            let call = async {
+                let action = plugin.pre.instantiate_async(&mut store).await?;
+                action.call_run(&mut store, &invocation).await
+            };
+            tokio::time::timeout(limits.timeout, call).await
+        };
+        let state = store.data();
+        let outcome = match result {
+            Err(_) => return Err(ActionError::Limit(LimitHit::Timeout(limits.timeout))),
+            Ok(Err(_)) if state.cpu.hit => return Err(ActionError::Limit(LimitHit::Cpu(limits.cpu))),
+            Ok(Err(_)) if state.memory.hit => {
+                return Err(ActionError::Limit(LimitHit::Memory(limits.memory_bytes)));
+            }
+            Ok(Err(trap)) => return Err(ActionError::Trap(describe_trap(&trap))),
+            Ok(Ok(outcome)) => outcome,
+        };
+        if let Some(denial) = denials.first() {
+            return Err(ActionError::Denied(denial));
+        }
+        match outcome {
+            Ok(outcome) => Ok(ActionOutcome {
+                summary: outcome.summary,
+                variables: outcome.variables,
+            }),
+            Err(failure) => Err(ActionError::Plugin {
+                kind: failure.kind.into(),
+                message: failure.message,
+            }),
+        }
+    }
+
+    fn new_state(&self, spec: SandboxSpec, denials: Denials) -> anyhow::Result<SandboxState> {
+        let filesystem =
+            FilesystemCapability::from_grant(&spec.inputs, &spec.outputs, &spec.workspace, &spec.mounts);
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdout(log::GuestOutput::new(spec.log.clone(), LogStream::Stdout))
+            .stderr(log::GuestOutput::new(spec.log.clone(), LogStream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        filesystem.install(&mut builder)?;
+        Ok(SandboxState {
+            wasi: builder.build(),
+            http_ctx: WasiHttpCtx::new(),
+            http: HttpCapability::from_grant(&spec.hosts, denials.clone(), spec.log.clone()),
+            table: ResourceTable::new(),
+            memory: MemoryLimiter::new(spec.limits.memory_bytes),
+            cpu: CpuBudget::new(spec.limits.cpu),
+            secrets: SecretsCapability::from_grant(&spec.secret_names, spec.secret_values),
+            process: ProcessCapability::from_grant(
+                &spec.commands,
+                spec.workspace.clone(),
+                spec.limits.timeout,
+            ),
+            log: spec.log,
+            denials,
+        })
+    }
+}
+
+/// One line saying how the guest crashed.
+fn describe_trap(error: &wasmtime::Error) -> String {
+    let text = format!("{error:#}");
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("unknown trap").trim().to_string();
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) if !first.contains(&trap.to_string()) => format!("{first}: {trap}"),
+        _ => first,
+    }
+}
+
+/// Advance the engine's epoch every tick for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Write a file so that readers see either nothing or all of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,446 @@
+//! The state store: executions, stage runs, action runs and logs in SQLite (WAL).
+//!
+//! Every transition is committed before it is reported, so what `sluice
+//! executions show` prints is what happened, even after a crash.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::sandbox::log::LogLine;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    pipeline_file TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    error TEXT,
+    variables TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS executions_by_start ON executions (started_ms);
+CREATE TABLE IF NOT EXISTS stage_runs (
+    execution_id TEXT NOT NULL REFERENCES executions(id),
+    stage TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    error TEXT,
+    PRIMARY KEY (execution_id, stage)
+);
+CREATE TABLE IF NOT EXISTS action_runs (
+    execution_id TEXT NOT NULL REFERENCES executions(id),
+    stage TEXT NOT NULL,
+    action TEXT NOT NULL,
+    run_order INTEGER NOT NULL,
+    plugin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    resolved_config TEXT NOT NULL DEFAULT '[]',
+    summary TEXT,
+    error TEXT,
+    variables TEXT NOT NULL DEFAULT '[]',
+    outputs TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (execution_id, action)
+);
+CREATE TABLE IF NOT EXISTS action_logs (
+    execution_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS action_logs_by_action ON action_logs (execution_id, action, seq);
+"#;
+
+/// Status of an execution, stage or action, named as CodePipeline names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Status {
+    /// Running.
+    InProgress,
+    /// Finished well.
+    Succeeded,
+    /// Finished badly.
+    Failed,
+    /// Never ran because an earlier stage failed.
+    Skipped,
+}
+
+impl Status {
+    /// The stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::InProgress => "InProgress",
+            Status::Succeeded => "Succeeded",
+            Status::Failed => "Failed",
+            Status::Skipped => "Skipped",
+        }
+    }
+}
+
+/// An output artifact as recorded for an action run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct OutputRecord {
+    /// Artifact name.
+    pub name: String,
+    /// blake3 digest.
+    pub digest: String,
+    /// Regular files.
+    pub files: u64,
+    /// Total bytes.
+    pub bytes: u64,
+}
+
+/// One execution row.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExecutionRecord {
+    /// Execution id.
+    pub id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Pipeline file path.
+    pub pipeline_file: String,
+    /// Status name.
+    pub status: String,
+    /// Start, ms since the epoch.
+    pub started_ms: i64,
+    /// End, ms since the epoch.
+    pub ended_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Pipeline variables as resolved at start (JSON object).
+    pub variables: serde_json::Value,
+}
+
+/// One stage run row.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageRecord {
+    /// Stage name.
+    pub stage: String,
+    /// Status name.
+    pub status: String,
+    /// Start.
+    pub started_ms: i64,
+    /// End.
+    pub ended_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// One action run row.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActionRecord {
+    /// Stage name.
+    pub stage: String,
+    /// Action name.
+    pub action: String,
+    /// Run order.
+    pub run_order: u32,
+    /// `name@version` of the plugin.
+    pub plugin: String,
+    /// Status name.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Start.
+    pub started_ms: i64,
+    /// End.
+    pub ended_ms: Option<i64>,
+    /// Configuration after variable resolution.
+    pub resolved_config: Vec<(String, String)>,
+    /// Summary from the plugin.
+    pub summary: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Output variables.
+    pub variables: Vec<(String, String)>,
+    /// Output artifacts.
+    pub outputs: Vec<OutputRecord>,
+}
+
+/// One stored log line.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogRecord {
+    /// Action name.
+    pub action: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// ms since the epoch.
+    pub ts_ms: i64,
+    /// Stream name.
+    pub stream: String,
+    /// Masked text.
+    pub line: String,
+}
+
+/// The SQLite-backed store.
+pub struct StateStore {
+    connection: Mutex<Connection>,
+}
+
+/// How an action run ended, for [`StateStore::finish_action`].
+pub struct ActionEnd<'a> {
+    /// Final status.
+    pub status: Status,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Summary.
+    pub summary: Option<&'a str>,
+    /// Error.
+    pub error: Option<&'a str>,
+    /// Output variables.
+    pub variables: &'a [(String, String)],
+    /// Output artifacts.
+    pub outputs: &'a [OutputRecord],
+}
+
+impl StateStore {
+    /// Open (and create or migrate) the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let connection = Connection::open(path)
+            .with_context(|| format!("opening state database {}", path.display()))?;
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.execute_batch(SCHEMA).context("creating the state schema")?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a new execution as InProgress.
+    pub fn start_execution(
+        &self,
+        id: &str,
+        pipeline: &str,
+        file: &Path,
+        variables: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.db().execute(
+            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, pipeline, file.display().to_string(), Status::InProgress.name(), now_ms, variables.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Record how an execution ended.
+    pub fn finish_execution(&self, id: &str, status: Status, error: Option<&str>, now_ms: i64) -> anyhow::Result<()> {
+        self.db().execute(
+            "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
+            params![id, status.name(), error, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Record a stage starting.
+    pub fn start_stage(&self, execution: &str, stage: &str, position: usize, now_ms: i64) -> anyhow::Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![execution, stage, position as i64, Status::InProgress.name(), now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Record how a stage ended.
+    pub fn finish_stage(&self, execution: &str, stage: &str, status: Status, error: Option<&str>, now_ms: i64) -> anyhow::Result<()> {
+        self.db().execute(
+            "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
+            params![execution, stage, status.name(), error, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Record an action starting, with its resolved configuration.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_action(
+        &self,
+        execution: &str,
+        stage: &str,
+        action: &str,
+        run_order: u32,
+        plugin: &str,
+        resolved_config: &[(String, String)],
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![execution, stage, action, run_order, plugin, Status::InProgress.name(), now_ms, serde_json::to_string(resolved_config)?],
+        )?;
+        Ok(())
+    }
+
+    /// Record how an action ended.
+    pub fn finish_action(&self, execution: &str, action: &str, end: &ActionEnd<'_>, now_ms: i64) -> anyhow::Result<()> {
+        self.db().execute(
+            "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9 WHERE execution_id = ?1 AND action = ?2",
+            params![
+                execution,
+                action,
+                end.status.name(),
+                end.attempts,
+                end.summary,
+                end.error,
+                serde_json::to_string(end.variables)?,
+                serde_json::to_string(end.outputs)?,
+                now_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Append an attempt's log lines in one transaction.
+    pub fn append_logs(&self, execution: &str, action: &str, attempt: u32, lines: &[LogLine]) -> anyhow::Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let next: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM action_logs WHERE execution_id = ?1 AND action = ?2",
+            params![execution, action],
+            |row| row.get(0),
+        )?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO action_logs (execution_id, action, attempt, seq, ts_ms, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (i, line) in lines.iter().enumerate() {
+                insert.execute(params![execution, action, attempt, next + i as i64, line.timestamp_ms, line.stream, line.text])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Executions, newest first.
+    pub fn list_executions(&self, pipeline: Option<&str>, limit: usize) -> anyhow::Result<Vec<ExecutionRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables FROM executions
+             WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY started_ms DESC, rowid DESC LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![pipeline, limit as i64], execution_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One execution by id or unique id prefix.
+    pub fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables FROM executions
+             WHERE id = ?1 OR id LIKE ?1 || '%' ORDER BY (id = ?1) DESC LIMIT 2",
+        )?;
+        let rows: Vec<ExecutionRecord> = statement
+            .query_map(params![id_or_prefix], execution_from_row)?
+            .collect::<Result<_, _>>()?;
+        match rows.as_slice() {
+            [] => Ok(None),
+            [only] => Ok(Some(only.clone())),
+            [first, ..] if first.id == id_or_prefix => Ok(Some(first.clone())),
+            _ => anyhow::bail!("execution id prefix `{id_or_prefix}` is ambiguous; give more characters"),
+        }
+    }
+
+    /// Stage runs of an execution, in pipeline order.
+    pub fn stages(&self, execution: &str) -> anyhow::Result<Vec<StageRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT stage, status, started_ms, ended_ms, error FROM stage_runs WHERE execution_id = ?1 ORDER BY position",
+        )?;
+        let rows = statement.query_map(params![execution], |row| {
+            Ok(StageRecord {
+                stage: row.get(0)?,
+                status: row.get(1)?,
+                started_ms: row.get(2)?,
+                ended_ms: row.get(3)?,
+                error: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Action runs of an execution, in start order.
+    pub fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs
+             FROM action_runs a LEFT JOIN stage_runs s ON s.execution_id = a.execution_id AND s.stage = a.stage
+             WHERE a.execution_id = ?1 ORDER BY s.position, run_order, a.started_ms, action",
+        )?;
+        let rows = statement.query_map(params![execution], |row| {
+            let json = |i: usize| -> rusqlite::Result<String> { row.get(i) };
+            Ok(ActionRecord {
+                stage: row.get(0)?,
+                action: row.get(1)?,
+                run_order: row.get(2)?,
+                plugin: row.get(3)?,
+                status: row.get(4)?,
+                attempts: row.get(5)?,
+                started_ms: row.get(6)?,
+                ended_ms: row.get(7)?,
+                resolved_config: serde_json::from_str(&json(8)?).unwrap_or_default(),
+                summary: row.get(9)?,
+                error: row.get(10)?,
+                variables: serde_json::from_str(&json(11)?).unwrap_or_default(),
+                outputs: serde_json::from_str(&json(12)?).unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Log lines of an execution, optionally of one action, in order.
+    pub fn logs(&self, execution: &str, action: Option<&str>) -> anyhow::Result<Vec<LogRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT action, attempt, ts_ms, stream, line FROM action_logs
+             WHERE execution_id = ?1 AND (?2 IS NULL OR action = ?2) ORDER BY ts_ms, action, seq",
+        )?;
+        let rows = statement.query_map(params![execution, action], |row| {
+            Ok(LogRecord {
+                action: row.get(0)?,
+                attempt: row.get(1)?,
+                ts_ms: row.get(2)?,
+                stream: row.get(3)?,
+                line: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The id of the newest execution, if any.
+    pub fn latest_execution(&self) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row("SELECT id FROM executions ORDER BY started_ms DESC, rowid DESC LIMIT 1", [], |row| row.get(0))
+            .optional()?)
+    }
+}
+
+fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRecord> {
+    let variables: String = row.get(7)?;
+    Ok(ExecutionRecord {
+        id: row.get(0)?,
+        pipeline: row.get(1)?,
+        pipeline_file: row.get(2)?,
+        status: row.get(3)?,
+        started_ms: row.get(4)?,
+        ended_ms: row.get(5)?,
+        error: row.get(6)?,
+        variables: serde_json::from_str(&variables).unwrap_or_default(),
+    })
+}

@@ -1,0 +1,325 @@
+//! A test-only Sluice action that misbehaves on purpose.
+//!
+//! It is generated straight from `wit/action.wit` with `wit_bindgen::generate!`
+//! (no SDK), which also proves that a raw wit-bindgen component is a valid action.
+//! The config key `mode` picks what it attempts; see README.md.
+//!
+//! For escape and permission modes a forbidden operation that *succeeds* returns
+//! `ok` with summary `ESCAPED: <first 200 bytes>`, and one that is denied returns
+//! a `permission-error` failure `<operation> denied: <error text>`.
+
+wit_bindgen::generate!({
+    world: "action",
+    path: "../../../wit",
+});
+
+use std::io::Write as _;
+
+use sluice::action::log::{self, Level};
+use sluice::action::process::{self, Command, ProcessError};
+use sluice::action::secrets;
+use sluice::action::types::FailureKind;
+
+/// How much of a breach is quoted in the `ESCAPED:` summary.
+const QUOTE_BYTES: usize = 200;
+/// Size of one memory-bomb allocation.
+const CHUNK: usize = 16 << 20;
+/// Size of one log-flood line.
+const LINE: usize = 64 << 10;
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn run(invocation: Invocation) -> Result<Outcome, Failure> {
+        let inv = Inv(&invocation);
+        let mode = inv.config("mode").unwrap_or("");
+        log::write(Level::Info, &format!("hostile: mode {mode:?}"));
+        match mode {
+            "escape-dotdot" => escape_dotdot(&inv),
+            "escape-absolute" => read_attempt("read /etc/passwd", &["/etc/passwd".to_string()]),
+            "escape-symlink" => {
+                let link = inv.config("link").unwrap_or("link");
+                let path = format!("{}/{link}", inv.first_input_dir());
+                read_attempt(&format!("read symlink {path}"), &[path])
+            }
+            "write-input" => write_input(&inv),
+            "secret-ungranted" => secret_ungranted(&inv),
+            "http-ungranted" => http_ungranted(&inv),
+            "command-not-allowed" => command_not_allowed(&inv),
+            "infinite-loop" => infinite_loop(),
+            "memory-bomb" => memory_bomb(),
+            "log-flood" => log_flood(&inv),
+            "noop" => Ok(outcome("noop".to_string())),
+            other => Err(Failure {
+                kind: FailureKind::ConfigurationError,
+                message: format!("unknown mode {other:?}"),
+            }),
+        }
+    }
+}
+
+export!(Hostile);
+
+/// Convenience accessors over the invocation.
+struct Inv<'a>(&'a Invocation);
+
+impl Inv<'_> {
+    /// The value for `key`; the last entry wins, as in the SDK.
+    fn config(&self, key: &str) -> Option<&str> {
+        self.0
+            .config
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `/in/<first input>`, or `/in` when the action has no input.
+    fn first_input_dir(&self) -> String {
+        match self.0.inputs.first() {
+            Some(name) => format!("/in/{name}"),
+            None => "/in".to_string(),
+        }
+    }
+}
+
+fn outcome(summary: String) -> Outcome {
+    Outcome {
+        summary,
+        variables: Vec::new(),
+    }
+}
+
+/// The forbidden operation worked: report the breach.
+fn escaped(data: &[u8]) -> Result<Outcome, Failure> {
+    let quoted = String::from_utf8_lossy(&data[..data.len().min(QUOTE_BYTES)]).into_owned();
+    log::write(Level::Error, &format!("hostile: ESCAPED: {quoted}"));
+    Ok(outcome(format!("ESCAPED: {quoted}")))
+}
+
+/// The forbidden operation was refused.
+fn denied(operation: &str, error: impl std::fmt::Display) -> Failure {
+    let message = format!("{operation} denied: {error}");
+    log::write(Level::Info, &format!("hostile: {message}"));
+    Failure {
+        kind: FailureKind::PermissionError,
+        message,
+    }
+}
+
+/// Try to read each path; the first that can be read is a breach.
+fn read_attempt(operation: &str, paths: &[String]) -> Result<Outcome, Failure> {
+    let mut errors = Vec::new();
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(data) => {
+                log::write(
+                    Level::Error,
+                    &format!("hostile: read {path} ({} bytes)", data.len()),
+                );
+                return escaped(&data);
+            }
+            Err(e) => errors.push(format!("{path}: {e}")),
+        }
+    }
+    Err(denied(operation, errors.join("; ")))
+}
+
+fn escape_dotdot(inv: &Inv) -> Result<Outcome, Failure> {
+    let paths = [
+        format!("{}/../../../../etc/passwd", inv.first_input_dir()),
+        "../../etc/passwd".to_string(),
+    ];
+    read_attempt("read ../etc/passwd", &paths)
+}
+
+fn write_input(inv: &Inv) -> Result<Outcome, Failure> {
+    let file = inv.config("file").unwrap_or("hostile.txt");
+    let path = format!("{}/{file}", inv.first_input_dir());
+    let operation = format!("write {path}");
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(b"hostile was here\n")?;
+            f.flush()
+        });
+    match result {
+        Ok(()) => escaped(format!("wrote {path}").as_bytes()),
+        Err(e) => Err(denied(&operation, e)),
+    }
+}
+
+fn secret_ungranted(inv: &Inv) -> Result<Outcome, Failure> {
+    let name = inv.config("secret").unwrap_or("");
+    let operation = format!("secrets.get({name:?})");
+    match secrets::get(name) {
+        Ok(value) => {
+            // Logged on purpose: the host must mask it (and should never have given it).
+            log::write(Level::Warn, &format!("hostile: secret {name} = {value}"));
+            escaped(value.as_bytes())
+        }
+        Err(e) => Err(denied(&operation, e)),
+    }
+}
+
+fn command_not_allowed(inv: &Inv) -> Result<Outcome, Failure> {
+    let program = inv.config("program").unwrap_or("curl");
+    let args: Vec<String> = inv
+        .config("args")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let operation = format!("process.run({program:?})");
+    let command = Command {
+        program: program.to_string(),
+        args,
+        cwd: String::new(),
+        env: Vec::new(),
+        secret_env: Vec::new(),
+        timeout_ms: 0,
+    };
+    match process::run(&command) {
+        Ok(output) => {
+            let mut data = format!("ran {program}, exit {:?}: ", output.exit_code).into_bytes();
+            data.extend_from_slice(output.stdout.as_bytes());
+            escaped(&data)
+        }
+        Err(ProcessError::NotAllowed(e)) => Err(denied(&operation, format!("not allowed: {e}"))),
+        Err(ProcessError::Invalid(e)) => Err(denied(&operation, format!("invalid: {e}"))),
+        Err(ProcessError::SpawnFailed(e)) => Err(denied(&operation, format!("spawn failed: {e}"))),
+    }
+}
+
+fn http_ungranted(inv: &Inv) -> Result<Outcome, Failure> {
+    let url = inv.config("url").unwrap_or("");
+    let operation = format!("HTTP GET {url}");
+    match http_get(url) {
+        Ok(data) => escaped(&data),
+        Err(e) => Err(denied(&operation, e)),
+    }
+}
+
+/// A minimal wasi:http GET; returns `HTTP <status>: <start of body>`.
+fn http_get(url: &str) -> Result<Vec<u8>, String> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    use wasi::io::streams::StreamError;
+
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else {
+        return Err(format!("unsupported URL {url:?}"));
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_method(&Method::Get)
+        .map_err(|()| "invalid method".to_string())?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| "invalid scheme".to_string())?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| format!("invalid authority {authority:?}"))?;
+    request
+        .set_path_with_query(Some(&path))
+        .map_err(|()| format!("invalid path {path:?}"))?;
+
+    let future = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    future.subscribe().block();
+    let response = future
+        .get()
+        .ok_or_else(|| "no response".to_string())?
+        .map_err(|()| "response already taken".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+
+    let mut data = format!("HTTP {}: ", response.status()).into_bytes();
+    let body = response
+        .consume()
+        .map_err(|()| "response body unavailable".to_string())?;
+    {
+        let stream = body
+            .stream()
+            .map_err(|()| "response stream unavailable".to_string())?;
+        while data.len() < QUOTE_BYTES {
+            match stream.blocking_read(QUOTE_BYTES as u64) {
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(format!("reading body: {}", e.to_debug_string()));
+                }
+            }
+        }
+    }
+    drop(body);
+    drop(response);
+    Ok(data)
+}
+
+fn infinite_loop() -> ! {
+    log::write(Level::Info, "hostile: spinning forever");
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn memory_bomb() -> Result<Outcome, Failure> {
+    log::write(
+        Level::Info,
+        "hostile: allocating 16 MiB chunks until something gives",
+    );
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // An allocation failure aborts (traps): the action can never look successful.
+        let mut chunk = vec![0u8; CHUNK];
+        for i in (0..CHUNK).step_by(4096) {
+            chunk[i] = 1;
+        }
+        hoard.push(std::hint::black_box(chunk));
+        if hoard.len().is_multiple_of(16) {
+            log::write(
+                Level::Info,
+                &format!("hostile: holding {} MiB", hoard.len() * (CHUNK >> 20)),
+            );
+        }
+    }
+}
+
+fn log_flood(inv: &Inv) -> Result<Outcome, Failure> {
+    let mb: usize = match inv.config("mb") {
+        None => 64,
+        Some(v) => v.trim().parse().map_err(|_| Failure {
+            kind: FailureKind::ConfigurationError,
+            message: format!("mb must be a whole number of MiB, got {v:?}"),
+        })?,
+    };
+    let total = mb << 20;
+    let mut line = "x".repeat(LINE - 1);
+    let lines = total.div_ceil(LINE);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for i in 0..lines {
+        let tag = format!("{i:08} ");
+        line.replace_range(..tag.len(), &tag);
+        log::write(Level::Info, &line);
+        // Stdout may be closed or capped by the host; the flood goes on regardless.
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+    Ok(outcome(format!(
+        "log-flood: wrote {mb} MiB to the log and to stdout"
+    )))
+}

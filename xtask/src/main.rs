@@ -1,0 +1,113 @@
+//! Workspace tasks: `cargo xtask <verb>`.
+
+mod guests;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const HELP: &str = "\
+cargo xtask <verb>
+
+Verbs:
+  plugins   Build every guest plugin for wasm32-wasip2 and package it into
+            target/plugins/<name>/ (component + plugin.toml with sha256).
+  example   plugins, build the sluice CLI, install target/plugins and run
+            examples/hello/pipeline.toml; exits with the run's exit code.
+  test      Make sure the wasm target is installed, then `cargo test`.
+  help      Show this message (also -h, --help).
+";
+
+fn main() -> ExitCode {
+    let verb = std::env::args().nth(1);
+    let result = match verb.as_deref() {
+        Some("plugins") => plugins().map(|_| ExitCode::SUCCESS),
+        Some("example") => example(),
+        Some("test") => test(),
+        None | Some("help" | "-h" | "--help") => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => Err(format!("unknown verb `{other}`\n\n{HELP}")),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("xtask: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The workspace root: xtask lives one level below it.
+fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn plugins() -> Result<PathBuf, String> {
+    guests::ensure_wasm_target()?;
+    let root = root();
+    let out = root.join("target").join("plugins");
+    for p in guests::build_and_package(&root, &out)? {
+        println!(
+            "packaged {:<14} {} sha256={}",
+            p.name,
+            p.wasm.display(),
+            p.sha256
+        );
+    }
+    Ok(out)
+}
+
+fn example() -> Result<ExitCode, String> {
+    let plugins_dir = plugins()?;
+    let root = root();
+    run(cargo(&root).args(["build", "-p", "sluice"]))?;
+    let sluice = root.join("target").join("debug").join("sluice");
+    run(Command::new(&sluice)
+        .current_dir(&root)
+        .args(["plugin", "install"])
+        .arg(&plugins_dir)
+        .arg("--yes"))?;
+    let status = Command::new(&sluice)
+        .current_dir(&root)
+        .args(["run", "examples/hello/pipeline.toml"])
+        .status()
+        .map_err(|e| format!("running {}: {e}", sluice.display()))?;
+    Ok(exit_code(status.code()))
+}
+
+fn test() -> Result<ExitCode, String> {
+    guests::ensure_wasm_target()?;
+    let root = root();
+    let status = cargo(&root)
+        .arg("test")
+        .args(std::env::args().skip(2))
+        .status()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    Ok(exit_code(status.code()))
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Run `cmd`, failing unless it exits successfully.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{:?} failed: {status}", cmd.get_program()))
+    }
+}
+
+/// An exit code to pass on; a signal death becomes plain failure.
+fn exit_code(code: Option<i32>) -> ExitCode {
+    match code {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }
+}
