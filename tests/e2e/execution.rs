@@ -1,0 +1,156 @@
+//! Executor behaviour: parallel groups, variables across stages, retries, masking.
+
+use crate::harness::{Workspace, action, text};
+
+fn millis(record: &serde_json::Value, field: &str) -> i64 {
+    record[field].as_i64().unwrap_or_else(|| panic!("no {field} in {record:#}"))
+}
+
+#[test]
+fn actions_with_the_same_run_order_overlap_in_time() {
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(
+        r#"
+[pipeline]
+name = "parallel"
+[[stages]]
+name = "Work"
+[[stages.actions]]
+name = "left"
+plugin = "command@0.1"
+config = { run = "sleep 1" }
+grants = { commands = ["sleep"] }
+[[stages.actions]]
+name = "right"
+plugin = "command@0.1"
+config = { run = "sleep 1" }
+grants = { commands = ["sleep"] }
+[[stages.actions]]
+name = "after"
+run-order = 2
+plugin = "command@0.1"
+config = { run = "true" }
+grants = { commands = ["true"] }
+"#,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let execution = workspace.latest_execution();
+    let (left, right, after) = (action(&execution, "left"), action(&execution, "right"), action(&execution, "after"));
+    assert!(
+        millis(left, "started_ms") < millis(right, "ended_ms") && millis(right, "started_ms") < millis(left, "ended_ms"),
+        "run-order 1 actions did not overlap: {left:#} {right:#}"
+    );
+    let group_end = millis(left, "ended_ms").max(millis(right, "ended_ms"));
+    assert!(millis(after, "started_ms") >= group_end, "run-order 2 started before run-order 1 ended");
+}
+
+#[test]
+fn variables_flow_across_stages_and_resolved_config_is_recorded() {
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(
+        r#"
+[pipeline]
+name = "vars"
+[variables]
+target = { default = "staging" }
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "version"
+plugin = "command@0.1"
+namespace = "build"
+config = { run = "echo ::set-variable version=1.2.3" }
+grants = { commands = ["echo"] }
+[[stages]]
+name = "Deploy"
+[[stages.actions]]
+name = "announce"
+plugin = "command@0.1"
+config = { run = "echo deploying #{build.version} to #{variables.target} as #{execution.id}" }
+grants = { commands = ["echo"] }
+"#,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let execution = workspace.latest_execution();
+    let id = execution["execution"]["id"].as_str().unwrap();
+    let expected = format!("echo deploying 1.2.3 to staging as {id}");
+    let announce = action(&execution, "announce");
+    assert_eq!(announce["resolved_config"][0], serde_json::json!(["run", expected]));
+    assert_eq!(action(&execution, "version")["variables"][1], serde_json::json!(["version", "1.2.3"]));
+    assert!(workspace.latest_logs().contains(&format!("deploying 1.2.3 to staging as {id}")));
+}
+
+#[test]
+fn a_failing_action_is_retried_then_fails_its_stage_and_the_execution() {
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(
+        r#"
+[pipeline]
+name = "retry"
+[[stages]]
+name = "Flaky"
+[[stages.actions]]
+name = "flaky"
+plugin = "command@0.1"
+config = { run = "sh -c 'echo failing; exit 3'" }
+grants = { commands = ["sh"] }
+retry = { attempts = 3, backoff = "10ms" }
+[[stages]]
+name = "Never"
+[[stages.actions]]
+name = "never"
+plugin = "command@0.1"
+config = { run = "true" }
+grants = { commands = ["true"] }
+"#,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let execution = workspace.latest_execution();
+    assert_eq!(execution["execution"]["status"], "Failed");
+    assert!(execution["execution"]["error"].as_str().unwrap().contains("action `flaky` failed"));
+    let flaky = action(&execution, "flaky");
+    assert_eq!(flaky["attempts"], 3);
+    assert_eq!(execution["stages"][0]["status"], "Failed");
+    assert_eq!(execution["stages"][1]["status"], "Skipped");
+    let logs = workspace.latest_logs();
+    for attempt in 1..=3 {
+        assert!(logs.contains(&format!("[flaky #{attempt}]")), "attempt {attempt} has no logs:\n{logs}");
+    }
+}
+
+#[test]
+fn granted_secrets_reach_commands_but_are_masked_in_every_encoding() {
+    let mut workspace = Workspace::new();
+    let secret = "s3cr3t-Token-value-77";
+    workspace.env("SLUICE_SECRET_API_TOKEN", secret);
+    let output = workspace.run_pipeline(
+        r#"
+[pipeline]
+name = "secrets"
+[[stages]]
+name = "Use"
+[[stages.actions]]
+name = "leaky"
+plugin = "command@0.1"
+namespace = "leaky"
+config = { run = "sh -c 'echo token=$API_TOKEN; printf %s $API_TOKEN | base64; echo ::set-variable copy=$API_TOKEN'", secret-env = "API_TOKEN" }
+grants = { commands = ["sh"], secrets = ["API_TOKEN"] }
+"#,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let logs = workspace.latest_logs();
+    assert!(logs.contains("token=***"), "the command did not see the secret:\n{logs}");
+    let shown = workspace.sluice(&["executions", "show", "latest", "--json"]);
+    let everything = format!("{logs}{}{}", text(&output), text(&shown));
+    let encoded = base64_of(secret);
+    assert!(!everything.contains(secret), "plain secret leaked:\n{everything}");
+    assert!(!everything.contains(&encoded[..encoded.len() - 4]), "base64 secret leaked:\n{everything}");
+}
+
+fn base64_of(text: &str) -> String {
+    let output = std::process::Command::new("sh")
+        .args(["-c", &format!("printf %s '{text}' | base64")])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}

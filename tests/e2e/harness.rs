@@ -1,0 +1,156 @@
+//! Shared fixtures: guest components built from source once per test run,
+//! installed once into a shared registry, and a scratch data directory per test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+#[path = "../../xtask/src/guests.rs"]
+#[allow(dead_code)]
+mod guests;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Guest plugins packaged from current source (cargo rebuilds what changed, so
+/// a test never runs a stale component).
+pub fn packaged_plugins() -> &'static Path {
+    static PACKAGED: OnceLock<PathBuf> = OnceLock::new();
+    PACKAGED.get_or_init(|| {
+        let out = root().join("target").join("e2e-plugins");
+        if let Err(e) = guests::build_and_package(&root(), &out) {
+            panic!("building guest plugins failed: {e}\n(is the wasm32-wasip2 target installed? `cargo xtask test` installs it)");
+        }
+        out
+    })
+}
+
+/// A registry with every packaged plugin installed, shared by all tests.
+pub fn shared_registry() -> &'static Path {
+    static REGISTRY: OnceLock<PathBuf> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let registry = root().join("target").join("e2e-registry");
+        std::fs::remove_dir_all(&registry).ok();
+        let scratch = tempfile::tempdir().unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--data-dir")
+            .arg(scratch.path())
+            .arg("--plugins")
+            .arg(&registry)
+            .args(["plugin", "install", "--yes"])
+            .arg(packaged_plugins())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "installing plugins failed:\n{}", text(&output));
+        registry
+    })
+}
+
+/// Everything a finished `sluice` command printed.
+pub fn text(output: &Output) -> String {
+    format!(
+        "--- exit: {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// One test's world: a data directory and a place for pipeline files.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Workspace {
+    /// A fresh workspace using the shared plugin registry.
+    pub fn new() -> Self {
+        shared_registry();
+        Self { dir: tempfile::tempdir().unwrap(), env: Vec::new() }
+    }
+
+    /// Path inside the workspace.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Write a file (parents created) and return its path.
+    pub fn write(&self, relative: &str, content: &str) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Set an environment variable for every later command (e.g. a secret).
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Run `sluice` with this workspace's data directory and the shared registry.
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .current_dir(self.dir.path())
+            .env_remove("SLUICE_DATA_DIR")
+            .env_remove("SLUICE_PLUGINS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("--data-dir")
+            .arg(self.path(".sluice"))
+            .arg("--plugins")
+            .arg(shared_registry())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Write `pipeline.toml` and run it.
+    pub fn run_pipeline(&self, pipeline: &str) -> Output {
+        self.write("pipeline.toml", pipeline);
+        self.sluice(&["run", "pipeline.toml"])
+    }
+
+    /// `executions show latest --json`, parsed.
+    pub fn latest_execution(&self) -> serde_json::Value {
+        let output = self.sluice(&["executions", "show", "latest", "--json"]);
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// All stored log text of the latest execution.
+    pub fn latest_logs(&self) -> String {
+        let output = self.sluice(&["logs", "latest"]);
+        assert!(output.status.success(), "{}", text(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// The JSON record of one action in an execution document.
+pub fn action<'a>(execution: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    execution["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == name)
+        .unwrap_or_else(|| panic!("no action {name} in {execution:#}"))
+}
+
+/// A one-stage pipeline running the hostile plugin with `config` (the inside of
+/// an inline table), plus `extra` TOML lines for the action.
+pub fn hostile_pipeline(config: &str, extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "hostile"
+
+[[stages]]
+name = "Attack"
+[[stages.actions]]
+name = "attack"
+plugin = "hostile@0.1"
+config = {{ {config} }}
+{extra}
+"#
+    )
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `sluice` binary running real guest components.
+
+mod harness;
+
+mod example;
+mod execution;
+mod hostile;
+mod http;
+mod plugins;
+mod validation;
