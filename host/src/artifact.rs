@@ -133,7 +133,9 @@ fn make_writable(dir: &Path) -> anyhow::Result<()> {
 fn set_write_bits(dir: &Path, writable: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // Children first on the way to read-only, parents first on the way back.
-    let walker = walkdir::WalkDir::new(dir).follow_links(false).contents_first(!writable);
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .contents_first(!writable);
     for entry in walker {
         let entry = entry?;
         if entry.file_type().is_symlink() {
@@ -141,7 +143,11 @@ fn set_write_bits(dir: &Path, writable: bool) -> anyhow::Result<()> {
         }
         let mut permissions = entry.metadata()?.permissions();
         let mode = permissions.mode();
-        permissions.set_mode(if writable { mode | 0o200 } else { mode & !0o222 });
+        permissions.set_mode(if writable {
+            mode | 0o200
+        } else {
+            mode & !0o222
+        });
         std::fs::set_permissions(entry.path(), permissions)?;
     }
     Ok(())
@@ -162,11 +168,19 @@ mod tests {
     #[test]
     fn equal_trees_share_a_digest_and_different_ones_do_not() {
         let temp = tempfile::tempdir().unwrap();
-        let (a, b, c) = (temp.path().join("a"), temp.path().join("b"), temp.path().join("c"));
+        let (a, b, c) = (
+            temp.path().join("a"),
+            temp.path().join("b"),
+            temp.path().join("c"),
+        );
         tree(&a, &[("x/1.txt", "one"), ("2.txt", "two")]);
         tree(&b, &[("2.txt", "two"), ("x/1.txt", "one")]);
         tree(&c, &[("x/1.txt", "one"), ("2.txt", "TWO")]);
-        let (da, db, dc) = (digest_tree(&a).unwrap(), digest_tree(&b).unwrap(), digest_tree(&c).unwrap());
+        let (da, db, dc) = (
+            digest_tree(&a).unwrap(),
+            digest_tree(&b).unwrap(),
+            digest_tree(&c).unwrap(),
+        );
         assert_eq!(da.digest, db.digest);
         assert_ne!(da.digest, dc.digest);
         assert_eq!((da.files, da.bytes), (2, 6));

@@ -29,17 +29,40 @@ pub enum Event {
     /// A stage started.
     StageStarted { stage: String },
     /// A stage ended.
-    StageFinished { stage: String, status: Status, duration: Duration },
+    StageFinished {
+        stage: String,
+        status: Status,
+        duration: Duration,
+    },
     /// A stage did not run because an earlier one failed.
     StageSkipped { stage: String },
     /// An action attempt started.
-    ActionStarted { stage: String, action: String, plugin: String, attempt: u32 },
+    ActionStarted {
+        stage: String,
+        action: String,
+        plugin: String,
+        attempt: u32,
+    },
     /// An action reported progress.
-    ActionProgress { action: String, percent: u8, message: String },
+    ActionProgress {
+        action: String,
+        percent: u8,
+        message: String,
+    },
     /// An attempt failed and another will follow after `wait`.
-    ActionRetrying { action: String, attempt: u32, error: String, wait: Duration },
+    ActionRetrying {
+        action: String,
+        attempt: u32,
+        error: String,
+        wait: Duration,
+    },
     /// An action ended.
-    ActionFinished { action: String, status: Status, duration: Duration, detail: String },
+    ActionFinished {
+        action: String,
+        status: Status,
+        duration: Duration,
+        detail: String,
+    },
 }
 
 /// Receives events; must be cheap (it runs on the executor's tasks).
@@ -104,7 +127,14 @@ impl Executor {
         work_root: PathBuf,
         events: EventSink,
     ) -> Arc<Self> {
-        Arc::new(Self { runtime, artifacts, state, secrets, work_root, events })
+        Arc::new(Self {
+            runtime,
+            artifacts,
+            state,
+            secrets,
+            work_root,
+            events,
+        })
     }
 
     /// Pipeline variables for a start: defaults, then `overrides`.
@@ -118,7 +148,11 @@ impl Executor {
                 plan.variables.contains_key(name),
                 "variable `{name}` is not declared by pipeline `{}` (declared: {})",
                 plan.name,
-                plan.variables.keys().cloned().collect::<Vec<_>>().join(", ")
+                plan.variables
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         for (name, default) in &plan.variables {
@@ -139,8 +173,12 @@ impl Executor {
         let variables = Self::resolve_variables(&plan, overrides)?;
         let id = uuid::Uuid::new_v4().to_string();
         let variables_json = serde_json::to_value(&variables)?;
-        self.state.start_execution(&id, &plan.name, &plan.file, &variables_json, now_ms())?;
-        self.emit(Event::ExecutionStarted { id: id.clone(), pipeline: plan.name.clone() });
+        self.state
+            .start_execution(&id, &plan.name, &plan.file, &variables_json, now_ms())?;
+        self.emit(Event::ExecutionStarted {
+            id: id.clone(),
+            pipeline: plan.name.clone(),
+        });
         let context = Arc::new(ExecutionContext {
             id: id.clone(),
             plan: plan.clone(),
@@ -156,10 +194,19 @@ impl Executor {
             }
             failure = self.run_stage(&context, position).await?;
         }
-        let status = if failure.is_some() { Status::Failed } else { Status::Succeeded };
-        self.state.finish_execution(&id, status, failure.as_deref(), now_ms())?;
+        let status = if failure.is_some() {
+            Status::Failed
+        } else {
+            Status::Succeeded
+        };
+        self.state
+            .finish_execution(&id, status, failure.as_deref(), now_ms())?;
         std::fs::remove_dir_all(self.work_root.join(&id)).ok();
-        Ok(ExecutionResult { id, status, error: failure })
+        Ok(ExecutionResult {
+            id,
+            status,
+            error: failure,
+        })
     }
 
     fn emit(&self, event: Event) {
@@ -168,8 +215,16 @@ impl Executor {
 
     fn skip_stage(&self, id: &str, stage: &str, position: usize) -> anyhow::Result<()> {
         self.state.start_stage(id, stage, position, now_ms())?;
-        self.state.finish_stage(id, stage, Status::Skipped, Some("an earlier stage failed"), now_ms())?;
-        self.emit(Event::StageSkipped { stage: stage.to_string() });
+        self.state.finish_stage(
+            id,
+            stage,
+            Status::Skipped,
+            Some("an earlier stage failed"),
+            now_ms(),
+        )?;
+        self.emit(Event::StageSkipped {
+            stage: stage.to_string(),
+        });
         Ok(())
     }
 
@@ -181,8 +236,11 @@ impl Executor {
     ) -> anyhow::Result<Option<String>> {
         let stage = &context.plan.stages[position];
         let started = Instant::now();
-        self.state.start_stage(&context.id, &stage.name, position, now_ms())?;
-        self.emit(Event::StageStarted { stage: stage.name.clone() });
+        self.state
+            .start_stage(&context.id, &stage.name, position, now_ms())?;
+        self.emit(Event::StageStarted {
+            stage: stage.name.clone(),
+        });
         let mut failures = Vec::new();
         for group in stage.groups() {
             let mut running = JoinSet::new();
@@ -194,7 +252,9 @@ impl Executor {
                 match joined {
                     Ok(Ok(())) => {}
                     Ok(Err(reason)) => failures.push(reason),
-                    Err(panic) => failures.push(format!("internal error: action task failed: {panic}")),
+                    Err(panic) => {
+                        failures.push(format!("internal error: action task failed: {panic}"))
+                    }
                 }
             }
             if !failures.is_empty() {
@@ -202,14 +262,32 @@ impl Executor {
             }
         }
         let failure = (!failures.is_empty()).then(|| failures.join("; "));
-        let status = if failure.is_some() { Status::Failed } else { Status::Succeeded };
-        self.state.finish_stage(&context.id, &stage.name, status, failure.as_deref(), now_ms())?;
-        self.emit(Event::StageFinished { stage: stage.name.clone(), status, duration: started.elapsed() });
+        let status = if failure.is_some() {
+            Status::Failed
+        } else {
+            Status::Succeeded
+        };
+        self.state.finish_stage(
+            &context.id,
+            &stage.name,
+            status,
+            failure.as_deref(),
+            now_ms(),
+        )?;
+        self.emit(Event::StageFinished {
+            stage: stage.name.clone(),
+            status,
+            duration: started.elapsed(),
+        });
         Ok(failure)
     }
 
     /// Run one action with its retries; `Err(reason)` when it failed.
-    async fn run_action(&self, context: &ExecutionContext, action: &ActionPlan) -> Result<(), String> {
+    async fn run_action(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+    ) -> Result<(), String> {
         let started = Instant::now();
         let masker = Arc::new(Masker::new(
             self.secrets.granted(&action.grants.secrets).values(),
@@ -219,8 +297,10 @@ impl Executor {
             Ok(config) => config.clone(),
             Err(_) => action.config.clone(),
         };
-        let masked_config: Vec<(String, String)> =
-            recorded_config.iter().map(|(k, v)| (k.clone(), masker.mask(v))).collect();
+        let masked_config: Vec<(String, String)> = recorded_config
+            .iter()
+            .map(|(k, v)| (k.clone(), masker.mask(v)))
+            .collect();
         let record = self.state.start_action(
             &context.id,
             &action.stage,
@@ -231,7 +311,10 @@ impl Executor {
             now_ms(),
         );
         if let Err(e) = record {
-            return Err(format!("action `{}`: recording its start failed: {e:#}", action.name));
+            return Err(format!(
+                "action `{}`: recording its start failed: {e:#}",
+                action.name
+            ));
         }
         let result = match resolved {
             Ok(config) => self.attempts(context, action, config, masker.clone()).await,
@@ -252,7 +335,9 @@ impl Executor {
             .runtime
             .load(
                 &action.plugin.component_path(),
-                &action.plugin.precompiled_path(&self.runtime.compatibility_key()),
+                &action
+                    .plugin
+                    .precompiled_path(&self.runtime.compatibility_key()),
             )
             .map_err(|e| (0, format!("loading plugin {}: {e:#}", action.plugin.id())))?;
         let mut attempt = 1;
@@ -263,13 +348,22 @@ impl Executor {
                 plugin: action.plugin.id(),
                 attempt,
             });
-            let outcome = self.attempt(context, action, &config, &masker, &plugin, attempt).await;
+            let outcome = self
+                .attempt(context, action, &config, &masker, &plugin, attempt)
+                .await;
             match outcome {
                 Ok((outcome, outputs)) => return Ok((attempt, outcome, outputs)),
-                Err(AttemptError::Action(error)) if error.retryable() && attempt < action.retry.attempts => {
+                Err(AttemptError::Action(error))
+                    if error.retryable() && attempt < action.retry.attempts =>
+                {
                     let wait = action.retry.backoff * 2u32.saturating_pow(attempt - 1);
                     let error = masker.mask(&error.to_string());
-                    self.emit(Event::ActionRetrying { action: action.name.clone(), attempt, error, wait });
+                    self.emit(Event::ActionRetrying {
+                        action: action.name.clone(),
+                        attempt,
+                        error,
+                        wait,
+                    });
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -288,14 +382,25 @@ impl Executor {
         plugin: &crate::sandbox::LoadedPlugin,
         attempt: u32,
     ) -> Result<(ActionOutcome, Vec<OutputRecord>), AttemptError> {
-        let work = self.work_root.join(&context.id).join(format!("{}-{attempt}", action.name));
-        let outputs: Vec<(String, PathBuf)> =
-            action.outputs.iter().map(|o| (o.clone(), work.join("out").join(o))).collect();
+        let work = self
+            .work_root
+            .join(&context.id)
+            .join(format!("{}-{attempt}", action.name));
+        let outputs: Vec<(String, PathBuf)> = action
+            .outputs
+            .iter()
+            .map(|o| (o.clone(), work.join("out").join(o)))
+            .collect();
         let workspace = work.join("workspace");
         for dir in outputs.iter().map(|(_, d)| d).chain([&workspace]) {
-            std::fs::create_dir_all(dir).map_err(|e| AttemptError::Host(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AttemptError::Host(format!("creating {}: {e}", dir.display())))?;
         }
-        let log = LogSink::new(action.limits.log_bytes, masker.clone(), Some(self.progress_hook(action)));
+        let log = LogSink::new(
+            action.limits.log_bytes,
+            masker.clone(),
+            Some(self.progress_hook(action)),
+        );
         let spec = SandboxSpec {
             invocation: Invocation {
                 pipeline: context.plan.name.clone(),
@@ -306,7 +411,12 @@ impl Executor {
                 config: config.to_vec(),
                 inputs: action.inputs.clone(),
                 outputs: action.outputs.clone(),
-                mounts: action.grants.mounts.iter().map(|m| m.name.clone()).collect(),
+                mounts: action
+                    .grants
+                    .mounts
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect(),
             },
             inputs: self.input_dirs(context, action),
             outputs: outputs.clone(),
@@ -321,12 +431,19 @@ impl Executor {
         };
         let result = self.runtime.invoke(plugin, spec).await;
         if let Err(error) = &result {
-            log.line(LogStream::Host, &format!("attempt {attempt} failed: {error}"));
+            log.line(
+                LogStream::Host,
+                &format!("attempt {attempt} failed: {error}"),
+            );
         }
         let captured = log.finish();
-        let stored = self.state.append_logs(&context.id, &action.name, attempt, &captured.lines);
+        let stored = self
+            .state
+            .append_logs(&context.id, &action.name, attempt, &captured.lines);
         let ingested = match result {
-            Ok(outcome) => self.ingest(context, &outputs).map(|records| (outcome, records)),
+            Ok(outcome) => self
+                .ingest(context, &outputs)
+                .map(|records| (outcome, records)),
             Err(error) => Err(AttemptError::Action(error)),
         };
         std::fs::remove_dir_all(&work).ok();
@@ -338,11 +455,19 @@ impl Executor {
         let events = self.events.clone();
         let name = action.name.clone();
         Arc::new(move |percent, message| {
-            events(Event::ActionProgress { action: name.clone(), percent, message: message.to_string() })
+            events(Event::ActionProgress {
+                action: name.clone(),
+                percent,
+                message: message.to_string(),
+            })
         })
     }
 
-    fn input_dirs(&self, context: &ExecutionContext, action: &ActionPlan) -> Vec<(String, PathBuf)> {
+    fn input_dirs(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+    ) -> Vec<(String, PathBuf)> {
         let artifacts = lock(&context.artifacts);
         action
             .inputs
@@ -361,11 +486,15 @@ impl Executor {
     ) -> Result<Vec<OutputRecord>, AttemptError> {
         let mut records = Vec::new();
         for (name, dir) in outputs {
-            let info = self
-                .artifacts
-                .ingest(dir)
-                .map_err(|e| AttemptError::Host(format!("storing output artifact `{name}`: {e:#}")))?;
-            records.push(OutputRecord { name: name.clone(), digest: info.digest.clone(), files: info.files, bytes: info.bytes });
+            let info = self.artifacts.ingest(dir).map_err(|e| {
+                AttemptError::Host(format!("storing output artifact `{name}`: {e:#}"))
+            })?;
+            records.push(OutputRecord {
+                name: name.clone(),
+                digest: info.digest.clone(),
+                files: info.files,
+                bytes: info.bytes,
+            });
             lock(&context.artifacts).insert(name.clone(), info);
         }
         Ok(records)
@@ -382,14 +511,32 @@ impl Executor {
         let duration = started.elapsed();
         let (status, attempts, summary, error, variables, outputs) = match result {
             Ok((attempts, outcome, outputs)) => {
-                let variables: Vec<(String, String)> =
-                    outcome.variables.iter().map(|(k, v)| (k.clone(), masker.mask(v))).collect();
+                let variables: Vec<(String, String)> = outcome
+                    .variables
+                    .iter()
+                    .map(|(k, v)| (k.clone(), masker.mask(v)))
+                    .collect();
                 if let Some(namespace) = &action.namespace {
-                    lock(&context.namespaces).insert(namespace.clone(), variables.iter().cloned().collect());
+                    lock(&context.namespaces)
+                        .insert(namespace.clone(), variables.iter().cloned().collect());
                 }
-                (Status::Succeeded, attempts, Some(masker.mask(&outcome.summary)), None, variables, outputs)
+                (
+                    Status::Succeeded,
+                    attempts,
+                    Some(masker.mask(&outcome.summary)),
+                    None,
+                    variables,
+                    outputs,
+                )
             }
-            Err((attempts, error)) => (Status::Failed, attempts, None, Some(error), Vec::new(), Vec::new()),
+            Err((attempts, error)) => (
+                Status::Failed,
+                attempts,
+                None,
+                Some(error),
+                Vec::new(),
+                Vec::new(),
+            ),
         };
         let end = ActionEnd {
             status,
@@ -403,7 +550,12 @@ impl Executor {
             .finish_action(&context.id, &action.name, &end, now_ms())
             .map_err(|e| format!("action `{}`: recording its end failed: {e:#}", action.name))?;
         let detail = error.clone().or(summary).unwrap_or_default();
-        self.emit(Event::ActionFinished { action: action.name.clone(), status, duration, detail });
+        self.emit(Event::ActionFinished {
+            action: action.name.clone(),
+            status,
+            duration,
+            detail,
+        });
         match error {
             Some(error) => Err(format!("action `{}` failed: {error}", action.name)),
             None => Ok(()),
@@ -423,7 +575,10 @@ enum AttemptError {
 }
 
 /// The action's configuration with every reference replaced.
-fn resolve_config(context: &ExecutionContext, action: &ActionPlan) -> Result<Vec<(String, String)>, String> {
+fn resolve_config(
+    context: &ExecutionContext,
+    action: &ActionPlan,
+) -> Result<Vec<(String, String)>, String> {
     action
         .config
         .iter()

@@ -147,7 +147,12 @@ mod tests {
         let m = masker(secret);
         let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
         let url_form = "hunter2%2Dvery%2Dsecret";
-        for leak in [secret.to_string(), b64, hex::encode(secret), url_form.to_string()] {
+        for leak in [
+            secret.to_string(),
+            b64,
+            hex::encode(secret),
+            url_form.to_string(),
+        ] {
             let line = format!("token={leak};");
             let masked = m.mask(&line);
             assert!(!masked.contains(&leak), "{leak} survived in {masked}");
@@ -163,7 +168,10 @@ mod tests {
             let encoded =
                 base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{secret}tail"));
             let masked = m.mask(&encoded);
-            assert!(masked.contains(MASK), "prefix {prefix:?}: {encoded} not masked");
+            assert!(
+                masked.contains(MASK),
+                "prefix {prefix:?}: {encoded} not masked"
+            );
         }
     }
 

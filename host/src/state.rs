@@ -215,7 +215,9 @@ impl StateStore {
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
-        connection.execute_batch(SCHEMA).context("creating the state schema")?;
+        connection
+            .execute_batch(SCHEMA)
+            .context("creating the state schema")?;
         Ok(Self {
             connection: Mutex::new(connection),
         })
@@ -242,7 +244,13 @@ impl StateStore {
     }
 
     /// Record how an execution ended.
-    pub fn finish_execution(&self, id: &str, status: Status, error: Option<&str>, now_ms: i64) -> anyhow::Result<()> {
+    pub fn finish_execution(
+        &self,
+        id: &str,
+        status: Status,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
         self.db().execute(
             "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
             params![id, status.name(), error, now_ms],
@@ -251,7 +259,13 @@ impl StateStore {
     }
 
     /// Record a stage starting.
-    pub fn start_stage(&self, execution: &str, stage: &str, position: usize, now_ms: i64) -> anyhow::Result<()> {
+    pub fn start_stage(
+        &self,
+        execution: &str,
+        stage: &str,
+        position: usize,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
         self.db().execute(
             "INSERT OR REPLACE INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![execution, stage, position as i64, Status::InProgress.name(), now_ms],
@@ -260,7 +274,14 @@ impl StateStore {
     }
 
     /// Record how a stage ended.
-    pub fn finish_stage(&self, execution: &str, stage: &str, status: Status, error: Option<&str>, now_ms: i64) -> anyhow::Result<()> {
+    pub fn finish_stage(
+        &self,
+        execution: &str,
+        stage: &str,
+        status: Status,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
         self.db().execute(
             "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
             params![execution, stage, status.name(), error, now_ms],
@@ -288,7 +309,13 @@ impl StateStore {
     }
 
     /// Record how an action ended.
-    pub fn finish_action(&self, execution: &str, action: &str, end: &ActionEnd<'_>, now_ms: i64) -> anyhow::Result<()> {
+    pub fn finish_action(
+        &self,
+        execution: &str,
+        action: &str,
+        end: &ActionEnd<'_>,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
         self.db().execute(
             "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9 WHERE execution_id = ?1 AND action = ?2",
             params![
@@ -307,7 +334,13 @@ impl StateStore {
     }
 
     /// Append an attempt's log lines in one transaction.
-    pub fn append_logs(&self, execution: &str, action: &str, attempt: u32, lines: &[LogLine]) -> anyhow::Result<()> {
+    pub fn append_logs(
+        &self,
+        execution: &str,
+        action: &str,
+        attempt: u32,
+        lines: &[LogLine],
+    ) -> anyhow::Result<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
         let next: i64 = tx.query_row(
@@ -320,7 +353,15 @@ impl StateStore {
                 "INSERT INTO action_logs (execution_id, action, attempt, seq, ts_ms, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (i, line) in lines.iter().enumerate() {
-                insert.execute(params![execution, action, attempt, next + i as i64, line.timestamp_ms, line.stream, line.text])?;
+                insert.execute(params![
+                    execution,
+                    action,
+                    attempt,
+                    next + i as i64,
+                    line.timestamp_ms,
+                    line.stream,
+                    line.text
+                ])?;
             }
         }
         tx.commit()?;
@@ -328,7 +369,11 @@ impl StateStore {
     }
 
     /// Executions, newest first.
-    pub fn list_executions(&self, pipeline: Option<&str>, limit: usize) -> anyhow::Result<Vec<ExecutionRecord>> {
+    pub fn list_executions(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ExecutionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables FROM executions
@@ -352,7 +397,9 @@ impl StateStore {
             [] => Ok(None),
             [only] => Ok(Some(only.clone())),
             [first, ..] if first.id == id_or_prefix => Ok(Some(first.clone())),
-            _ => anyhow::bail!("execution id prefix `{id_or_prefix}` is ambiguous; give more characters"),
+            _ => anyhow::bail!(
+                "execution id prefix `{id_or_prefix}` is ambiguous; give more characters"
+            ),
         }
     }
 
@@ -426,7 +473,11 @@ impl StateStore {
     pub fn latest_execution(&self) -> anyhow::Result<Option<String>> {
         Ok(self
             .db()
-            .query_row("SELECT id FROM executions ORDER BY started_ms DESC, rowid DESC LIMIT 1", [], |row| row.get(0))
+            .query_row(
+                "SELECT id FROM executions ORDER BY started_ms DESC, rowid DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
             .optional()?)
     }
 }

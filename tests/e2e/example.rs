@@ -37,14 +37,26 @@ fn example_pipeline_runs_source_build_test_deploy() {
     let printed = text(&output);
     assert!(output.status.success(), "{printed}");
     for stage in ["Source", "Build", "Test", "Deploy"] {
-        assert!(printed.contains(&format!("stage {stage} Succeeded")), "{stage} missing:\n{printed}");
+        assert!(
+            printed.contains(&format!("stage {stage} Succeeded")),
+            "{stage} missing:\n{printed}"
+        );
     }
-    assert!(printed.contains("Artifacts:") && printed.contains("blake3:"), "{printed}");
-    assert!(printed.contains("passed=3"), "junit-gate variables missing:\n{printed}");
+    assert!(
+        printed.contains("Artifacts:") && printed.contains("blake3:"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("passed=3"),
+        "junit-gate variables missing:\n{printed}"
+    );
 
     let page = workspace.path("hello/deploy/current/dist/index.html");
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(html.contains("Hello from Sluice") && html.contains("staging"), "{html}");
+    assert!(
+        html.contains("Hello from Sluice") && html.contains("staging"),
+        "{html}"
+    );
 
     let execution = workspace.latest_execution();
     assert_eq!(execution["execution"]["status"], "Succeeded");
@@ -67,22 +79,43 @@ fn variable_overrides_reach_the_deployed_site_and_history_is_kept() {
     let pipeline = pipeline.to_str().unwrap();
     let first = workspace.sluice(&["run", pipeline]);
     assert!(first.status.success(), "{}", text(&first));
-    let second = workspace.sluice(&["run", pipeline, "--var", "environment=production", "--var", "greeting=Howdy"]);
+    let second = workspace.sluice(&[
+        "run",
+        pipeline,
+        "--var",
+        "environment=production",
+        "--var",
+        "greeting=Howdy",
+    ]);
     assert!(second.status.success(), "{}", text(&second));
 
-    let html = std::fs::read_to_string(workspace.path("hello/deploy/current/dist/index.html")).unwrap();
-    assert!(html.contains("Howdy") && html.contains("production"), "{html}");
-    let releases = std::fs::read_dir(workspace.path("hello/deploy/releases")).unwrap().count();
+    let html =
+        std::fs::read_to_string(workspace.path("hello/deploy/current/dist/index.html")).unwrap();
+    assert!(
+        html.contains("Howdy") && html.contains("production"),
+        "{html}"
+    );
+    let releases = std::fs::read_dir(workspace.path("hello/deploy/releases"))
+        .unwrap()
+        .count();
     assert_eq!(releases, 2);
 
     let list = workspace.sluice(&["executions", "list"]);
     let listed = String::from_utf8_lossy(&list.stdout);
-    assert_eq!(listed.lines().filter(|l| l.contains("Succeeded")).count(), 2, "{listed}");
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("Succeeded")).count(),
+        2,
+        "{listed}"
+    );
     let logs = workspace.sluice(&["logs", "latest", "compile"]);
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.contains("built 2 files"), "{logs}");
 
     let unknown = workspace.sluice(&["run", pipeline, "--var", "colour=blue"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(text(&unknown).contains("variable `colour` is not declared"), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("variable `colour` is not declared"),
+        "{}",
+        text(&unknown)
+    );
 }

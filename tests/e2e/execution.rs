@@ -3,7 +3,9 @@
 use crate::harness::{Workspace, action, text};
 
 fn millis(record: &serde_json::Value, field: &str) -> i64 {
-    record[field].as_i64().unwrap_or_else(|| panic!("no {field} in {record:#}"))
+    record[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no {field} in {record:#}"))
 }
 
 #[test]
@@ -35,13 +37,21 @@ grants = { commands = ["true"] }
     );
     assert!(output.status.success(), "{}", text(&output));
     let execution = workspace.latest_execution();
-    let (left, right, after) = (action(&execution, "left"), action(&execution, "right"), action(&execution, "after"));
+    let (left, right, after) = (
+        action(&execution, "left"),
+        action(&execution, "right"),
+        action(&execution, "after"),
+    );
     assert!(
-        millis(left, "started_ms") < millis(right, "ended_ms") && millis(right, "started_ms") < millis(left, "ended_ms"),
+        millis(left, "started_ms") < millis(right, "ended_ms")
+            && millis(right, "started_ms") < millis(left, "ended_ms"),
         "run-order 1 actions did not overlap: {left:#} {right:#}"
     );
     let group_end = millis(left, "ended_ms").max(millis(right, "ended_ms"));
-    assert!(millis(after, "started_ms") >= group_end, "run-order 2 started before run-order 1 ended");
+    assert!(
+        millis(after, "started_ms") >= group_end,
+        "run-order 2 started before run-order 1 ended"
+    );
 }
 
 #[test]
@@ -75,9 +85,19 @@ grants = { commands = ["echo"] }
     let id = execution["execution"]["id"].as_str().unwrap();
     let expected = format!("echo deploying 1.2.3 to staging as {id}");
     let announce = action(&execution, "announce");
-    assert_eq!(announce["resolved_config"][0], serde_json::json!(["run", expected]));
-    assert_eq!(action(&execution, "version")["variables"][1], serde_json::json!(["version", "1.2.3"]));
-    assert!(workspace.latest_logs().contains(&format!("deploying 1.2.3 to staging as {id}")));
+    assert_eq!(
+        announce["resolved_config"][0],
+        serde_json::json!(["run", expected])
+    );
+    assert_eq!(
+        action(&execution, "version")["variables"][1],
+        serde_json::json!(["version", "1.2.3"])
+    );
+    assert!(
+        workspace
+            .latest_logs()
+            .contains(&format!("deploying 1.2.3 to staging as {id}"))
+    );
 }
 
 #[test]
@@ -107,14 +127,22 @@ grants = { commands = ["true"] }
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let execution = workspace.latest_execution();
     assert_eq!(execution["execution"]["status"], "Failed");
-    assert!(execution["execution"]["error"].as_str().unwrap().contains("action `flaky` failed"));
+    assert!(
+        execution["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("action `flaky` failed")
+    );
     let flaky = action(&execution, "flaky");
     assert_eq!(flaky["attempts"], 3);
     assert_eq!(execution["stages"][0]["status"], "Failed");
     assert_eq!(execution["stages"][1]["status"], "Skipped");
     let logs = workspace.latest_logs();
     for attempt in 1..=3 {
-        assert!(logs.contains(&format!("[flaky #{attempt}]")), "attempt {attempt} has no logs:\n{logs}");
+        assert!(
+            logs.contains(&format!("[flaky #{attempt}]")),
+            "attempt {attempt} has no logs:\n{logs}"
+        );
     }
 }
 
@@ -139,12 +167,21 @@ grants = { commands = ["sh"], secrets = ["API_TOKEN"] }
     );
     assert!(output.status.success(), "{}", text(&output));
     let logs = workspace.latest_logs();
-    assert!(logs.contains("token=***"), "the command did not see the secret:\n{logs}");
+    assert!(
+        logs.contains("token=***"),
+        "the command did not see the secret:\n{logs}"
+    );
     let shown = workspace.sluice(&["executions", "show", "latest", "--json"]);
     let everything = format!("{logs}{}{}", text(&output), text(&shown));
     let encoded = base64_of(secret);
-    assert!(!everything.contains(secret), "plain secret leaked:\n{everything}");
-    assert!(!everything.contains(&encoded[..encoded.len() - 4]), "base64 secret leaked:\n{everything}");
+    assert!(
+        !everything.contains(secret),
+        "plain secret leaked:\n{everything}"
+    );
+    assert!(
+        !everything.contains(&encoded[..encoded.len() - 4]),
+        "base64 secret leaked:\n{everything}"
+    );
 }
 
 fn base64_of(text: &str) -> String {

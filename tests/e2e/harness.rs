@@ -6,12 +6,14 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 #[path = "../../xtask/src/guests.rs"]
-#[allow(dead_code)]
 mod guests;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Guest plugins packaged from current source (cargo rebuilds what changed, so
@@ -43,7 +45,11 @@ pub fn shared_registry() -> &'static Path {
             .arg(packaged_plugins())
             .output()
             .unwrap();
-        assert!(output.status.success(), "installing plugins failed:\n{}", text(&output));
+        assert!(
+            output.status.success(),
+            "installing plugins failed:\n{}",
+            text(&output)
+        );
         registry
     })
 }
@@ -68,7 +74,10 @@ impl Workspace {
     /// A fresh workspace using the shared plugin registry.
     pub fn new() -> Self {
         shared_registry();
-        Self { dir: tempfile::tempdir().unwrap(), env: Vec::new() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
+        }
     }
 
     /// Path inside the workspace.

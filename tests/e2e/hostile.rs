@@ -58,42 +58,72 @@ config = { mode = "noop" }
 fn contained(workspace: &Workspace, pipeline: &str, reason: &str) -> String {
     let output = workspace.run_pipeline(pipeline);
     let printed = text(&output);
-    assert_eq!(output.status.code(), Some(1), "the attack should fail the execution:\n{printed}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the attack should fail the execution:\n{printed}"
+    );
     let execution = workspace.latest_execution();
     let attack = action(&execution, "attack");
     assert_eq!(attack["status"], "Failed", "{execution:#}");
     let error = attack["error"].as_str().unwrap();
-    assert!(error.contains(reason), "expected `{reason}` in the action error `{error}`");
+    assert!(
+        error.contains(reason),
+        "expected `{reason}` in the action error `{error}`"
+    );
     if pipeline.contains("bystander") {
-        assert_eq!(action(&execution, "bystander")["status"], "Succeeded", "{execution:#}");
+        assert_eq!(
+            action(&execution, "bystander")["status"],
+            "Succeeded",
+            "{execution:#}"
+        );
     }
     let logs = workspace.latest_logs();
     for leak in [PASSWD_MARKER, SECRET_VALUE, "ESCAPED"] {
-        assert!(!printed.contains(leak) && !logs.contains(leak), "`{leak}` leaked:\n{printed}\n{logs}");
+        assert!(
+            !printed.contains(leak) && !logs.contains(leak),
+            "`{leak}` leaked:\n{printed}\n{logs}"
+        );
     }
     workspace.write("after.toml", FOLLOW_UP);
     let next = workspace.sluice(&["run", "after.toml"]);
-    assert!(next.status.success(), "the next execution must run normally:\n{}", text(&next));
+    assert!(
+        next.status.success(),
+        "the next execution must run normally:\n{}",
+        text(&next)
+    );
     logs
 }
 
 #[test]
 fn escape_by_dotdot_is_denied() {
     let workspace = Workspace::new();
-    contained(&workspace, &attack_on_bait(r#"mode = "escape-dotdot""#, ""), "denied");
+    contained(
+        &workspace,
+        &attack_on_bait(r#"mode = "escape-dotdot""#, ""),
+        "denied",
+    );
 }
 
 #[test]
 fn escape_by_absolute_path_is_denied() {
     let workspace = Workspace::new();
-    contained(&workspace, &attack_on_bait(r#"mode = "escape-absolute""#, ""), "read /etc/passwd denied");
+    contained(
+        &workspace,
+        &attack_on_bait(r#"mode = "escape-absolute""#, ""),
+        "read /etc/passwd denied",
+    );
 }
 
 #[test]
 fn escape_by_symlink_in_an_input_artifact_is_denied() {
     let workspace = Workspace::new();
     let config = r#"mode = "escape-symlink", link = "relative-link""#;
-    contained(&workspace, &attack_on_bait(config, ""), "read symlink /in/bait/relative-link denied");
+    contained(
+        &workspace,
+        &attack_on_bait(config, ""),
+        "read symlink /in/bait/relative-link denied",
+    );
     // The bait really held a link out of the sandbox (cap-std refuses to create
     // absolute ones, so the relative one is the real attack).
     let output = workspace.sluice(&["executions", "list", "--json"]);
@@ -101,13 +131,23 @@ fn escape_by_symlink_in_an_input_artifact_is_denied() {
     let attack_id = executions[1]["id"].as_str().unwrap();
     let shown = workspace.sluice(&["executions", "show", attack_id, "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert!(action(&shown, "plant")["summary"].as_str().unwrap().contains("relative-link"), "{shown:#}");
+    assert!(
+        action(&shown, "plant")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("relative-link"),
+        "{shown:#}"
+    );
 }
 
 #[test]
 fn writing_into_an_input_artifact_is_denied() {
     let workspace = Workspace::new();
-    contained(&workspace, &attack_on_bait(r#"mode = "write-input""#, ""), "denied");
+    contained(
+        &workspace,
+        &attack_on_bait(r#"mode = "write-input""#, ""),
+        "denied",
+    );
 }
 
 #[test]
@@ -115,8 +155,15 @@ fn reading_an_ungranted_secret_is_denied_and_never_leaks() {
     let mut workspace = Workspace::new();
     workspace.env("SLUICE_SECRET_OTHER", SECRET_VALUE);
     workspace.env("SLUICE_SECRET_MINE", "mine-1234");
-    let pipeline = attack_on_bait(r#"mode = "secret-ungranted", secret = "OTHER""#, r#"grants = { secrets = ["MINE"] }"#);
-    contained(&workspace, &pipeline, "secret `OTHER` is not granted to this action");
+    let pipeline = attack_on_bait(
+        r#"mode = "secret-ungranted", secret = "OTHER""#,
+        r#"grants = { secrets = ["MINE"] }"#,
+    );
+    contained(
+        &workspace,
+        &pipeline,
+        "secret `OTHER` is not granted to this action",
+    );
 }
 
 #[test]
@@ -127,15 +174,29 @@ fn a_request_to_an_ungranted_host_is_denied_before_connecting() {
     let port = listener.local_addr().unwrap().port();
     let config = format!(r#"mode = "http-ungranted", url = "http://127.0.0.1:{port}/steal""#);
     let pipeline = attack_on_bait(&config, r#"grants = { hosts = ["example.com"] }"#);
-    contained(&workspace, &pipeline, &format!("outbound HTTP to `127.0.0.1:{port}` is not granted"));
-    assert!(listener.accept().is_err(), "the denied request must never connect");
+    contained(
+        &workspace,
+        &pipeline,
+        &format!("outbound HTTP to `127.0.0.1:{port}` is not granted"),
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the denied request must never connect"
+    );
 }
 
 #[test]
 fn a_command_off_the_allow_list_is_denied() {
     let workspace = Workspace::new();
-    let pipeline = attack_on_bait(r#"mode = "command-not-allowed", program = "curl""#, r#"grants = { commands = ["sh"] }"#);
-    contained(&workspace, &pipeline, "command `curl` is not in this action's allow-list");
+    let pipeline = attack_on_bait(
+        r#"mode = "command-not-allowed", program = "curl""#,
+        r#"grants = { commands = ["sh"] }"#,
+    );
+    contained(
+        &workspace,
+        &pipeline,
+        "command `curl` is not in this action's allow-list",
+    );
 }
 
 #[test]
@@ -148,25 +209,45 @@ fn an_infinite_loop_hits_the_cpu_limit() {
 #[test]
 fn an_infinite_loop_hits_the_wall_clock_timeout() {
     let workspace = Workspace::new();
-    let pipeline = attack_on_bait(r#"mode = "infinite-loop""#, "timeout = \"1s\"\nlimits = { cpu = \"1m\" }");
+    let pipeline = attack_on_bait(
+        r#"mode = "infinite-loop""#,
+        "timeout = \"1s\"\nlimits = { cpu = \"1m\" }",
+    );
     contained(&workspace, &pipeline, "timeout of 1s exceeded");
 }
 
 #[test]
 fn a_memory_bomb_hits_the_memory_limit() {
     let workspace = Workspace::new();
-    let pipeline = attack_on_bait(r#"mode = "memory-bomb""#, r#"limits = { memory = "64MiB" }"#);
+    let pipeline = attack_on_bait(
+        r#"mode = "memory-bomb""#,
+        r#"limits = { memory = "64MiB" }"#,
+    );
     contained(&workspace, &pipeline, "memory limit of 64.0 MiB exceeded");
 }
 
 #[test]
 fn a_log_flood_is_truncated_with_a_marker_not_a_trap() {
     let workspace = Workspace::new();
-    let pipeline = hostile_pipeline(r#"mode = "log-flood", mb = "8""#, r#"limits = { log = "64KiB" }"#);
+    let pipeline = hostile_pipeline(
+        r#"mode = "log-flood", mb = "8""#,
+        r#"limits = { log = "64KiB" }"#,
+    );
     let output = workspace.run_pipeline(&pipeline);
-    assert!(output.status.success(), "a flood is cut, not fatal:\n{}", text(&output));
+    assert!(
+        output.status.success(),
+        "a flood is cut, not fatal:\n{}",
+        text(&output)
+    );
     let logs = workspace.latest_logs();
-    assert!(logs.contains("log limit of 64.0 KiB reached"), "{}", &logs[logs.len().saturating_sub(500)..]);
+    assert!(
+        logs.contains("log limit of 64.0 KiB reached"),
+        "{}",
+        &logs[logs.len().saturating_sub(500)..]
+    );
     let stored: usize = logs.lines().map(|l| l.len()).sum();
-    assert!(stored < 200 * 1024, "stored {stored} bytes of log for a 64 KiB limit");
+    assert!(
+        stored < 200 * 1024,
+        "stored {stored} bytes of log for a 64 KiB limit"
+    );
 }

@@ -23,15 +23,23 @@ fn one_shot_server(status: u16) -> (u16, mpsc::Receiver<String>) {
             if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                 length = value.trim().parse().unwrap();
             }
-            chunked |= line.to_ascii_lowercase().starts_with("transfer-encoding: chunked");
+            chunked |= line
+                .to_ascii_lowercase()
+                .starts_with("transfer-encoding: chunked");
             request.push_str(&line);
             if line == "\r\n" || line.is_empty() {
                 break;
             }
         }
-        let body = if chunked { read_chunked(&mut reader) } else { read_exact(&mut reader, length) };
+        let body = if chunked {
+            read_chunked(&mut reader)
+        } else {
+            read_exact(&mut reader, length)
+        };
         request.push_str(&String::from_utf8_lossy(&body));
-        let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 8\r\nConnection: close\r\n\r\ndeployed");
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: 8\r\nConnection: close\r\n\r\ndeployed"
+        );
         reader.get_mut().write_all(reply.as_bytes()).unwrap();
         sender.send(request).unwrap();
     });
@@ -84,13 +92,21 @@ fn http_calls_a_granted_endpoint_with_a_secret_header() {
     assert!(output.status.success(), "{}", text(&output));
     let request = received.recv().unwrap();
     assert!(request.starts_with("POST /deploy"), "{request}");
-    assert!(request.to_ascii_lowercase().contains("authorization: bearer hook-secret-4321"), "{request}");
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains("authorization: bearer hook-secret-4321"),
+        "{request}"
+    );
     let execution = workspace.latest_execution();
     let id = execution["execution"]["id"].as_str().unwrap();
     assert!(request.ends_with(&format!("release {id}")), "{request}");
     let hook = action(&execution, "hook");
     let variables = hook["variables"].to_string();
-    assert!(variables.contains(r#"["status","200"]"#) && variables.contains("deployed"), "{variables}");
+    assert!(
+        variables.contains(r#"["status","200"]"#) && variables.contains("deployed"),
+        "{variables}"
+    );
     assert!(!workspace.latest_logs().contains("hook-secret-4321"));
 }
 
@@ -102,6 +118,9 @@ fn http_fails_on_an_unexpected_status() {
     let output = workspace.run_pipeline(&pipeline(port));
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     received.recv().unwrap();
-    let error = action(&workspace.latest_execution(), "hook")["error"].as_str().unwrap().to_string();
+    let error = action(&workspace.latest_execution(), "hook")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(error.contains("503"), "{error}");
 }

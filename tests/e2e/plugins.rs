@@ -20,7 +20,12 @@ fn sluice(workspace: &Workspace, registry: &Path, args: &[&str]) -> Output {
 }
 
 /// Copy a packaged plugin, rewriting its manifest with `edit`.
-fn variant(workspace: &Workspace, plugin: &str, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+fn variant(
+    workspace: &Workspace,
+    plugin: &str,
+    name: &str,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
     let source = packaged_plugins().join(plugin);
     let target = workspace.path(name);
     std::fs::create_dir_all(&target).unwrap();
@@ -37,23 +42,45 @@ fn variant(workspace: &Workspace, plugin: &str, name: &str, edit: impl Fn(String
 fn install_rejects_a_component_that_does_not_match_its_digest() {
     let workspace = Workspace::new();
     let tampered = variant(&workspace, "http", "tampered", |m| m.clone());
-    std::fs::OpenOptions::new().append(true).open(tampered.join("http.wasm")).unwrap().write_all_compat(b"evil");
-    let output = sluice(&workspace, &workspace.path("registry"), &["plugin", "install", "tampered", "--yes"]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(tampered.join("http.wasm"))
+        .unwrap()
+        .write_all_compat(b"evil");
+    let output = sluice(
+        &workspace,
+        &workspace.path("registry"),
+        &["plugin", "install", "tampered", "--yes"],
+    );
     assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output).contains("digest mismatch"), "{}", text(&output));
+    assert!(
+        text(&output).contains("digest mismatch"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]
 fn install_needs_consent_unless_yes_is_given() {
     let workspace = Workspace::new();
     let http = packaged_plugins().join("http");
-    let output = sluice(&workspace, &workspace.path("registry"), &["plugin", "install", http.to_str().unwrap()]);
+    let output = sluice(
+        &workspace,
+        &workspace.path("registry"),
+        &["plugin", "install", http.to_str().unwrap()],
+    );
     assert_eq!(output.status.code(), Some(2));
     let printed = text(&output);
-    assert!(printed.contains("outbound HTTP: any the pipeline grants"), "capabilities must be shown:\n{printed}");
+    assert!(
+        printed.contains("outbound HTTP: any the pipeline grants"),
+        "capabilities must be shown:\n{printed}"
+    );
     assert!(printed.contains("needs consent"), "{printed}");
     let listed = sluice(&workspace, &workspace.path("registry"), &["plugin", "list"]);
-    assert!(!String::from_utf8_lossy(&listed.stdout).contains("http"), "nothing may be installed without consent");
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("http"),
+        "nothing may be installed without consent"
+    );
 }
 
 #[test]
@@ -62,23 +89,54 @@ fn versions_live_side_by_side_and_pipelines_pick_by_requirement() {
     let registry = workspace.path("registry");
     let v1 = packaged_plugins().join("dir-source");
     let v2 = variant(&workspace, "dir-source", "dir-source-v2", |m| {
-        m.replace("version = \"0.1.0\"", "version = \"0.2.0\"").replace("hosts = []", "hosts = [\"*.example.com\"]")
+        m.replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+            .replace("hosts = []", "hosts = [\"*.example.com\"]")
     });
-    let first = sluice(&workspace, &registry, &["plugin", "install", v1.to_str().unwrap(), "--yes"]);
+    let first = sluice(
+        &workspace,
+        &registry,
+        &["plugin", "install", v1.to_str().unwrap(), "--yes"],
+    );
     assert!(first.status.success(), "{}", text(&first));
-    let upgrade = sluice(&workspace, &registry, &["plugin", "install", v2.to_str().unwrap(), "--yes"]);
+    let upgrade = sluice(
+        &workspace,
+        &registry,
+        &["plugin", "install", v2.to_str().unwrap(), "--yes"],
+    );
     assert!(upgrade.status.success(), "{}", text(&upgrade));
     let printed = text(&upgrade);
-    assert!(printed.contains("upgrades dir-source@0.1.0") && printed.contains("+ outbound HTTP *.example.com"), "{printed}");
+    assert!(
+        printed.contains("upgrades dir-source@0.1.0")
+            && printed.contains("+ outbound HTTP *.example.com"),
+        "{printed}"
+    );
 
-    let listed = String::from_utf8_lossy(&sluice(&workspace, &registry, &["plugin", "list"]).stdout).into_owned();
-    assert!(listed.contains("0.1.0") && listed.contains("0.2.0"), "{listed}");
-    let inspected = text(&sluice(&workspace, &registry, &["plugin", "inspect", "dir-source@0.1"]));
-    assert!(inspected.contains("dir-source@0.1.0") && inspected.contains("path") && inspected.contains("required"), "{inspected}");
+    let listed =
+        String::from_utf8_lossy(&sluice(&workspace, &registry, &["plugin", "list"]).stdout)
+            .into_owned();
+    assert!(
+        listed.contains("0.1.0") && listed.contains("0.2.0"),
+        "{listed}"
+    );
+    let inspected = text(&sluice(
+        &workspace,
+        &registry,
+        &["plugin", "inspect", "dir-source@0.1"],
+    ));
+    assert!(
+        inspected.contains("dir-source@0.1.0")
+            && inspected.contains("path")
+            && inspected.contains("required"),
+        "{inspected}"
+    );
 
     std::fs::create_dir_all(workspace.path("src")).unwrap();
     std::fs::write(workspace.path("src/file.txt"), "content").unwrap();
-    for (requirement, expected) in [("0.1", "dir-source@0.1.0"), ("0.2", "dir-source@0.2.0"), ("*", "dir-source@0.2.0")] {
+    for (requirement, expected) in [
+        ("0.1", "dir-source@0.1.0"),
+        ("0.2", "dir-source@0.2.0"),
+        ("*", "dir-source@0.2.0"),
+    ] {
         workspace.write(
             "pipeline.toml",
             &format!(
@@ -98,15 +156,32 @@ grants = {{ mounts = {{ src = {{ host = "src" }} }} }}
         );
         let run = sluice(&workspace, &registry, &["run", "pipeline.toml"]);
         assert!(run.status.success(), "{}", text(&run));
-        assert!(text(&run).contains(expected), "`@{requirement}` should run {expected}:\n{}", text(&run));
+        assert!(
+            text(&run).contains(expected),
+            "`@{requirement}` should run {expected}:\n{}",
+            text(&run)
+        );
     }
 
-    let removed = sluice(&workspace, &registry, &["plugin", "remove", "dir-source@0.2.0"]);
+    let removed = sluice(
+        &workspace,
+        &registry,
+        &["plugin", "remove", "dir-source@0.2.0"],
+    );
     assert!(removed.status.success(), "{}", text(&removed));
-    workspace.write("pipeline.toml", &std::fs::read_to_string(workspace.path("pipeline.toml")).unwrap().replace("@*", "@0.2"));
+    workspace.write(
+        "pipeline.toml",
+        &std::fs::read_to_string(workspace.path("pipeline.toml"))
+            .unwrap()
+            .replace("@*", "@0.2"),
+    );
     let invalid = sluice(&workspace, &registry, &["validate", "pipeline.toml"]);
     assert_eq!(invalid.status.code(), Some(2));
-    assert!(text(&invalid).contains("installed versions: 0.1.0"), "{}", text(&invalid));
+    assert!(
+        text(&invalid).contains("installed versions: 0.1.0"),
+        "{}",
+        text(&invalid)
+    );
 }
 
 trait WriteCompat {

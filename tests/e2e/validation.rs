@@ -34,7 +34,10 @@ fn validate(pipeline: &str) -> (Option<i32>, String) {
     let workspace = Workspace::new();
     workspace.write("pipeline.toml", pipeline);
     let output = workspace.sluice(&["validate", "pipeline.toml"]);
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Assert the pipeline is rejected at `line:column` with `message` in the error.
@@ -42,7 +45,9 @@ fn rejected_at(pipeline: &str, line: usize, column: usize, message: &str) {
     let (code, stderr) = validate(pipeline);
     assert_eq!(code, Some(2), "expected rejection:\n{stderr}");
     let location = format!("pipeline.toml:{line}:{column}: error:");
-    let hit = stderr.lines().any(|l| l.contains(&location) && l.contains(message));
+    let hit = stderr
+        .lines()
+        .any(|l| l.contains(&location) && l.contains(message));
     assert!(hit, "expected `{location} …{message}…` in:\n{stderr}");
 }
 
@@ -63,62 +68,131 @@ fn malformed_toml_names_line_and_column() {
 
 #[test]
 fn unknown_plugin_and_unknown_version() {
-    rejected_at(&VALID.replacen("command@0.1", "nosuch@1", 1), 11, 10, "unknown plugin `nosuch`");
-    rejected_at(&VALID.replacen("command@0.1", "command@9", 1), 11, 10, "no installed version of `command` matches `^9`");
+    rejected_at(
+        &VALID.replacen("command@0.1", "nosuch@1", 1),
+        11,
+        10,
+        "unknown plugin `nosuch`",
+    );
+    rejected_at(
+        &VALID.replacen("command@0.1", "command@9", 1),
+        11,
+        10,
+        "no installed version of `command` matches `^9`",
+    );
 }
 
 #[test]
 fn input_not_produced_earlier() {
-    rejected_at(&VALID.replace(r#"inputs = ["stuff"]"#, r#"inputs = ["nothing"]"#), 22, 11, "input artifact `nothing` is not produced by any action");
-    // Produced, but in the same run-order group: not earlier.
-    let same_group = VALID.replace(
-        "[[stages]]\nname = \"Use\"\n",
-        "",
+    rejected_at(
+        &VALID.replace(r#"inputs = ["stuff"]"#, r#"inputs = ["nothing"]"#),
+        22,
+        11,
+        "input artifact `nothing` is not produced by any action",
     );
+    // Produced, but in the same run-order group: not earlier.
+    let same_group = VALID.replace("[[stages]]\nname = \"Use\"\n", "");
     rejected_at(&same_group, 20, 11, "does not run before this one");
 }
 
 #[test]
 fn output_produced_twice() {
-    let twice = VALID.replace(r#"inputs = ["stuff"]"#, "inputs = [\"stuff\"]\noutputs = [\"stuff\"]");
-    rejected_at(&twice, 23, 12, "artifact `stuff` is already produced by action `make`");
+    let twice = VALID.replace(
+        r#"inputs = ["stuff"]"#,
+        "inputs = [\"stuff\"]\noutputs = [\"stuff\"]",
+    );
+    rejected_at(
+        &twice,
+        23,
+        12,
+        "artifact `stuff` is already produced by action `make`",
+    );
 }
 
 #[test]
 fn dangling_variable_references() {
-    rejected_at(&VALID.replace("#{variables.who}", "#{variables.whom}"), 23, 18, "undeclared pipeline variable");
-    rejected_at(&VALID.replace("#{make.exit_code}", "#{nope.exit_code}"), 23, 18, "namespace `nope`, which no action declares");
+    rejected_at(
+        &VALID.replace("#{variables.who}", "#{variables.whom}"),
+        23,
+        18,
+        "undeclared pipeline variable",
+    );
+    rejected_at(
+        &VALID.replace("#{make.exit_code}", "#{nope.exit_code}"),
+        23,
+        18,
+        "namespace `nope`, which no action declares",
+    );
 }
 
 #[test]
 fn grant_beyond_the_plugin_manifest() {
-    let grant = VALID.replacen(r#"grants = { commands = ["sh"] }"#, r#"grants = { commands = ["sh"], hosts = ["example.com"] }"#, 1);
-    rejected_at(&grant, 15, 40, "grant of outbound HTTP to `example.com` exceeds the manifest of command@0.1.0");
-    let mount = VALID.replacen(r#"grants = { commands = ["sh"] }"#, r#"grants = { mounts = { m = { host = "." } } }"#, 1);
+    let grant = VALID.replacen(
+        r#"grants = { commands = ["sh"] }"#,
+        r#"grants = { commands = ["sh"], hosts = ["example.com"] }"#,
+        1,
+    );
+    rejected_at(
+        &grant,
+        15,
+        40,
+        "grant of outbound HTTP to `example.com` exceeds the manifest of command@0.1.0",
+    );
+    let mount = VALID.replacen(
+        r#"grants = { commands = ["sh"] }"#,
+        r#"grants = { mounts = { m = { host = "." } } }"#,
+        1,
+    );
     rejected_at(&mount, 15, 27, "which allows no host mounts");
 }
 
 #[test]
 fn missing_and_unknown_config_keys() {
-    let missing = VALID.replace(r#"config = { run = "sh -c 'echo #{variables.who} #{make.exit_code}'" }"#, "config = {}");
+    let missing = VALID.replace(
+        r#"config = { run = "sh -c 'echo #{variables.who} #{make.exit_code}'" }"#,
+        "config = {}",
+    );
     rejected_at(&missing, 20, 8, "missing required config `run`");
-    let unknown = VALID.replace(r#"outputs = "stuff=out/**" }"#, r#"outputs = "stuff=out/**", colour = "red" }"#);
+    let unknown = VALID.replace(
+        r#"outputs = "stuff=out/**" }"#,
+        r#"outputs = "stuff=out/**", colour = "red" }"#,
+    );
     rejected_at(&unknown, 14, 100, "unknown config key `colour`");
-    let mistyped = VALID.replace(r#"outputs = "stuff=out/**" }"#, r#"outputs = "stuff=out/**", timeout = "soon" }"#);
+    let mistyped = VALID.replace(
+        r#"outputs = "stuff=out/**" }"#,
+        r#"outputs = "stuff=out/**", timeout = "soon" }"#,
+    );
     rejected_at(&mistyped, 14, 101, "config `timeout` must be an integer");
 }
 
 #[test]
 fn duplicate_names() {
-    rejected_at(&VALID.replace(r#"name = "Use""#, r#"name = "Source""#), 18, 8, "duplicate stage name `Source`");
-    rejected_at(&VALID.replace(r#"name = "use""#, r#"name = "make""#), 20, 8, "duplicate action name `make`");
+    rejected_at(
+        &VALID.replace(r#"name = "Use""#, r#"name = "Source""#),
+        18,
+        8,
+        "duplicate stage name `Source`",
+    );
+    rejected_at(
+        &VALID.replace(r#"name = "use""#, r#"name = "make""#),
+        20,
+        8,
+        "duplicate action name `make`",
+    );
 }
 
 #[test]
 fn run_refuses_an_invalid_pipeline_too() {
     let workspace = Workspace::new();
-    workspace.write("pipeline.toml", &VALID.replacen("command@0.1", "nosuch@1", 1));
+    workspace.write(
+        "pipeline.toml",
+        &VALID.replacen("command@0.1", "nosuch@1", 1),
+    );
     let output = workspace.sluice(&["run", "pipeline.toml"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output).contains("pipeline.toml:11:10: error: unknown plugin `nosuch`"), "{}", text(&output));
+    assert!(
+        text(&output).contains("pipeline.toml:11:10: error: unknown plugin `nosuch`"),
+        "{}",
+        text(&output)
+    );
 }

@@ -13,7 +13,8 @@ Verbs:
             target/plugins/<name>/ (component + plugin.toml with sha256).
   example   plugins, build the sluice CLI, install target/plugins and run
             examples/hello/pipeline.toml; exits with the run's exit code.
-  test      Make sure the wasm target is installed, then `cargo test`.
+  test      Make sure the wasm target is installed, then `cargo test --workspace`
+            (host unit tests, end-to-end tests, plugin and SDK unit tests).
   help      Show this message (also -h, --help).
 ";
 
@@ -78,7 +79,7 @@ fn test() -> Result<ExitCode, String> {
     guests::ensure_wasm_target()?;
     let root = root();
     let status = cargo(&root)
-        .arg("test")
+        .args(["test", "--workspace"])
         .args(std::env::args().skip(2))
         .status()
         .map_err(|e| format!("running cargo test: {e}"))?;

@@ -35,15 +35,29 @@ pub enum ExecutionsCommand {
 pub fn executions(command: ExecutionsCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
     let state = paths.state()?;
     match command {
-        ExecutionsCommand::List { pipeline, limit, json } => {
+        ExecutionsCommand::List {
+            pipeline,
+            limit,
+            json,
+        } => {
             let executions = state.list_executions(pipeline.as_deref(), limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&executions)?);
                 return Ok(ExitCode::SUCCESS);
             }
             for e in executions {
-                let duration = e.ended_ms.map(|end| format!("{}ms", end - e.started_ms)).unwrap_or_else(|| "-".into());
-                println!("{}  {:<16} {:<11} {:>9}  {}", e.id, e.pipeline, e.status, duration, e.error.unwrap_or_default());
+                let duration = e
+                    .ended_ms
+                    .map(|end| format!("{}ms", end - e.started_ms))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{}  {:<16} {:<11} {:>9}  {}",
+                    e.id,
+                    e.pipeline,
+                    e.status,
+                    duration,
+                    e.error.unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -62,7 +76,9 @@ fn resolve_id(state: &StateStore, id: &str) -> anyhow::Result<String> {
 
 fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let id = resolve_id(state, id)?;
-    let execution = state.execution(&id)?.ok_or_else(|| anyhow::anyhow!("execution vanished"))?;
+    let execution = state
+        .execution(&id)?
+        .ok_or_else(|| anyhow::anyhow!("execution vanished"))?;
     let actions = state.actions(&id)?;
     if json {
         let document = serde_json::json!({
@@ -73,7 +89,10 @@ fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Execution {} of {} ({}): {}", execution.id, execution.pipeline, execution.pipeline_file, execution.status);
+    println!(
+        "Execution {} of {} ({}): {}",
+        execution.id, execution.pipeline, execution.pipeline_file, execution.status
+    );
     if let Some(error) = &execution.error {
         println!("  error: {error}");
     }
@@ -81,7 +100,11 @@ fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     super::report::print_details(state, &id)?;
     println!("  Resolved configuration:");
     for action in &actions {
-        let pairs: Vec<String> = action.resolved_config.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let pairs: Vec<String> = action
+            .resolved_config
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
         println!("    {:<16} {}", action.action, pairs.join(" "));
     }
     Ok(ExitCode::SUCCESS)
@@ -92,10 +115,16 @@ pub fn logs(paths: &Paths, execution: &str, action: Option<&str>) -> anyhow::Res
     let id = resolve_id(&state, execution)?;
     let lines = state.logs(&id, action)?;
     if lines.is_empty() {
-        eprintln!("no log lines for execution {id}{}", action.map(|a| format!(", action {a}")).unwrap_or_default());
+        eprintln!(
+            "no log lines for execution {id}{}",
+            action.map(|a| format!(", action {a}")).unwrap_or_default()
+        );
     }
     for line in lines {
-        println!("[{} #{}] {:<7} {}", line.action, line.attempt, line.stream, line.line);
+        println!(
+            "[{} #{}] {:<7} {}",
+            line.action, line.attempt, line.stream, line.line
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,7 +26,12 @@ use crate::state::{StateStore, Status};
 #[command(name = "sluice", version, about)]
 struct Cli {
     /// Data directory: state database, artifacts, plugin registry.
-    #[arg(long, global = true, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_DATA_DIR",
+        default_value = ".sluice"
+    )]
     data_dir: PathBuf,
     /// Plugin registry directory [default: <data-dir>/plugins].
     #[arg(long, global = true, env = "SLUICE_PLUGINS")]
@@ -96,7 +101,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let paths = Paths {
-        plugins: cli.plugins.clone().unwrap_or_else(|| cli.data_dir.join("plugins")),
+        plugins: cli
+            .plugins
+            .clone()
+            .unwrap_or_else(|| cli.data_dir.join("plugins")),
         data_dir: cli.data_dir,
     };
     match dispatch(cli.command, &paths) {
@@ -111,12 +119,19 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { file, vars, secrets } => run(paths, &file, vars.into_iter().collect(), secrets.as_deref()),
+        Command::Run {
+            file,
+            vars,
+            secrets,
+        } => run(paths, &file, vars.into_iter().collect(), secrets.as_deref()),
         Command::Validate { file } => validate(paths, &file),
         Command::Plugin(command) => plugins::dispatch(command, paths),
         Command::Executions(command) => history::executions(command, paths),
@@ -128,7 +143,12 @@ fn validate(paths: &Paths, file: &Path) -> anyhow::Result<ExitCode> {
     match crate::pipeline::load(file, &paths.registry()?) {
         Ok(plan) => {
             let actions: usize = plan.stages.iter().map(|s| s.actions.len()).sum();
-            println!("{}: pipeline `{}` is valid ({} stages, {actions} actions)", file.display(), plan.name, plan.stages.len());
+            println!(
+                "{}: pipeline `{}` is valid ({} stages, {actions} actions)",
+                file.display(),
+                plan.name,
+                plan.stages.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(diagnostics) => {
@@ -170,5 +190,7 @@ fn run(
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

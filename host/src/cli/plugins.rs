@@ -59,9 +59,17 @@ fn install(registry: &Registry, dir: &std::path::Path, yes: bool) -> anyhow::Res
             continue;
         }
         let installed = registry.install(&source, &plan, &runtime)?;
-        println!("  installed {} (digest verified, precompiled) → {}", installed.id(), installed.dir.display());
+        println!(
+            "  installed {} (digest verified, precompiled) → {}",
+            installed.id(),
+            installed.dir.display()
+        );
     }
-    Ok(if refused { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if refused {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn ask_consent(id: &str) -> anyhow::Result<bool> {
@@ -84,7 +92,13 @@ fn list(registry: &Registry) -> anyhow::Result<ExitCode> {
     }
     for plugin in plugins {
         let m = &plugin.manifest;
-        println!("{:<14} {:<8} {:<16} {}", m.name, m.version, m.categories.join(","), m.description);
+        println!(
+            "{:<14} {:<8} {:<16} {}",
+            m.name,
+            m.version,
+            m.categories.join(","),
+            m.description
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -95,13 +109,25 @@ fn inspect(registry: &Registry, text: &str) -> anyhow::Result<ExitCode> {
     let m = &plugin.manifest;
     println!("{} — {}", m.id(), m.description);
     println!("  world:      {}", m.world);
-    println!("  component:  {} (sha256 {})", m.component, m.sha256.as_deref().unwrap_or("-"));
+    println!(
+        "  component:  {} (sha256 {})",
+        m.component,
+        m.sha256.as_deref().unwrap_or("-")
+    );
     println!("  categories: {}", m.categories.join(", "));
     println!("  directory:  {}", plugin.dir.display());
     println!("  config:");
     for (key, schema) in &m.config {
-        let required = if schema.required { "required" } else { "optional" };
-        println!("    {key:<16} {:<8} {required:<9} {}", schema.kind.name(), schema.description);
+        let required = if schema.required {
+            "required"
+        } else {
+            "optional"
+        };
+        println!(
+            "    {key:<16} {:<8} {required:<9} {}",
+            schema.kind.name(),
+            schema.description
+        );
     }
     println!("  capabilities:");
     for line in m.capabilities.describe() {

@@ -28,22 +28,62 @@ fn mark(status: Status) -> &'static str {
 
 fn describe(event: &Event) -> String {
     match event {
-        Event::ExecutionStarted { id, pipeline } => format!("▶ pipeline {pipeline}: execution {id}"),
-        Event::StageStarted { stage } => format!("┌ stage {stage}"),
-        Event::StageFinished { stage, status, duration } => {
-            format!("└ {} stage {stage} {} in {}", mark(*status), status.name(), format_duration(*duration))
+        Event::ExecutionStarted { id, pipeline } => {
+            format!("▶ pipeline {pipeline}: execution {id}")
         }
-        Event::StageSkipped { stage } => format!("- stage {stage} skipped (an earlier stage failed)"),
-        Event::ActionStarted { action, plugin, attempt, .. } => match attempt {
+        Event::StageStarted { stage } => format!("┌ stage {stage}"),
+        Event::StageFinished {
+            stage,
+            status,
+            duration,
+        } => {
+            format!(
+                "└ {} stage {stage} {} in {}",
+                mark(*status),
+                status.name(),
+                format_duration(*duration)
+            )
+        }
+        Event::StageSkipped { stage } => {
+            format!("- stage {stage} skipped (an earlier stage failed)")
+        }
+        Event::ActionStarted {
+            action,
+            plugin,
+            attempt,
+            ..
+        } => match attempt {
             1 => format!("│ ▶ {action} ({plugin})"),
             n => format!("│ ▶ {action} ({plugin}) attempt {n}"),
         },
-        Event::ActionProgress { action, percent, message } => format!("│   {action} {percent:>3}% {message}"),
-        Event::ActionRetrying { action, attempt, error, wait } => {
-            format!("│ ↻ {action} attempt {attempt} failed: {error}; retrying in {}", humantime::format_duration(round(*wait)))
+        Event::ActionProgress {
+            action,
+            percent,
+            message,
+        } => format!("│   {action} {percent:>3}% {message}"),
+        Event::ActionRetrying {
+            action,
+            attempt,
+            error,
+            wait,
+        } => {
+            format!(
+                "│ ↻ {action} attempt {attempt} failed: {error}; retrying in {}",
+                humantime::format_duration(round(*wait))
+            )
         }
-        Event::ActionFinished { action, status, duration, detail } => {
-            format!("│ {} {action} {} in {} — {detail}", mark(*status), status.name(), format_duration(*duration))
+        Event::ActionFinished {
+            action,
+            status,
+            duration,
+            detail,
+        } => {
+            format!(
+                "│ {} {action} {} in {} — {detail}",
+                mark(*status),
+                status.name(),
+                format_duration(*duration)
+            )
         }
     }
 }
@@ -60,7 +100,9 @@ fn span(started_ms: i64, ended_ms: Option<i64>) -> String {
 
 /// Print the end-of-run summary of an execution from the state store.
 pub fn summary(state: &StateStore, id: &str) -> anyhow::Result<()> {
-    let execution = state.execution(id)?.ok_or_else(|| anyhow::anyhow!("execution {id} not found"))?;
+    let execution = state
+        .execution(id)?
+        .ok_or_else(|| anyhow::anyhow!("execution {id} not found"))?;
     println!();
     println!(
         "Execution {} of {}: {} in {}",
@@ -81,9 +123,18 @@ pub fn summary(state: &StateStore, id: &str) -> anyhow::Result<()> {
 pub fn print_details(state: &StateStore, id: &str) -> anyhow::Result<()> {
     let actions = state.actions(id)?;
     for stage in state.stages(id)? {
-        println!("  {:<10} {:<11} {}", stage.stage, stage.status, span(stage.started_ms, stage.ended_ms));
+        println!(
+            "  {:<10} {:<11} {}",
+            stage.stage,
+            stage.status,
+            span(stage.started_ms, stage.ended_ms)
+        );
         for action in actions.iter().filter(|a| a.stage == stage.stage) {
-            let attempts = if action.attempts > 1 { format!(" ({} attempts)", action.attempts) } else { String::new() };
+            let attempts = if action.attempts > 1 {
+                format!(" ({} attempts)", action.attempts)
+            } else {
+                String::new()
+            };
             println!(
                 "    {:<16} {:<11} {:>8}  {}{attempts}",
                 action.action,
@@ -91,13 +142,20 @@ pub fn print_details(state: &StateStore, id: &str) -> anyhow::Result<()> {
                 span(action.started_ms, action.ended_ms),
                 action.plugin
             );
-            let detail = action.error.as_deref().or(action.summary.as_deref()).unwrap_or("");
+            let detail = action
+                .error
+                .as_deref()
+                .or(action.summary.as_deref())
+                .unwrap_or("");
             if !detail.is_empty() {
                 println!("      {detail}");
             }
         }
     }
-    let outputs: Vec<_> = actions.iter().flat_map(|a| a.outputs.iter().map(move |o| (a, o))).collect();
+    let outputs: Vec<_> = actions
+        .iter()
+        .flat_map(|a| a.outputs.iter().map(move |o| (a, o)))
+        .collect();
     if !outputs.is_empty() {
         println!("  Artifacts:");
         for (action, output) in outputs {
@@ -115,7 +173,11 @@ pub fn print_details(state: &StateStore, id: &str) -> anyhow::Result<()> {
     if !with_variables.is_empty() {
         println!("  Variables:");
         for action in with_variables {
-            let pairs: Vec<String> = action.variables.iter().map(|(k, v)| format!("{k}={}", one_line(v))).collect();
+            let pairs: Vec<String> = action
+                .variables
+                .iter()
+                .map(|(k, v)| format!("{k}={}", one_line(v)))
+                .collect();
             println!("    {:<16} {}", action.action, pairs.join("  "));
         }
     }

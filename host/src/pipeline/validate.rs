@@ -71,7 +71,10 @@ impl Validator<'_> {
     fn pipeline(&mut self, file: &PipelineFile) -> Plan {
         let execution_mode = self.execution_mode(file);
         if file.stages.is_empty() {
-            self.error(&file.pipeline.name, "the pipeline has no stages; add a [[stages]] table");
+            self.error(
+                &file.pipeline.name,
+                "the pipeline has no stages; add a [[stages]] table",
+            );
         }
         self.collect_producers(file);
         let mut stage_names = HashSet::new();
@@ -79,16 +82,27 @@ impl Validator<'_> {
         let mut stages = Vec::new();
         for (index, stage) in file.stages.iter().enumerate() {
             if !stage_names.insert(stage.name.get_ref().clone()) {
-                self.error(&stage.name, format!("duplicate stage name `{}`", stage.name.get_ref()));
+                self.error(
+                    &stage.name,
+                    format!("duplicate stage name `{}`", stage.name.get_ref()),
+                );
             }
             if stage.actions.is_empty() {
-                self.error(&stage.name, format!("stage `{}` has no actions", stage.name.get_ref()));
+                self.error(
+                    &stage.name,
+                    format!("stage `{}` has no actions", stage.name.get_ref()),
+                );
             }
             let mut actions = Vec::new();
             for action in &stage.actions {
                 if !action_names.insert(action.name.get_ref().clone()) {
                     let name = action.name.get_ref();
-                    self.error(&action.name, format!("duplicate action name `{name}`; action names are unique in a pipeline"));
+                    self.error(
+                        &action.name,
+                        format!(
+                            "duplicate action name `{name}`; action names are unique in a pipeline"
+                        ),
+                    );
                 }
                 let position = (index, run_order(action));
                 if let Some(plan) = self.action(file, stage.name.get_ref(), position, action) {
@@ -123,7 +137,10 @@ impl Validator<'_> {
             "queued" => ExecutionMode::Queued,
             "parallel" => ExecutionMode::Parallel,
             other => {
-                self.error(mode, format!("unknown execution-mode `{other}`; use superseded, queued or parallel"));
+                self.error(
+                    mode,
+                    format!("unknown execution-mode `{other}`; use superseded, queued or parallel"),
+                );
                 ExecutionMode::default()
             }
         }
@@ -137,11 +154,17 @@ impl Validator<'_> {
                 for output in &action.outputs {
                     let name = output.get_ref();
                     if let Some(first) = self.artifacts.get(name) {
-                        let message = format!("artifact `{name}` is already produced by action `{}`; output names are unique in a pipeline", first.action);
+                        let message = format!(
+                            "artifact `{name}` is already produced by action `{}`; output names are unique in a pipeline",
+                            first.action
+                        );
                         self.error(output, message);
                         continue;
                     }
-                    let producer = Producer { position, action: action.name.get_ref().clone() };
+                    let producer = Producer {
+                        position,
+                        action: action.name.get_ref().clone(),
+                    };
                     self.artifacts.insert(name.clone(), producer);
                 }
                 if let Some(namespace) = &action.namespace {
@@ -156,10 +179,16 @@ impl Validator<'_> {
         if RESERVED_NAMESPACES.contains(&name.as_str()) {
             self.error(namespace, format!("namespace `{name}` is reserved"));
         } else if let Some(first) = self.namespaces.get(name) {
-            let message = format!("namespace `{name}` is already used by action `{}`", first.action);
+            let message = format!(
+                "namespace `{name}` is already used by action `{}`",
+                first.action
+            );
             self.error(namespace, message);
         } else {
-            let producer = Producer { position, action: action.to_string() };
+            let producer = Producer {
+                position,
+                action: action.to_string(),
+            };
             self.namespaces.insert(name.clone(), producer);
         }
     }
@@ -204,11 +233,17 @@ impl Validator<'_> {
         match self.registry.resolve(&reference) {
             Ok(Ok(plugin)) => Some(plugin),
             Ok(Err(unresolved)) => {
-                self.error(&action.plugin, format!("{unresolved}; install it with `sluice plugin install <dir>`"));
+                self.error(
+                    &action.plugin,
+                    format!("{unresolved}; install it with `sluice plugin install <dir>`"),
+                );
                 None
             }
             Err(e) => {
-                self.error(&action.plugin, format!("cannot read the plugin registry: {e:#}"));
+                self.error(
+                    &action.plugin,
+                    format!("cannot read the plugin registry: {e:#}"),
+                );
                 None
             }
         }
@@ -244,7 +279,10 @@ impl Validator<'_> {
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 _ => {
-                    self.error(value, format!("config `{key}` must be a string, number or boolean"));
+                    self.error(
+                        value,
+                        format!("config `{key}` must be a string, number or boolean"),
+                    );
                     continue;
                 }
             };
@@ -268,9 +306,15 @@ impl Validator<'_> {
         for reference in refs {
             let message = match reference.namespace.as_str() {
                 "variables" if file.variables.contains_key(&reference.key) => continue,
-                "variables" => format!("`#{{{}}}` refers to an undeclared pipeline variable; declare it under [variables]", reference.name()),
+                "variables" => format!(
+                    "`#{{{}}}` refers to an undeclared pipeline variable; declare it under [variables]",
+                    reference.name()
+                ),
                 "execution" if EXECUTION_KEYS.contains(&reference.key.as_str()) => continue,
-                "execution" => format!("`#{{{}}}` is not a built-in; use #{{execution.id}} or #{{execution.pipeline}}", reference.name()),
+                "execution" => format!(
+                    "`#{{{}}}` is not a built-in; use #{{execution.id}} or #{{execution.pipeline}}",
+                    reference.name()
+                ),
                 namespace => match self.namespaces.get(namespace) {
                     Some(producer) if producer.position < position => continue,
                     Some(producer) => format!(
@@ -278,7 +322,10 @@ impl Validator<'_> {
                         reference.name(),
                         producer.action
                     ),
-                    None => format!("`#{{{}}}` refers to namespace `{namespace}`, which no action declares", reference.name()),
+                    None => format!(
+                        "`#{{{}}}` refers to namespace `{namespace}`, which no action declares",
+                        reference.name()
+                    ),
                 },
             };
             self.error(at, message);
@@ -295,10 +342,18 @@ impl Validator<'_> {
             let diagnostic = match manifest.config.get(key) {
                 None => {
                     let known: Vec<&str> = manifest.config.keys().map(String::as_str).collect();
-                    format!("unknown config key `{key}` for plugin {}; it accepts: {}", manifest.id(), known.join(", "))
+                    format!(
+                        "unknown config key `{key}` for plugin {}; it accepts: {}",
+                        manifest.id(),
+                        known.join(", ")
+                    )
                 }
                 Some(schema) if !value.contains("#{") && !schema.kind.accepts(value) => {
-                    format!("config `{key}` must be {} {}, not `{value}`", article(schema.kind.name()), schema.kind.name())
+                    format!(
+                        "config `{key}` must be {} {}, not `{value}`",
+                        article(schema.kind.name()),
+                        schema.kind.name()
+                    )
                 }
                 Some(_) => continue,
             };
@@ -307,7 +362,11 @@ impl Validator<'_> {
         }
         for (key, schema) in &manifest.config {
             if schema.required && !config.contains_key(key) {
-                let message = format!("missing required config `{key}` for plugin {} ({})", manifest.id(), schema.description);
+                let message = format!(
+                    "missing required config `{key}` for plugin {} ({})",
+                    manifest.id(),
+                    schema.description
+                );
                 self.error(&action.name, message);
             }
         }
@@ -320,13 +379,28 @@ impl Validator<'_> {
         let caps = &manifest.capabilities;
         let id = manifest.id();
         let decl: &GrantsDecl = decl.get_ref();
-        for secret in decl.secrets.iter().filter(|s| !caps.allows_secret(s.get_ref())) {
-            self.error(secret, format!("grant of secret `{}` exceeds the manifest of {id}, which allows secrets: {:?}", secret.get_ref(), caps.secrets));
+        for secret in decl
+            .secrets
+            .iter()
+            .filter(|s| !caps.allows_secret(s.get_ref()))
+        {
+            self.error(
+                secret,
+                format!(
+                    "grant of secret `{}` exceeds the manifest of {id}, which allows secrets: {:?}",
+                    secret.get_ref(),
+                    caps.secrets
+                ),
+            );
         }
         for host in decl.hosts.iter().filter(|h| !caps.allows_host(h.get_ref())) {
             self.error(host, format!("grant of outbound HTTP to `{}` exceeds the manifest of {id}, which allows hosts: {:?}", host.get_ref(), caps.hosts));
         }
-        for command in decl.commands.iter().filter(|c| !caps.allows_command(c.get_ref())) {
+        for command in decl
+            .commands
+            .iter()
+            .filter(|c| !caps.allows_command(c.get_ref()))
+        {
             self.error(command, format!("grant of command `{}` exceeds the manifest of {id}, which allows commands: {:?}", command.get_ref(), caps.commands));
         }
         let mounts = self.mounts(decl, manifest);
@@ -350,16 +424,29 @@ impl Validator<'_> {
                 None | Some("ro") => false,
                 Some("rw") => true,
                 Some(other) => {
-                    self.error(mount, format!("mount `{name}` has mode `{other}`; use `ro` or `rw`"));
+                    self.error(
+                        mount,
+                        format!("mount `{name}` has mode `{other}`; use `ro` or `rw`"),
+                    );
                     continue;
                 }
             };
             let host = self.base_dir.join(&mount.get_ref().host);
             if !host.is_dir() {
-                self.error(mount, format!("mount `{name}`: host directory {} does not exist", host.display()));
+                self.error(
+                    mount,
+                    format!(
+                        "mount `{name}`: host directory {} does not exist",
+                        host.display()
+                    ),
+                );
                 continue;
             }
-            mounts.push(Mount { name: name.clone(), host, writable });
+            mounts.push(Mount {
+                name: name.clone(),
+                host,
+                writable,
+            });
         }
         mounts
     }
@@ -384,9 +471,24 @@ impl Validator<'_> {
                 self.error(decl, message);
             }
         };
-        apply(inner.memory.as_deref().map(|m| parse_bytes(m).map(|b| limits.memory_bytes = b)));
-        apply(inner.log.as_deref().map(|l| parse_bytes(l).map(|b| limits.log_bytes = b)));
-        apply(inner.cpu.as_deref().map(|c| parse_duration(c).map(|d| limits.cpu = d)));
+        apply(
+            inner
+                .memory
+                .as_deref()
+                .map(|m| parse_bytes(m).map(|b| limits.memory_bytes = b)),
+        );
+        apply(
+            inner
+                .log
+                .as_deref()
+                .map(|l| parse_bytes(l).map(|b| limits.log_bytes = b)),
+        );
+        apply(
+            inner
+                .cpu
+                .as_deref()
+                .map(|c| parse_duration(c).map(|d| limits.cpu = d)),
+        );
         limits
     }
 
@@ -395,9 +497,15 @@ impl Validator<'_> {
             return RetryPolicy::default();
         };
         let inner = decl.get_ref();
-        let mut policy = RetryPolicy { attempts: inner.attempts, ..RetryPolicy::default() };
+        let mut policy = RetryPolicy {
+            attempts: inner.attempts,
+            ..RetryPolicy::default()
+        };
         if inner.attempts == 0 {
-            self.error(decl, "retry attempts counts the first attempt too; it must be at least 1");
+            self.error(
+                decl,
+                "retry attempts counts the first attempt too; it must be at least 1",
+            );
         }
         if let Some(backoff) = &inner.backoff {
             match parse_duration(backoff) {
@@ -414,5 +522,9 @@ fn run_order(action: &ActionDecl) -> u32 {
 }
 
 fn article(word: &str) -> &'static str {
-    if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }

@@ -180,11 +180,13 @@ impl Manifest {
     /// Read and parse `plugin.toml` in `dir`.
     pub fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("plugin.toml");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let manifest: Manifest =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        manifest.check().with_context(|| format!("in {}", path.display()))?;
+        manifest
+            .check()
+            .with_context(|| format!("in {}", path.display()))?;
         Ok(manifest)
     }
 
@@ -194,15 +196,25 @@ impl Manifest {
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        anyhow::ensure!(valid_name, "plugin name `{}` must be letters, digits, - or _", self.name);
+        anyhow::ensure!(
+            valid_name,
+            "plugin name `{}` must be letters, digits, - or _",
+            self.name
+        );
         anyhow::ensure!(
             self.world == "action",
             "world `{}` is not supported; this host runs world `action`",
             self.world
         );
-        let plain_file = Path::new(&self.component).file_name().map(|f| f.to_os_string())
+        let plain_file = Path::new(&self.component)
+            .file_name()
+            .map(|f| f.to_os_string())
             == Some(self.component.clone().into());
-        anyhow::ensure!(plain_file, "component `{}` must be a file name beside plugin.toml", self.component);
+        anyhow::ensure!(
+            plain_file,
+            "component `{}` must be a file name beside plugin.toml",
+            self.component
+        );
         Ok(())
     }
 
@@ -233,8 +245,18 @@ mod tests {
 
     #[test]
     fn widening_lists_only_new_capabilities() {
-        let old = Capabilities { hosts: vec!["a.com".into()], ..Default::default() };
-        let new = Capabilities { hosts: vec!["a.com".into(), "b.com".into()], mounts: true, ..Default::default() };
-        assert_eq!(old.widened_by(&new), vec!["+ outbound HTTP b.com", "+ host mounts"]);
+        let old = Capabilities {
+            hosts: vec!["a.com".into()],
+            ..Default::default()
+        };
+        let new = Capabilities {
+            hosts: vec!["a.com".into(), "b.com".into()],
+            mounts: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            old.widened_by(&new),
+            vec!["+ outbound HTTP b.com", "+ host mounts"]
+        );
     }
 }

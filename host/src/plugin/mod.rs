@@ -82,7 +82,9 @@ pub enum ResolveError {
         installed: String,
     },
     /// The plugin is installed, but no version matches.
-    #[error("no installed version of `{name}` matches `{requirement}`; installed versions: {installed}")]
+    #[error(
+        "no installed version of `{name}` matches `{requirement}`; installed versions: {installed}"
+    )]
     NoMatchingVersion {
         /// The name asked for.
         name: String,
@@ -115,11 +117,20 @@ impl InstallPlan {
                     lines.push("    (none)".to_string());
                 }
                 lines.extend(widened.into_iter().map(|l| format!("    {l}")));
-                lines.extend(narrowed.into_iter().map(|l| format!("    {}", l.replacen('+', "-", 1))));
+                lines.extend(
+                    narrowed
+                        .into_iter()
+                        .map(|l| format!("    {}", l.replacen('+', "-", 1))),
+                );
             }
             None => lines.push("  may be granted:".to_string()),
         }
-        lines.extend(m.capabilities.describe().into_iter().map(|l| format!("    {l}")));
+        lines.extend(
+            m.capabilities
+                .describe()
+                .into_iter()
+                .map(|l| format!("    {l}")),
+        );
         lines
     }
 }
@@ -161,16 +172,25 @@ impl Registry {
     }
 
     /// The newest installed version matching `reference`.
-    pub fn resolve(&self, reference: &PluginRef) -> anyhow::Result<Result<InstalledPlugin, ResolveError>> {
+    pub fn resolve(
+        &self,
+        reference: &PluginRef,
+    ) -> anyhow::Result<Result<InstalledPlugin, ResolveError>> {
         let all = self.list()?;
-        let versions: Vec<&InstalledPlugin> =
-            all.iter().filter(|p| p.manifest.name == reference.name).collect();
+        let versions: Vec<&InstalledPlugin> = all
+            .iter()
+            .filter(|p| p.manifest.name == reference.name)
+            .collect();
         if versions.is_empty() {
             let mut names: Vec<&str> = all.iter().map(|p| p.manifest.name.as_str()).collect();
             names.dedup();
             return Ok(Err(ResolveError::UnknownPlugin {
                 name: reference.name.clone(),
-                installed: if names.is_empty() { "none".into() } else { names.join(", ") },
+                installed: if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
             }));
         }
         let best = versions
@@ -223,13 +243,21 @@ impl Registry {
     }
 
     /// Install a verified plugin: precompile it for `runtime` and copy it in.
-    pub fn install(&self, source: &Path, plan: &InstallPlan, runtime: &Runtime) -> anyhow::Result<InstalledPlugin> {
+    pub fn install(
+        &self,
+        source: &Path,
+        plan: &InstallPlan,
+        runtime: &Runtime,
+    ) -> anyhow::Result<InstalledPlugin> {
         let manifest = &plan.manifest;
         let wasm = std::fs::read(source.join(&manifest.component))?;
         let compiled = runtime
             .precompile(&wasm)
             .with_context(|| format!("precompiling {}", manifest.id()))?;
-        let target = self.root.join(&manifest.name).join(manifest.version.to_string());
+        let target = self
+            .root
+            .join(&manifest.name)
+            .join(manifest.version.to_string());
         let staging = self.root.join(format!(".staging-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&staging)?;
         std::fs::copy(source.join("plugin.toml"), staging.join("plugin.toml"))?;
@@ -238,7 +266,10 @@ impl Registry {
             manifest: manifest.clone(),
             dir: staging.clone(),
         };
-        write_atomically(&installed.precompiled_path(&runtime.compatibility_key()), &compiled)?;
+        write_atomically(
+            &installed.precompiled_path(&runtime.compatibility_key()),
+            &compiled,
+        )?;
         if target.exists() {
             std::fs::remove_dir_all(&target)
                 .with_context(|| format!("replacing {}", target.display()))?;
@@ -255,7 +286,10 @@ impl Registry {
     /// Remove one installed version; returns what was removed.
     pub fn remove(&self, name: &str, version: &semver::Version) -> anyhow::Result<PathBuf> {
         let dir = self.root.join(name).join(version.to_string());
-        anyhow::ensure!(dir.join("plugin.toml").is_file(), "{name}@{version} is not installed");
+        anyhow::ensure!(
+            dir.join("plugin.toml").is_file(),
+            "{name}@{version} is not installed"
+        );
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         let name_dir = self.root.join(name);
         if sorted_subdirs(&name_dir)?.is_empty() {

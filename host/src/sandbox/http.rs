@@ -69,7 +69,11 @@ impl WasiHttpHooks for HttpCapability {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let uri = request.uri();
         let host = uri.host().unwrap_or_default().to_string();
-        let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
+        let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
         let port = uri.port_u16().unwrap_or(default_port);
         if !self.allows(&host, port) {
             self.denials.record(

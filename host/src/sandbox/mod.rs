@@ -55,12 +55,19 @@ impl Denials {
     /// Record a denial and log it.
     pub fn record(&self, log: &LogSink, message: String) {
         log.line(LogStream::Host, &message);
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message);
     }
 
     /// The first denial, if any.
     pub fn first(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).first().cloned()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .cloned()
     }
 }
 
@@ -157,7 +164,10 @@ impl ActionError {
     pub fn retryable(&self) -> bool {
         match self {
             ActionError::Plugin { kind, .. } => {
-                matches!(kind, FailureKind::JobFailed | FailureKind::RevisionUnavailable)
+                matches!(
+                    kind,
+                    FailureKind::JobFailed | FailureKind::RevisionUnavailable
+                )
             }
             ActionError::Limit(LimitHit::Timeout(_)) | ActionError::Trap(_) => true,
             ActionError::Host(_) => true,
@@ -251,7 +261,9 @@ impl Runtime {
     /// configuration would be unsafe to load here.
     pub fn compatibility_key(&self) -> String {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 
@@ -302,8 +314,7 @@ impl Runtime {
         let pre = self.linker.instantiate_pre(component).map_err(|e| {
             anyhow::anyhow!("the component does not fit world sluice:action/action: {e}")
         })?;
-        ActionPre::new(pre)
-            .map_err(|e| anyhow::anyhow!("the component does not export `run`: {e}"))
+        ActionPre::new(pre).map_err(|e| anyhow::anyhow!("the component does not export `run`: {e}"))
     }
 
     /// Run one invocation in a fresh store.
@@ -335,7 +346,9 @@ impl Runtime {
         let state = store.data();
         let outcome = match result {
             Err(_) => return Err(ActionError::Limit(LimitHit::Timeout(limits.timeout))),
-            Ok(Err(_)) if state.cpu.hit => return Err(ActionError::Limit(LimitHit::Cpu(limits.cpu))),
+            Ok(Err(_)) if state.cpu.hit => {
+                return Err(ActionError::Limit(LimitHit::Cpu(limits.cpu)));
+            }
             Ok(Err(_)) if state.memory.hit => {
                 return Err(ActionError::Limit(LimitHit::Memory(limits.memory_bytes)));
             }
@@ -358,8 +371,12 @@ impl Runtime {
     }
 
     fn new_state(&self, spec: SandboxSpec, denials: Denials) -> anyhow::Result<SandboxState> {
-        let filesystem =
-            FilesystemCapability::from_grant(&spec.inputs, &spec.outputs, &spec.workspace, &spec.mounts);
+        let filesystem = FilesystemCapability::from_grant(
+            &spec.inputs,
+            &spec.outputs,
+            &spec.workspace,
+            &spec.mounts,
+        );
         let mut builder = WasiCtxBuilder::new();
         builder
             .stdout(log::GuestOutput::new(spec.log.clone(), LogStream::Stdout))

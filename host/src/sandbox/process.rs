@@ -51,7 +51,9 @@ impl ProcessCapability {
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
         if escapes {
-            return Err(format!("cwd `{cwd}` must be a relative path inside /workspace"));
+            return Err(format!(
+                "cwd `{cwd}` must be a relative path inside /workspace"
+            ));
         }
         Ok(self.workspace.join(relative))
     }
@@ -86,7 +88,8 @@ impl Host for SandboxState {
                 "command `{}` is not in this action's allow-list (grants.commands = {:?})",
                 command.program, self.process.allowed
             );
-            self.denials.record(&self.log, format!("permission denied: {message}"));
+            self.denials
+                .record(&self.log, format!("permission denied: {message}"));
             return Ok(Err(ProcessError::NotAllowed(message)));
         }
         let mut env = command.env.clone();
@@ -94,7 +97,8 @@ impl Host for SandboxState {
             match self.secrets.value(secret) {
                 Ok(value) => env.push((variable.clone(), value.to_string())),
                 Err(err) => {
-                    self.denials.record(&self.log, format!("permission denied: {err}"));
+                    self.denials
+                        .record(&self.log, format!("permission denied: {err}"));
                     return Ok(Err(ProcessError::NotAllowed(err.to_string())));
                 }
             }
@@ -168,7 +172,10 @@ async fn spawn_and_capture(spec: Spawn, log: LogSink) -> Result<CommandOutput, P
             let _ = child.wait().await;
             log.line(
                 LogStream::Host,
-                &format!("command killed after its timeout of {}", humantime::format_duration(spec.timeout)),
+                &format!(
+                    "command killed after its timeout of {}",
+                    humantime::format_duration(spec.timeout)
+                ),
             );
             (None, true)
         }

@@ -55,7 +55,8 @@ impl Host for SandboxState {
         match self.secrets.value(&name) {
             Ok(value) => Ok(Ok(value.to_string())),
             Err(err @ SecretError::NotGranted(_)) => {
-                self.denials.record(&self.log, format!("permission denied: {err}"));
+                self.denials
+                    .record(&self.log, format!("permission denied: {err}"));
                 Ok(Err(err.to_string()))
             }
             Err(err) => Ok(Err(err.to_string())),

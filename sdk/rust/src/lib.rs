@@ -1,27 +1,4 @@
-//! Write [Sluice](https://example.invalid/sluice) pipeline actions in Rust.
-//!
-//! An action is a WASI 0.2 component exporting the `sluice:action/action` world
-//! (see `wit/action.wit`). This crate hides the generated bindings: a plugin is a
-//! `cdylib` crate with one function and one macro call.
-//!
-//! ```no_run
-//! use sluice_sdk::{Context, Failure, Outcome};
-//!
-//! fn run(ctx: &Context) -> Result<Outcome, Failure> {
-//!     let who = ctx.config_or("who", "world");
-//!     ctx.info(format!("greeting {who}"));
-//!     let out = ctx.output_dir("greeting");
-//!     std::fs::write(out.join("hello.txt"), format!("hello, {who}\n"))?;
-//!     Ok(Outcome::new(format!("greeted {who}")).variable("who", who))
-//! }
-//!
-//! sluice_sdk::export_action!(run);
-//! ```
-//!
-//! Build it with `cargo build --target wasm32-wasip2`. What the action may touch is
-//! decided by the pipeline's grants: files under `/in`, `/out`, `/workspace` and
-//! `/mnt`, secrets ([`Context::secret`]), allow-listed native commands
-//! ([`Context::command`]) and outbound HTTP to granted hosts ([`http::request`]).
+#![doc = include_str!("../README.md")]
 
 mod command;
 mod context;

@@ -329,14 +329,21 @@ fn log_flood(inv: &Inv) -> Result<Outcome, Failure> {
 /// later action can try to follow them (`escape-symlink`). Creating a link is
 /// allowed; following it out of a preopen is what must fail.
 fn plant_symlink(inv: &Inv) -> Result<Outcome, Failure> {
-    let output = inv.0.outputs.first().ok_or_else(|| denied("plant-symlink", "no output artifact declared"))?;
+    let output = inv
+        .0
+        .outputs
+        .first()
+        .ok_or_else(|| denied("plant-symlink", "no output artifact declared"))?;
     let guest_dir = format!("/out/{output}");
     let (dir, _) = wasi::filesystem::preopens::get_directories()
         .into_iter()
         .find(|(_, path)| *path == guest_dir)
         .ok_or_else(|| denied("plant-symlink", format!("{guest_dir} is not preopened")))?;
     let mut planted = Vec::new();
-    for (name, target) in [("link", "/etc/passwd"), ("relative-link", "../../../../../../../../etc/passwd")] {
+    for (name, target) in [
+        ("link", "/etc/passwd"),
+        ("relative-link", "../../../../../../../../etc/passwd"),
+    ] {
         if dir.symlink_at(target, name).is_ok() {
             planted.push(name);
         }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Build a Python Sluice plugin into a Wasm component plus its plugin.toml.
+#
+#   sdk/python/build.sh <plugin-dir> <out-dir>
+#
+# <plugin-dir> holds app.py (class WitWorld subclassing wit_world.WitWorld) and
+# plugin.toml. <out-dir> receives the component named by plugin.toml's
+# `component` and a plugin.toml with its sha256, ready for
+# `sluice plugin install <out-dir> --yes`.
+#
+# The toolchain (componentize-py, from PyPI) is installed on first use into a
+# venv at <repo>/target/py-venv. Override with SLUICE_PY_VENV.
+set -euo pipefail
+
+COMPONENTIZE_PY_VERSION="0.25.1"
+
+die() { echo "sdk/python/build.sh: error: $*" >&2; exit 1; }
+
+[[ $# -eq 2 ]] || die "usage: $0 <plugin-dir> <out-dir>"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+plugin="$(cd "$1" 2>/dev/null && pwd)" || die "plugin directory '$1' does not exist"
+mkdir -p "$2"
+out="$(cd "$2" && pwd)"
+venv="${SLUICE_PY_VENV:-$repo/target/py-venv}"
+wit="$repo/wit"
+
+[[ -f "$plugin/app.py" ]] || die "$plugin/app.py is missing (the guest module must be named app)"
+[[ -f "$plugin/plugin.toml" ]] || die "$plugin/plugin.toml is missing"
+component="$(sed -n 's/^[[:space:]]*component[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$plugin/plugin.toml" | head -n1)"
+[[ -n "$component" ]] || die "$plugin/plugin.toml has no component = \"<file>.wasm\" line"
+grep -q '^[[:space:]]*sha256[[:space:]]*=' "$plugin/plugin.toml" \
+  && die "$plugin/plugin.toml must not carry sha256; build.sh writes it"
+
+# --- toolchain -------------------------------------------------------------
+cpy="$venv/bin/componentize-py"
+have=""
+[[ -x "$cpy" ]] && have="$("$cpy" --version 2>/dev/null | awk '{print $2}')" || true
+if [[ "$have" != "$COMPONENTIZE_PY_VERSION" ]]; then
+  command -v python3 >/dev/null || die "python3 not found; install Python 3.9+ to build Python plugins"
+  echo "installing componentize-py==$COMPONENTIZE_PY_VERSION into $venv" >&2
+  if [[ ! -x "$venv/bin/pip" ]]; then
+    python3 -m venv "$venv" \
+      || die "could not create a venv at $venv (on Debian: apt-get install python3-venv)"
+  fi
+  "$venv/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION" \
+    || die "could not install componentize-py==$COMPONENTIZE_PY_VERSION from PyPI (is PyPI reachable?)"
+  have="$("$cpy" --version 2>/dev/null | awk '{print $2}')" || true
+  [[ "$have" == "$COMPONENTIZE_PY_VERSION" ]] \
+    || die "componentize-py in $venv reports '$have', expected $COMPONENTIZE_PY_VERSION"
+fi
+
+# --- build -----------------------------------------------------------------
+echo "componentize-py -d $wit -w action componentize app -p $plugin -o $out/$component" >&2
+start=$(date +%s)
+(cd "$plugin" && "$cpy" -d "$wit" -w action componentize app -p "$plugin" -o "$out/$component")
+end=$(date +%s)
+
+digest="$(sha256sum "$out/$component" | awk '{print $1}')"
+awk -v d="$digest" '
+  { print }
+  !done && /^[[:space:]]*component[[:space:]]*=/ { print "sha256 = \"" d "\""; done = 1 }
+' "$plugin/plugin.toml" > "$out/plugin.toml"
+
+size=$(stat -c %s "$out/$component")
+echo "built $out/$component ($size bytes, sha256 $digest) in $((end - start)) s" >&2
