@@ -337,7 +337,7 @@ impl Executor {
                 &action.plugin.component_path(),
                 &action
                     .plugin
-                    .precompiled_path(&self.runtime.compatibility_key()),
+                    .precompiled_path(self.runtime.compatibility_key()),
             )
             .map_err(|e| (0, format!("loading plugin {}: {e:#}", action.plugin.id())))?;
         let mut attempt = 1;

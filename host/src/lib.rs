@@ -8,11 +8,13 @@
 //! [`artifact`] store and recording every transition in the [`state`] store.
 
 pub mod artifact;
+pub mod bench;
 pub mod cli;
 pub mod executor;
 pub mod pipeline;
 pub mod plugin;
 pub mod sandbox;
+pub mod scaffold;
 pub mod secrets;
 pub mod state;
 pub mod units;

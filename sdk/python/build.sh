@@ -55,6 +55,7 @@ echo "componentize-py -d $wit -w action componentize app -p $plugin -o $out/$com
 start=$(date +%s)
 (cd "$plugin" && "$cpy" -d "$wit" -w action componentize app -p "$plugin" -o "$out/$component")
 end=$(date +%s)
+rm -rf "$plugin/__pycache__"   # componentize-py's interpreter leaves bytecode in the source dir
 
 digest="$(sha256sum "$out/$component" | awk '{print $1}')"
 awk -v d="$digest" '

@@ -6,5 +6,6 @@ mod example;
 mod execution;
 mod hostile;
 mod http;
+mod languages;
 mod plugins;
 mod validation;

@@ -64,6 +64,9 @@ enum Command {
     /// Past and running executions.
     #[command(subcommand)]
     Executions(history::ExecutionsCommand),
+    /// Measure this host: per-action overhead, throughput, plugin load, artifact
+    /// handoff and memory (see BENCHMARKS.md).
+    Bench(BenchArgs),
     /// Print the logs of an execution, or of one of its actions.
     Logs {
         /// Execution id (or a unique prefix, or `latest`).
@@ -71,6 +74,26 @@ enum Command {
         /// Only this action.
         action: Option<String>,
     },
+}
+
+/// Options of `sluice bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Directory of packaged plugins (as `cargo xtask plugins` writes); must hold `noop`.
+    #[arg(default_value = "target/plugins")]
+    plugins: PathBuf,
+    /// Sequential no-op actions timed for the overhead figure.
+    #[arg(long, default_value_t = 2000)]
+    actions: usize,
+    /// Executions (3 stages x 5 actions) for the throughput figure.
+    #[arg(long, default_value_t = 200)]
+    executions: usize,
+    /// Largest artifact for the handoff figure (1MiB, 100MiB, 1GiB are measured up to it).
+    #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_bytes)]
+    max_artifact: u64,
+    /// Concurrent sleeping actions for the memory figure.
+    #[arg(long, default_value_t = 100)]
+    sleepers: usize,
 }
 
 fn parse_assignment(text: &str) -> Result<(String, String), String> {
@@ -135,6 +158,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
         Command::Validate { file } => validate(paths, &file),
         Command::Plugin(command) => plugins::dispatch(command, paths),
         Command::Executions(command) => history::executions(command, paths),
+        Command::Bench(args) => bench(paths, args),
         Command::Logs { execution, action } => history::logs(paths, &execution, action.as_deref()),
     }
 }
@@ -187,6 +211,36 @@ fn run(
         Status::Succeeded => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+fn bench(paths: &Paths, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let scratch = paths
+        .data_dir
+        .join(format!("bench-{}", uuid::Uuid::new_v4()));
+    let options = crate::bench::BenchOptions {
+        plugins: args.plugins,
+        scratch: scratch.clone(),
+        actions: args.actions,
+        executions: args.executions,
+        max_artifact: args.max_artifact,
+        sleepers: args.sleepers,
+    };
+    println!("sluice bench on {}", crate::bench::machine());
+    let result = tokio_runtime()?.block_on(crate::bench::run(&options));
+    remove_scratch(&scratch);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stored artifacts are read-only: make them writable again before deleting.
+fn remove_scratch(dir: &Path) {
+    for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        use std::os::unix::fs::PermissionsExt;
+        if entry.file_type().is_dir() {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -23,6 +23,20 @@ pub enum PluginCommand {
     },
     /// List installed plugins.
     List,
+    /// Create a new plugin directory from a template; it builds and installs as is.
+    New {
+        /// Plugin name (lower-case letters, digits, -).
+        name: String,
+        /// Language of the plugin.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Language,
+        /// Directory to create [default: ./<name>].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Sluice SDK directory (holding rust/, python/, js/) [default: this build's].
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Show a plugin's manifest: configuration keys and capabilities.
     Inspect {
         /// `name` or `name@version-requirement`.
@@ -40,6 +54,12 @@ pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCod
     match command {
         PluginCommand::Install { dir, yes } => install(&registry, &dir, yes),
         PluginCommand::List => list(&registry),
+        PluginCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => new(&name, lang, dir, sdk),
         PluginCommand::Inspect { plugin } => inspect(&registry, &plugin),
         PluginCommand::Remove { plugin } => remove(&registry, &plugin),
     }
@@ -70,6 +90,25 @@ fn install(registry: &Registry, dir: &std::path::Path, yes: bool) -> anyhow::Res
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn new(
+    name: &str,
+    language: crate::scaffold::Language,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_dir);
+    for file in crate::scaffold::scaffold(name, language, &dir, &sdk)? {
+        println!("created {}", file.display());
+    }
+    println!(
+        "next: {}/build.sh && sluice plugin install {}/dist/{name}",
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ask_consent(id: &str) -> anyhow::Result<bool> {

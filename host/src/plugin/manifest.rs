@@ -23,6 +23,9 @@ pub struct Manifest {
     /// One line for people.
     #[serde(default)]
     pub description: String,
+    /// Source language of the component (`rust`, `python`, `js`...); informational.
+    #[serde(default)]
+    pub language: Option<String>,
     /// Action categories: source, build, test, deploy, approval, invoke.
     #[serde(default)]
     pub categories: Vec<String>,

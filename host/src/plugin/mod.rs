@@ -267,7 +267,7 @@ impl Registry {
             dir: staging.clone(),
         };
         write_atomically(
-            &installed.precompiled_path(&runtime.compatibility_key()),
+            &installed.precompiled_path(runtime.compatibility_key()),
             &compiled,
         )?;
         if target.exists() {

@@ -232,6 +232,7 @@ pub struct Runtime {
     linker: Linker<SandboxState>,
     loaded: Mutex<HashMap<PathBuf, LoadedPlugin>>,
     compilations: AtomicU64,
+    compatibility_key: String,
 }
 
 impl Runtime {
@@ -241,7 +242,7 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        spawn_epoch_ticker(&engine);
+        spawn_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
@@ -249,7 +250,10 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
         Action::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| anyhow::anyhow!("linking sluice:action: {e}"))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
+            compatibility_key: format!("{:016x}", hasher.finish()),
             engine,
             linker,
             loaded: Mutex::new(HashMap::new()),
@@ -259,12 +263,8 @@ impl Runtime {
 
     /// A key that changes whenever compiled code from another engine build or
     /// configuration would be unsafe to load here.
-    pub fn compatibility_key(&self) -> String {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
+    pub fn compatibility_key(&self) -> &str {
+        &self.compatibility_key
     }
 
     /// Compile a component ahead of time and check it fits the `action` world.
@@ -294,6 +294,10 @@ impl Runtime {
             return Ok(plugin.clone());
         }
         if !precompiled.exists() {
+            tracing::warn!(
+                "{}: no precompiled code for this engine; compiling it now (install precompiles)",
+                component.display()
+            );
             let wasm = std::fs::read(component)
                 .with_context(|| format!("reading {}", component.display()))?;
             let compiled = self.precompile(&wasm)?;
@@ -416,7 +420,7 @@ fn describe_trap(error: &wasmtime::Error) -> String {
 }
 
 /// Advance the engine's epoch every tick for as long as the engine lives.
-fn spawn_epoch_ticker(engine: &Engine) {
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("sluice-epoch".into())
@@ -427,7 +431,8 @@ fn spawn_epoch_ticker(engine: &Engine) {
                 std::thread::sleep(EPOCH_TICK);
             }
         })
-        .expect("spawning the epoch thread");
+        .context("spawning the epoch ticker thread")?;
+    Ok(())
 }
 
 /// Write a file so that readers see either nothing or all of it.

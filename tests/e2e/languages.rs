@@ -1,0 +1,279 @@
+//! Plugins in any language: Python (componentize-py) and JavaScript (jco) plugins
+//! built from source run next to Rust ones; `sluice plugin new` scaffolds plugins
+//! that build and install as they stand; installed plugins never compile at run.
+//!
+//! The Python and JS toolchains come from PyPI and npm. When one cannot be
+//! installed, the test prints `SKIPPED` with the reason and stops early.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{Workspace, action, packaged_plugins, root, text};
+
+/// Build a Python or JS plugin directory with its SDK's build.sh; `Err` carries
+/// the toolchain problem when one could not be installed.
+fn build(language: &str, plugin: &Path, name: &str) -> Result<PathBuf, String> {
+    let out = root().join("target").join("e2e-lang").join(name);
+    let script = root().join("sdk").join(language).join("build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(plugin)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        return Ok(out);
+    }
+    let toolchain_missing = ["could not install", "not found", "could not create a venv"]
+        .iter()
+        .any(|m| stderr.contains(m));
+    assert!(
+        toolchain_missing,
+        "building {} failed:\n{stderr}",
+        plugin.display()
+    );
+    Err(stderr
+        .lines()
+        .last()
+        .unwrap_or("toolchain unavailable")
+        .to_string())
+}
+
+fn skip(what: &str, reason: &str) {
+    eprintln!("SKIPPED {what}: {reason}");
+}
+
+fn sluice_with(workspace: &Workspace, registry: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(workspace.dir.path())
+        .env("SLUICE_LOG", "warn")
+        .arg("--data-dir")
+        .arg(workspace.path(".sluice"))
+        .arg("--plugins")
+        .arg(registry)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const MIXED: &str = r##"
+[pipeline]
+name = "polyglot"
+
+[[stages]]
+name = "Source"
+[[stages.actions]]
+name = "checkout"
+plugin = "dir-source@0.1"
+outputs = ["source"]
+config = { path = "app" }
+grants = { mounts = { app = { host = "app" } } }
+
+[[stages]]
+name = "Check"
+[[stages.actions]]
+name = "manifest"
+plugin = "manifest-check@0.1"
+inputs = ["source"]
+namespace = "app"
+[[stages.actions]]
+name = "rust-side"
+plugin = "command@0.1"
+inputs = ["source"]
+config = { run = "cat manifest.json" }
+grants = { commands = ["cat"] }
+
+[[stages]]
+name = "Notes"
+[[stages.actions]]
+name = "notes"
+plugin = "release-notes@0.1"
+outputs = ["notes"]
+namespace = "notes"
+config = { version = "#{app.version}", title = "#{app.name}", changes = "faster builds; fewer bugs" }
+[[stages.actions]]
+name = "show"
+run-order = 2
+plugin = "command@0.1"
+inputs = ["notes"]
+config = { run = "cat RELEASE_NOTES.md" }
+grants = { commands = ["cat"] }
+"##;
+
+#[test]
+fn python_and_js_plugins_run_next_to_rust_plugins_without_compiling() {
+    let python = match build(
+        "python",
+        &root().join("sdk/python/manifest-check"),
+        "manifest-check",
+    ) {
+        Ok(dir) => dir,
+        Err(reason) => return skip("Python plugin", &reason),
+    };
+    let js = match build("js", &root().join("sdk/js/release-notes"), "release-notes") {
+        Ok(dir) => dir,
+        Err(reason) => return skip("JavaScript plugin", &reason),
+    };
+    let workspace = Workspace::new();
+    let registry = workspace.path("registry");
+    for plugin in [
+        packaged_plugins().join("dir-source"),
+        packaged_plugins().join("command"),
+        python,
+        js,
+    ] {
+        let installed = sluice_with(
+            &workspace,
+            &registry,
+            &["plugin", "install", plugin.to_str().unwrap(), "--yes"],
+        );
+        assert!(installed.status.success(), "{}", text(&installed));
+    }
+    workspace.write(
+        "app/manifest.json",
+        r#"{"name": "shop", "version": "2.4.1", "dependencies": {"left-pad": "1.3.0"}}"#,
+    );
+    workspace.write("pipeline.toml", MIXED);
+    let run = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    let printed = text(&run);
+    assert!(run.status.success(), "{printed}");
+    assert!(
+        !printed.contains("compiling it now"),
+        "an installed plugin was compiled at run time:\n{printed}"
+    );
+
+    let execution = sluice_with(
+        &workspace,
+        &registry,
+        &["executions", "show", "latest", "--json"],
+    );
+    let execution: serde_json::Value = serde_json::from_slice(&execution.stdout).unwrap();
+    let variables = action(&execution, "manifest")["variables"].to_string();
+    assert!(
+        variables.contains(r#"["version","2.4.1"]"#) && variables.contains(r#"["name","shop"]"#),
+        "{variables}"
+    );
+    let logs = String::from_utf8_lossy(
+        &sluice_with(&workspace, &registry, &["logs", "latest", "show"]).stdout,
+    )
+    .into_owned();
+    assert!(
+        logs.contains("2.4.1") && logs.contains("faster builds"),
+        "release notes not rendered:\n{logs}"
+    );
+
+    // A bad manifest fails the Python action with every problem listed.
+    workspace.write("app/manifest.json", r#"{"version": "two"}"#);
+    let bad = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    let execution = sluice_with(
+        &workspace,
+        &registry,
+        &["executions", "show", "latest", "--json"],
+    );
+    let execution: serde_json::Value = serde_json::from_slice(&execution.stdout).unwrap();
+    let error = action(&execution, "manifest")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("name") && error.contains("version"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_plugin_without_precompiled_code_is_compiled_once_and_says_so() {
+    let workspace = Workspace::new();
+    let registry = workspace.path("registry");
+    let noop = packaged_plugins().join("noop");
+    let installed = sluice_with(
+        &workspace,
+        &registry,
+        &["plugin", "install", noop.to_str().unwrap(), "--yes"],
+    );
+    assert!(installed.status.success(), "{}", text(&installed));
+    workspace.write(
+        "pipeline.toml",
+        "[pipeline]\nname = \"n\"\n[[stages]]\nname = \"S\"\n[[stages.actions]]\nname = \"a\"\nplugin = \"noop@0.1\"\n",
+    );
+    let first = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    assert!(
+        first.status.success() && !text(&first).contains("compiling it now"),
+        "{}",
+        text(&first)
+    );
+    std::fs::remove_dir_all(registry.join("noop/0.1.0/cache")).unwrap();
+    let cold = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    assert!(
+        cold.status.success() && text(&cold).contains("compiling it now"),
+        "{}",
+        text(&cold)
+    );
+    let warm = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    assert!(
+        warm.status.success() && !text(&warm).contains("compiling it now"),
+        "{}",
+        text(&warm)
+    );
+}
+
+/// Scaffold, build with the scaffold's own build.sh, install and run.
+fn scaffold_round_trip(language: &str) -> Result<(), String> {
+    let workspace = Workspace::new();
+    let dir = workspace.path("greeter");
+    let created = workspace.sluice(&[
+        "plugin",
+        "new",
+        "greeter",
+        "--lang",
+        language,
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(created.status.success(), "{}", text(&created));
+    let built = Command::new(dir.join("build.sh"))
+        .env("CARGO_TARGET_DIR", root().join("target").join("scaffold"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&built.stderr).into_owned();
+    if !built.status.success() {
+        if stderr.contains("could not install") {
+            return Err(stderr.lines().last().unwrap_or_default().to_string());
+        }
+        panic!(
+            "the {language} scaffold does not build as it stands:\n{}",
+            text(&built)
+        );
+    }
+    let registry = workspace.path("registry");
+    let package = dir.join("dist").join("greeter");
+    let installed = sluice_with(
+        &workspace,
+        &registry,
+        &["plugin", "install", package.to_str().unwrap(), "--yes"],
+    );
+    assert!(installed.status.success(), "{}", text(&installed));
+    workspace.write(
+        "pipeline.toml",
+        "[pipeline]\nname = \"g\"\n[[stages]]\nname = \"S\"\n[[stages.actions]]\nname = \"greet\"\nplugin = \"greeter@0.1\"\nconfig = { who = \"tests\" }\n",
+    );
+    let run = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    assert!(
+        run.status.success() && text(&run).contains("hello, tests"),
+        "{}",
+        text(&run)
+    );
+    Ok(())
+}
+
+#[test]
+fn plugin_new_scaffolds_plugins_that_build_install_and_run() {
+    scaffold_round_trip("rust").unwrap();
+    for language in ["python", "js"] {
+        if let Err(reason) = scaffold_round_trip(language) {
+            skip(&format!("{language} scaffold"), &reason);
+        }
+    }
+}
