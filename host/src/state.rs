@@ -227,6 +227,13 @@ impl StateStore {
         self.connection.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Run one write with a cached prepared statement (parsing SQL on every
+    /// action start and end would be a measurable share of an action's cost).
+    fn write(&self, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<()> {
+        self.db().prepare_cached(sql)?.execute(params)?;
+        Ok(())
+    }
+
     /// Record a new execution as InProgress.
     pub fn start_execution(
         &self,
@@ -236,7 +243,7 @@ impl StateStore {
         variables: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.db().execute(
+        self.write(
             "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![id, pipeline, file.display().to_string(), Status::InProgress.name(), now_ms, variables.to_string()],
         )?;
@@ -251,7 +258,7 @@ impl StateStore {
         error: Option<&str>,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.db().execute(
+        self.write(
             "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
             params![id, status.name(), error, now_ms],
         )?;
@@ -266,7 +273,7 @@ impl StateStore {
         position: usize,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.db().execute(
+        self.write(
             "INSERT OR REPLACE INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![execution, stage, position as i64, Status::InProgress.name(), now_ms],
         )?;
@@ -282,7 +289,7 @@ impl StateStore {
         error: Option<&str>,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.db().execute(
+        self.write(
             "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
             params![execution, stage, status.name(), error, now_ms],
         )?;
@@ -301,7 +308,7 @@ impl StateStore {
         resolved_config: &[(String, String)],
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.db().execute(
+        self.write(
             "INSERT OR REPLACE INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![execution, stage, action, run_order, plugin, Status::InProgress.name(), now_ms, serde_json::to_string(resolved_config)?],
         )?;
@@ -316,7 +323,7 @@ impl StateStore {
         end: &ActionEnd<'_>,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.db().execute(
+        self.write(
             "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9 WHERE execution_id = ?1 AND action = ?2",
             params![
                 execution,
@@ -341,6 +348,9 @@ impl StateStore {
         attempt: u32,
         lines: &[LogLine],
     ) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut db = self.db();
         let tx = db.transaction()?;
         let next: i64 = tx.query_row(

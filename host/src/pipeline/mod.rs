@@ -213,3 +213,99 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
         .unwrap_or_else(|| PathBuf::from("."));
     validate::validate(&source, &file, registry, &base_dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIPELINE: &str = r##"[pipeline]
+name = "fuzz"
+[variables]
+v = { default = "x" }
+[[stages]]
+name = "A"
+[[stages.actions]]
+name = "a"
+plugin = "command@0.1"
+outputs = ["o"]
+namespace = "n"
+config = { run = "echo #{variables.v}", outputs = "o=**" }
+grants = { commands = ["echo"], mounts = { m = { host = ".", mode = "rw" } } }
+retry = { attempts = 2, backoff = "1s" }
+limits = { memory = "64MiB" }
+[[stages]]
+name = "B"
+[[stages.actions]]
+name = "b"
+plugin = "x"
+inputs = ["o"]
+config = { k = "#{n.key}" }
+"##;
+
+    /// A tiny deterministic generator, so failures reproduce.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self, bound: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % bound as u64) as usize
+        }
+    }
+
+    fn mutate(text: &str, rng: &mut XorShift) -> String {
+        const PIECES: [&str; 14] = [
+            "[",
+            "]",
+            "{",
+            "}",
+            "=",
+            "\"",
+            "#{",
+            "\n",
+            ",",
+            "@",
+            "é",
+            "0",
+            "[[stages]]",
+            ".",
+        ];
+        let mut chars: Vec<char> = text.chars().collect();
+        for _ in 0..1 + rng.next(4) {
+            let at = rng.next(chars.len() + 1);
+            match rng.next(3) {
+                0 if at < chars.len() => {
+                    chars.remove(at);
+                }
+                _ => {
+                    let piece = PIECES[rng.next(PIECES.len())];
+                    for (i, c) in piece.chars().enumerate() {
+                        chars.insert((at + i).min(chars.len()), c);
+                    }
+                }
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    #[test]
+    fn mangled_pipelines_give_located_errors_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("plugins")).unwrap();
+        let file = dir.path().join("pipeline.toml");
+        let mut rng = XorShift(0x5eed_1234_abcd);
+        for _ in 0..3000 {
+            let text = mutate(PIPELINE, &mut rng);
+            std::fs::write(&file, &text).unwrap();
+            let diagnostics = load(&file, &registry).expect_err("no plugin is installed");
+            for d in &diagnostics.0 {
+                assert!(
+                    d.line >= 1 && d.line <= text.lines().count().max(1) + 1,
+                    "{d} in\n{text}"
+                );
+                assert!(!d.message.is_empty());
+            }
+        }
+    }
+}

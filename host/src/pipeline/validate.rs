@@ -13,6 +13,7 @@ use super::{
     StagePlan,
 };
 use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
+use crate::sandbox::MAX_MEMORY_BYTES;
 use crate::sandbox::filesystem::Mount;
 use crate::sandbox::limits::Limits;
 use crate::units::{parse_bytes, parse_duration};
@@ -471,12 +472,18 @@ impl Validator<'_> {
                 self.error(decl, message);
             }
         };
-        apply(
-            inner
-                .memory
-                .as_deref()
-                .map(|m| parse_bytes(m).map(|b| limits.memory_bytes = b)),
-        );
+        apply(inner.memory.as_deref().map(|m| {
+            parse_bytes(m).and_then(|bytes| match bytes {
+                b if b > MAX_MEMORY_BYTES => Err(format!(
+                    "memory limit `{m}` is above this host's maximum of {}",
+                    crate::units::format_bytes(MAX_MEMORY_BYTES)
+                )),
+                b => {
+                    limits.memory_bytes = b;
+                    Ok(())
+                }
+            })
+        }));
         apply(
             inner
                 .log
