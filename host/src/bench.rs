@@ -309,9 +309,9 @@ impl Bench {
                 ),
                 format!(
                     "{} ({}) vs {} ({})",
-                    format_duration(ingest),
+                    micros(ingest),
                     rate(ingest),
-                    format_duration(cp),
+                    micros(cp),
                     rate(cp)
                 ),
                 "-",
