@@ -66,11 +66,16 @@ fn example() -> Result<ExitCode, String> {
     let root = root();
     run(cargo(&root).args(["build", "-p", "sluice"]))?;
     let sluice = root.join("target").join("debug").join("sluice");
-    run(Command::new(&sluice)
+    // Only the first-party plugins: test fixtures (hostile, noop) stay out of
+    // the user's registry.
+    let mut install = Command::new(&sluice);
+    install
         .current_dir(&root)
-        .args(["plugin", "install"])
-        .arg(&plugins_dir)
-        .arg("--yes"))?;
+        .args(["plugin", "install", "--yes"]);
+    for name in first_party_plugins(&root)? {
+        install.arg(plugins_dir.join(name));
+    }
+    run(&mut install)?;
     let status = Command::new(&sluice)
         .current_dir(&root)
         .args(["run", "examples/hello/pipeline.toml"])
@@ -106,6 +111,25 @@ fn bench() -> Result<ExitCode, String> {
         .status()
         .map_err(|e| format!("running sluice bench: {e}"))?;
     Ok(exit_code(status.code()))
+}
+
+/// Names of the plugins under `plugins/`.
+fn first_party_plugins(root: &Path) -> Result<Vec<String>, String> {
+    let dir = root.join("plugins");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("plugin.toml").is_file())
+        .filter_map(|e| {
+            guests::toml_string(
+                &std::fs::read_to_string(e.path().join("plugin.toml")).ok()?,
+                None,
+                "name",
+            )
+        })
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn test() -> Result<ExitCode, String> {

@@ -15,8 +15,9 @@ use crate::sandbox::Runtime;
 pub enum PluginCommand {
     /// Install a plugin directory (with plugin.toml), or a directory of them.
     Install {
-        /// Plugin directory, or a directory whose subdirectories are plugins.
-        dir: PathBuf,
+        /// Plugin directories, or directories whose subdirectories are plugins.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
         /// Consent to the listed capabilities without asking.
         #[arg(long, short = 'y')]
         yes: bool,
@@ -52,7 +53,7 @@ pub enum PluginCommand {
 pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
     let registry = paths.registry()?;
     match command {
-        PluginCommand::Install { dir, yes } => install(&registry, &dir, yes),
+        PluginCommand::Install { dirs, yes } => install(&registry, &dirs, yes),
         PluginCommand::List => list(&registry),
         PluginCommand::New {
             name,
@@ -65,10 +66,14 @@ pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCod
     }
 }
 
-fn install(registry: &Registry, dir: &std::path::Path, yes: bool) -> anyhow::Result<ExitCode> {
+fn install(registry: &Registry, dirs: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new()?;
     let mut refused = false;
-    for source in Registry::sources(dir)? {
+    let mut sources = Vec::new();
+    for dir in dirs {
+        sources.extend(Registry::sources(dir)?);
+    }
+    for source in sources {
         let plan = registry.plan(&source)?;
         for line in plan.describe() {
             println!("{line}");
