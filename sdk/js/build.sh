@@ -19,6 +19,8 @@ die() { echo "sdk/js/build.sh: error: $*" >&2; exit 1; }
 
 [[ $# -eq 2 ]] || die "usage: $0 <plugin-dir> <out-dir>"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../package.sh
+source "$here/../package.sh"
 repo="$(cd "$here/../.." && pwd)"
 plugin="$(cd "$1" 2>/dev/null && pwd)" || die "plugin directory '$1' does not exist"
 mkdir -p "$2"
@@ -27,11 +29,7 @@ tools="${SLUICE_JS_TOOLS:-$repo/target/js-tools}"
 backend="${SLUICE_JS_BACKEND:-starlingmonkey}"
 
 [[ -f "$plugin/app.js" ]] || die "$plugin/app.js is missing"
-[[ -f "$plugin/plugin.toml" ]] || die "$plugin/plugin.toml is missing"
-component="$(sed -n 's/^[[:space:]]*component[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$plugin/plugin.toml" | head -n1)"
-[[ -n "$component" ]] || die "$plugin/plugin.toml has no component = \"<file>.wasm\" line"
-grep -q '^[[:space:]]*sha256[[:space:]]*=' "$plugin/plugin.toml" \
-  && die "$plugin/plugin.toml must not carry sha256; build.sh writes it"
+component="$(plugin_component "$plugin")"
 
 # --- toolchain -------------------------------------------------------------
 command -v node >/dev/null || die "node not found; install Node.js 20+ to build JS plugins"
@@ -75,11 +73,7 @@ start=$(date +%s)
 end=$(date +%s)
 [[ -s "$out/$component" ]] || die "jco produced no component"
 
-digest="$(sha256sum "$out/$component" | awk '{print $1}')"
-awk -v d="$digest" '
-  { print }
-  !done && /^[[:space:]]*component[[:space:]]*=/ { print "sha256 = \"" d "\""; done = 1 }
-' "$plugin/plugin.toml" > "$out/plugin.toml"
+digest="$(write_pinned_manifest "$plugin" "$out" "$component")"
 
 size=$(stat -c %s "$out/$component")
 echo "built $out/$component ($size bytes, sha256 $digest) in $((end - start)) s" >&2

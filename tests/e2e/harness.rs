@@ -67,17 +67,34 @@ pub fn text(output: &Output) -> String {
 /// One test's world: a data directory and a place for pipeline files.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    registry: PathBuf,
     env: Vec<(String, String)>,
 }
 
 impl Workspace {
     /// A fresh workspace using the shared plugin registry.
     pub fn new() -> Self {
-        shared_registry();
         Self {
             dir: tempfile::tempdir().unwrap(),
+            registry: shared_registry().to_path_buf(),
             env: Vec::new(),
         }
+    }
+
+    /// A fresh workspace with an empty registry of its own (at `registry/`).
+    pub fn with_private_registry() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = dir.path().join("registry");
+        Self {
+            dir,
+            registry,
+            env: Vec::new(),
+        }
+    }
+
+    /// This workspace's plugin registry.
+    pub fn registry(&self) -> &Path {
+        &self.registry
     }
 
     /// Path inside the workspace.
@@ -98,17 +115,20 @@ impl Workspace {
         self.env.push((key.to_string(), value.to_string()));
     }
 
-    /// Run `sluice` with this workspace's data directory and the shared registry.
+    /// Run `sluice` with this workspace's data directory and registry. Stdin is
+    /// not a terminal, as in CI.
     pub fn sluice(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null())
             .env_remove("SLUICE_DATA_DIR")
             .env_remove("SLUICE_PLUGINS")
+            .env_remove("SLUICE_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--data-dir")
             .arg(self.path(".sluice"))
             .arg("--plugins")
-            .arg(shared_registry())
+            .arg(&self.registry)
             .args(args)
             .output()
             .unwrap()

@@ -44,19 +44,6 @@ fn skip(what: &str, reason: &str) {
     eprintln!("SKIPPED {what}: {reason}");
 }
 
-fn sluice_with(workspace: &Workspace, registry: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(workspace.dir.path())
-        .env("SLUICE_LOG", "warn")
-        .arg("--data-dir")
-        .arg(workspace.path(".sluice"))
-        .arg("--plugins")
-        .arg(registry)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 const MIXED: &str = r##"
 [pipeline]
 name = "polyglot"
@@ -115,19 +102,14 @@ fn python_and_js_plugins_run_next_to_rust_plugins_without_compiling() {
         Ok(dir) => dir,
         Err(reason) => return skip("JavaScript plugin", &reason),
     };
-    let workspace = Workspace::new();
-    let registry = workspace.path("registry");
+    let workspace = Workspace::with_private_registry();
     for plugin in [
         packaged_plugins().join("dir-source"),
         packaged_plugins().join("command"),
         python,
         js,
     ] {
-        let installed = sluice_with(
-            &workspace,
-            &registry,
-            &["plugin", "install", plugin.to_str().unwrap(), "--yes"],
-        );
+        let installed = workspace.sluice(&["plugin", "install", plugin.to_str().unwrap(), "--yes"]);
         assert!(installed.status.success(), "{}", text(&installed));
     }
     workspace.write(
@@ -135,7 +117,7 @@ fn python_and_js_plugins_run_next_to_rust_plugins_without_compiling() {
         r#"{"name": "shop", "version": "2.4.1", "dependencies": {"left-pad": "1.3.0"}}"#,
     );
     workspace.write("pipeline.toml", MIXED);
-    let run = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    let run = workspace.sluice(&["run", "pipeline.toml"]);
     let printed = text(&run);
     assert!(run.status.success(), "{printed}");
     assert!(
@@ -143,21 +125,15 @@ fn python_and_js_plugins_run_next_to_rust_plugins_without_compiling() {
         "an installed plugin was compiled at run time:\n{printed}"
     );
 
-    let execution = sluice_with(
-        &workspace,
-        &registry,
-        &["executions", "show", "latest", "--json"],
-    );
+    let execution = workspace.sluice(&["executions", "show", "latest", "--json"]);
     let execution: serde_json::Value = serde_json::from_slice(&execution.stdout).unwrap();
     let variables = action(&execution, "manifest")["variables"].to_string();
     assert!(
         variables.contains(r#"["version","2.4.1"]"#) && variables.contains(r#"["name","shop"]"#),
         "{variables}"
     );
-    let logs = String::from_utf8_lossy(
-        &sluice_with(&workspace, &registry, &["logs", "latest", "show"]).stdout,
-    )
-    .into_owned();
+    let logs =
+        String::from_utf8_lossy(&workspace.sluice(&["logs", "latest", "show"]).stdout).into_owned();
     assert!(
         logs.contains("2.4.1") && logs.contains("faster builds"),
         "release notes not rendered:\n{logs}"
@@ -165,13 +141,9 @@ fn python_and_js_plugins_run_next_to_rust_plugins_without_compiling() {
 
     // A bad manifest fails the Python action with every problem listed.
     workspace.write("app/manifest.json", r#"{"version": "two"}"#);
-    let bad = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    let bad = workspace.sluice(&["run", "pipeline.toml"]);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
-    let execution = sluice_with(
-        &workspace,
-        &registry,
-        &["executions", "show", "latest", "--json"],
-    );
+    let execution = workspace.sluice(&["executions", "show", "latest", "--json"]);
     let execution: serde_json::Value = serde_json::from_slice(&execution.stdout).unwrap();
     let error = action(&execution, "manifest")["error"]
         .as_str()
@@ -185,33 +157,28 @@ fn python_and_js_plugins_run_next_to_rust_plugins_without_compiling() {
 
 #[test]
 fn a_plugin_without_precompiled_code_is_compiled_once_and_says_so() {
-    let workspace = Workspace::new();
-    let registry = workspace.path("registry");
+    let workspace = Workspace::with_private_registry();
     let noop = packaged_plugins().join("noop");
-    let installed = sluice_with(
-        &workspace,
-        &registry,
-        &["plugin", "install", noop.to_str().unwrap(), "--yes"],
-    );
+    let installed = workspace.sluice(&["plugin", "install", noop.to_str().unwrap(), "--yes"]);
     assert!(installed.status.success(), "{}", text(&installed));
     workspace.write(
         "pipeline.toml",
         "[pipeline]\nname = \"n\"\n[[stages]]\nname = \"S\"\n[[stages.actions]]\nname = \"a\"\nplugin = \"noop@0.1\"\n",
     );
-    let first = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    let first = workspace.sluice(&["run", "pipeline.toml"]);
     assert!(
         first.status.success() && !text(&first).contains("compiling it now"),
         "{}",
         text(&first)
     );
-    std::fs::remove_dir_all(registry.join("noop/0.1.0/cache")).unwrap();
-    let cold = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    std::fs::remove_dir_all(workspace.registry().join("noop/0.1.0/cache")).unwrap();
+    let cold = workspace.sluice(&["run", "pipeline.toml"]);
     assert!(
         cold.status.success() && text(&cold).contains("compiling it now"),
         "{}",
         text(&cold)
     );
-    let warm = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    let warm = workspace.sluice(&["run", "pipeline.toml"]);
     assert!(
         warm.status.success() && !text(&warm).contains("compiling it now"),
         "{}",
@@ -221,7 +188,7 @@ fn a_plugin_without_precompiled_code_is_compiled_once_and_says_so() {
 
 /// Scaffold, build with the scaffold's own build.sh, install and run.
 fn scaffold_round_trip(language: &str) -> Result<(), String> {
-    let workspace = Workspace::new();
+    let workspace = Workspace::with_private_registry();
     let dir = workspace.path("greeter");
     let created = workspace.sluice(&[
         "plugin",
@@ -247,19 +214,14 @@ fn scaffold_round_trip(language: &str) -> Result<(), String> {
             text(&built)
         );
     }
-    let registry = workspace.path("registry");
     let package = dir.join("dist").join("greeter");
-    let installed = sluice_with(
-        &workspace,
-        &registry,
-        &["plugin", "install", package.to_str().unwrap(), "--yes"],
-    );
+    let installed = workspace.sluice(&["plugin", "install", package.to_str().unwrap(), "--yes"]);
     assert!(installed.status.success(), "{}", text(&installed));
     workspace.write(
         "pipeline.toml",
         "[pipeline]\nname = \"g\"\n[[stages]]\nname = \"S\"\n[[stages.actions]]\nname = \"greet\"\nplugin = \"greeter@0.1\"\nconfig = { who = \"tests\" }\n",
     );
-    let run = sluice_with(&workspace, &registry, &["run", "pipeline.toml"]);
+    let run = workspace.sluice(&["run", "pipeline.toml"]);
     assert!(
         run.status.success() && text(&run).contains("hello, tests"),
         "{}",

@@ -1,23 +1,8 @@
 //! The plugin registry: digest pinning, consent, versions side by side.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
 
 use crate::harness::{Workspace, packaged_plugins, text};
-
-/// Run sluice against a registry of the test's own.
-fn sluice(workspace: &Workspace, registry: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(workspace.dir.path())
-        .arg("--data-dir")
-        .arg(workspace.path(".sluice"))
-        .arg("--plugins")
-        .arg(registry)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 /// Copy a packaged plugin, rewriting its manifest with `edit`.
 fn variant(
@@ -40,18 +25,14 @@ fn variant(
 
 #[test]
 fn install_rejects_a_component_that_does_not_match_its_digest() {
-    let workspace = Workspace::new();
+    let workspace = Workspace::with_private_registry();
     let tampered = variant(&workspace, "http", "tampered", |m| m.clone());
     std::fs::OpenOptions::new()
         .append(true)
         .open(tampered.join("http.wasm"))
         .unwrap()
         .write_all_compat(b"evil");
-    let output = sluice(
-        &workspace,
-        &workspace.path("registry"),
-        &["plugin", "install", "tampered", "--yes"],
-    );
+    let output = workspace.sluice(&["plugin", "install", "tampered", "--yes"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
         text(&output).contains("digest mismatch"),
@@ -62,13 +43,9 @@ fn install_rejects_a_component_that_does_not_match_its_digest() {
 
 #[test]
 fn install_needs_consent_unless_yes_is_given() {
-    let workspace = Workspace::new();
+    let workspace = Workspace::with_private_registry();
     let http = packaged_plugins().join("http");
-    let output = sluice(
-        &workspace,
-        &workspace.path("registry"),
-        &["plugin", "install", http.to_str().unwrap()],
-    );
+    let output = workspace.sluice(&["plugin", "install", http.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let printed = text(&output);
     assert!(
@@ -76,7 +53,7 @@ fn install_needs_consent_unless_yes_is_given() {
         "capabilities must be shown:\n{printed}"
     );
     assert!(printed.contains("needs consent"), "{printed}");
-    let listed = sluice(&workspace, &workspace.path("registry"), &["plugin", "list"]);
+    let listed = workspace.sluice(&["plugin", "list"]);
     assert!(
         !String::from_utf8_lossy(&listed.stdout).contains("http"),
         "nothing may be installed without consent"
@@ -85,24 +62,15 @@ fn install_needs_consent_unless_yes_is_given() {
 
 #[test]
 fn versions_live_side_by_side_and_pipelines_pick_by_requirement() {
-    let workspace = Workspace::new();
-    let registry = workspace.path("registry");
+    let workspace = Workspace::with_private_registry();
     let v1 = packaged_plugins().join("dir-source");
     let v2 = variant(&workspace, "dir-source", "dir-source-v2", |m| {
         m.replace("version = \"0.1.0\"", "version = \"0.2.0\"")
             .replace("hosts = []", "hosts = [\"*.example.com\"]")
     });
-    let first = sluice(
-        &workspace,
-        &registry,
-        &["plugin", "install", v1.to_str().unwrap(), "--yes"],
-    );
+    let first = workspace.sluice(&["plugin", "install", v1.to_str().unwrap(), "--yes"]);
     assert!(first.status.success(), "{}", text(&first));
-    let upgrade = sluice(
-        &workspace,
-        &registry,
-        &["plugin", "install", v2.to_str().unwrap(), "--yes"],
-    );
+    let upgrade = workspace.sluice(&["plugin", "install", v2.to_str().unwrap(), "--yes"]);
     assert!(upgrade.status.success(), "{}", text(&upgrade));
     let printed = text(&upgrade);
     assert!(
@@ -112,17 +80,12 @@ fn versions_live_side_by_side_and_pipelines_pick_by_requirement() {
     );
 
     let listed =
-        String::from_utf8_lossy(&sluice(&workspace, &registry, &["plugin", "list"]).stdout)
-            .into_owned();
+        String::from_utf8_lossy(&workspace.sluice(&["plugin", "list"]).stdout).into_owned();
     assert!(
         listed.contains("0.1.0") && listed.contains("0.2.0"),
         "{listed}"
     );
-    let inspected = text(&sluice(
-        &workspace,
-        &registry,
-        &["plugin", "inspect", "dir-source@0.1"],
-    ));
+    let inspected = text(&workspace.sluice(&["plugin", "inspect", "dir-source@0.1"]));
     assert!(
         inspected.contains("dir-source@0.1.0")
             && inspected.contains("path")
@@ -154,7 +117,7 @@ grants = {{ mounts = {{ src = {{ host = "src" }} }} }}
 "#
             ),
         );
-        let run = sluice(&workspace, &registry, &["run", "pipeline.toml"]);
+        let run = workspace.sluice(&["run", "pipeline.toml"]);
         assert!(run.status.success(), "{}", text(&run));
         assert!(
             text(&run).contains(expected),
@@ -163,11 +126,7 @@ grants = {{ mounts = {{ src = {{ host = "src" }} }} }}
         );
     }
 
-    let removed = sluice(
-        &workspace,
-        &registry,
-        &["plugin", "remove", "dir-source@0.2.0"],
-    );
+    let removed = workspace.sluice(&["plugin", "remove", "dir-source@0.2.0"]);
     assert!(removed.status.success(), "{}", text(&removed));
     workspace.write(
         "pipeline.toml",
@@ -175,7 +134,7 @@ grants = {{ mounts = {{ src = {{ host = "src" }} }} }}
             .unwrap()
             .replace("@*", "@0.2"),
     );
-    let invalid = sluice(&workspace, &registry, &["validate", "pipeline.toml"]);
+    let invalid = workspace.sluice(&["validate", "pipeline.toml"]);
     assert_eq!(invalid.status.code(), Some(2));
     assert!(
         text(&invalid).contains("installed versions: 0.1.0"),
