@@ -186,14 +186,17 @@ impl Executor {
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
         });
-        let mut failure: Option<String> = None;
-        for (position, stage) in plan.stages.iter().enumerate() {
-            if failure.is_some() {
-                self.skip_stage(&id, &stage.name, position)?;
-                continue;
+        let failure = match self.run_stages(&context).await {
+            Ok(failure) => failure,
+            Err(error) => {
+                // The state store failed mid-run: record what we can, then report.
+                let reason = format!("internal error: {error:#}");
+                self.state
+                    .finish_execution(&id, Status::Failed, Some(&reason), now_ms())
+                    .ok();
+                return Err(error);
             }
-            failure = self.run_stage(&context, position).await?;
-        }
+        };
         let status = if failure.is_some() {
             Status::Failed
         } else {
@@ -207,6 +210,23 @@ impl Executor {
             status,
             error: failure,
         })
+    }
+
+    /// Run every stage in order; `Some(reason)` once one fails (the rest are
+    /// recorded as Skipped).
+    async fn run_stages(
+        self: &Arc<Self>,
+        context: &Arc<ExecutionContext>,
+    ) -> anyhow::Result<Option<String>> {
+        let mut failure: Option<String> = None;
+        for (position, stage) in context.plan.stages.iter().enumerate() {
+            if failure.is_some() {
+                self.skip_stage(&context.id, &stage.name, position)?;
+                continue;
+            }
+            failure = self.run_stage(context, position).await?;
+        }
+        Ok(failure)
     }
 
     fn emit(&self, event: Event) {

@@ -191,3 +191,45 @@ fn base64_of(text: &str) -> String {
         .unwrap();
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
+
+#[test]
+fn nothing_a_command_starts_outlives_its_action() {
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(
+        r#"
+[pipeline]
+name = "orphans"
+[[stages]]
+name = "Spawn"
+[[stages.actions]]
+name = "spawn"
+plugin = "command@0.1"
+config = { run = "sh -c 'sleep 300 & echo ::set-variable background=$!'" }
+grants = { commands = ["sh"] }
+"#,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let execution = workspace.latest_execution();
+    let variables = action(&execution, "spawn")["variables"].clone();
+    let pid = variables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pair| pair[0] == "background")
+        .and_then(|pair| pair[1].as_str())
+        .unwrap()
+        .to_string();
+    // SIGKILL is asynchronous: give the kernel a moment to reap it.
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| !stat.contains(") Z "))
+            .unwrap_or(false)
+    };
+    for _ in 0..50 {
+        if !alive(&pid) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("background process {pid} outlived its action");
+}

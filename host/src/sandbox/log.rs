@@ -5,6 +5,7 @@
 //! marker line says so; the guest is never trapped for logging too much (a trap
 //! would turn a noisy plugin into a failed deploy).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -29,8 +30,10 @@ pub enum LogStream {
     Stderr,
     /// A `log.write` call, with its level.
     Log(&'static str),
-    /// Output of a native command run through the process capability.
+    /// Standard output of a native command run through the process capability.
     Process,
+    /// Standard error of such a command.
+    ProcessErr,
     /// A message from the host itself (limits, denials, retries).
     Host,
 }
@@ -43,6 +46,7 @@ impl LogStream {
             LogStream::Stderr => "stderr",
             LogStream::Log(level) => level,
             LogStream::Process => "process",
+            LogStream::ProcessErr => "process-err",
             LogStream::Host => "sluice",
         }
     }
@@ -64,8 +68,8 @@ struct Buffer {
     bytes: u64,
     limit: u64,
     dropped_bytes: u64,
-    partial_stdout: Vec<u8>,
-    partial_stderr: Vec<u8>,
+    /// Unterminated last line of each byte stream, by stream name.
+    partial: HashMap<&'static str, Vec<u8>>,
 }
 
 /// A shared, bounded, masking collector of an action's log lines.
@@ -84,8 +88,7 @@ impl LogSink {
             bytes: 0,
             limit,
             dropped_bytes: 0,
-            partial_stdout: Vec::new(),
-            partial_stderr: Vec::new(),
+            partial: HashMap::new(),
         };
         Self {
             buffer: Arc::new(Mutex::new(buffer)),
@@ -105,10 +108,7 @@ impl LogSink {
     /// Record raw bytes from a stream, completing lines across calls.
     pub fn bytes(&self, stream: LogStream, data: &[u8]) {
         let mut buffer = self.lock();
-        let mut pending = std::mem::take(match stream {
-            LogStream::Stderr => &mut buffer.partial_stderr,
-            _ => &mut buffer.partial_stdout,
-        });
+        let mut pending = buffer.partial.remove(stream.name()).unwrap_or_default();
         pending.extend_from_slice(data);
         let mut start = 0;
         while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
@@ -124,9 +124,8 @@ impl LogSink {
         } else {
             rest
         };
-        match stream {
-            LogStream::Stderr => buffer.partial_stderr = rest,
-            _ => buffer.partial_stdout = rest,
+        if !rest.is_empty() {
+            buffer.partial.insert(stream.name(), rest);
         }
     }
 
@@ -142,14 +141,11 @@ impl LogSink {
     /// Flush partial lines and take everything captured so far.
     pub fn finish(&self) -> CapturedLog {
         let mut buffer = self.lock();
-        for stream in [LogStream::Stdout, LogStream::Stderr] {
-            let rest = std::mem::take(match stream {
-                LogStream::Stderr => &mut buffer.partial_stderr,
-                _ => &mut buffer.partial_stdout,
-            });
-            if !rest.is_empty() {
-                self.push(&mut buffer, stream, &String::from_utf8_lossy(&rest));
-            }
+        let mut partial: Vec<_> = buffer.partial.drain().collect();
+        partial.sort();
+        for (stream, rest) in partial {
+            let text = String::from_utf8_lossy(&rest).into_owned();
+            self.push_named(&mut buffer, stream, &text);
         }
         CapturedLog {
             lines: std::mem::take(&mut buffer.lines),
@@ -168,6 +164,10 @@ impl LogSink {
     }
 
     fn push(&self, buffer: &mut Buffer, stream: LogStream, text: &str) {
+        self.push_named(buffer, stream.name(), text);
+    }
+
+    fn push_named(&self, buffer: &mut Buffer, stream: &'static str, text: &str) {
         let size = text.len() as u64 + 1;
         if buffer.dropped_bytes > 0 || buffer.bytes + size > buffer.limit {
             if buffer.dropped_bytes == 0 {
@@ -186,7 +186,7 @@ impl LogSink {
         buffer.bytes += size;
         buffer.lines.push(LogLine {
             timestamp_ms: now_ms(),
-            stream: stream.name(),
+            stream,
             text: self.masker.mask(text),
         });
     }

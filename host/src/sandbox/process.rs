@@ -158,9 +158,11 @@ async fn spawn_and_capture(spec: Spawn, log: LogSink) -> Result<CommandOutput, P
     let mut child = command
         .spawn()
         .map_err(|e| ProcessError::SpawnFailed(format!("{}: {e}", spec.program.display())))?;
-    let pid = child.id();
+    // Whatever happens next (exit, timeout, the action being dropped), nothing
+    // the command started may outlive it.
+    let group = ProcessGroup(child.id());
     let stdout = capture(child.stdout.take(), log.clone(), LogStream::Process);
-    let stderr = capture(child.stderr.take(), log.clone(), LogStream::Process);
+    let stderr = capture(child.stderr.take(), log.clone(), LogStream::ProcessErr);
     let (exit_code, timed_out) = match tokio::time::timeout(spec.timeout, child.wait()).await {
         Ok(status) => {
             let status =
@@ -168,7 +170,7 @@ async fn spawn_and_capture(spec: Spawn, log: LogSink) -> Result<CommandOutput, P
             (status.code(), false)
         }
         Err(_) => {
-            kill_group(pid);
+            group.kill();
             let _ = child.wait().await;
             log.line(
                 LogStream::Host,
@@ -180,6 +182,8 @@ async fn spawn_and_capture(spec: Spawn, log: LogSink) -> Result<CommandOutput, P
             (None, true)
         }
     };
+    // Background processes left behind would also hold the output pipes open.
+    group.kill();
     let masker = log.masker();
     Ok(CommandOutput {
         exit_code,
@@ -212,12 +216,24 @@ fn confine_child() -> std::io::Result<()> {
     Ok(())
 }
 
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        // SAFETY: signalling the child's own process group (setsid made pid its id).
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
+/// The command's process group (setsid made its pid the group id); killed when
+/// dropped.
+struct ProcessGroup(Option<u32>);
+
+impl ProcessGroup {
+    fn kill(&self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: signalling the child's own process group only.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
         }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
