@@ -79,6 +79,16 @@ pub struct ExecutionResult {
     pub error: Option<String>,
 }
 
+/// An execution recorded by [`Executor::begin`], not yet run.
+pub struct Started(Arc<ExecutionContext>);
+
+impl Started {
+    /// The execution id.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+}
+
 /// Runs executions; one per process is enough, it is shared by reference.
 pub struct Executor {
     runtime: Arc<Runtime>,
@@ -170,6 +180,17 @@ impl Executor {
         plan: Arc<Plan>,
         overrides: &BTreeMap<String, String>,
     ) -> anyhow::Result<ExecutionResult> {
+        let started = self.begin(plan, overrides)?;
+        self.complete(started).await
+    }
+
+    /// Record a new execution (InProgress) and return it, ready to `complete`.
+    /// Callers that must hand out the id before the run ends use this pair.
+    pub fn begin(
+        &self,
+        plan: Arc<Plan>,
+        overrides: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Started> {
         let variables = Self::resolve_variables(&plan, overrides)?;
         let id = uuid::Uuid::new_v4().to_string();
         let variables_json = serde_json::to_value(&variables)?;
@@ -179,13 +200,19 @@ impl Executor {
             id: id.clone(),
             pipeline: plan.name.clone(),
         });
-        let context = Arc::new(ExecutionContext {
-            id: id.clone(),
-            plan: plan.clone(),
+        Ok(Started(Arc::new(ExecutionContext {
+            id,
+            plan,
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
-        });
+        })))
+    }
+
+    /// Run a begun execution to its end.
+    pub async fn complete(self: &Arc<Self>, started: Started) -> anyhow::Result<ExecutionResult> {
+        let context = started.0;
+        let id = context.id.clone();
         let failure = match self.run_stages(&context).await {
             Ok(failure) => failure,
             Err(error) => {

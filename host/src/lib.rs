@@ -16,5 +16,6 @@ pub mod plugin;
 pub mod sandbox;
 pub mod scaffold;
 pub mod secrets;
+pub mod server;
 pub mod state;
 pub mod units;

@@ -61,7 +61,34 @@ CREATE TABLE IF NOT EXISTS action_logs (
     line TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS action_logs_by_action ON action_logs (execution_id, action, seq);
+CREATE TABLE IF NOT EXISTS pipelines (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    pipelines TEXT NOT NULL DEFAULT '[]',
+    description TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    result TEXT NOT NULL
+);
 "#;
+
+/// Columns added after the first release, for databases created before them.
+const MIGRATIONS: [&str; 1] = ["ALTER TABLE executions ADD COLUMN pipeline_version INTEGER"];
 
 /// Status of an execution, stage or action, named as CodePipeline names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -120,6 +147,21 @@ pub struct ExecutionRecord {
     pub error: Option<String>,
     /// Pipeline variables as resolved at start (JSON object).
     pub variables: serde_json::Value,
+    /// Registered pipeline version it ran (None for `sluice run` of a file).
+    pub pipeline_version: Option<i64>,
+}
+
+/// Which executions to list, newest first.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutionFilter<'a> {
+    /// Only this pipeline.
+    pub pipeline: Option<&'a str>,
+    /// Only this status.
+    pub status: Option<&'a str>,
+    /// At most this many.
+    pub limit: usize,
+    /// Skip this many (paging).
+    pub offset: usize,
 }
 
 /// One stage run row.
@@ -183,6 +225,49 @@ pub struct LogRecord {
     pub line: String,
 }
 
+/// One stored version of a registered pipeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineRecord {
+    /// Pipeline name.
+    pub name: String,
+    /// Version, from 1, incremented by every update.
+    pub version: i64,
+    /// The pipeline file's text.
+    pub source: String,
+    /// When this version was registered.
+    pub created_ms: i64,
+}
+
+/// An API token, without its secret.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenRecord {
+    /// Public id (also shown in the audit log).
+    pub id: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Pipelines it is limited to; empty for all.
+    pub pipelines: Vec<String>,
+    /// Free text.
+    pub description: String,
+}
+
+/// One audit log entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRecord {
+    /// Order of entries.
+    pub seq: i64,
+    /// When, ms since the epoch.
+    pub ts_ms: i64,
+    /// Who: a token id.
+    pub actor: String,
+    /// What: method and route.
+    pub action: String,
+    /// On what: pipeline or execution.
+    pub target: String,
+    /// How it ended: the HTTP status.
+    pub result: String,
+}
+
 /// The SQLite-backed store.
 pub struct StateStore {
     connection: Mutex<Connection>,
@@ -218,6 +303,14 @@ impl StateStore {
         connection
             .execute_batch(SCHEMA)
             .context("creating the state schema")?;
+        for migration in MIGRATIONS {
+            // "duplicate column" means the database already has it.
+            if let Err(e) = connection.execute(migration, [])
+                && !e.to_string().contains("duplicate column")
+            {
+                return Err(e).context("migrating the state schema");
+            }
+        }
         Ok(Self {
             connection: Mutex::new(connection),
         })
@@ -381,15 +474,23 @@ impl StateStore {
     /// Executions, newest first.
     pub fn list_executions(
         &self,
-        pipeline: Option<&str>,
-        limit: usize,
+        filter: &ExecutionFilter<'_>,
     ) -> anyhow::Result<Vec<ExecutionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables FROM executions
-             WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY started_ms DESC, rowid DESC LIMIT ?2",
+            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version FROM executions
+             WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR status = ?2)
+             ORDER BY started_ms DESC, rowid DESC LIMIT ?3 OFFSET ?4",
         )?;
-        let rows = statement.query_map(params![pipeline, limit as i64], execution_from_row)?;
+        let rows = statement.query_map(
+            params![
+                filter.pipeline,
+                filter.status,
+                filter.limit as i64,
+                filter.offset as i64
+            ],
+            execution_from_row,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -397,7 +498,7 @@ impl StateStore {
     pub fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables FROM executions
+            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version FROM executions
              WHERE id = ?1 OR id LIKE ?1 || '%' ORDER BY (id = ?1) DESC LIMIT 2",
         )?;
         let rows: Vec<ExecutionRecord> = statement
@@ -479,6 +580,152 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Register a new version of a pipeline; returns the version number.
+    pub fn put_pipeline(&self, name: &str, source: &str, now_ms: i64) -> anyhow::Result<i64> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let version: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM pipelines WHERE name = ?1",
+            params![name],
+            |row| row.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO pipelines (name, version, source, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, version, source, now_ms],
+        )?;
+        // Re-registering a deleted pipeline brings it back with a new version.
+        tx.execute(
+            "UPDATE pipelines SET deleted = 0 WHERE name = ?1",
+            params![name],
+        )?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// A pipeline's given version, or its latest when `version` is None.
+    pub fn pipeline(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> anyhow::Result<Option<PipelineRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT name, version, source, created_ms FROM pipelines
+             WHERE name = ?1 AND deleted = 0 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+        )?;
+        Ok(statement
+            .query_row(params![name, version], pipeline_from_row)
+            .optional()?)
+    }
+
+    /// The latest version of every registered pipeline.
+    pub fn pipelines(&self) -> anyhow::Result<Vec<PipelineRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT name, MAX(version), source, created_ms FROM pipelines WHERE deleted = 0 GROUP BY name ORDER BY name",
+        )?;
+        let rows = statement.query_map([], pipeline_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Delete a pipeline (its history stays); false when it did not exist.
+    pub fn delete_pipeline(&self, name: &str) -> anyhow::Result<bool> {
+        let changed = self.db().execute(
+            "UPDATE pipelines SET deleted = 1 WHERE name = ?1 AND deleted = 0",
+            params![name],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Record which pipeline version an execution runs.
+    pub fn set_execution_version(&self, id: &str, version: i64) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE executions SET pipeline_version = ?2 WHERE id = ?1",
+            params![id, version],
+        )
+    }
+
+    /// Mark executions left InProgress by a stopped process as Failed, with why.
+    pub fn fail_interrupted(&self, reason: &str, now_ms: i64) -> anyhow::Result<usize> {
+        let db = self.db();
+        for table in ["action_runs", "stage_runs"] {
+            db.execute(
+                &format!("UPDATE {table} SET status = 'Failed', error = ?1, ended_ms = ?2 WHERE status = 'InProgress'"),
+                params![reason, now_ms],
+            )?;
+        }
+        Ok(db.execute(
+            "UPDATE executions SET status = 'Failed', error = ?1, ended_ms = ?2 WHERE status = 'InProgress'",
+            params![reason, now_ms],
+        )?)
+    }
+
+    /// Store a new API token (only the hash of its secret).
+    pub fn add_token(
+        &self,
+        token: &TokenRecord,
+        secret_hash: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "INSERT INTO tokens (id, secret_hash, role, pipelines, description, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![token.id, secret_hash, token.role, serde_json::to_string(&token.pipelines)?, token.description, now_ms],
+        )
+    }
+
+    /// The token whose secret hashes to `secret_hash`.
+    pub fn token_by_hash(&self, secret_hash: &str) -> anyhow::Result<Option<TokenRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT id, role, pipelines, description FROM tokens WHERE secret_hash = ?1",
+        )?;
+        Ok(statement
+            .query_row(params![secret_hash], |row| {
+                let pipelines: String = row.get(2)?;
+                Ok(TokenRecord {
+                    id: row.get(0)?,
+                    role: row.get(1)?,
+                    pipelines: serde_json::from_str(&pipelines).unwrap_or_default(),
+                    description: row.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Append to the audit log.
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        result: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "INSERT INTO audit (ts_ms, actor, action, target, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms, actor, action, target, result],
+        )
+    }
+
+    /// Audit entries, oldest first, after `after_seq`.
+    pub fn audit_log(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT seq, ts_ms, actor, action, target, result FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![after_seq, limit as i64], |row| {
+            Ok(AuditRecord {
+                seq: row.get(0)?,
+                ts_ms: row.get(1)?,
+                actor: row.get(2)?,
+                action: row.get(3)?,
+                target: row.get(4)?,
+                result: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The id of the newest execution, if any.
     pub fn latest_execution(&self) -> anyhow::Result<Option<String>> {
         Ok(self
@@ -492,6 +739,15 @@ impl StateStore {
     }
 }
 
+fn pipeline_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PipelineRecord> {
+    Ok(PipelineRecord {
+        name: row.get(0)?,
+        version: row.get(1)?,
+        source: row.get(2)?,
+        created_ms: row.get(3)?,
+    })
+}
+
 fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRecord> {
     let variables: String = row.get(7)?;
     Ok(ExecutionRecord {
@@ -503,5 +759,6 @@ fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionReco
         ended_ms: row.get(5)?,
         error: row.get(6)?,
         variables: serde_json::from_str(&variables).unwrap_or_default(),
+        pipeline_version: row.get(8)?,
     })
 }

@@ -8,4 +8,5 @@ mod hostile;
 mod http;
 mod languages;
 mod plugins;
+mod server;
 mod validation;

@@ -40,7 +40,13 @@ pub fn executions(command: ExecutionsCommand, paths: &Paths) -> anyhow::Result<E
             limit,
             json,
         } => {
-            let executions = state.list_executions(pipeline.as_deref(), limit)?;
+            let filter = crate::state::ExecutionFilter {
+                pipeline: pipeline.as_deref(),
+                status: None,
+                limit,
+                offset: 0,
+            };
+            let executions = state.list_executions(&filter)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&executions)?);
                 return Ok(ExitCode::SUCCESS);

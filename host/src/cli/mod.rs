@@ -64,6 +64,21 @@ enum Command {
     /// Past and running executions.
     #[command(subcommand)]
     Executions(history::ExecutionsCommand),
+    /// Serve the JSON API (pipelines, executions, logs, audit) until stopped.
+    Serve {
+        /// Address to listen on (port 0 picks a free one; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8700")]
+        listen: std::net::SocketAddr,
+        /// Relative host paths in registered pipelines resolve against this [default: .].
+        #[arg(long, value_name = "DIR")]
+        pipelines_root: Option<PathBuf>,
+        /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+    },
+    /// API tokens for `sluice serve`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measure this host: per-action overhead, throughput, plugin load, artifact
     /// handoff and memory (see BENCHMARKS.md).
     Bench(BenchArgs),
@@ -73,6 +88,23 @@ enum Command {
         execution: String,
         /// Only this action.
         action: Option<String>,
+    },
+}
+
+/// Token commands.
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bearer token; its secret is printed once.
+    Create {
+        /// viewer (read), operator (also start executions) or admin (everything).
+        #[arg(long, value_enum)]
+        role: crate::server::auth::Role,
+        /// Limit the token to this pipeline (repeatable); all pipelines when absent.
+        #[arg(long = "pipeline", value_name = "NAME")]
+        pipelines: Vec<String>,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
     },
 }
 
@@ -159,6 +191,26 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
         Command::Plugin(command) => plugins::dispatch(command, paths),
         Command::Executions(command) => history::executions(command, paths),
         Command::Bench(args) => bench(paths, args),
+        Command::Serve {
+            listen,
+            pipelines_root,
+            secrets,
+        } => serve(paths, listen, pipelines_root, secrets.as_deref()),
+        Command::Token(TokenCommand::Create {
+            role,
+            pipelines,
+            description,
+        }) => {
+            let state = paths.state()?;
+            let (token, secret) =
+                crate::server::auth::create_token(&state, role, pipelines, description)?;
+            eprintln!(
+                "created {} ({}); the secret is shown only now:",
+                token.id, token.role
+            );
+            println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logs { execution, action } => history::logs(paths, &execution, action.as_deref()),
     }
 }
@@ -211,6 +263,29 @@ fn run(
         Status::Succeeded => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+fn serve(
+    paths: &Paths,
+    listen: std::net::SocketAddr,
+    pipelines_root: Option<PathBuf>,
+    secrets_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let state = Arc::new(paths.state()?);
+    let executor = Executor::new(
+        Arc::new(Runtime::new()?),
+        ArtifactStore::open(&paths.data_dir.join("artifacts"))?,
+        state.clone(),
+        SecretSource::load(secrets_file)?,
+        paths.data_dir.join("work"),
+        Arc::new(|_| {}),
+    );
+    let root = pipelines_root
+        .map(Ok)
+        .unwrap_or_else(std::env::current_dir)?;
+    let app = crate::server::AppState::new(state, paths.registry()?, executor, root);
+    tokio_runtime()?.block_on(crate::server::serve(app, listen))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench(paths: &Paths, args: BenchArgs) -> anyhow::Result<ExitCode> {

@@ -192,6 +192,7 @@ impl Default for RetryPolicy {
 }
 
 /// Read, parse and validate a pipeline file against the installed plugins.
+/// Relative host paths (mounts) are resolved against the file's directory.
 pub fn load(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Diagnostics(vec![Diagnostic {
@@ -201,17 +202,28 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
             message: format!("cannot read the pipeline file: {e}"),
         }])
     })?;
-    let source = SourceFile::new(path, text);
-    let file: model::PipelineFile = toml::from_str(&source.text).map_err(|e| {
-        let offset = e.span().map(|s| s.start).unwrap_or(0);
-        Diagnostics(vec![source.at(offset, e.message().trim().to_string())])
-    })?;
     let base_dir = path
         .canonicalize()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
-    validate::validate(&source, &file, registry, &base_dir)
+    parse(path, text, registry, &base_dir)
+}
+
+/// Parse and validate pipeline text; `file` names it in diagnostics and
+/// relative host paths are resolved against `base_dir`.
+pub fn parse(
+    file: &Path,
+    text: String,
+    registry: &Registry,
+    base_dir: &Path,
+) -> Result<Plan, Diagnostics> {
+    let source = SourceFile::new(file, text);
+    let parsed: model::PipelineFile = toml::from_str(&source.text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        Diagnostics(vec![source.at(offset, e.message().trim().to_string())])
+    })?;
+    validate::validate(&source, &parsed, registry, base_dir)
 }
 
 #[cfg(test)]

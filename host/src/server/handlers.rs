@@ -1,0 +1,346 @@
+//! `/api/v1` handlers. Each checks the caller's role and pipeline scope first.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Caller, Role};
+use super::{ApiError, AppState};
+use crate::pipeline::Plan;
+use crate::sandbox::log::now_ms;
+use crate::state::{ExecutionFilter, ExecutionRecord, PipelineRecord};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The `/api/v1` routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/pipelines", get(list_pipelines))
+        .route(
+            "/pipelines/{name}",
+            get(get_pipeline).put(put_pipeline).delete(delete_pipeline),
+        )
+        .route(
+            "/pipelines/{name}/versions/{version}",
+            get(get_pipeline_version),
+        )
+        .route(
+            "/pipelines/{name}/executions",
+            axum::routing::post(start_execution),
+        )
+        .route("/executions", get(list_executions))
+        .route("/executions/{id}", get(get_execution))
+        .route("/executions/{id}/logs", get(get_logs))
+        .route("/audit", get(get_audit))
+}
+
+fn pipeline_json(record: &PipelineRecord) -> Value {
+    json!({ "name": record.name, "version": record.version, "created_ms": record.created_ms, "source": record.source })
+}
+
+async fn list_pipelines(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, None)?;
+    let pipelines = app.state.pipelines().map_err(ApiError::internal)?;
+    let visible: Vec<Value> = pipelines
+        .iter()
+        .filter(|p| caller.may_see(&p.name))
+        .map(|p| json!({ "name": p.name, "version": p.version, "created_ms": p.created_ms }))
+        .collect();
+    Ok(Json(json!({ "pipelines": visible })))
+}
+
+fn stored_pipeline(app: &AppState, name: &str, version: Option<i64>) -> ApiResult<PipelineRecord> {
+    let found = app
+        .state
+        .pipeline(name, version)
+        .map_err(ApiError::internal)?;
+    found.ok_or_else(|| match version {
+        Some(v) => ApiError::not_found(format!("pipeline `{name}` has no version {v}")),
+        None => ApiError::not_found(format!("no pipeline `{name}`")),
+    })
+}
+
+async fn get_pipeline(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, Some(&name))?;
+    Ok(Json(pipeline_json(&stored_pipeline(&app, &name, None)?)))
+}
+
+async fn get_pipeline_version(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((name, version)): UrlPath<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, Some(&name))?;
+    let version: i64 = version.parse().map_err(|_| {
+        ApiError::bad_request("version", format!("`{version}` is not a version number"))
+    })?;
+    Ok(Json(pipeline_json(&stored_pipeline(
+        &app,
+        &name,
+        Some(version),
+    )?)))
+}
+
+/// Validate pipeline text against the installed plugins.
+fn plan_from_source(app: &AppState, name: &str, source: &str) -> ApiResult<Plan> {
+    let label = Path::new(name).with_extension("toml");
+    crate::pipeline::parse(
+        &label,
+        source.to_string(),
+        &app.registry,
+        &app.pipelines_root,
+    )
+    .map_err(|diagnostics| {
+        let located: Vec<Value> = diagnostics
+            .0
+            .iter()
+            .map(|d| json!({ "line": d.line, "column": d.column, "message": d.message }))
+            .collect();
+        ApiError::bad_request("source", diagnostics.to_string())
+            .with("diagnostics", Value::Array(located))
+    })
+}
+
+/// Register a new version: the request body is the pipeline file's text.
+async fn put_pipeline(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+    body: String,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin, Some(&name))?;
+    let plan = plan_from_source(&app, &name, &body)?;
+    if plan.name != name {
+        return Err(ApiError::bad_request(
+            "name",
+            format!(
+                "the URL names pipeline `{name}` but the file's [pipeline] name is `{}`",
+                plan.name
+            ),
+        ));
+    }
+    let version = app
+        .state
+        .put_pipeline(&name, &body, now_ms())
+        .map_err(ApiError::internal)?;
+    let status = if version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "name": name, "version": version }))))
+}
+
+async fn delete_pipeline(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin, Some(&name))?;
+    match app
+        .state
+        .delete_pipeline(&name)
+        .map_err(ApiError::internal)?
+    {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError::not_found(format!("no pipeline `{name}`"))),
+    }
+}
+
+/// Body of a start request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    /// Pipeline variable overrides.
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+}
+
+async fn start_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Operator, Some(&name))?;
+    let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        // serde's message names the offending field (`variables.x: invalid type...`).
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(field_of(&e), format!("invalid start request: {e}"))
+        })?
+    };
+    let record = stored_pipeline(&app, &name, None)?;
+    // Plugins may have changed since registration: validate again.
+    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+    let started = app
+        .executor
+        .begin(plan, &request.variables)
+        .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
+    let id = started.id().to_string();
+    app.state
+        .set_execution_version(&id, record.version)
+        .map_err(ApiError::internal)?;
+    let executor = app.executor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = executor.complete(started).await {
+            tracing::error!("execution failed internally: {e:#}");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "pipeline": name, "version": record.version })),
+    ))
+}
+
+/// The request field a JSON error is about, as well as serde says.
+fn field_of(error: &serde_json::Error) -> &'static str {
+    let text = error.to_string();
+    if text.contains("variables") || error.classify() == serde_json::error::Category::Data {
+        "variables"
+    } else {
+        "body"
+    }
+}
+
+/// Query of `GET /executions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    pipeline: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+const STATUSES: [&str; 4] = ["InProgress", "Succeeded", "Failed", "Skipped"];
+
+async fn list_executions(
+    State(app): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    caller.require(Role::Viewer, query.pipeline.as_deref())?;
+    if let Some(status) = &query.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "status",
+            format!("unknown status `{status}`; use one of {STATUSES:?}"),
+        ));
+    }
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "limit",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let filter = ExecutionFilter {
+        pipeline: query.pipeline.as_deref(),
+        status: query.status.as_deref(),
+        limit,
+        offset: query.offset.unwrap_or(0),
+    };
+    let executions = app
+        .state
+        .list_executions(&filter)
+        .map_err(ApiError::internal)?;
+    let visible: Vec<&ExecutionRecord> = executions
+        .iter()
+        .filter(|e| caller.may_see(&e.pipeline))
+        .collect();
+    Ok(Json(
+        json!({ "executions": visible, "limit": limit, "offset": filter.offset }),
+    ))
+}
+
+fn visible_execution(app: &AppState, caller: &Caller, id: &str) -> ApiResult<ExecutionRecord> {
+    let execution = app
+        .state
+        .execution(id)
+        .map_err(|e| ApiError::bad_request("id", format!("{e:#}")))?
+        .ok_or_else(|| ApiError::not_found(format!("no execution `{id}`")))?;
+    caller.require(Role::Viewer, Some(&execution.pipeline))?;
+    Ok(execution)
+}
+
+async fn get_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let stages = app
+        .state
+        .stages(&execution.id)
+        .map_err(ApiError::internal)?;
+    let actions = app
+        .state
+        .actions(&execution.id)
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "execution": execution, "stages": stages, "actions": actions }),
+    ))
+}
+
+/// Query of `GET /executions/{id}/logs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    action: Option<String>,
+}
+
+async fn get_logs(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    let execution = visible_execution(&app, &caller, &id)?;
+    let lines = app
+        .state
+        .logs(&execution.id, query.action.as_deref())
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "execution": execution.id, "lines": lines })))
+}
+
+/// Query of `GET /audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn get_audit(
+    State(app): State<AppState>,
+    caller: Caller,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    caller.require(Role::Admin, None)?;
+    let entries = app
+        .state
+        .audit_log(
+            query.after.unwrap_or(0),
+            query.limit.unwrap_or(500).min(5000),
+        )
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "entries": entries })))
+}

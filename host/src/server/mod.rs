@@ -1,0 +1,192 @@
+//! `sluice serve`: the JSON HTTP API over the same executor, state and artifact
+//! stores as `sluice run`.
+//!
+//! Every `/api/v1` request passes through one middleware that resolves its bearer
+//! token and, for mutating methods, appends (who, what, when, result) to the
+//! audit log once the response is known.
+
+pub mod auth;
+mod handlers;
+mod openapi;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::executor::Executor;
+use crate::plugin::Registry;
+use crate::sandbox::log::now_ms;
+use crate::state::StateStore;
+use auth::Caller;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    state: Arc<StateStore>,
+    registry: Registry,
+    executor: Arc<Executor>,
+    /// Relative host paths in registered pipelines resolve against this.
+    pipelines_root: PathBuf,
+}
+
+impl AppState {
+    /// Shared state for the handlers.
+    pub fn new(
+        state: Arc<StateStore>,
+        registry: Registry,
+        executor: Arc<Executor>,
+        pipelines_root: PathBuf,
+    ) -> Self {
+        Self {
+            state,
+            registry,
+            executor,
+            pipelines_root,
+        }
+    }
+}
+
+/// The router: `/api/v1/...`, `/openapi.json` and `/health`.
+pub fn router(app: AppState) -> Router {
+    let api = handlers::routes().layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        authenticate_and_audit,
+    ));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/openapi.json", get(openapi::document))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(app)
+}
+
+/// Mark executions a previous server process left InProgress as Failed, then
+/// serve until the process is stopped.
+pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
+    let interrupted = app.state.fail_interrupted(
+        "interrupted: the server stopped while this execution ran (it is not resumed)",
+        now_ms(),
+    )?;
+    if interrupted > 0 {
+        eprintln!("marked {interrupted} interrupted execution(s) as Failed");
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    // Tests and scripts read the real address (the port may have been 0).
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router(app)).await?;
+    Ok(())
+}
+
+async fn authenticate_and_audit(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let caller = match Caller::from_header(&app.state, header.as_deref()) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let mutating = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    // Inside the nested router the path lacks `/api/v1`; log the one called.
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|uri| uri.path().to_string())
+        .unwrap_or_else(|| request.uri().path().to_string());
+    let target = request
+        .uri()
+        .path()
+        .split('/')
+        .nth(2)
+        .unwrap_or("")
+        .to_string();
+    let action = format!("{} {path}", request.method());
+    let actor = caller
+        .as_ref()
+        .map(|c| c.id.clone())
+        .unwrap_or_else(|| "anonymous".into());
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    if mutating {
+        let result = response.status().as_u16().to_string();
+        if let Err(e) = app.state.audit(&actor, &action, &target, &result, now_ms()) {
+            tracing::error!("writing the audit log failed: {e:#}");
+            return ApiError::internal(e).into_response();
+        }
+    }
+    response
+}
+
+/// An error answer: a status and a JSON body naming the problem (and the field,
+/// when one request field is at fault).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: serde_json::json!({ "error": message.into() }),
+        }
+    }
+
+    /// 400, naming the field at fault.
+    pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
+        let mut error = Self::new(StatusCode::BAD_REQUEST, message);
+        error.body["field"] = field.into();
+        error
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 500; the detail goes to the server log, not to the caller.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {error}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the server log",
+        )
+    }
+
+    /// Attach extra JSON to the body.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.body[key] = value;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}

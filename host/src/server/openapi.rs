@@ -1,0 +1,97 @@
+//! The OpenAPI document the server serves at `/openapi.json`.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+fn error_responses() -> Value {
+    json!({
+        "400": { "description": "Bad request; `field` names what is wrong", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+        "401": { "description": "No valid bearer token", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+        "403": { "description": "The token's role or pipeline scope is insufficient", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+        "404": { "description": "Not found", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+    })
+}
+
+fn operation(summary: &str, role: &str, ok: &str) -> Value {
+    let mut responses = error_responses();
+    responses[ok] = json!({ "description": "Success", "content": { "application/json": {} } });
+    json!({ "summary": summary, "description": format!("Requires role {role}."), "responses": responses })
+}
+
+fn path_param(name: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } })
+}
+
+fn query_param(name: &str, kind: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "schema": { "type": kind } })
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> Json<Value> {
+    let mut put = operation(
+        "Register a new version of a pipeline (body: the pipeline TOML)",
+        "admin",
+        "200",
+    );
+    put["requestBody"] = json!({ "required": true, "content": { "application/toml": { "schema": { "type": "string" } } } });
+    put["responses"]["201"] = json!({ "description": "First version registered" });
+    let mut start = operation(
+        "Start an execution of the latest version",
+        "operator",
+        "202",
+    );
+    start["requestBody"] = json!({ "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/StartRequest" } } } });
+    let mut list = operation("List executions, newest first", "viewer", "200");
+    list["parameters"] = json!([
+        query_param("pipeline", "string"),
+        query_param("status", "string"),
+        query_param("limit", "integer"),
+        query_param("offset", "integer")
+    ]);
+    let mut logs = operation("Logs of an execution (masked)", "viewer", "200");
+    logs["parameters"] = json!([path_param("id"), query_param("action", "string")]);
+    let mut audit = operation("The audit log of mutating calls", "admin", "200");
+    audit["parameters"] = json!([
+        query_param("after", "integer"),
+        query_param("limit", "integer")
+    ]);
+    let mut delete = operation("Delete a pipeline (its history stays)", "admin", "204");
+    delete["parameters"] = json!([path_param("name")]);
+    let mut get_one = operation("The latest version of a pipeline", "viewer", "200");
+    get_one["parameters"] = json!([path_param("name")]);
+    put["parameters"] = json!([path_param("name")]);
+    start["parameters"] = json!([path_param("name")]);
+    let mut version = operation("One version of a pipeline", "viewer", "200");
+    version["parameters"] = json!([path_param("name"), path_param("version")]);
+    let mut execution = operation(
+        "An execution: stages, actions with resolved configuration, artifacts, variables",
+        "viewer",
+        "200",
+    );
+    execution["parameters"] = json!([path_param("id")]);
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Sluice API", "version": env!("CARGO_PKG_VERSION") },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": {
+                    "error": { "type": "string" }, "field": { "type": "string" },
+                    "diagnostics": { "type": "array", "items": { "type": "object" } } } },
+                "StartRequest": { "type": "object", "additionalProperties": false, "properties": {
+                    "variables": { "type": "object", "additionalProperties": { "type": "string" } } } }
+            }
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/api/v1/pipelines": { "get": operation("List pipelines (latest versions)", "viewer", "200") },
+            "/api/v1/pipelines/{name}": { "get": get_one, "put": put, "delete": delete },
+            "/api/v1/pipelines/{name}/versions/{version}": { "get": version },
+            "/api/v1/pipelines/{name}/executions": { "post": start },
+            "/api/v1/executions": { "get": list },
+            "/api/v1/executions/{id}": { "get": execution },
+            "/api/v1/executions/{id}/logs": { "get": logs },
+            "/api/v1/audit": { "get": audit }
+        }
+    }))
+}

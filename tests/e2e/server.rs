@@ -1,0 +1,425 @@
+//! `sluice serve`: the HTTP API against the real server process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Workspace, text};
+
+/// A running `sluice serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(workspace: &Workspace) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .current_dir(workspace.dir.path())
+            .env_remove("SLUICE_LOG")
+            .arg("--data-dir")
+            .arg(workspace.path(".sluice"))
+            .arg("--plugins")
+            .arg(workspace.registry())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    /// One request; returns the status and the JSON body (Null when empty).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        let body = body.unwrap_or("");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let (head, payload) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let payload = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(payload)
+        } else {
+            payload.to_string()
+        };
+        let json = if payload.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&payload).unwrap_or(Value::String(payload))
+        };
+        (status, json)
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        text = &rest[size + 2..];
+    }
+    out
+}
+
+fn token(workspace: &Workspace, args: &[&str]) -> String {
+    let mut full = vec!["token", "create"];
+    full.extend_from_slice(args);
+    let output = workspace.sluice(&full);
+    assert!(output.status.success(), "{}", text(&output));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+const DEMO: &str = r#"
+[pipeline]
+name = "demo"
+[variables]
+who = { default = "world" }
+[[stages]]
+name = "Say"
+[[stages.actions]]
+name = "say"
+plugin = "command@0.1"
+config = { run = "echo hello #{variables.who}" }
+grants = { commands = ["echo"] }
+"#;
+
+/// Poll an execution until it leaves InProgress (bounded wait, not a timing assertion).
+fn wait_for_end(server: &Server, token: &str, id: &str) -> Value {
+    for _ in 0..300 {
+        let (status, body) = server.call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        if body["execution"]["status"] != "InProgress" {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("execution {id} did not end");
+}
+
+#[test]
+fn tokens_roles_scopes_and_the_audit_log() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let viewer = token(&workspace, &["--role", "viewer"]);
+    let scoped = token(&workspace, &["--role", "operator", "--pipeline", "other"]);
+    let server = Server::start(&workspace);
+
+    assert_eq!(server.call("GET", "/api/v1/pipelines", None, None).0, 401);
+    assert_eq!(
+        server
+            .call("GET", "/api/v1/pipelines", Some("sluice_wrong"), None)
+            .0,
+        401
+    );
+    let (status, body) = server.call("PUT", "/api/v1/pipelines/demo", Some(&viewer), Some(DEMO));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("needs admin"));
+    assert_eq!(
+        server.call("PUT", "/api/v1/pipelines/demo", Some(&admin), Some(DEMO)),
+        (201, json!({"name": "demo", "version": 1}))
+    );
+    let updated = DEMO.replace("world", "everyone");
+    assert_eq!(
+        server.call(
+            "PUT",
+            "/api/v1/pipelines/demo",
+            Some(&admin),
+            Some(&updated)
+        ),
+        (200, json!({"name": "demo", "version": 2}))
+    );
+    let (status, first) = server.call(
+        "GET",
+        "/api/v1/pipelines/demo/versions/1",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(first["source"].as_str().unwrap().contains("world"));
+    let (_, latest) = server.call("GET", "/api/v1/pipelines/demo", Some(&viewer), None);
+    assert_eq!(latest["version"], 2);
+    let (status, body) = server.call(
+        "POST",
+        "/api/v1/pipelines/demo/executions",
+        Some(&scoped),
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not scoped to pipeline `demo`")
+    );
+    let (_, listed) = server.call("GET", "/api/v1/pipelines", Some(&scoped), None);
+    assert_eq!(
+        listed["pipelines"],
+        json!([]),
+        "a scoped token sees only its pipelines"
+    );
+    assert_eq!(
+        server.call("GET", "/api/v1/audit", Some(&viewer), None).0,
+        403
+    );
+
+    let (status, audit) = server.call("GET", "/api/v1/audit", Some(&admin), None);
+    assert_eq!(status, 200);
+    let entries: Vec<(String, String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().into(),
+                e["result"].as_str().unwrap().into(),
+                e["actor"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let results: Vec<&str> = entries.iter().map(|(_, r, _)| r.as_str()).collect();
+    assert_eq!(results, ["403", "201", "200", "403"], "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|(action, _, actor)| actor.starts_with("tok_") && !action.is_empty())
+    );
+    assert!(
+        entries[3].0 == "POST /api/v1/pipelines/demo/executions",
+        "{entries:?}"
+    );
+}
+
+#[test]
+fn executions_start_run_and_are_queryable_with_clear_errors() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    assert_eq!(
+        server
+            .call("PUT", "/api/v1/pipelines/demo", Some(&admin), Some(DEMO))
+            .0,
+        201
+    );
+
+    let (status, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/demo/executions",
+        Some(&admin),
+        Some(r#"{"variables": {"who": "api"}}"#),
+    );
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let done = wait_for_end(&server, &admin, &id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    assert_eq!(done["execution"]["pipeline_version"], 1);
+    assert_eq!(
+        done["actions"][0]["resolved_config"],
+        json!([["run", "echo hello api"]])
+    );
+    let (_, logs) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{id}/logs?action=say"),
+        Some(&admin),
+        None,
+    );
+    assert!(
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == "hello api"),
+        "{logs:#}"
+    );
+    let (_, listed) = server.call(
+        "GET",
+        "/api/v1/executions?pipeline=demo&status=Succeeded&limit=10",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(listed["executions"][0]["id"], id.as_str());
+    let (_, none) = server.call(
+        "GET",
+        "/api/v1/executions?status=Failed",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(none["executions"], json!([]));
+
+    let bad = |method: &str, path: &str, body: Option<&str>, field: &str, words: &str| {
+        let (status, error) = server.call(method, path, Some(&admin), body);
+        assert_eq!(status, 400, "{method} {path}: {error}");
+        assert_eq!(error["field"], field, "{error}");
+        assert!(error["error"].as_str().unwrap().contains(words), "{error}");
+    };
+    bad(
+        "POST",
+        "/api/v1/pipelines/demo/executions",
+        Some(r#"{"variables": 5}"#),
+        "variables",
+        "invalid type",
+    );
+    bad(
+        "POST",
+        "/api/v1/pipelines/demo/executions",
+        Some(r#"{"variables": {"nope": "x"}}"#),
+        "variables",
+        "variable `nope` is not declared",
+    );
+    bad(
+        "PUT",
+        "/api/v1/pipelines/demo",
+        Some("[pipeline]\nname = \"demo\"\n[[stages]]\nname = 1\n"),
+        "source",
+        "demo.toml:4:8",
+    );
+    bad(
+        "GET",
+        "/api/v1/executions?status=Bogus",
+        None,
+        "status",
+        "unknown status",
+    );
+    bad(
+        "GET",
+        "/api/v1/executions?limit=lots",
+        None,
+        "query",
+        "limit",
+    );
+    assert_eq!(
+        server
+            .call("GET", "/api/v1/executions/no-such-id", Some(&admin), None)
+            .0,
+        404
+    );
+    assert_eq!(
+        server
+            .call("DELETE", "/api/v1/pipelines/demo", Some(&admin), None)
+            .0,
+        204
+    );
+    assert_eq!(
+        server
+            .call("GET", "/api/v1/pipelines/demo", Some(&admin), None)
+            .0,
+        404
+    );
+
+    let (status, openapi) = server.call("GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert!(
+        openapi["paths"]["/api/v1/pipelines/{name}/executions"]["post"].is_object(),
+        "{openapi:#}"
+    );
+}
+
+#[test]
+fn a_killed_server_leaves_history_and_truthful_states() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let mut server = Server::start(&workspace);
+    let slow = DEMO
+        .replace(
+            r#"run = "echo hello #{variables.who}""#,
+            r#"run = "sleep 30""#,
+        )
+        .replace(r#"["echo"]"#, r#"["sleep"]"#);
+    assert_eq!(
+        server
+            .call("PUT", "/api/v1/pipelines/demo", Some(&admin), Some(&slow))
+            .0,
+        201
+    );
+    let (_, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/demo/executions",
+        Some(&admin),
+        None,
+    );
+    let id = started["id"].as_str().unwrap().to_string();
+    for _ in 0..100 {
+        let (_, body) = server.call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(&admin),
+            None,
+        );
+        if body["actions"][0]["status"] == "InProgress" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill9();
+
+    let server = Server::start(&workspace);
+    let (status, body) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{id}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["execution"]["status"], "Failed", "{body:#}");
+    assert!(
+        body["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{body:#}"
+    );
+    assert_eq!(body["actions"][0]["status"], "Failed");
+    let (_, pipeline) = server.call("GET", "/api/v1/pipelines/demo", Some(&admin), None);
+    assert_eq!(pipeline["version"], 1, "registered pipelines survive");
+}
