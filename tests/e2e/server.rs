@@ -423,3 +423,59 @@ fn a_killed_server_leaves_history_and_truthful_states() {
     let (_, pipeline) = server.call("GET", "/api/v1/pipelines/demo", Some(&admin), None);
     assert_eq!(pipeline["version"], 1, "registered pipelines survive");
 }
+
+#[test]
+fn the_cli_drives_the_server_register_start_watch_logs_audit() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let url = format!("http://{}", server.addr);
+    let client = |args: &[&str]| {
+        let mut full = vec!["--server", url.as_str(), "--token", admin.as_str()];
+        full.extend_from_slice(args);
+        workspace.sluice(&full)
+    };
+    workspace.write("demo.toml", DEMO);
+    let put = client(&["pipelines", "put", "demo.toml"]);
+    assert!(
+        put.status.success() && text(&put).contains("registered \"demo\" version 1"),
+        "{}",
+        text(&put)
+    );
+    let started = client(&["start", "demo", "--var", "who=cli"]);
+    assert!(started.status.success(), "{}", text(&started));
+    let id = String::from_utf8(started.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let watched = client(&["watch", &id]);
+    assert!(watched.status.success(), "{}", text(&watched));
+    assert!(
+        text(&watched).contains(&format!("execution {id}: Succeeded")),
+        "{}",
+        text(&watched)
+    );
+    let shown = client(&["--output", "json", "executions", "show", &id]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown["actions"][0]["resolved_config"],
+        json!([["run", "echo hello cli"]])
+    );
+    let logs = client(&["logs", &id, "say"]);
+    assert!(text(&logs).contains("hello cli"), "{}", text(&logs));
+    let audit = client(&["audit"]);
+    assert!(
+        text(&audit).contains("POST /api/v1/pipelines/demo/executions"),
+        "{}",
+        text(&audit)
+    );
+    let denied = workspace.sluice(&["--server", &url, "pipelines", "list"]);
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(text(&denied).contains("401"), "{}", text(&denied));
+    let offline = workspace.sluice(&["start", "demo"]);
+    assert!(
+        text(&offline).contains("pass --server URL"),
+        "{}",
+        text(&offline)
+    );
+}

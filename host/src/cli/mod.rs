@@ -5,6 +5,7 @@
 
 mod history;
 mod plugins;
+mod remote;
 mod report;
 
 use std::collections::BTreeMap;
@@ -36,8 +37,26 @@ struct Cli {
     /// Plugin registry directory [default: <data-dir>/plugins].
     #[arg(long, global = true, env = "SLUICE_PLUGINS")]
     plugins: Option<PathBuf>,
+    /// Talk to a running `sluice serve` at this URL instead of the local data directory.
+    #[arg(long, global = true, env = "SLUICE_SERVER")]
+    server: Option<String>,
+    /// Bearer token for --server (see `sluice token create`).
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format of client verbs.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: OutputFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How client verbs print their answers.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    /// For people.
+    Text,
+    /// The API's JSON.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +95,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         secrets: Option<PathBuf>,
     },
+    /// Registered pipelines on a server (needs --server).
+    #[command(subcommand)]
+    Pipelines(remote::PipelinesCommand),
+    /// Start an execution of a registered pipeline on a server (needs --server).
+    Start {
+        /// Pipeline name.
+        name: String,
+        /// Override a pipeline variable: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        vars: Vec<(String, String)>,
+    },
+    /// Follow an execution on a server until it ends (needs --server).
+    Watch {
+        /// Execution id.
+        id: String,
+    },
+    /// The server's audit log (needs --server and an admin token).
+    Audit,
     /// API tokens for `sluice serve`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -162,7 +199,14 @@ pub fn main() -> ExitCode {
             .unwrap_or_else(|| cli.data_dir.join("plugins")),
         data_dir: cli.data_dir,
     };
-    match dispatch(cli.command, &paths) {
+    let client = cli.server.as_deref().map(|server| {
+        remote::Client::new(server, cli.token.clone(), cli.output == OutputFormat::Json)
+    });
+    let result = match client {
+        Some(client) => dispatch_remote(cli.command, &client, &paths),
+        None => dispatch(cli.command, &paths),
+    };
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -196,6 +240,11 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             pipelines_root,
             secrets,
         } => serve(paths, listen, pipelines_root, secrets.as_deref()),
+        Command::Pipelines(_) | Command::Start { .. } | Command::Watch { .. } | Command::Audit => {
+            anyhow::bail!(
+                "this verb talks to a server: pass --server URL (or set SLUICE_SERVER) and --token"
+            )
+        }
         Command::Token(TokenCommand::Create {
             role,
             pipelines,
@@ -212,6 +261,28 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { execution, action } => history::logs(paths, &execution, action.as_deref()),
+    }
+}
+
+/// With --server: client verbs go to the API; local-only verbs still run here.
+fn dispatch_remote(
+    command: Command,
+    client: &remote::Client,
+    paths: &Paths,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Pipelines(command) => client.pipelines(command),
+        Command::Start { name, vars } => client.start(&name, vars.into_iter().collect()),
+        Command::Watch { id } => client.watch(&id),
+        Command::Audit => client.audit(),
+        Command::Executions(history::ExecutionsCommand::List {
+            pipeline, limit, ..
+        }) => client.list_executions(pipeline.as_deref(), limit),
+        Command::Executions(history::ExecutionsCommand::Show { id, .. }) => {
+            client.show_execution(&id)
+        }
+        Command::Logs { execution, action } => client.logs(&execution, action.as_deref()),
+        local => dispatch(local, paths),
     }
 }
 

@@ -1,0 +1,299 @@
+//! Client verbs against a running `sluice serve` (`--server URL --token T`).
+//! They mirror the API one to one; `--output json` prints the API's JSON.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+/// A connection to the API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    json: bool,
+}
+
+/// Registered-pipeline commands.
+#[derive(Subcommand)]
+pub enum PipelinesCommand {
+    /// Register a pipeline file as a new version (admin).
+    Put {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// List registered pipelines.
+    List,
+    /// Show a pipeline's latest (or given) version.
+    Get {
+        /// Pipeline name.
+        name: String,
+        /// A specific version.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Delete a pipeline; its history stays (admin).
+    Delete {
+        /// Pipeline name.
+        name: String,
+    },
+}
+
+impl Client {
+    /// A client for `server` (e.g. `http://127.0.0.1:8700`).
+    pub fn new(server: &str, token: Option<String>, json: bool) -> Self {
+        Self {
+            base: server.trim_end_matches('/').to_string(),
+            token,
+            json,
+        }
+    }
+
+    /// One API call; non-2xx answers become errors carrying the server's message.
+    fn call(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = ureq::request(method, &url).timeout(Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let result = match body {
+            Some(body) => request.send_string(&body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => {
+                let text = response.into_string()?;
+                Ok(if text.trim().is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&text)?
+                })
+            }
+            Err(ureq::Error::Status(code, response)) => {
+                let body: Value = response.into_json().unwrap_or(Value::Null);
+                let message = body["error"].as_str().unwrap_or("no details").to_string();
+                let field = body["field"]
+                    .as_str()
+                    .map(|f| format!(" (field `{f}`)"))
+                    .unwrap_or_default();
+                anyhow::bail!("{method} {url} → {code}: {message}{field}")
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot reach {}", self.base)),
+        }
+    }
+
+    fn print(&self, value: &Value, text: impl FnOnce(&Value)) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            text(value);
+        }
+    }
+
+    /// `sluice pipelines ...`.
+    pub fn pipelines(&self, command: PipelinesCommand) -> anyhow::Result<ExitCode> {
+        match command {
+            PipelinesCommand::Put { file } => {
+                let source = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let name = pipeline_name(&source)
+                    .with_context(|| format!("{}: no [pipeline] name", file.display()))?;
+                let answer = self.call("PUT", &format!("/pipelines/{name}"), Some(source))?;
+                self.print(&answer, |a| {
+                    println!("registered {} version {}", a["name"], a["version"])
+                });
+            }
+            PipelinesCommand::List => {
+                let answer = self.call("GET", "/pipelines", None)?;
+                self.print(&answer, |a| {
+                    for p in a["pipelines"].as_array().into_iter().flatten() {
+                        println!("{:<24} v{}", p["name"].as_str().unwrap_or(""), p["version"]);
+                    }
+                });
+            }
+            PipelinesCommand::Get { name, version } => {
+                let path = match version {
+                    Some(v) => format!("/pipelines/{name}/versions/{v}"),
+                    None => format!("/pipelines/{name}"),
+                };
+                let answer = self.call("GET", &path, None)?;
+                self.print(&answer, |a| {
+                    print!(
+                        "# {} version {}\n{}",
+                        name,
+                        a["version"],
+                        a["source"].as_str().unwrap_or("")
+                    )
+                });
+            }
+            PipelinesCommand::Delete { name } => {
+                self.call("DELETE", &format!("/pipelines/{name}"), None)?;
+                self.print(&json!({ "deleted": name }), |_| println!("deleted {name}"));
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice start NAME --var K=V`.
+    pub fn start(
+        &self,
+        name: &str,
+        variables: BTreeMap<String, String>,
+    ) -> anyhow::Result<ExitCode> {
+        let body = json!({ "variables": variables }).to_string();
+        let answer = self.call("POST", &format!("/pipelines/{name}/executions"), Some(body))?;
+        self.print(&answer, |a| println!("{}", a["id"].as_str().unwrap_or("")));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice executions list` against the server.
+    pub fn list_executions(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<ExitCode> {
+        let mut path = format!("/executions?limit={limit}");
+        if let Some(pipeline) = pipeline {
+            path.push_str(&format!("&pipeline={pipeline}"));
+        }
+        let answer = self.call("GET", &path, None)?;
+        self.print(&answer, |a| {
+            for e in a["executions"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<16} v{:<3} {:<11} {}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["pipeline"].as_str().unwrap_or(""),
+                    e["pipeline_version"],
+                    e["status"].as_str().unwrap_or(""),
+                    e["error"].as_str().unwrap_or("")
+                );
+            }
+        });
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice executions show ID` against the server.
+    pub fn show_execution(&self, id: &str) -> anyhow::Result<ExitCode> {
+        let answer = self.call("GET", &format!("/executions/{id}"), None)?;
+        self.print(&answer, print_execution);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice logs ID [ACTION]` against the server.
+    pub fn logs(&self, id: &str, action: Option<&str>) -> anyhow::Result<ExitCode> {
+        let query = action.map(|a| format!("?action={a}")).unwrap_or_default();
+        let answer = self.call("GET", &format!("/executions/{id}/logs{query}"), None)?;
+        self.print(&answer, |a| {
+            for l in a["lines"].as_array().into_iter().flatten() {
+                println!(
+                    "[{} #{}] {:<7} {}",
+                    l["action"].as_str().unwrap_or(""),
+                    l["attempt"],
+                    l["stream"].as_str().unwrap_or(""),
+                    l["line"].as_str().unwrap_or("")
+                );
+            }
+        });
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice audit`.
+    pub fn audit(&self) -> anyhow::Result<ExitCode> {
+        let answer = self.call("GET", "/audit", None)?;
+        self.print(&answer, |a| {
+            for e in a["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {:<18} {:<48} {}",
+                    e["ts_ms"],
+                    e["actor"].as_str().unwrap_or(""),
+                    e["action"].as_str().unwrap_or(""),
+                    e["result"].as_str().unwrap_or("")
+                );
+            }
+        });
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice watch ID`: print each action's transitions until the execution
+    /// ends; exit 0 if it succeeded, 1 if not.
+    pub fn watch(&self, id: &str) -> anyhow::Result<ExitCode> {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        loop {
+            let answer = self.call("GET", &format!("/executions/{id}"), None)?;
+            for action in answer["actions"].as_array().into_iter().flatten() {
+                let name = action["action"].as_str().unwrap_or("").to_string();
+                let status = action["status"].as_str().unwrap_or("").to_string();
+                if seen.get(&name) != Some(&status) {
+                    let detail = action["error"]
+                        .as_str()
+                        .or(action["summary"].as_str())
+                        .unwrap_or("");
+                    if self.json {
+                        println!(
+                            "{}",
+                            json!({ "action": name, "status": status, "detail": detail })
+                        );
+                    } else {
+                        println!(
+                            "{:<10} {:<16} {:<11} {detail}",
+                            action["stage"].as_str().unwrap_or(""),
+                            name,
+                            status
+                        );
+                    }
+                    seen.insert(name, status);
+                }
+            }
+            let status = answer["execution"]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if status != "InProgress" {
+                if !self.json {
+                    println!("execution {id}: {status}");
+                }
+                return Ok(if status == "Succeeded" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn print_execution(answer: &Value) {
+    let e = &answer["execution"];
+    println!(
+        "Execution {} of {} v{}: {}",
+        e["id"].as_str().unwrap_or(""),
+        e["pipeline"].as_str().unwrap_or(""),
+        e["pipeline_version"],
+        e["status"].as_str().unwrap_or("")
+    );
+    if let Some(error) = e["error"].as_str() {
+        println!("  error: {error}");
+    }
+    for a in answer["actions"].as_array().into_iter().flatten() {
+        let detail = a["error"].as_str().or(a["summary"].as_str()).unwrap_or("");
+        println!(
+            "  {:<10} {:<16} {:<11} {detail}",
+            a["stage"].as_str().unwrap_or(""),
+            a["action"].as_str().unwrap_or(""),
+            a["status"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// The `[pipeline] name` of a pipeline file, without validating the rest.
+fn pipeline_name(source: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(source).ok()?;
+    Some(table.get("pipeline")?.get("name")?.as_str()?.to_string())
+}
