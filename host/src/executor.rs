@@ -147,6 +147,11 @@ impl Executor {
         })
     }
 
+    /// The sandbox runtime this executor runs actions in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// Pipeline variables for a start: defaults, then `overrides`.
     pub fn resolve_variables(
         plan: &Plan,

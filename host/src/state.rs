@@ -726,6 +726,16 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many executions are recorded in each status.
+    pub fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT status, COUNT(*) FROM executions GROUP BY status ORDER BY status",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The id of the newest execution, if any.
     pub fn latest_execution(&self) -> anyhow::Result<Option<String>> {
         Ok(self

@@ -95,6 +95,14 @@ impl Drop for Server {
     }
 }
 
+/// A GET whose body is not JSON (e.g. /metrics).
+fn raw_get(server: &Server, path: &str) -> String {
+    match server.call("GET", path, None, None) {
+        (200, Value::String(text)) => text,
+        other => panic!("GET {path}: {other:?}"),
+    }
+}
+
 fn dechunk(mut text: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = text.split_once("\r\n") {
@@ -355,6 +363,20 @@ fn executions_start_run_and_are_queryable_with_clear_errors() {
             .call("GET", "/api/v1/pipelines/demo", Some(&admin), None)
             .0,
         404
+    );
+
+    let metrics = raw_get(&server, "/metrics");
+    assert!(
+        metrics.contains("sluice_executions{status=\"Succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_action_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_plugin_instantiation_seconds_count 1"),
+        "{metrics}"
     );
 
     let (status, openapi) = server.call("GET", "/openapi.json", None, None);

@@ -342,6 +342,7 @@ fn serve(
     pipelines_root: Option<PathBuf>,
     secrets_file: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
+    let action_durations = Arc::new(crate::metrics::Histogram::default());
     let state = Arc::new(paths.state()?);
     let executor = Executor::new(
         Arc::new(Runtime::new()?),
@@ -349,14 +350,24 @@ fn serve(
         state.clone(),
         SecretSource::load(secrets_file)?,
         paths.data_dir.join("work"),
-        Arc::new(|_| {}),
+        metrics_sink(action_durations.clone()),
     );
     let root = pipelines_root
         .map(Ok)
         .unwrap_or_else(std::env::current_dir)?;
-    let app = crate::server::AppState::new(state, paths.registry()?, executor, root);
+    let app =
+        crate::server::AppState::new(state, paths.registry()?, executor, root, action_durations);
     tokio_runtime()?.block_on(crate::server::serve(app, listen))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An event sink that records finished actions' durations.
+fn metrics_sink(durations: Arc<crate::metrics::Histogram>) -> crate::executor::EventSink {
+    Arc::new(move |event| {
+        if let crate::executor::Event::ActionFinished { duration, .. } = event {
+            durations.observe(duration);
+        }
+    })
 }
 
 fn bench(paths: &Paths, args: BenchArgs) -> anyhow::Result<ExitCode> {

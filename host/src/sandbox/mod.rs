@@ -235,6 +235,8 @@ pub struct Runtime {
     loaded: Mutex<HashMap<PathBuf, LoadedPlugin>>,
     compilations: AtomicU64,
     compatibility_key: String,
+    /// How long instantiating a plugin took, per invocation.
+    pub instantiations: crate::metrics::Histogram,
 }
 
 impl Runtime {
@@ -266,6 +268,7 @@ impl Runtime {
             linker,
             loaded: Mutex::new(HashMap::new()),
             compilations: AtomicU64::new(0),
+            instantiations: crate::metrics::Histogram::default(),
         })
     }
 
@@ -350,7 +353,9 @@ impl Runtime {
         });
         let result = {
             let call = async {
+                let instantiating = std::time::Instant::now();
                 let action = plugin.pre.instantiate_async(&mut store).await?;
+                self.instantiations.observe(instantiating.elapsed());
                 action.call_run(&mut store, &invocation).await
             };
             tokio::time::timeout(limits.timeout, call).await

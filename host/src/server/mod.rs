@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::executor::Executor;
+use crate::metrics::Histogram;
 use crate::plugin::Registry;
 use crate::sandbox::log::now_ms;
 use crate::state::StateStore;
@@ -34,6 +35,8 @@ pub struct AppState {
     executor: Arc<Executor>,
     /// Relative host paths in registered pipelines resolve against this.
     pipelines_root: PathBuf,
+    /// Durations of finished actions (fed by the executor's events).
+    action_durations: Arc<Histogram>,
 }
 
 impl AppState {
@@ -43,12 +46,14 @@ impl AppState {
         registry: Registry,
         executor: Arc<Executor>,
         pipelines_root: PathBuf,
+        action_durations: Arc<Histogram>,
     ) -> Self {
         Self {
             state,
             registry,
             executor,
             pipelines_root,
+            action_durations,
         }
     }
 }
@@ -63,6 +68,7 @@ pub fn router(app: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .with_state(app)
 }
 
@@ -81,6 +87,29 @@ pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, router(app)).await?;
     Ok(())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
+    let mut out = String::from(
+        "# HELP sluice_executions Executions recorded, by status.\n# TYPE sluice_executions gauge\n",
+    );
+    for (status, count) in app.state.execution_counts().map_err(ApiError::internal)? {
+        out.push_str(&format!(
+            "sluice_executions{{status=\"{status}\"}} {count}\n"
+        ));
+    }
+    app.action_durations.render(
+        "sluice_action_duration_seconds",
+        "Wall time of finished actions, retries included.",
+        &mut out,
+    );
+    app.executor.runtime().instantiations.render(
+        "sluice_plugin_instantiation_seconds",
+        "Time to instantiate a plugin for one invocation.",
+        &mut out,
+    );
+    Ok(out)
 }
 
 async fn authenticate_and_audit(
