@@ -397,6 +397,7 @@ fn plan(
                 grants: Grants::default(),
                 limits: Limits::default(),
                 retry: RetryPolicy::default(),
+                on_restart: Default::default(),
             })
             .collect(),
     };

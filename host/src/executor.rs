@@ -6,7 +6,7 @@
 //! outputs are ingested into the artifact store and its variables published to
 //! its namespace. A failed action fails its stage and the execution.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use crate::artifact::{ArtifactInfo, ArtifactStore};
-use crate::pipeline::{ActionPlan, Plan, vars};
+use crate::pipeline::{ActionPlan, OnRestart, Plan, vars};
 use crate::sandbox::log::{LogSink, LogStream, ProgressHook, now_ms};
 use crate::sandbox::{ActionError, ActionOutcome, Invocation, Runtime, SandboxSpec};
 use crate::secrets::{Masker, SecretSource};
@@ -79,6 +79,14 @@ pub struct ExecutionResult {
     pub error: Option<String>,
 }
 
+/// What [`Executor::reopen`] made of an interrupted execution.
+pub enum Reopened {
+    /// It continues where it stopped.
+    Resume(Started),
+    /// It could not continue; it is recorded as Failed with this reason.
+    Failed(String),
+}
+
 /// An execution recorded by [`Executor::begin`], not yet run.
 pub struct Started(Arc<ExecutionContext>);
 
@@ -101,6 +109,8 @@ pub struct Executor {
 
 /// What every action of one execution shares.
 struct ExecutionContext {
+    /// Actions that already succeeded (when resuming): skipped, not rerun.
+    done: HashSet<String>,
     id: String,
     plan: Arc<Plan>,
     variables: BTreeMap<String, String>,
@@ -206,12 +216,95 @@ impl Executor {
             pipeline: plan.name.clone(),
         });
         Ok(Started(Arc::new(ExecutionContext {
+            done: HashSet::new(),
             id,
             plan,
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
         })))
+    }
+
+    /// Pick up an execution a stopped process left InProgress: succeeded actions
+    /// keep their outputs and variables, the rest run again, except actions
+    /// whose `on-restart` is `fail`, which fail it.
+    pub fn reopen(&self, plan: Arc<Plan>, id: &str) -> anyhow::Result<Reopened> {
+        let execution = self
+            .state
+            .execution(id)?
+            .with_context(|| format!("no execution {id}"))?;
+        let variables: BTreeMap<String, String> =
+            serde_json::from_value(execution.variables.clone())?;
+        let records = self.state.actions(id)?;
+        let mut context = ExecutionContext {
+            done: HashSet::new(),
+            id: id.to_string(),
+            plan: plan.clone(),
+            variables,
+            namespaces: Mutex::new(HashMap::new()),
+            artifacts: Mutex::new(HashMap::new()),
+        };
+        for record in &records {
+            let Some(action) = plan
+                .stages
+                .iter()
+                .flat_map(|s| &s.actions)
+                .find(|a| a.name == record.action)
+            else {
+                continue;
+            };
+            match record.status.as_str() {
+                "Succeeded" => {
+                    context.done.insert(record.action.clone());
+                    for output in &record.outputs {
+                        let info = ArtifactInfo {
+                            digest: output.digest.clone(),
+                            files: output.files,
+                            bytes: output.bytes,
+                        };
+                        lock(&context.artifacts).insert(output.name.clone(), info);
+                    }
+                    if let Some(namespace) = &action.namespace {
+                        lock(&context.namespaces).insert(
+                            namespace.clone(),
+                            record.variables.iter().cloned().collect(),
+                        );
+                    }
+                }
+                "InProgress" if action.on_restart == OnRestart::Fail => {
+                    let reason = format!(
+                        "action `{}` was running when the server stopped, and its on-restart policy is fail",
+                        action.name
+                    );
+                    self.fail_reopened(id, &record.stage, &action.name, &reason)?;
+                    return Ok(Reopened::Failed(reason));
+                }
+                _ => {}
+            }
+        }
+        Ok(Reopened::Resume(Started(Arc::new(context))))
+    }
+
+    fn fail_reopened(
+        &self,
+        id: &str,
+        stage: &str,
+        action: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let end = ActionEnd {
+            status: Status::Failed,
+            attempts: 1,
+            summary: None,
+            error: Some(reason),
+            variables: &[],
+            outputs: &[],
+        };
+        self.state.finish_action(id, action, &end, now_ms())?;
+        self.state
+            .finish_stage(id, stage, Status::Failed, Some(reason), now_ms())?;
+        self.state
+            .finish_execution(id, Status::Failed, Some(reason), now_ms())
     }
 
     /// Run a begun execution to its end.
@@ -256,6 +349,9 @@ impl Executor {
                 self.skip_stage(&context.id, &stage.name, position)?;
                 continue;
             }
+            if stage.actions.iter().all(|a| context.done.contains(&a.name)) {
+                continue; // finished before a restart
+            }
             failure = self.run_stage(context, position).await?;
         }
         Ok(failure)
@@ -296,7 +392,10 @@ impl Executor {
         let mut failures = Vec::new();
         for group in stage.groups() {
             let mut running = JoinSet::new();
-            for action in group {
+            for action in group
+                .into_iter()
+                .filter(|a| !context.done.contains(&a.name))
+            {
                 let (executor, context, action) = (self.clone(), context.clone(), action.clone());
                 running.spawn(async move { executor.run_action(&context, &action).await });
             }

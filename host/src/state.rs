@@ -645,19 +645,22 @@ impl StateStore {
         )
     }
 
-    /// Mark executions left InProgress by a stopped process as Failed, with why.
-    pub fn fail_interrupted(&self, reason: &str, now_ms: i64) -> anyhow::Result<usize> {
-        let db = self.db();
+    /// Mark an execution and whatever of it is still InProgress as Failed.
+    pub fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
         for table in ["action_runs", "stage_runs"] {
-            db.execute(
-                &format!("UPDATE {table} SET status = 'Failed', error = ?1, ended_ms = ?2 WHERE status = 'InProgress'"),
-                params![reason, now_ms],
+            tx.execute(
+                &format!("UPDATE {table} SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE execution_id = ?1 AND status = 'InProgress'"),
+                params![id, reason, now_ms],
             )?;
         }
-        Ok(db.execute(
-            "UPDATE executions SET status = 'Failed', error = ?1, ended_ms = ?2 WHERE status = 'InProgress'",
-            params![reason, now_ms],
-        )?)
+        tx.execute(
+            "UPDATE executions SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE id = ?1",
+            params![id, reason, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Store a new API token (only the hash of its secret).

@@ -387,63 +387,135 @@ fn executions_start_run_and_are_queryable_with_clear_errors() {
     );
 }
 
-#[test]
-fn a_killed_server_leaves_history_and_truthful_states() {
+const TWO_STAGES: &str = r#"
+[pipeline]
+name = "durable"
+[[stages]]
+name = "First"
+[[stages.actions]]
+name = "first"
+plugin = "command@0.1"
+namespace = "first"
+outputs = ["out"]
+config = { run = "sh -c 'mkdir o && echo made > o/f && echo ::set-variable made=yes'", outputs = "out=o/**" }
+grants = { commands = ["sh"] }
+[[stages]]
+name = "Second"
+[[stages.actions]]
+name = "second"
+plugin = "command@0.1"
+inputs = ["out"]
+config = { run = "sh -c 'sleep 2; cat o/f; echo first said #{first.made}'" }
+grants = { commands = ["sh"] }
+ON_RESTART
+"#;
+
+/// Start `pipeline`, SIGKILL the server while action `second` runs, restart it.
+fn kill_during_second(pipeline: &str) -> (Workspace, Server, String, String) {
     let workspace = Workspace::new();
     let admin = token(&workspace, &["--role", "admin"]);
     let mut server = Server::start(&workspace);
-    let slow = DEMO
-        .replace(
-            r#"run = "echo hello #{variables.who}""#,
-            r#"run = "sleep 30""#,
-        )
-        .replace(r#"["echo"]"#, r#"["sleep"]"#);
     assert_eq!(
         server
-            .call("PUT", "/api/v1/pipelines/demo", Some(&admin), Some(&slow))
+            .call(
+                "PUT",
+                "/api/v1/pipelines/durable",
+                Some(&admin),
+                Some(pipeline)
+            )
             .0,
         201
     );
     let (_, started) = server.call(
         "POST",
-        "/api/v1/pipelines/demo/executions",
+        "/api/v1/pipelines/durable/executions",
         Some(&admin),
         None,
     );
     let id = started["id"].as_str().unwrap().to_string();
-    for _ in 0..100 {
+    let mut running = false;
+    for _ in 0..200 {
         let (_, body) = server.call(
             "GET",
             &format!("/api/v1/executions/{id}"),
             Some(&admin),
             None,
         );
-        if body["actions"][0]["status"] == "InProgress" {
+        let second = body["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["action"] == "second")
+            .cloned();
+        if second.is_some_and(|a| a["status"] == "InProgress") {
+            running = true;
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(25));
     }
+    assert!(running, "action `second` never started");
     server.kill9();
-
     let server = Server::start(&workspace);
-    let (status, body) = server.call(
+    (workspace, server, admin, id)
+}
+
+#[test]
+fn a_killed_server_resumes_its_executions_where_they_stopped() {
+    let (_workspace, server, admin, id) = kill_during_second(&TWO_STAGES.replace("ON_RESTART", ""));
+    let done = wait_for_end(&server, &admin, &id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let first = done["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "first")
+        .unwrap();
+    assert_eq!(first["attempts"], 1, "a finished action is not rerun");
+    let (_, logs) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{id}/logs?action=second"),
+        Some(&admin),
+        None,
+    );
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines.contains(&"made") && lines.contains(&"first said yes"),
+        "artifacts and variables survive: {lines:?}"
+    );
+    let (_, pipeline) = server.call("GET", "/api/v1/pipelines/durable", Some(&admin), None);
+    assert_eq!(pipeline["version"], 1, "registered pipelines survive");
+}
+
+#[test]
+fn an_action_that_must_not_rerun_fails_truthfully_after_a_kill() {
+    let (_workspace, server, admin, id) =
+        kill_during_second(&TWO_STAGES.replace("ON_RESTART", "on-restart = \"fail\""));
+    let (_, body) = server.call(
         "GET",
         &format!("/api/v1/executions/{id}"),
         Some(&admin),
         None,
     );
-    assert_eq!(status, 200);
     assert_eq!(body["execution"]["status"], "Failed", "{body:#}");
     assert!(
         body["execution"]["error"]
             .as_str()
             .unwrap()
-            .contains("interrupted"),
+            .contains("on-restart policy is fail"),
         "{body:#}"
     );
-    assert_eq!(body["actions"][0]["status"], "Failed");
-    let (_, pipeline) = server.call("GET", "/api/v1/pipelines/demo", Some(&admin), None);
-    assert_eq!(pipeline["version"], 1, "registered pipelines survive");
+    let second = body["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "second")
+        .unwrap();
+    assert_eq!(second["status"], "Failed");
 }
 
 #[test]

@@ -158,6 +158,18 @@ pub struct ActionPlan {
     pub limits: Limits,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// What a restarted server does if this action was running.
+    pub on_restart: OnRestart,
+}
+
+/// What a restarted server does with an action that was running when it stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnRestart {
+    /// Run it again (actions should be idempotent; most deploys are).
+    #[default]
+    Rerun,
+    /// Fail it, and so its stage and execution: for actions that must not run twice.
+    Fail,
 }
 
 /// Capabilities granted to one action.

@@ -83,6 +83,10 @@ pub struct ActionDecl {
     pub retry: Option<Spanned<RetryDecl>>,
     /// Resource limits.
     pub limits: Option<Spanned<LimitsDecl>>,
+    /// What a restarted server does with this action if it was running:
+    /// `rerun` (default) or `fail`.
+    #[serde(rename = "on-restart", alias = "on_restart")]
+    pub on_restart: Option<Spanned<String>>,
 }
 
 /// `grants = { ... }`.

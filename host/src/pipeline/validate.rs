@@ -9,8 +9,8 @@ use toml::Spanned;
 use super::model::{ActionDecl, GrantsDecl, PipelineFile};
 use super::vars;
 use super::{
-    ActionPlan, Diagnostic, Diagnostics, ExecutionMode, Grants, Plan, RetryPolicy, SourceFile,
-    StagePlan,
+    ActionPlan, Diagnostic, Diagnostics, ExecutionMode, Grants, OnRestart, Plan, RetryPolicy,
+    SourceFile, StagePlan,
 };
 use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
 use crate::sandbox::MAX_MEMORY_BYTES;
@@ -208,6 +208,7 @@ impl Validator<'_> {
         let grants = self.grants(action, &plugin.manifest);
         let limits = self.limits(action);
         let retry = self.retry(action);
+        let on_restart = self.on_restart(action);
         Some(ActionPlan {
             name: action.name.get_ref().clone(),
             stage: stage.to_string(),
@@ -220,6 +221,7 @@ impl Validator<'_> {
             grants,
             limits,
             retry,
+            on_restart,
         })
     }
 
@@ -497,6 +499,24 @@ impl Validator<'_> {
                 .map(|c| parse_duration(c).map(|d| limits.cpu = d)),
         );
         limits
+    }
+
+    fn on_restart(&mut self, action: &ActionDecl) -> OnRestart {
+        match action
+            .on_restart
+            .as_ref()
+            .map(|p| (p, p.get_ref().as_str()))
+        {
+            None | Some((_, "rerun")) => OnRestart::Rerun,
+            Some((_, "fail")) => OnRestart::Fail,
+            Some((policy, other)) => {
+                self.error(
+                    policy,
+                    format!("unknown on-restart `{other}`; use rerun or fail"),
+                );
+                OnRestart::Rerun
+            }
+        }
     }
 
     fn retry(&mut self, action: &ActionDecl) -> RetryPolicy {

@@ -20,11 +20,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::executor::Executor;
+use crate::executor::{Executor, Reopened};
 use crate::metrics::Histogram;
+use crate::pipeline::Plan;
 use crate::plugin::Registry;
 use crate::sandbox::log::now_ms;
 use crate::state::StateStore;
+use crate::state::{ExecutionFilter, ExecutionRecord};
 use auth::Caller;
 
 /// What every handler shares.
@@ -72,16 +74,10 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// Mark executions a previous server process left InProgress as Failed, then
-/// serve until the process is stopped.
+/// Resume what a previous server process left InProgress, then serve until the
+/// process is stopped.
 pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
-    let interrupted = app.state.fail_interrupted(
-        "interrupted: the server stopped while this execution ran (it is not resumed)",
-        now_ms(),
-    )?;
-    if interrupted > 0 {
-        eprintln!("marked {interrupted} interrupted execution(s) as Failed");
-    }
+    resume_interrupted(&app)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the real address (the port may have been 0).
     println!("listening on http://{}", listener.local_addr()?);
@@ -110,6 +106,66 @@ async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
         &mut out,
     );
     Ok(out)
+}
+
+/// Continue every execution left InProgress, or fail it with the reason it cannot.
+fn resume_interrupted(app: &AppState) -> anyhow::Result<()> {
+    let filter = ExecutionFilter {
+        pipeline: None,
+        status: Some("InProgress"),
+        limit: usize::MAX >> 1,
+        offset: 0,
+    };
+    for execution in app.state.list_executions(&filter)? {
+        let reopened = resumable_plan(app, &execution).and_then(|plan| {
+            app.executor
+                .reopen(plan, &execution.id)
+                .map_err(|e| format!("interrupted, and resuming failed: {e:#}"))
+        });
+        match reopened {
+            Ok(Reopened::Resume(started)) => {
+                eprintln!(
+                    "resuming execution {} of {}",
+                    execution.id, execution.pipeline
+                );
+                let executor = app.executor.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = executor.complete(started).await {
+                        tracing::error!("resumed execution failed internally: {e:#}");
+                    }
+                });
+            }
+            Ok(Reopened::Failed(reason)) => {
+                eprintln!("execution {} failed on restart: {reason}", execution.id)
+            }
+            Err(reason) => {
+                eprintln!("execution {} failed on restart: {reason}", execution.id);
+                app.state.fail_execution(&execution.id, &reason, now_ms())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The plan an interrupted execution ran: its registered pipeline version.
+fn resumable_plan(app: &AppState, execution: &ExecutionRecord) -> Result<Arc<Plan>, String> {
+    let version = execution
+        .pipeline_version
+        .ok_or("interrupted: it was started by `sluice run`, which does not resume")?;
+    let record = app
+        .state
+        .pipeline(&execution.pipeline, Some(version))
+        .map_err(|e| format!("interrupted: {e:#}"))?
+        .ok_or_else(|| {
+            format!(
+                "interrupted: pipeline {} version {version} is no longer registered",
+                execution.pipeline
+            )
+        })?;
+    let label = std::path::Path::new(&execution.pipeline).with_extension("toml");
+    crate::pipeline::parse(&label, record.source, &app.registry, &app.pipelines_root)
+        .map(Arc::new)
+        .map_err(|d| format!("interrupted, and its pipeline no longer validates: {d}"))
 }
 
 async fn authenticate_and_audit(
