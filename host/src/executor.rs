@@ -229,6 +229,31 @@ impl Executor {
     /// keep their outputs and variables, the rest run again, except actions
     /// whose `on-restart` is `fail`, which fail it.
     pub fn reopen(&self, plan: Arc<Plan>, id: &str) -> anyhow::Result<Reopened> {
+        self.reopen_with(plan, id, None)
+    }
+
+    /// Retry a failed stage of a failed execution: its failed actions (or all of
+    /// them, with `all`), then the stages after it. Earlier work is kept.
+    pub fn reopen_for_retry(
+        &self,
+        plan: Arc<Plan>,
+        id: &str,
+        stage: &str,
+        all: bool,
+    ) -> anyhow::Result<Started> {
+        self.state.reopen_execution(id)?;
+        match self.reopen_with(plan, id, Some((stage, all)))? {
+            Reopened::Resume(started) => Ok(started),
+            Reopened::Failed(reason) => anyhow::bail!(reason),
+        }
+    }
+
+    fn reopen_with(
+        &self,
+        plan: Arc<Plan>,
+        id: &str,
+        retry: Option<(&str, bool)>,
+    ) -> anyhow::Result<Reopened> {
         let execution = self
             .state
             .execution(id)?
@@ -253,8 +278,9 @@ impl Executor {
             else {
                 continue;
             };
+            let rerun_all = retry.is_some_and(|(stage, all)| all && stage == action.stage);
             match record.status.as_str() {
-                "Succeeded" => {
+                "Succeeded" if !rerun_all => {
                     context.done.insert(record.action.clone());
                     for output in &record.outputs {
                         let info = ArtifactInfo {

@@ -663,6 +663,14 @@ impl StateStore {
         Ok(())
     }
 
+    /// Put a finished execution back InProgress (a stage retry).
+    pub fn reopen_execution(&self, id: &str) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL WHERE id = ?1",
+            params![id],
+        )
+    }
+
     /// Store a new API token (only the hash of its secret).
     pub fn add_token(
         &self,

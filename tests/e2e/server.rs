@@ -573,3 +573,135 @@ fn the_cli_drives_the_server_register_start_watch_logs_audit() {
         text(&offline)
     );
 }
+
+#[test]
+fn a_failed_stage_is_retried_on_the_latest_execution_only() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let marker = workspace.path("fixed");
+    let flaky = format!(
+        r#"
+[pipeline]
+name = "flaky"
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+namespace = "build"
+config = {{ run = "echo ::set-variable n=1" }}
+grants = {{ commands = ["echo"] }}
+[[stages]]
+name = "Test"
+[[stages.actions]]
+name = "steady"
+plugin = "command@0.1"
+config = {{ run = "true" }}
+grants = {{ commands = ["true"] }}
+[[stages.actions]]
+name = "flaky"
+plugin = "command@0.1"
+config = {{ run = "test -f {marker}" }}
+grants = {{ commands = ["test"] }}
+[[stages]]
+name = "Deploy"
+[[stages.actions]]
+name = "deploy"
+plugin = "command@0.1"
+config = {{ run = "echo deploying #{{build.n}}" }}
+grants = {{ commands = ["echo"] }}
+"#,
+        marker = marker.display()
+    );
+    assert_eq!(
+        server
+            .call("PUT", "/api/v1/pipelines/flaky", Some(&admin), Some(&flaky))
+            .0,
+        201
+    );
+    let start = |server: &Server| {
+        let (_, started) = server.call(
+            "POST",
+            "/api/v1/pipelines/flaky/executions",
+            Some(&admin),
+            None,
+        );
+        let id = started["id"].as_str().unwrap().to_string();
+        (wait_for_end(server, &admin, &id), id)
+    };
+    let (first, first_id) = start(&server);
+    assert_eq!(first["execution"]["status"], "Failed");
+    let retry = |id: &str, body: &str| {
+        server.call(
+            "POST",
+            &format!("/api/v1/executions/{id}/stages/Test/retry"),
+            Some(&admin),
+            Some(body),
+        )
+    };
+    assert_eq!(retry(&first_id, r#"{"mode": "sometimes"}"#).0, 400);
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                &format!("/api/v1/executions/{first_id}/stages/Build/retry"),
+                Some(&admin),
+                None
+            )
+            .0,
+        409
+    );
+
+    std::fs::write(&marker, "").unwrap();
+    let (status, body) = retry(&first_id, r#"{"mode": "failed"}"#);
+    assert_eq!(status, 202, "{body}");
+    let retried = wait_for_end(&server, &admin, &first_id);
+    assert_eq!(retried["execution"]["status"], "Succeeded", "{retried:#}");
+    let actions = retried["actions"].as_array().unwrap();
+    let attempts =
+        |name: &str| actions.iter().find(|a| a["action"] == name).unwrap()["started_ms"].clone();
+    assert_eq!(
+        attempts("steady"),
+        first["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["action"] == "steady")
+            .unwrap()["started_ms"],
+        "mode failed keeps succeeded actions"
+    );
+    let (_, logs) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{first_id}/logs?action=deploy"),
+        Some(&admin),
+        None,
+    );
+    assert!(
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == "deploying 1"),
+        "{logs:#}"
+    );
+
+    std::fs::remove_file(&marker).unwrap();
+    let (_, second_id) = start(&server);
+    let (_, third_id) = start(&server);
+    let (status, body) = retry(&second_id, "");
+    assert_eq!(status, 409, "an older execution cannot be retried: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("only the latest execution"),
+        "{body}"
+    );
+    std::fs::write(&marker, "").unwrap();
+    assert_eq!(retry(&third_id, r#"{"mode": "all"}"#).0, 202);
+    assert_eq!(
+        wait_for_end(&server, &admin, &third_id)["execution"]["status"],
+        "Succeeded"
+    );
+}

@@ -39,6 +39,10 @@ pub fn routes() -> Router<AppState> {
         .route("/executions", get(list_executions))
         .route("/executions/{id}", get(get_execution))
         .route("/executions/{id}/logs", get(get_logs))
+        .route(
+            "/executions/{id}/stages/{stage}/retry",
+            axum::routing::post(retry_stage),
+        )
         .route("/audit", get(get_audit))
 }
 
@@ -295,6 +299,106 @@ async fn get_execution(
         .map_err(ApiError::internal)?;
     Ok(Json(
         json!({ "execution": execution, "stages": stages, "actions": actions }),
+    ))
+}
+
+/// Body of a stage retry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    /// `failed` (default): only the failed actions; `all`: every action of the stage.
+    #[serde(default = "failed_mode")]
+    mode: String,
+}
+
+fn failed_mode() -> String {
+    "failed".into()
+}
+
+fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, message)
+}
+
+async fn retry_stage(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((id, stage)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    caller.require(Role::Operator, Some(&execution.pipeline))?;
+    let request: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryRequest {
+            mode: failed_mode(),
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("mode", format!("invalid retry request: {e}")))?
+    };
+    let all = match request.mode.as_str() {
+        "failed" => false,
+        "all" => true,
+        other => {
+            return Err(ApiError::bad_request(
+                "mode",
+                format!("mode `{other}`: use failed or all"),
+            ));
+        }
+    };
+    if execution.status != "Failed" {
+        return Err(conflict(format!(
+            "execution {id} is {}; only a failed execution can be retried",
+            execution.status
+        )));
+    }
+    let latest = ExecutionFilter {
+        pipeline: Some(&execution.pipeline),
+        status: None,
+        limit: 1,
+        offset: 0,
+    };
+    let newest = app
+        .state
+        .list_executions(&latest)
+        .map_err(ApiError::internal)?;
+    if newest.first().map(|e| e.id.as_str()) != Some(execution.id.as_str()) {
+        return Err(conflict(format!(
+            "only the latest execution of `{}` can be retried",
+            execution.pipeline
+        )));
+    }
+    let stages = app
+        .state
+        .stages(&execution.id)
+        .map_err(ApiError::internal)?;
+    match stages.iter().find(|s| s.stage == stage) {
+        Some(record) if record.status == "Failed" => {}
+        Some(record) => {
+            return Err(conflict(format!(
+                "stage `{stage}` is {}; only a failed stage can be retried",
+                record.status
+            )));
+        }
+        None => {
+            return Err(ApiError::not_found(format!(
+                "execution {id} has no stage `{stage}` that ran"
+            )));
+        }
+    }
+    let plan = super::resumable_plan(&app, &execution).map_err(conflict)?;
+    let started = app
+        .executor
+        .reopen_for_retry(plan, &execution.id, &stage, all)
+        .map_err(ApiError::internal)?;
+    let executor = app.executor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = executor.complete(started).await {
+            tracing::error!("retried execution failed internally: {e:#}");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": execution.id, "stage": stage, "mode": request.mode })),
     ))
 }
 

@@ -148,7 +148,10 @@ fn resume_interrupted(app: &AppState) -> anyhow::Result<()> {
 }
 
 /// The plan an interrupted execution ran: its registered pipeline version.
-fn resumable_plan(app: &AppState, execution: &ExecutionRecord) -> Result<Arc<Plan>, String> {
+pub(super) fn resumable_plan(
+    app: &AppState,
+    execution: &ExecutionRecord,
+) -> Result<Arc<Plan>, String> {
     let version = execution
         .pipeline_version
         .ok_or("interrupted: it was started by `sluice run`, which does not resume")?;
@@ -225,7 +228,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             body: serde_json::json!({ "error": message.into() }),
