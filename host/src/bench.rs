@@ -405,6 +405,8 @@ fn plan(
         name: name.to_string(),
         file: PathBuf::from(format!("<bench:{name}>")),
         execution_mode: ExecutionMode::Parallel,
+        max_executions: usize::MAX,
+        queue_depth: usize::MAX,
         variables: BTreeMap::new(),
         stages: (0..stages).map(stage).collect(),
     }

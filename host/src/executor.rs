@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use crate::artifact::{ArtifactInfo, ArtifactStore};
+use crate::gates::{Entry, StageGates};
 use crate::pipeline::{ActionPlan, OnRestart, Plan, vars};
 use crate::sandbox::log::{LogSink, LogStream, ProgressHook, now_ms};
 use crate::sandbox::{ActionError, ActionOutcome, Invocation, Runtime, SandboxSpec};
@@ -79,6 +80,40 @@ pub struct ExecutionResult {
     pub error: Option<String>,
 }
 
+/// How stages (and whole executions) end.
+enum Outcome {
+    Succeeded,
+    Failed(String),
+    Superseded,
+    Stopped(String),
+}
+
+/// How to stop an execution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Let running actions finish; start nothing new.
+    Finish,
+    /// Abandon running actions too.
+    Abandon,
+}
+
+/// A stop someone asked for.
+#[derive(Clone, Debug)]
+struct StopRequest {
+    mode: StopMode,
+    reason: String,
+}
+
+impl StopRequest {
+    fn describe(&self) -> String {
+        let mode = match self.mode {
+            StopMode::Finish => "finish",
+            StopMode::Abandon => "abandon",
+        };
+        format!("stopped ({mode}): {}", self.reason)
+    }
+}
+
 /// What [`Executor::reopen`] made of an interrupted execution.
 pub enum Reopened {
     /// It continues where it stopped.
@@ -105,6 +140,8 @@ pub struct Executor {
     secrets: SecretSource,
     work_root: PathBuf,
     events: EventSink,
+    gates: StageGates,
+    running: Mutex<HashMap<String, Arc<ExecutionContext>>>,
 }
 
 /// What every action of one execution shares.
@@ -116,9 +153,15 @@ struct ExecutionContext {
     variables: BTreeMap<String, String>,
     namespaces: Mutex<HashMap<String, BTreeMap<String, String>>>,
     artifacts: Mutex<HashMap<String, ArtifactInfo>>,
+    /// Set once someone asks the execution to stop.
+    stop: tokio::sync::watch::Sender<Option<StopRequest>>,
 }
 
 impl ExecutionContext {
+    fn stop_requested(&self) -> Option<StopRequest> {
+        self.stop.borrow().clone()
+    }
+
     fn lookup(&self, namespace: &str, key: &str) -> Option<String> {
         match namespace {
             "variables" => self.variables.get(key).cloned(),
@@ -154,6 +197,8 @@ impl Executor {
             secrets,
             work_root,
             events,
+            gates: StageGates::default(),
+            running: Mutex::new(HashMap::new()),
         })
     }
 
@@ -222,6 +267,7 @@ impl Executor {
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
+            stop: tokio::sync::watch::Sender::new(None),
         })))
     }
 
@@ -268,6 +314,7 @@ impl Executor {
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
+            stop: tokio::sync::watch::Sender::new(None),
         };
         for record in &records {
             let Some(action) = plan
@@ -337,8 +384,17 @@ impl Executor {
     pub async fn complete(self: &Arc<Self>, started: Started) -> anyhow::Result<ExecutionResult> {
         let context = started.0;
         let id = context.id.clone();
-        let failure = match self.run_stages(&context).await {
-            Ok(failure) => failure,
+        lock(&self.running).insert(id.clone(), context.clone());
+        let outcome = self.run_stages(&context).await;
+        lock(&self.running).remove(&id);
+        let (status, error) = match outcome {
+            Ok(Outcome::Succeeded) => (Status::Succeeded, None),
+            Ok(Outcome::Failed(reason)) => (Status::Failed, Some(reason)),
+            Ok(Outcome::Superseded) => (
+                Status::Superseded,
+                Some("a newer execution replaced it at a stage boundary".to_string()),
+            ),
+            Ok(Outcome::Stopped(reason)) => (Status::Stopped, Some(reason)),
             Err(error) => {
                 // The state store failed mid-run: record what we can, then report.
                 let reason = format!("internal error: {error:#}");
@@ -348,27 +404,38 @@ impl Executor {
                 return Err(error);
             }
         };
-        let status = if failure.is_some() {
-            Status::Failed
-        } else {
-            Status::Succeeded
-        };
         self.state
-            .finish_execution(&id, status, failure.as_deref(), now_ms())?;
+            .finish_execution(&id, status, error.as_deref(), now_ms())?;
         std::fs::remove_dir_all(self.work_root.join(&id)).ok();
-        Ok(ExecutionResult {
-            id,
-            status,
-            error: failure,
-        })
+        Ok(ExecutionResult { id, status, error })
     }
 
-    /// Run every stage in order; `Some(reason)` once one fails (the rest are
-    /// recorded as Skipped).
+    /// The stage gates (execution modes and disabled transitions).
+    pub fn gates(&self) -> &StageGates {
+        &self.gates
+    }
+
+    /// Ask a running execution to stop: `Finish` lets running actions end and
+    /// starts nothing new; `Abandon` also abandons the running actions. False
+    /// when the execution is not running in this process.
+    pub fn stop(&self, id: &str, mode: StopMode, reason: &str) -> anyhow::Result<bool> {
+        let Some(context) = lock(&self.running).get(id).cloned() else {
+            return Ok(false);
+        };
+        self.state.set_execution_status(id, Status::Stopping)?;
+        let request = StopRequest {
+            mode,
+            reason: reason.to_string(),
+        };
+        context.stop.send_replace(Some(request));
+        Ok(true)
+    }
+
+    /// Run every stage in order, each entered through its gate.
     async fn run_stages(
         self: &Arc<Self>,
         context: &Arc<ExecutionContext>,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<Outcome> {
         let mut failure: Option<String> = None;
         for (position, stage) in context.plan.stages.iter().enumerate() {
             if failure.is_some() {
@@ -378,9 +445,33 @@ impl Executor {
             if stage.actions.iter().all(|a| context.done.contains(&a.name)) {
                 continue; // finished before a restart
             }
-            failure = self.run_stage(context, position).await?;
+            if let Some(stop) = context.stop_requested() {
+                return Ok(Outcome::Stopped(stop.describe()));
+            }
+            let gate =
+                self.gates
+                    .gate(&context.plan.name, &stage.name, context.plan.execution_mode);
+            let mut stop = context.stop.subscribe();
+            let pass = tokio::select! {
+                entry = gate.enter(&context.id) => match entry {
+                    Entry::Entered(pass) => pass,
+                    Entry::Superseded => return Ok(Outcome::Superseded),
+                },
+                _ = stop.wait_for(Option::is_some) => {
+                    gate.withdraw(&context.id);
+                    let reason = context.stop_requested().map(|s| s.describe()).unwrap_or_default();
+                    return Ok(Outcome::Stopped(reason));
+                }
+            };
+            let outcome = self.run_stage(context, position).await?;
+            drop(pass);
+            match outcome {
+                Outcome::Succeeded => {}
+                Outcome::Failed(reason) => failure = Some(reason),
+                other => return Ok(other),
+            }
         }
-        Ok(failure)
+        Ok(failure.map(Outcome::Failed).unwrap_or(Outcome::Succeeded))
     }
 
     fn emit(&self, event: Event) {
@@ -402,12 +493,12 @@ impl Executor {
         Ok(())
     }
 
-    /// Run one stage; `Some(reason)` when it failed.
+    /// Run one stage, group by group.
     async fn run_stage(
         self: &Arc<Self>,
         context: &Arc<ExecutionContext>,
         position: usize,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<Outcome> {
         let stage = &context.plan.stages[position];
         let started = Instant::now();
         self.state
@@ -415,48 +506,108 @@ impl Executor {
         self.emit(Event::StageStarted {
             stage: stage.name.clone(),
         });
-        let mut failures = Vec::new();
+        let mut outcome = Outcome::Succeeded;
         for group in stage.groups() {
-            let mut running = JoinSet::new();
-            for action in group
+            let group: Vec<&ActionPlan> = group
                 .into_iter()
                 .filter(|a| !context.done.contains(&a.name))
-            {
-                let (executor, context, action) = (self.clone(), context.clone(), action.clone());
-                running.spawn(async move { executor.run_action(&context, &action).await });
+                .collect();
+            outcome = self.run_group(context, &group).await?;
+            if !matches!(outcome, Outcome::Succeeded) {
+                break;
             }
-            while let Some(joined) = running.join_next().await {
-                match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(reason)) => failures.push(reason),
-                    Err(panic) => {
-                        failures.push(format!("internal error: action task failed: {panic}"))
-                    }
-                }
-            }
-            if !failures.is_empty() {
+            if let Some(stop) = context.stop_requested() {
+                outcome = Outcome::Stopped(stop.describe());
                 break;
             }
         }
-        let failure = (!failures.is_empty()).then(|| failures.join("; "));
-        let status = if failure.is_some() {
-            Status::Failed
-        } else {
-            Status::Succeeded
+        let (status, error) = match &outcome {
+            Outcome::Succeeded => (Status::Succeeded, None),
+            Outcome::Failed(reason) => (Status::Failed, Some(reason.as_str())),
+            Outcome::Stopped(reason) => (Status::Stopped, Some(reason.as_str())),
+            Outcome::Superseded => (Status::Superseded, None),
         };
-        self.state.finish_stage(
-            &context.id,
-            &stage.name,
-            status,
-            failure.as_deref(),
-            now_ms(),
-        )?;
+        self.state
+            .finish_stage(&context.id, &stage.name, status, error, now_ms())?;
         self.emit(Event::StageFinished {
             stage: stage.name.clone(),
             status,
             duration: started.elapsed(),
         });
-        Ok(failure)
+        Ok(outcome)
+    }
+
+    /// Run one run-order group in parallel; an abandon stops it at once.
+    async fn run_group(
+        self: &Arc<Self>,
+        context: &Arc<ExecutionContext>,
+        group: &[&ActionPlan],
+    ) -> anyhow::Result<Outcome> {
+        let mut running = JoinSet::new();
+        let mut pending: HashSet<String> = HashSet::new();
+        for action in group {
+            let (executor, context, action) = (self.clone(), context.clone(), (*action).clone());
+            pending.insert(action.name.clone());
+            running.spawn(async move {
+                let result = executor.run_action(&context, &action).await;
+                (action.name, result)
+            });
+        }
+        let mut stop = context.stop.subscribe();
+        let mut failures = Vec::new();
+        loop {
+            tokio::select! {
+                joined = running.join_next() => match joined {
+                    None => break,
+                    Some(Ok((name, result))) => {
+                        pending.remove(&name);
+                        if let Err(reason) = result {
+                            failures.push(reason);
+                        }
+                    }
+                    Some(Err(panic)) => failures.push(format!("internal error: action task failed: {panic}")),
+                },
+                _ = stop.wait_for(|s| s.as_ref().is_some_and(|s| s.mode == StopMode::Abandon)) => {
+                    running.abort_all();
+                    let reason = context.stop_requested().map(|s| s.describe()).unwrap_or_default();
+                    for name in &pending {
+                        self.abandon_action(context, name, &reason)?;
+                    }
+                    return Ok(Outcome::Stopped(reason));
+                }
+            }
+        }
+        Ok(if failures.is_empty() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed(failures.join("; "))
+        })
+    }
+
+    fn abandon_action(
+        &self,
+        context: &ExecutionContext,
+        action: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let error = format!("abandoned: {reason}");
+        let end = ActionEnd {
+            status: Status::Abandoned,
+            attempts: 1,
+            summary: None,
+            error: Some(&error),
+            variables: &[],
+            outputs: &[],
+        };
+        self.state
+            .finish_action(&context.id, action, &end, now_ms())?;
+        self.emit(Event::ActionFinished {
+            action: action.to_string(),
+            status: Status::Abandoned,
+            duration: Duration::ZERO,
+            detail: error,
+        });
+        Ok(())
     }
 
     /// Run one action with its retries; `Err(reason)` when it failed.
@@ -576,7 +727,7 @@ impl Executor {
         let log = LogSink::new(
             action.limits.log_bytes,
             masker.clone(),
-            Some(self.progress_hook(action)),
+            Some(self.progress_hook(context, action)),
         );
         let spec = SandboxSpec {
             invocation: Invocation {
@@ -628,10 +779,13 @@ impl Executor {
         ingested
     }
 
-    fn progress_hook(&self, action: &ActionPlan) -> ProgressHook {
+    fn progress_hook(&self, context: &ExecutionContext, action: &ActionPlan) -> ProgressHook {
         let events = self.events.clone();
         let name = action.name.clone();
+        let (state, id) = (self.state.clone(), context.id.clone());
         Arc::new(move |percent, message| {
+            // Shown by the pipeline state API; losing one report is harmless.
+            state.set_progress(&id, &name, percent, message).ok();
             events(Event::ActionProgress {
                 action: name.clone(),
                 percent,

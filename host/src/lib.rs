@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod bench;
 pub mod cli;
 pub mod executor;
+pub mod gates;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;

@@ -77,6 +77,14 @@ CREATE TABLE IF NOT EXISTS tokens (
     description TEXT NOT NULL DEFAULT '',
     created_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS transitions (
+    pipeline TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    disabled_reason TEXT,
+    changed_by TEXT NOT NULL,
+    changed_ms INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, stage)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -88,7 +96,11 @@ CREATE TABLE IF NOT EXISTS audit (
 "#;
 
 /// Columns added after the first release, for databases created before them.
-const MIGRATIONS: [&str; 1] = ["ALTER TABLE executions ADD COLUMN pipeline_version INTEGER"];
+const MIGRATIONS: [&str; 3] = [
+    "ALTER TABLE executions ADD COLUMN pipeline_version INTEGER",
+    "ALTER TABLE action_runs ADD COLUMN percent INTEGER",
+    "ALTER TABLE action_runs ADD COLUMN progress TEXT",
+];
 
 /// Status of an execution, stage or action, named as CodePipeline names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -101,6 +113,14 @@ pub enum Status {
     Failed,
     /// Never ran because an earlier stage failed.
     Skipped,
+    /// A newer execution replaced this one while it waited at a stage boundary.
+    Superseded,
+    /// A stop was requested; running actions are finishing.
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// An action that was running when its execution was stopped with abandon.
+    Abandoned,
 }
 
 impl Status {
@@ -111,6 +131,10 @@ impl Status {
             Status::Succeeded => "Succeeded",
             Status::Failed => "Failed",
             Status::Skipped => "Skipped",
+            Status::Superseded => "Superseded",
+            Status::Stopping => "Stopping",
+            Status::Stopped => "Stopped",
+            Status::Abandoned => "Abandoned",
         }
     }
 }
@@ -208,6 +232,10 @@ pub struct ActionRecord {
     pub variables: Vec<(String, String)>,
     /// Output artifacts.
     pub outputs: Vec<OutputRecord>,
+    /// Latest progress report: percent.
+    pub percent: Option<u8>,
+    /// Latest progress report: message.
+    pub progress: Option<String>,
 }
 
 /// One stored log line.
@@ -536,7 +564,7 @@ impl StateStore {
     pub fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs
+            "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs, percent, progress
              FROM action_runs a LEFT JOIN stage_runs s ON s.execution_id = a.execution_id AND s.stage = a.stage
              WHERE a.execution_id = ?1 ORDER BY s.position, run_order, a.started_ms, action",
         )?;
@@ -556,6 +584,8 @@ impl StateStore {
                 error: row.get(10)?,
                 variables: serde_json::from_str(&json(11)?).unwrap_or_default(),
                 outputs: serde_json::from_str(&json(12)?).unwrap_or_default(),
+                percent: row.get(13)?,
+                progress: row.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -661,6 +691,63 @@ impl StateStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Record an action's latest progress report.
+    pub fn set_progress(
+        &self,
+        execution: &str,
+        action: &str,
+        percent: u8,
+        message: &str,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE action_runs SET percent = ?3, progress = ?4 WHERE execution_id = ?1 AND action = ?2",
+            params![execution, action, percent, message],
+        )
+    }
+
+    /// Enable (None) or disable (Some(reason)) the transition into a stage.
+    pub fn set_transition(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        disabled: Option<&str>,
+        by: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "INSERT OR REPLACE INTO transitions (pipeline, stage, disabled_reason, changed_by, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![pipeline, stage, disabled, by, now_ms],
+        )
+    }
+
+    /// Disabled transitions: (pipeline, stage, reason).
+    pub fn disabled_transitions(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT pipeline, stage, disabled_reason FROM transitions WHERE disabled_reason IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many executions of `pipeline` are InProgress (running or waiting).
+    pub fn in_progress(&self, pipeline: &str) -> anyhow::Result<usize> {
+        let count: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM executions WHERE pipeline = ?1 AND status IN ('InProgress', 'Stopping')",
+            params![pipeline],
+            |row| row.get(0),
+        )?;
+        Ok(count as usize)
+    }
+
+    /// Set an execution's status without ending it (Stopping).
+    pub fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE executions SET status = ?2 WHERE id = ?1",
+            params![id, status.name()],
+        )
     }
 
     /// Put a finished execution back InProgress (a stage retry).

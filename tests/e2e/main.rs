@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod control;
 mod example;
 mod execution;
 mod hostile;

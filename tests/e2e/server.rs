@@ -10,13 +10,13 @@ use serde_json::{Value, json};
 use crate::harness::{Workspace, text};
 
 /// A running `sluice serve`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Server {
-    fn start(workspace: &Workspace) -> Self {
+    pub(crate) fn start(workspace: &Workspace) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .current_dir(workspace.dir.path())
             .env_remove("SLUICE_LOG")
@@ -42,7 +42,7 @@ impl Server {
     }
 
     /// One request; returns the status and the JSON body (Null when empty).
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -116,7 +116,7 @@ fn dechunk(mut text: &str) -> String {
     out
 }
 
-fn token(workspace: &Workspace, args: &[&str]) -> String {
+pub(crate) fn token(workspace: &Workspace, args: &[&str]) -> String {
     let mut full = vec!["token", "create"];
     full.extend_from_slice(args);
     let output = workspace.sluice(&full);
@@ -139,7 +139,7 @@ grants = { commands = ["echo"] }
 "#;
 
 /// Poll an execution until it leaves InProgress (bounded wait, not a timing assertion).
-fn wait_for_end(server: &Server, token: &str, id: &str) -> Value {
+pub(crate) fn wait_for_end(server: &Server, token: &str, id: &str) -> Value {
     for _ in 0..300 {
         let (status, body) = server.call(
             "GET",
@@ -148,7 +148,10 @@ fn wait_for_end(server: &Server, token: &str, id: &str) -> Value {
             None,
         );
         assert_eq!(status, 200, "{body}");
-        if body["execution"]["status"] != "InProgress" {
+        if !matches!(
+            body["execution"]["status"].as_str(),
+            Some("InProgress" | "Stopping")
+        ) {
             return body;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -254,7 +254,7 @@ impl Client {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            if status != "InProgress" {
+            if status != "InProgress" && status != "Stopping" {
                 if !self.json {
                     println!("execution {id}: {status}");
                 }

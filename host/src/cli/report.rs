@@ -22,7 +22,8 @@ fn mark(status: Status) -> &'static str {
         Status::Succeeded => "✓",
         Status::Failed => "✗",
         Status::InProgress => "▶",
-        Status::Skipped => "-",
+        Status::Skipped | Status::Superseded => "-",
+        Status::Stopping | Status::Stopped | Status::Abandoned => "■",
     }
 }
 

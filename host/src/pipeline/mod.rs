@@ -107,6 +107,10 @@ pub struct Plan {
     pub file: PathBuf,
     /// Execution mode.
     pub execution_mode: ExecutionMode,
+    /// Most executions in progress at once.
+    pub max_executions: usize,
+    /// Most executions waiting at stage boundaries.
+    pub queue_depth: usize,
     /// Pipeline variables and their defaults.
     pub variables: BTreeMap<String, Option<String>>,
     /// Stages, in order.

@@ -30,6 +30,13 @@ pub struct Header {
     pub execution_mode: Option<Spanned<String>>,
     /// Free text.
     pub description: Option<String>,
+    /// Most executions in progress (running or waiting) at once; a start beyond
+    /// it is refused (`sluice serve` answers 429).
+    #[serde(rename = "max-executions", alias = "max_executions")]
+    pub max_executions: Option<Spanned<u32>>,
+    /// Most executions waiting at stage boundaries; a start beyond it is refused.
+    #[serde(rename = "queue-depth", alias = "queue_depth")]
+    pub queue_depth: Option<Spanned<u32>>,
 }
 
 /// One pipeline variable.

@@ -120,6 +120,8 @@ impl Validator<'_> {
             name: file.pipeline.name.get_ref().clone(),
             file: self.source.path.clone(),
             execution_mode,
+            max_executions: limit(&file.pipeline.max_executions, 20),
+            queue_depth: limit(&file.pipeline.queue_depth, 10),
             variables: file
                 .variables
                 .iter()
@@ -542,6 +544,13 @@ impl Validator<'_> {
         }
         policy
     }
+}
+
+fn limit(value: &Option<Spanned<u32>>, default: usize) -> usize {
+    value
+        .as_ref()
+        .map(|v| *v.get_ref() as usize)
+        .unwrap_or(default)
 }
 
 fn run_order(action: &ActionDecl) -> u32 {

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Caller, Role};
 use super::{ApiError, AppState};
+use crate::executor::StopMode;
 use crate::pipeline::Plan;
 use crate::sandbox::log::now_ms;
 use crate::state::{ExecutionFilter, ExecutionRecord, PipelineRecord};
@@ -43,6 +44,12 @@ pub fn routes() -> Router<AppState> {
             "/executions/{id}/stages/{stage}/retry",
             axum::routing::post(retry_stage),
         )
+        .route("/executions/{id}/stop", axum::routing::post(stop_execution))
+        .route(
+            "/pipelines/{name}/stages/{stage}/transition",
+            axum::routing::put(set_transition),
+        )
+        .route("/pipelines/{name}/state", get(pipeline_state))
         .route("/audit", get(get_audit))
 }
 
@@ -190,6 +197,7 @@ async fn start_execution(
     let record = stored_pipeline(&app, &name, None)?;
     // Plugins may have changed since registration: validate again.
     let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+    check_limits(&app, &plan)?;
     let started = app
         .executor
         .begin(plan, &request.variables)
@@ -220,6 +228,201 @@ fn field_of(error: &serde_json::Error) -> &'static str {
     }
 }
 
+/// Refuse a start beyond the pipeline's limits, loudly (never drop silently).
+fn check_limits(app: &AppState, plan: &Plan) -> ApiResult<()> {
+    let in_progress = app
+        .state
+        .in_progress(&plan.name)
+        .map_err(ApiError::internal)?;
+    if in_progress >= plan.max_executions {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "pipeline `{}` already has {in_progress} executions in progress (max-executions = {}); try again later",
+                plan.name, plan.max_executions
+            ),
+        ));
+    }
+    let waiting = app.executor.gates().waiting(&plan.name);
+    if waiting >= plan.queue_depth {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "pipeline `{}` already has {waiting} executions waiting at stage boundaries (queue-depth = {}); try again later",
+                plan.name, plan.queue_depth
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Body of a stop request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopBody {
+    /// `finish` (default) or `abandon`.
+    #[serde(default)]
+    mode: Option<String>,
+    /// Why; recorded on the execution.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn stop_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    caller.require(Role::Operator, Some(&execution.pipeline))?;
+    let request: StopBody = if body.iter().all(u8::is_ascii_whitespace) {
+        StopBody {
+            mode: None,
+            reason: None,
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("body", format!("invalid stop request: {e}")))?
+    };
+    let mode = match request.mode.as_deref().unwrap_or("finish") {
+        "finish" => StopMode::Finish,
+        "abandon" => StopMode::Abandon,
+        other => {
+            return Err(ApiError::bad_request(
+                "mode",
+                format!("mode `{other}`: use finish or abandon"),
+            ));
+        }
+    };
+    let reason = request
+        .reason
+        .unwrap_or_else(|| format!("requested by {}", caller.id));
+    if !app
+        .executor
+        .stop(&execution.id, mode, &reason)
+        .map_err(ApiError::internal)?
+    {
+        return Err(conflict(format!(
+            "execution {id} is {}, not running",
+            execution.status
+        )));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": execution.id, "status": "Stopping" })),
+    ))
+}
+
+/// Body of a transition change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    enabled: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn set_transition(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((name, stage)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Operator, Some(&name))?;
+    let request: TransitionBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("enabled", format!("invalid transition request: {e}"))
+    })?;
+    let record = stored_pipeline(&app, &name, None)?;
+    let plan = plan_from_source(&app, &name, &record.source)?;
+    if !plan.stages.iter().any(|s| s.name == stage) {
+        return Err(ApiError::not_found(format!(
+            "pipeline `{name}` has no stage `{stage}`"
+        )));
+    }
+    let disabled = match (request.enabled, request.reason) {
+        (true, _) => None,
+        (false, Some(reason)) if !reason.trim().is_empty() => Some(reason),
+        (false, _) => {
+            return Err(ApiError::bad_request(
+                "reason",
+                "disabling a transition needs a reason",
+            ));
+        }
+    };
+    app.state
+        .set_transition(&name, &stage, disabled.as_deref(), &caller.id, now_ms())
+        .map_err(ApiError::internal)?;
+    app.executor
+        .gates()
+        .gate(&name, &stage, plan.execution_mode)
+        .set_disabled(disabled.clone());
+    Ok(Json(
+        json!({ "pipeline": name, "stage": stage, "enabled": disabled.is_none(), "reason": disabled }),
+    ))
+}
+
+/// Per stage: its transition, the latest execution that entered it and that
+/// execution's actions there (status, summary, percent, error).
+async fn pipeline_state(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, Some(&name))?;
+    let record = stored_pipeline(&app, &name, None)?;
+    let plan = plan_from_source(&app, &name, &record.source)?;
+    let disabled: Vec<(String, String, String)> = app
+        .state
+        .disabled_transitions()
+        .map_err(ApiError::internal)?;
+    let recent = ExecutionFilter {
+        pipeline: Some(&name),
+        status: None,
+        limit: 50,
+        offset: 0,
+    };
+    let executions = app
+        .state
+        .list_executions(&recent)
+        .map_err(ApiError::internal)?;
+    let mut stages = Vec::new();
+    for stage in &plan.stages {
+        let transition = disabled
+            .iter()
+            .find(|(p, s, _)| *p == name && *s == stage.name)
+            .map(|(_, _, r)| r.clone());
+        let mut current = Value::Null;
+        for execution in &executions {
+            let runs = app
+                .state
+                .stages(&execution.id)
+                .map_err(ApiError::internal)?;
+            if let Some(run) = runs
+                .iter()
+                .find(|r| r.stage == stage.name && r.status != "Skipped")
+            {
+                let actions = app
+                    .state
+                    .actions(&execution.id)
+                    .map_err(ApiError::internal)?;
+                let here: Vec<Value> = actions
+                    .iter()
+                    .filter(|a| a.stage == stage.name)
+                    .map(|a| json!({ "action": a.action, "status": a.status, "summary": a.summary, "error": a.error, "percent": a.percent, "progress": a.progress }))
+                    .collect();
+                current =
+                    json!({ "execution": execution.id, "status": run.status, "actions": here });
+                break;
+            }
+        }
+        stages.push(json!({ "stage": stage.name, "transition": { "enabled": transition.is_none(), "reason": transition }, "current": current }));
+    }
+    Ok(Json(
+        json!({ "pipeline": name, "version": record.version, "execution_mode": format!("{:?}", plan.execution_mode).to_lowercase(), "stages": stages }),
+    ))
+}
+
 /// Query of `GET /executions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,7 +433,14 @@ struct ListQuery {
     offset: Option<usize>,
 }
 
-const STATUSES: [&str; 4] = ["InProgress", "Succeeded", "Failed", "Skipped"];
+const STATUSES: [&str; 6] = [
+    "InProgress",
+    "Succeeded",
+    "Failed",
+    "Superseded",
+    "Stopping",
+    "Stopped",
+];
 
 async fn list_executions(
     State(app): State<AppState>,

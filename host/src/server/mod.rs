@@ -77,6 +77,13 @@ pub fn router(app: AppState) -> Router {
 /// Resume what a previous server process left InProgress, then serve until the
 /// process is stopped.
 pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
+    for (pipeline, stage, reason) in app.state.disabled_transitions()? {
+        let gate = app
+            .executor
+            .gates()
+            .gate(&pipeline, &stage, Default::default());
+        gate.set_disabled(Some(reason));
+    }
     resume_interrupted(&app)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the real address (the port may have been 0).

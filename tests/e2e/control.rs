@@ -1,0 +1,296 @@
+//! The control plane's execution semantics through the real server: execution
+//! modes with overlapping starts, stop (finish / abandon), disabled
+//! transitions, limits and the pipeline state view.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::Workspace;
+use crate::server::{Server, token, wait_for_end};
+
+/// One stage whose action sleeps `seconds`, in `mode`.
+fn sleepy(mode: &str, seconds: &str, extra_header: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "sleepy"
+execution-mode = "{mode}"
+{extra_header}
+[[stages]]
+name = "Work"
+[[stages.actions]]
+name = "nap"
+plugin = "command@0.1"
+config = {{ run = "sleep {seconds}" }}
+grants = {{ commands = ["sleep"] }}
+[[stages]]
+name = "After"
+[[stages.actions]]
+name = "done"
+plugin = "command@0.1"
+config = {{ run = "true" }}
+grants = {{ commands = ["true"] }}
+"#
+    )
+}
+
+struct Fixture {
+    _workspace: Workspace,
+    server: Server,
+    admin: String,
+}
+
+fn fixture(pipeline: &str) -> Fixture {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/sleepy",
+        Some(&admin),
+        Some(pipeline),
+    );
+    assert_eq!(status, 201, "{body}");
+    Fixture {
+        _workspace: workspace,
+        server,
+        admin,
+    }
+}
+
+impl Fixture {
+    fn start(&self) -> String {
+        let (status, body) = self.server.call(
+            "POST",
+            "/api/v1/pipelines/sleepy/executions",
+            Some(&self.admin),
+            None,
+        );
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = self.server.call("GET", path, Some(&self.admin), None);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    /// Start three executions back to back and wait for all of them.
+    fn three_overlapping(&self) -> Vec<Value> {
+        let ids: Vec<String> = (0..3).map(|_| self.start()).collect();
+        ids.iter()
+            .map(|id| wait_for_end(&self.server, &self.admin, id))
+            .collect()
+    }
+
+    fn wait_until(&self, what: &str, check: impl Fn(&Fixture) -> bool) {
+        for _ in 0..300 {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting until {what}");
+    }
+}
+
+fn nap(execution: &Value) -> (i64, i64) {
+    let action = execution["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "nap")
+        .unwrap();
+    (
+        action["started_ms"].as_i64().unwrap(),
+        action["ended_ms"].as_i64().unwrap(),
+    )
+}
+
+fn statuses(executions: &[Value]) -> Vec<String> {
+    executions
+        .iter()
+        .map(|e| e["execution"]["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn queued_runs_one_at_a_time_in_arrival_order() {
+    let f = fixture(&sleepy("queued", "0.5", ""));
+    let runs = f.three_overlapping();
+    assert_eq!(statuses(&runs), ["Succeeded", "Succeeded", "Succeeded"]);
+    let spans: Vec<(i64, i64)> = runs.iter().map(nap).collect();
+    assert!(
+        spans[0].1 <= spans[1].0 && spans[1].1 <= spans[2].0,
+        "stage Work overlapped: {spans:?}"
+    );
+}
+
+#[test]
+fn superseded_replaces_the_waiting_execution_with_the_newer_one() {
+    let f = fixture(&sleepy("superseded", "0.5", ""));
+    let runs = f.three_overlapping();
+    assert_eq!(statuses(&runs), ["Succeeded", "Superseded", "Succeeded"]);
+    assert_eq!(
+        runs[1]["actions"],
+        json!([]),
+        "the superseded execution never entered a stage"
+    );
+}
+
+#[test]
+fn parallel_executions_run_independently() {
+    let f = fixture(&sleepy("parallel", "0.5", ""));
+    let runs = f.three_overlapping();
+    assert_eq!(statuses(&runs), ["Succeeded", "Succeeded", "Succeeded"]);
+    let spans: Vec<(i64, i64)> = runs.iter().map(nap).collect();
+    assert!(
+        spans[1].0 < spans[0].1 && spans[2].0 < spans[1].1,
+        "parallel executions did not overlap: {spans:?}"
+    );
+}
+
+#[test]
+fn starts_beyond_the_limits_get_429_and_accepted_ones_all_finish() {
+    let f = fixture(&sleepy("queued", "0.5", "max-executions = 2"));
+    let first = f.start();
+    let second = f.start();
+    let (status, body) = f.server.call(
+        "POST",
+        "/api/v1/pipelines/sleepy/executions",
+        Some(&f.admin),
+        None,
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("max-executions = 2"),
+        "{body}"
+    );
+    for id in [first, second] {
+        assert_eq!(
+            wait_for_end(&f.server, &f.admin, &id)["execution"]["status"],
+            "Succeeded"
+        );
+    }
+}
+
+#[test]
+fn stop_finish_lets_the_running_action_end_and_abandon_does_not() {
+    let f = fixture(&sleepy("parallel", "1", ""));
+    let running = |f: &Fixture, id: &str| {
+        let body = f.get(&format!("/api/v1/executions/{id}"));
+        body["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["status"] == "InProgress")
+    };
+    let finish = f.start();
+    f.wait_until("nap runs", |f| running(f, &finish));
+    let (status, body) = f.server.call(
+        "POST",
+        &format!("/api/v1/executions/{finish}/stop"),
+        Some(&f.admin),
+        Some(r#"{"mode": "finish", "reason": "release freeze"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let stopped = wait_for_end(&f.server, &f.admin, &finish);
+    assert_eq!(stopped["execution"]["status"], "Stopped");
+    assert!(
+        stopped["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("release freeze")
+    );
+    let actions = stopped["actions"].as_array().unwrap();
+    assert_eq!(
+        actions.len(),
+        1,
+        "nothing new starts after a stop: {actions:?}"
+    );
+    assert_eq!(
+        actions[0]["status"], "Succeeded",
+        "finish lets the running action end"
+    );
+
+    let abandon = f.start();
+    f.wait_until("nap runs", |f| running(f, &abandon));
+    let (status, _) = f.server.call(
+        "POST",
+        &format!("/api/v1/executions/{abandon}/stop"),
+        Some(&f.admin),
+        Some(r#"{"mode": "abandon"}"#),
+    );
+    assert_eq!(status, 202);
+    let stopped = wait_for_end(&f.server, &f.admin, &abandon);
+    assert_eq!(stopped["execution"]["status"], "Stopped");
+    assert_eq!(stopped["actions"][0]["status"], "Abandoned");
+    let (status, _) = f.server.call(
+        "POST",
+        &format!("/api/v1/executions/{abandon}/stop"),
+        Some(&f.admin),
+        None,
+    );
+    assert_eq!(status, 409, "a finished execution cannot be stopped");
+}
+
+#[test]
+fn a_disabled_transition_holds_executions_until_enabled_and_state_shows_it() {
+    let f = fixture(&sleepy("queued", "0", ""));
+    let path = "/api/v1/pipelines/sleepy/stages/After/transition";
+    let (status, body) = f
+        .server
+        .call("PUT", path, Some(&f.admin), Some(r#"{"enabled": false}"#));
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("reason")),
+        "{body}"
+    );
+    let (status, _) = f.server.call(
+        "PUT",
+        path,
+        Some(&f.admin),
+        Some(r#"{"enabled": false, "reason": "change freeze"}"#),
+    );
+    assert_eq!(status, 200);
+    let id = f.start();
+    f.wait_until("Work finishes", |f| {
+        let state = f.get("/api/v1/pipelines/sleepy/state");
+        state["stages"][0]["current"]["status"] == "Succeeded"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let state = f.get("/api/v1/pipelines/sleepy/state");
+    assert_eq!(
+        state["stages"][1]["transition"],
+        json!({"enabled": false, "reason": "change freeze"})
+    );
+    assert_eq!(
+        state["stages"][1]["current"],
+        Value::Null,
+        "held at the boundary: {state:#}"
+    );
+    assert_eq!(state["stages"][0]["current"]["execution"], id.as_str());
+    assert_eq!(
+        f.get(&format!("/api/v1/executions/{id}"))["execution"]["status"],
+        "InProgress"
+    );
+
+    let (status, _) = f
+        .server
+        .call("PUT", path, Some(&f.admin), Some(r#"{"enabled": true}"#));
+    assert_eq!(status, 200);
+    assert_eq!(
+        wait_for_end(&f.server, &f.admin, &id)["execution"]["status"],
+        "Succeeded"
+    );
+    let state = f.get("/api/v1/pipelines/sleepy/state");
+    assert_eq!(
+        state["stages"][1]["current"]["actions"][0]["status"],
+        "Succeeded"
+    );
+}
