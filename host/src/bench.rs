@@ -386,7 +386,7 @@ fn plan(
                 name: format!("s{s}a{a}"),
                 stage: format!("s{s}"),
                 run_order: 1,
-                plugin: noop.clone(),
+                kind: crate::pipeline::ActionKind::Plugin(Box::new(noop.clone())),
                 inputs: Vec::new(),
                 outputs: Vec::new(),
                 namespace: None,

@@ -16,7 +16,8 @@ use tokio::task::JoinSet;
 
 use crate::artifact::{ArtifactInfo, ArtifactStore};
 use crate::gates::{Entry, StageGates};
-use crate::pipeline::{ActionPlan, OnRestart, Plan, vars};
+use crate::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, OnRestart, Plan, vars};
+use crate::plugin::InstalledPlugin;
 use crate::sandbox::log::{LogSink, LogStream, ProgressHook, now_ms};
 use crate::sandbox::{ActionError, ActionOutcome, Invocation, Runtime, SandboxSpec};
 use crate::secrets::{Masker, SecretSource};
@@ -142,6 +143,7 @@ pub struct Executor {
     events: EventSink,
     gates: StageGates,
     running: Mutex<HashMap<String, Arc<ExecutionContext>>>,
+    approvals: tokio::sync::Notify,
 }
 
 /// What every action of one execution shares.
@@ -199,6 +201,7 @@ impl Executor {
             events,
             gates: StageGates::default(),
             running: Mutex::new(HashMap::new()),
+            approvals: tokio::sync::Notify::new(),
         })
     }
 
@@ -634,7 +637,7 @@ impl Executor {
             &action.stage,
             &action.name,
             action.run_order,
-            &action.plugin.id(),
+            &action.provider(),
             &masked_config,
             now_ms(),
         );
@@ -644,9 +647,15 @@ impl Executor {
                 action.name
             ));
         }
-        let result = match resolved {
-            Ok(config) => self.attempts(context, action, config, masker.clone()).await,
-            Err(reason) => Err((0, reason)),
+        let result = match (resolved, &action.kind) {
+            (Ok(config), ActionKind::Plugin(plugin)) => {
+                self.attempts(context, action, plugin, config, masker.clone())
+                    .await
+            }
+            (Ok(_), ActionKind::Approval(policy)) => {
+                self.await_approval(context, action, policy).await
+            }
+            (Err(reason), _) => Err((0, reason)),
         };
         self.finish_action(context, action, result, &masker, started)
     }
@@ -656,24 +665,23 @@ impl Executor {
         &self,
         context: &ExecutionContext,
         action: &ActionPlan,
+        installed: &InstalledPlugin,
         config: Vec<(String, String)>,
         masker: Arc<Masker>,
     ) -> Result<(u32, ActionOutcome, Vec<OutputRecord>), (u32, String)> {
         let plugin = self
             .runtime
             .load(
-                &action.plugin.component_path(),
-                &action
-                    .plugin
-                    .precompiled_path(self.runtime.compatibility_key()),
+                &installed.component_path(),
+                &installed.precompiled_path(self.runtime.compatibility_key()),
             )
-            .map_err(|e| (0, format!("loading plugin {}: {e:#}", action.plugin.id())))?;
+            .map_err(|e| (0, format!("loading plugin {}: {e:#}", installed.id())))?;
         let mut attempt = 1;
         loop {
             self.emit(Event::ActionStarted {
                 stage: action.stage.clone(),
                 action: action.name.clone(),
-                plugin: action.plugin.id(),
+                plugin: installed.id(),
                 attempt,
             });
             let outcome = self
@@ -698,6 +706,87 @@ impl Executor {
                 Err(error) => return Err((attempt, masker.mask(&error.to_string()))),
             }
         }
+    }
+
+    /// Wait for people to approve or reject through the API (or the local CLI,
+    /// which writes the decision to the same state store), or for the timeout.
+    /// The approval record, with its token and deadline, is created once, so a
+    /// restarted server keeps waiting on the same one.
+    async fn await_approval(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        policy: &ApprovalPolicy,
+    ) -> Result<(u32, ActionOutcome, Vec<OutputRecord>), (u32, String)> {
+        let failed = |e: anyhow::Error| (1, format!("approval bookkeeping failed: {e:#}"));
+        let expires = now_ms() + policy.timeout.as_millis() as i64;
+        let approval = self
+            .state
+            .open_approval(
+                &context.id,
+                &action.name,
+                &policy.approvers,
+                &policy.message,
+                expires,
+            )
+            .map_err(failed)?;
+        self.emit(Event::ActionStarted {
+            stage: action.stage.clone(),
+            action: action.name.clone(),
+            plugin: format!("approval by {}", policy.approvers),
+            attempt: 1,
+        });
+        self.progress_hook(context, action)(
+            0,
+            &format!("waiting for approval (token {})", approval.token),
+        );
+        loop {
+            let notified = self.approvals.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let current = self
+                .state
+                .approval(&context.id, &action.name)
+                .map_err(failed)?
+                .ok_or_else(|| (1, "approval record vanished".to_string()))?;
+            let by = current.decided_by.clone().unwrap_or_default();
+            let comment = current.comment.clone().unwrap_or_default();
+            match current.status.as_str() {
+                "approved" => {
+                    let outcome = ActionOutcome {
+                        summary: format!("approved by {by}: {comment}"),
+                        variables: vec![("approved_by".into(), by), ("comment".into(), comment)],
+                    };
+                    return Ok((1, outcome, Vec::new()));
+                }
+                "rejected" => return Err((1, format!("rejected by {by}: {comment}"))),
+                _ => {}
+            }
+            let remaining = current.expires_ms - now_ms();
+            if remaining <= 0 {
+                self.state
+                    .expire_approval(&context.id, &action.name)
+                    .map_err(failed)?;
+                return Err((
+                    1,
+                    format!(
+                        "approval timed out after {}",
+                        humantime::format_duration(policy.timeout)
+                    ),
+                ));
+            }
+            // The poll picks up decisions written by another process.
+            let wait = Duration::from_millis(remaining.min(1000) as u64);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Wake approvals waiting in this process (after a decision was recorded).
+    pub fn approvals_changed(&self) {
+        self.approvals.notify_waiters();
     }
 
     /// One attempt in a fresh sandbox; outputs ingested on success.

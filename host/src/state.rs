@@ -85,6 +85,19 @@ CREATE TABLE IF NOT EXISTS transitions (
     changed_ms INTEGER NOT NULL,
     PRIMARY KEY (pipeline, stage)
 );
+CREATE TABLE IF NOT EXISTS approvals (
+    execution_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    token TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    message TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    decided_by TEXT,
+    decided_ms INTEGER,
+    comment TEXT,
+    PRIMARY KEY (execution_id, action)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -277,6 +290,46 @@ pub struct TokenRecord {
     pub pipelines: Vec<String>,
     /// Free text.
     pub description: String,
+}
+
+/// A manual approval and its decision.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApprovalRecord {
+    /// Execution id.
+    pub execution_id: String,
+    /// Approval action name.
+    pub action: String,
+    /// Token a decision must quote (shown by the pipeline state).
+    pub token: String,
+    /// Least role that may decide.
+    pub approvers: String,
+    /// What is asked.
+    pub message: String,
+    /// pending, approved, rejected or expired.
+    pub status: String,
+    /// Deadline, ms since the epoch.
+    pub expires_ms: i64,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_ms: Option<i64>,
+    /// Their comment.
+    pub comment: Option<String>,
+}
+
+/// A decision on a manual approval.
+#[derive(Clone, Copy, Debug)]
+pub struct Decision<'a> {
+    /// The approval's token.
+    pub token: &'a str,
+    /// Approve (true) or reject.
+    pub approve: bool,
+    /// Who decides.
+    pub by: &'a str,
+    /// Why.
+    pub comment: &'a str,
+    /// When, ms since the epoch.
+    pub now_ms: i64,
 }
 
 /// One audit log entry.
@@ -691,6 +744,95 @@ impl StateStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The approval of an action, created (pending) if it does not exist yet.
+    /// A retried stage asks again: a decided approval is reset to pending.
+    pub fn open_approval(
+        &self,
+        execution: &str,
+        action: &str,
+        approvers: &str,
+        message: &str,
+        expires_ms: i64,
+    ) -> anyhow::Result<ApprovalRecord> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.write(
+            "INSERT INTO approvals (execution_id, action, token, approvers, message, status, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)
+             ON CONFLICT (execution_id, action) DO UPDATE SET status = 'pending', token = excluded.token, expires_ms = excluded.expires_ms, decided_by = NULL, decided_ms = NULL, comment = NULL
+             WHERE approvals.status IN ('rejected', 'expired')",
+            params![execution, action, token, approvers, message, expires_ms],
+        )?;
+        self.approval(execution, action)?
+            .context("approval not recorded")
+    }
+
+    /// The approval of an action, if any.
+    pub fn approval(
+        &self,
+        execution: &str,
+        action: &str,
+    ) -> anyhow::Result<Option<ApprovalRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT execution_id, action, token, approvers, message, status, expires_ms, decided_by, decided_ms, comment
+             FROM approvals WHERE execution_id = ?1 AND action = ?2",
+        )?;
+        Ok(statement
+            .query_row(params![execution, action], |row| {
+                Ok(ApprovalRecord {
+                    execution_id: row.get(0)?,
+                    action: row.get(1)?,
+                    token: row.get(2)?,
+                    approvers: row.get(3)?,
+                    message: row.get(4)?,
+                    status: row.get(5)?,
+                    expires_ms: row.get(6)?,
+                    decided_by: row.get(7)?,
+                    decided_ms: row.get(8)?,
+                    comment: row.get(9)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Record a decision on a pending approval; false if it was not pending
+    /// with this token.
+    pub fn decide_approval(
+        &self,
+        execution: &str,
+        action: &str,
+        decision: &Decision<'_>,
+    ) -> anyhow::Result<bool> {
+        let Decision {
+            token,
+            approve,
+            by,
+            comment,
+            now_ms,
+        } = *decision;
+        let changed = self.db().execute(
+            "UPDATE approvals SET status = ?4, decided_by = ?5, decided_ms = ?6, comment = ?7
+             WHERE execution_id = ?1 AND action = ?2 AND token = ?3 AND status = 'pending'",
+            params![
+                execution,
+                action,
+                token,
+                if approve { "approved" } else { "rejected" },
+                by,
+                now_ms,
+                comment
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Mark a pending approval as expired.
+    pub fn expire_approval(&self, execution: &str, action: &str) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE approvals SET status = 'expired' WHERE execution_id = ?1 AND action = ?2 AND status = 'pending'",
+            params![execution, action],
+        )
     }
 
     /// Record an action's latest progress report.

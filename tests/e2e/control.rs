@@ -294,3 +294,222 @@ fn a_disabled_transition_holds_executions_until_enabled_and_state_shows_it() {
         "Succeeded"
     );
 }
+
+const GATED: &str = r#"
+[pipeline]
+name = "sleepy"
+execution-mode = "parallel"
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+config = { run = "true" }
+grants = { commands = ["true"] }
+[[stages]]
+name = "Gate"
+[[stages.actions]]
+name = "sign-off"
+plugin = "approval"
+namespace = "gate"
+config = { approvers = "operator", message = "ship it?", timeout = "TIMEOUT" }
+[[stages]]
+name = "Deploy"
+[[stages.actions]]
+name = "deploy"
+plugin = "command@0.1"
+config = { run = "echo deploying after #{gate.approved_by}" }
+grants = { commands = ["echo"] }
+"#;
+
+impl Fixture {
+    /// The pending approval token of `sign-off` once the execution waits on it.
+    fn approval_token(&self, id: &str) -> String {
+        let mut token = String::new();
+        self.wait_until("the approval is pending", |f| {
+            let state = f.get("/api/v1/pipelines/sleepy/state");
+            let action = &state["stages"][1]["current"]["actions"][0];
+            state["stages"][1]["current"]["execution"] == id
+                && action["approval"]["status"] == "pending"
+        });
+        let state = self.get("/api/v1/pipelines/sleepy/state");
+        token.push_str(
+            state["stages"][1]["current"]["actions"][0]["approval"]["token"]
+                .as_str()
+                .unwrap(),
+        );
+        token
+    }
+
+    fn decide(&self, who: &str, id: &str, body: Value) -> (u16, Value) {
+        self.server.call(
+            "POST",
+            &format!("/api/v1/executions/{id}/approvals/sign-off"),
+            Some(who),
+            Some(&body.to_string()),
+        )
+    }
+}
+
+#[test]
+fn manual_approval_waits_for_an_approver_and_records_the_decision() {
+    let f = fixture(&GATED.replace("TIMEOUT", "1h"));
+    let viewer = token(&f._workspace, &["--role", "viewer"]);
+    let operator = token(&f._workspace, &["--role", "operator"]);
+    let approved = f.start();
+    let secret = f.approval_token(&approved);
+    let state = f.get("/api/v1/pipelines/sleepy/state");
+    assert_eq!(
+        state["stages"][1]["current"]["actions"][0]["approval"]["message"],
+        "ship it?"
+    );
+    let (status, _) = f.decide(
+        &viewer,
+        &approved,
+        json!({"decision": "approve", "token": secret}),
+    );
+    assert_eq!(status, 403, "a viewer may not approve");
+    let (status, body) = f.decide(
+        &operator,
+        &approved,
+        json!({"decision": "approve", "token": "wrong"}),
+    );
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("token")),
+        "{body}"
+    );
+    let (status, body) = f.decide(
+        &operator,
+        &approved,
+        json!({"decision": "approve", "token": secret, "comment": "looks good"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let done = wait_for_end(&f.server, &f.admin, &approved);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let sign_off = done["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "sign-off")
+        .unwrap();
+    let by = body["by"].as_str().unwrap();
+    assert_eq!(sign_off["summary"], format!("approved by {by}: looks good"));
+    let (_, logs) = f.server.call(
+        "GET",
+        &format!("/api/v1/executions/{approved}/logs?action=deploy"),
+        Some(&f.admin),
+        None,
+    );
+    assert!(
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == format!("deploying after {by}")),
+        "{logs:#}"
+    );
+    let (status, _) = f.decide(
+        &operator,
+        &approved,
+        json!({"decision": "reject", "token": secret}),
+    );
+    assert_eq!(status, 409, "decided once");
+
+    let rejected = f.start();
+    let secret = f.approval_token(&rejected);
+    assert_eq!(
+        f.decide(
+            &operator,
+            &rejected,
+            json!({"decision": "reject", "token": secret, "comment": "not today"})
+        )
+        .0,
+        200
+    );
+    let done = wait_for_end(&f.server, &f.admin, &rejected);
+    assert_eq!(done["execution"]["status"], "Failed");
+    assert!(
+        done["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rejected by"),
+        "{done:#}"
+    );
+    assert!(
+        !done["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "deploy"),
+        "a rejection fails the stage"
+    );
+}
+
+#[test]
+fn an_unanswered_approval_times_out_and_fails_its_stage() {
+    let f = fixture(&GATED.replace("TIMEOUT", "1s"));
+    let id = f.start();
+    let done = wait_for_end(&f.server, &f.admin, &id);
+    assert_eq!(done["execution"]["status"], "Failed");
+    assert!(
+        done["execution"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("approval timed out after 1s"),
+        "{done:#}"
+    );
+}
+
+#[test]
+fn a_pending_approval_survives_a_server_kill() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let pipeline = GATED.replace("TIMEOUT", "1h");
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/api/v1/pipelines/sleepy",
+                Some(&admin),
+                Some(&pipeline)
+            )
+            .0,
+        201
+    );
+    let f = Fixture {
+        _workspace: workspace,
+        server,
+        admin,
+    };
+    let id = f.start();
+    let secret = f.approval_token(&id);
+    let Fixture {
+        _workspace: workspace,
+        mut server,
+        admin,
+    } = f;
+    server.kill9();
+    let server = Server::start(&workspace);
+    let f = Fixture {
+        _workspace: workspace,
+        server,
+        admin,
+    };
+    assert_eq!(
+        f.approval_token(&id),
+        secret,
+        "the same approval is still pending"
+    );
+    let admin = f.admin.clone();
+    assert_eq!(
+        f.decide(&admin, &id, json!({"decision": "approve", "token": secret}))
+            .0,
+        200
+    );
+    assert_eq!(
+        wait_for_end(&f.server, &f.admin, &id)["execution"]["status"],
+        "Succeeded"
+    );
+}

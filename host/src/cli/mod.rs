@@ -113,6 +113,44 @@ enum Command {
     },
     /// The server's audit log (needs --server and an admin token).
     Audit,
+    /// Approve (or reject) a manual approval; with --server through the API,
+    /// otherwise in the local data directory (for a running `sluice run`).
+    Approve {
+        /// Execution id.
+        execution: String,
+        /// The approval action's name.
+        action: String,
+        /// The approval's token (from `pipelines state`, or the run's output).
+        #[arg(long)]
+        token: String,
+        /// Reject instead of approving.
+        #[arg(long)]
+        reject: bool,
+        /// Why.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Stop a running execution on a server (needs --server).
+    Stop {
+        /// Execution id.
+        id: String,
+        /// Abandon running actions instead of letting them finish.
+        #[arg(long)]
+        abandon: bool,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Retry a failed stage of the latest execution on a server (needs --server).
+    Retry {
+        /// Execution id.
+        id: String,
+        /// Stage name.
+        stage: String,
+        /// Rerun every action of the stage, not only the failed ones.
+        #[arg(long)]
+        all: bool,
+    },
     /// API tokens for `sluice serve`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -240,7 +278,45 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             pipelines_root,
             secrets,
         } => serve(paths, listen, pipelines_root, secrets.as_deref()),
-        Command::Pipelines(_) | Command::Start { .. } | Command::Watch { .. } | Command::Audit => {
+        Command::Approve {
+            execution,
+            action,
+            token,
+            reject,
+            comment,
+        } => {
+            let state = paths.state()?;
+            let by = format!(
+                "local:{}",
+                std::env::var("USER").unwrap_or_else(|_| "user".into())
+            );
+            let now = crate::sandbox::log::now_ms();
+            anyhow::ensure!(
+                state.decide_approval(
+                    &execution,
+                    &action,
+                    &crate::state::Decision {
+                        token: &token,
+                        approve: !reject,
+                        by: &by,
+                        comment: &comment,
+                        now_ms: now,
+                    }
+                )?,
+                "no pending approval `{action}` with that token in execution {execution}"
+            );
+            println!(
+                "{} {action} of {execution}",
+                if reject { "rejected" } else { "approved" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pipelines(_)
+        | Command::Start { .. }
+        | Command::Watch { .. }
+        | Command::Audit
+        | Command::Stop { .. }
+        | Command::Retry { .. } => {
             anyhow::bail!(
                 "this verb talks to a server: pass --server URL (or set SLUICE_SERVER) and --token"
             )
@@ -275,6 +351,19 @@ fn dispatch_remote(
         Command::Start { name, vars } => client.start(&name, vars.into_iter().collect()),
         Command::Watch { id } => client.watch(&id),
         Command::Audit => client.audit(),
+        Command::Approve {
+            execution,
+            action,
+            token,
+            reject,
+            comment,
+        } => client.approve(&execution, &action, &token, !reject, &comment),
+        Command::Stop {
+            id,
+            abandon,
+            reason,
+        } => client.stop(&id, abandon, reason),
+        Command::Retry { id, stage, all } => client.retry(&id, &stage, all),
         Command::Executions(history::ExecutionsCommand::List {
             pipeline, limit, ..
         }) => client.list_executions(pipeline.as_deref(), limit),

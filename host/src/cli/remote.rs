@@ -35,6 +35,22 @@ pub enum PipelinesCommand {
         #[arg(long)]
         version: Option<i64>,
     },
+    /// Per stage: transition, current execution, actions with progress and
+    /// approval tokens.
+    State {
+        /// Pipeline name.
+        name: String,
+    },
+    /// Disable (with a reason) or enable the transition into a stage (operator).
+    Transition {
+        /// Pipeline name.
+        name: String,
+        /// Stage name.
+        stage: String,
+        /// Disable with this reason; enable when absent.
+        #[arg(long)]
+        disable: Option<String>,
+    },
     /// Delete a pipeline; its history stays (admin).
     Delete {
         /// Pipeline name.
@@ -132,6 +148,25 @@ impl Client {
                     )
                 });
             }
+            PipelinesCommand::State { name } => {
+                let answer = self.call("GET", &format!("/pipelines/{name}/state"), None)?;
+                self.print(&answer, print_state);
+            }
+            PipelinesCommand::Transition {
+                name,
+                stage,
+                disable,
+            } => {
+                let body = json!({ "enabled": disable.is_none(), "reason": disable }).to_string();
+                let answer = self.call(
+                    "PUT",
+                    &format!("/pipelines/{name}/stages/{stage}/transition"),
+                    Some(body),
+                )?;
+                self.print(&answer, |a| {
+                    println!("{name}/{stage}: transition enabled = {}", a["enabled"])
+                });
+            }
             PipelinesCommand::Delete { name } => {
                 self.call("DELETE", &format!("/pipelines/{name}"), None)?;
                 self.print(&json!({ "deleted": name }), |_| println!("deleted {name}"));
@@ -200,6 +235,54 @@ impl Client {
                 );
             }
         });
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice approve` against the server.
+    pub fn approve(
+        &self,
+        id: &str,
+        action: &str,
+        token: &str,
+        approve: bool,
+        comment: &str,
+    ) -> anyhow::Result<ExitCode> {
+        let decision = if approve { "approve" } else { "reject" };
+        let body = json!({ "decision": decision, "token": token, "comment": comment }).to_string();
+        let answer = self.call(
+            "POST",
+            &format!("/executions/{id}/approvals/{action}"),
+            Some(body),
+        )?;
+        self.print(&answer, |a| {
+            println!("{} {action} of {id}", a["status"].as_str().unwrap_or(""))
+        });
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice stop`.
+    pub fn stop(
+        &self,
+        id: &str,
+        abandon: bool,
+        reason: Option<String>,
+    ) -> anyhow::Result<ExitCode> {
+        let mode = if abandon { "abandon" } else { "finish" };
+        let body = json!({ "mode": mode, "reason": reason }).to_string();
+        let answer = self.call("POST", &format!("/executions/{id}/stop"), Some(body))?;
+        self.print(&answer, |_| println!("stopping {id} ({mode})"));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `sluice retry`.
+    pub fn retry(&self, id: &str, stage: &str, all: bool) -> anyhow::Result<ExitCode> {
+        let body = json!({ "mode": if all { "all" } else { "failed" } }).to_string();
+        let answer = self.call(
+            "POST",
+            &format!("/executions/{id}/stages/{stage}/retry"),
+            Some(body),
+        )?;
+        self.print(&answer, |_| println!("retrying stage {stage} of {id}"));
         Ok(ExitCode::SUCCESS)
     }
 
@@ -289,6 +372,41 @@ fn print_execution(answer: &Value) {
             a["action"].as_str().unwrap_or(""),
             a["status"].as_str().unwrap_or("")
         );
+    }
+}
+
+fn print_state(answer: &Value) {
+    for stage in answer["stages"].as_array().into_iter().flatten() {
+        let transition = match stage["transition"]["reason"].as_str() {
+            Some(reason) => format!(" (transition disabled: {reason})"),
+            None => String::new(),
+        };
+        let current = &stage["current"];
+        println!(
+            "{}{transition}: {} {}",
+            stage["stage"].as_str().unwrap_or(""),
+            current["execution"].as_str().unwrap_or("-"),
+            current["status"].as_str().unwrap_or("")
+        );
+        for action in current["actions"].as_array().into_iter().flatten() {
+            let percent = action["percent"]
+                .as_u64()
+                .map(|p| format!(" {p}%"))
+                .unwrap_or_default();
+            let approval = match action["approval"]["status"].as_str() {
+                Some("pending") => format!(
+                    " approval pending, token {}",
+                    action["approval"]["token"].as_str().unwrap_or("")
+                ),
+                Some(status) => format!(" approval {status}"),
+                None => String::new(),
+            };
+            println!(
+                "  {:<16} {:<11}{percent}{approval}",
+                action["action"].as_str().unwrap_or(""),
+                action["status"].as_str().unwrap_or("")
+            );
+        }
     }
 }
 

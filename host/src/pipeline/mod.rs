@@ -146,8 +146,8 @@ pub struct ActionPlan {
     pub stage: String,
     /// Run order within the stage.
     pub run_order: u32,
-    /// The installed plugin it runs.
-    pub plugin: InstalledPlugin,
+    /// What runs: an installed plugin, or a host-native approval.
+    pub kind: ActionKind,
     /// Input artifact names.
     pub inputs: Vec<String>,
     /// Output artifact names.
@@ -164,6 +164,39 @@ pub struct ActionPlan {
     pub retry: RetryPolicy,
     /// What a restarted server does if this action was running.
     pub on_restart: OnRestart,
+}
+
+/// What an action runs.
+#[derive(Clone, Debug)]
+pub enum ActionKind {
+    /// A sandboxed plugin.
+    Plugin(Box<InstalledPlugin>),
+    /// A manual approval, decided by people through the API (`plugin = "approval"`).
+    Approval(ApprovalPolicy),
+}
+
+/// Who may decide a manual approval, and for how long it waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// Least role that may approve or reject: `viewer`, `operator` or `admin`.
+    pub approvers: String,
+    /// How long it waits before failing the stage (default 7 days).
+    pub timeout: Duration,
+    /// What the approvers are asked.
+    pub message: String,
+}
+
+/// The plugin name that selects a host-native manual approval.
+pub const APPROVAL: &str = "approval";
+
+impl ActionPlan {
+    /// `name@version` of the plugin, or `approval`.
+    pub fn provider(&self) -> String {
+        match &self.kind {
+            ActionKind::Plugin(plugin) => plugin.id(),
+            ActionKind::Approval(_) => APPROVAL.to_string(),
+        }
+    }
 }
 
 /// What a restarted server does with an action that was running when it stopped.

@@ -3,14 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::model::{ActionDecl, GrantsDecl, PipelineFile};
 use super::vars;
 use super::{
-    ActionPlan, Diagnostic, Diagnostics, ExecutionMode, Grants, OnRestart, Plan, RetryPolicy,
-    SourceFile, StagePlan,
+    APPROVAL, ActionKind, ActionPlan, ApprovalPolicy, Diagnostic, Diagnostics, ExecutionMode,
+    Grants, OnRestart, Plan, RetryPolicy, SourceFile, StagePlan,
 };
 use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
 use crate::sandbox::MAX_MEMORY_BYTES;
@@ -205,9 +206,17 @@ impl Validator<'_> {
     ) -> Option<ActionPlan> {
         self.check_inputs(action, position);
         let config = self.config(file, action, position);
-        let plugin = self.plugin(action)?;
-        self.check_config_schema(action, &plugin.manifest, &config);
-        let grants = self.grants(action, &plugin.manifest);
+        let (kind, grants) = if action.plugin.get_ref() == APPROVAL {
+            (
+                ActionKind::Approval(self.approval(action, &config)),
+                Grants::default(),
+            )
+        } else {
+            let plugin = self.plugin(action)?;
+            self.check_config_schema(action, &plugin.manifest, &config);
+            let grants = self.grants(action, &plugin.manifest);
+            (ActionKind::Plugin(Box::new(plugin)), grants)
+        };
         let limits = self.limits(action);
         let retry = self.retry(action);
         let on_restart = self.on_restart(action);
@@ -215,7 +224,7 @@ impl Validator<'_> {
             name: action.name.get_ref().clone(),
             stage: stage.to_string(),
             run_order: position.1,
-            plugin,
+            kind,
             inputs: action.inputs.iter().map(|i| i.get_ref().clone()).collect(),
             outputs: action.outputs.iter().map(|o| o.get_ref().clone()).collect(),
             namespace: action.namespace.as_ref().map(|n| n.get_ref().clone()),
@@ -225,6 +234,54 @@ impl Validator<'_> {
             retry,
             on_restart,
         })
+    }
+
+    /// A host-native approval: config `approvers`, `timeout`, `message`; no
+    /// outputs or grants.
+    fn approval(
+        &mut self,
+        action: &ActionDecl,
+        config: &BTreeMap<String, (usize, String)>,
+    ) -> ApprovalPolicy {
+        let mut policy = ApprovalPolicy {
+            approvers: "operator".into(),
+            timeout: Duration::from_secs(7 * 24 * 3600),
+            message: format!("approve `{}`?", action.name.get_ref()),
+        };
+        for (key, (offset, value)) in config {
+            let problem = match key.as_str() {
+                "approvers" if ["viewer", "operator", "admin"].contains(&value.as_str()) => {
+                    policy.approvers = value.clone();
+                    continue;
+                }
+                "approvers" => format!(
+                    "approvers `{value}`: use viewer, operator or admin (the least role that may decide)"
+                ),
+                "timeout" => match parse_duration(value) {
+                    Ok(timeout) => {
+                        policy.timeout = timeout;
+                        continue;
+                    }
+                    Err(message) => message,
+                },
+                "message" => {
+                    policy.message = value.clone();
+                    continue;
+                }
+                other => format!(
+                    "unknown config key `{other}` for an approval; it accepts: approvers, message, timeout"
+                ),
+            };
+            let diagnostic = self.source.at(*offset, problem);
+            self.errors.push(diagnostic);
+        }
+        if let Some(output) = action.outputs.first() {
+            self.error(output, "an approval produces no artifacts");
+        }
+        if let Some(grants) = &action.grants {
+            self.error(grants, "an approval runs no plugin, so it takes no grants");
+        }
+        policy
     }
 
     fn plugin(&mut self, action: &ActionDecl) -> Option<InstalledPlugin> {

@@ -29,7 +29,8 @@ impl Role {
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    /// The role with this stored name.
+    pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "viewer" => Some(Role::Viewer),
             "operator" => Some(Role::Operator),
@@ -86,7 +87,7 @@ impl Caller {
             .map_err(ApiError::internal)?;
         Ok(record.and_then(|token| {
             Some(Caller {
-                role: Role::parse(&token.role)?,
+                role: Role::from_name(&token.role)?,
                 id: token.id,
                 pipelines: token.pipelines,
             })

@@ -46,6 +46,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/executions/{id}/stop", axum::routing::post(stop_execution))
         .route(
+            "/executions/{id}/approvals/{action}",
+            axum::routing::post(decide_approval),
+        )
+        .route(
             "/pipelines/{name}/stages/{stage}/transition",
             axum::routing::put(set_transition),
         )
@@ -314,6 +318,86 @@ async fn stop_execution(
     ))
 }
 
+/// Body of an approval decision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    /// `approve` or `reject`.
+    decision: String,
+    /// The approval's token (from the pipeline state).
+    token: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn decide_approval(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((id, action)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let request: DecisionBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(field_of_decision(&e), format!("invalid decision: {e}"))
+    })?;
+    let approve = match request.decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => {
+            return Err(ApiError::bad_request(
+                "decision",
+                format!("decision `{other}`: use approve or reject"),
+            ));
+        }
+    };
+    let approval = app
+        .state
+        .approval(&execution.id, &action)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("execution {id} has no approval `{action}`")))?;
+    let role = Role::from_name(&approval.approvers).unwrap_or(Role::Admin);
+    caller.require(role, Some(&execution.pipeline))?;
+    if approval.token != request.token {
+        return Err(ApiError::bad_request(
+            "token",
+            "the token does not match this approval (it changes when the approval is asked again)",
+        ));
+    }
+    let decided = app
+        .state
+        .decide_approval(
+            &execution.id,
+            &action,
+            &crate::state::Decision {
+                token: &request.token,
+                approve,
+                by: &caller.id,
+                comment: &request.comment,
+                now_ms: now_ms(),
+            },
+        )
+        .map_err(ApiError::internal)?;
+    if !decided {
+        return Err(conflict(format!(
+            "approval `{action}` is already {}",
+            approval.status
+        )));
+    }
+    app.executor.approvals_changed();
+    let status = if approve { "approved" } else { "rejected" };
+    Ok(Json(
+        json!({ "execution": execution.id, "action": action, "status": status, "by": caller.id }),
+    ))
+}
+
+fn field_of_decision(error: &serde_json::Error) -> &'static str {
+    let text = error.to_string();
+    ["decision", "token", "comment"]
+        .into_iter()
+        .find(|f| text.contains(f))
+        .unwrap_or("body")
+}
+
 /// Body of a transition change.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -409,7 +493,14 @@ async fn pipeline_state(
                 let here: Vec<Value> = actions
                     .iter()
                     .filter(|a| a.stage == stage.name)
-                    .map(|a| json!({ "action": a.action, "status": a.status, "summary": a.summary, "error": a.error, "percent": a.percent, "progress": a.progress }))
+                    .map(|a| {
+                        let approval = app.state.approval(&execution.id, &a.action).ok().flatten().map(|ap| {
+                            json!({ "token": ap.token, "status": ap.status, "approvers": ap.approvers, "message": ap.message,
+                                    "expires_ms": ap.expires_ms, "decided_by": ap.decided_by, "comment": ap.comment })
+                        });
+                        json!({ "action": a.action, "status": a.status, "summary": a.summary, "error": a.error,
+                                "percent": a.percent, "progress": a.progress, "approval": approval })
+                    })
                     .collect();
                 current =
                     json!({ "execution": execution.id, "status": run.status, "actions": here });
