@@ -21,7 +21,7 @@ use crate::plugin::InstalledPlugin;
 use crate::sandbox::log::{LogSink, LogStream, ProgressHook, now_ms};
 use crate::sandbox::{ActionError, ActionOutcome, Invocation, Runtime, SandboxSpec};
 use crate::secrets::{Masker, SecretSource};
-use crate::state::{ActionEnd, OutputRecord, StateStore, Status};
+use crate::state::{ActionEnd, EventRecord, OutputRecord, StateStore, Status};
 
 /// Something that happened during an execution, for live display.
 #[derive(Clone, Debug)]
@@ -144,6 +144,7 @@ pub struct Executor {
     gates: StageGates,
     running: Mutex<HashMap<String, Arc<ExecutionContext>>>,
     approvals: tokio::sync::Notify,
+    event_log: tokio::sync::broadcast::Sender<EventRecord>,
 }
 
 /// What every action of one execution shares.
@@ -202,6 +203,7 @@ impl Executor {
             gates: StageGates::default(),
             running: Mutex::new(HashMap::new()),
             approvals: tokio::sync::Notify::new(),
+            event_log: tokio::sync::broadcast::Sender::new(1024),
         })
     }
 
@@ -263,7 +265,7 @@ impl Executor {
             id: id.clone(),
             pipeline: plan.name.clone(),
         });
-        Ok(Started(Arc::new(ExecutionContext {
+        let context = Arc::new(ExecutionContext {
             done: HashSet::new(),
             id,
             plan,
@@ -271,7 +273,9 @@ impl Executor {
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
             stop: tokio::sync::watch::Sender::new(None),
-        })))
+        });
+        self.record(&context, "pipeline", &context.plan.name, "STARTED", "");
+        Ok(Started(context))
     }
 
     /// Pick up an execution a stopped process left InProgress: succeeded actions
@@ -358,6 +362,7 @@ impl Executor {
                 _ => {}
             }
         }
+        self.record(&context, "pipeline", &context.plan.name, "RESUMED", "");
         Ok(Reopened::Resume(Started(Arc::new(context))))
     }
 
@@ -409,6 +414,13 @@ impl Executor {
         };
         self.state
             .finish_execution(&id, status, error.as_deref(), now_ms())?;
+        self.record(
+            &context,
+            "pipeline",
+            &context.plan.name,
+            event_state(status),
+            error.as_deref().unwrap_or(""),
+        );
         std::fs::remove_dir_all(self.work_root.join(&id)).ok();
         Ok(ExecutionResult { id, status, error })
     }
@@ -477,6 +489,39 @@ impl Executor {
         Ok(failure.map(Outcome::Failed).unwrap_or(Outcome::Succeeded))
     }
 
+    /// Live state-change events, as they are stored (see [`StateStore::events_after`]
+    /// for what came before subscribing).
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<EventRecord> {
+        self.event_log.subscribe()
+    }
+
+    /// Store a state-change event, then broadcast it.
+    fn record(
+        &self,
+        context: &ExecutionContext,
+        kind: &str,
+        name: &str,
+        state: &str,
+        detail: &str,
+    ) {
+        let event = EventRecord {
+            seq: 0,
+            ts_ms: now_ms(),
+            execution: context.id.clone(),
+            pipeline: context.plan.name.clone(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+            state: state.to_string(),
+            detail: detail.to_string(),
+        };
+        match self.state.append_event(event) {
+            Ok(stored) => {
+                let _ = self.event_log.send(stored); // no subscriber is fine
+            }
+            Err(e) => tracing::error!("recording an event failed: {e:#}"),
+        }
+    }
+
     fn emit(&self, event: Event) {
         (self.events)(event);
     }
@@ -506,6 +551,7 @@ impl Executor {
         let started = Instant::now();
         self.state
             .start_stage(&context.id, &stage.name, position, now_ms())?;
+        self.record(context, "stage", &stage.name, "STARTED", "");
         self.emit(Event::StageStarted {
             stage: stage.name.clone(),
         });
@@ -532,6 +578,13 @@ impl Executor {
         };
         self.state
             .finish_stage(&context.id, &stage.name, status, error, now_ms())?;
+        self.record(
+            context,
+            "stage",
+            &stage.name,
+            event_state(status),
+            error.unwrap_or(""),
+        );
         self.emit(Event::StageFinished {
             stage: stage.name.clone(),
             status,
@@ -604,6 +657,7 @@ impl Executor {
         };
         self.state
             .finish_action(&context.id, action, &end, now_ms())?;
+        self.record(context, "action", action, "ABANDONED", &error);
         self.emit(Event::ActionFinished {
             action: action.to_string(),
             status: Status::Abandoned,
@@ -647,6 +701,7 @@ impl Executor {
                 action.name
             ));
         }
+        self.record(context, "action", &action.name, "STARTED", "");
         let result = match (resolved, &action.kind) {
             (Ok(config), ActionKind::Plugin(plugin)) => {
                 self.attempts(context, action, plugin, config, masker.clone())
@@ -970,6 +1025,13 @@ impl Executor {
             .finish_action(&context.id, &action.name, &end, now_ms())
             .map_err(|e| format!("action `{}`: recording its end failed: {e:#}", action.name))?;
         let detail = error.clone().or(summary).unwrap_or_default();
+        self.record(
+            context,
+            "action",
+            &action.name,
+            event_state(status),
+            &detail,
+        );
         self.emit(Event::ActionFinished {
             action: action.name.clone(),
             status,
@@ -980,6 +1042,18 @@ impl Executor {
             Some(error) => Err(format!("action `{}` failed: {error}", action.name)),
             None => Ok(()),
         }
+    }
+}
+
+/// The event state name of a final status.
+fn event_state(status: Status) -> &'static str {
+    match status {
+        Status::InProgress => "STARTED",
+        Status::Succeeded => "SUCCEEDED",
+        Status::Failed | Status::Skipped => "FAILED",
+        Status::Superseded => "SUPERSEDED",
+        Status::Stopping | Status::Stopped => "STOPPED",
+        Status::Abandoned => "ABANDONED",
     }
 }
 

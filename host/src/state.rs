@@ -98,6 +98,16 @@ CREATE TABLE IF NOT EXISTS approvals (
     comment TEXT,
     PRIMARY KEY (execution_id, action)
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    execution_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -315,6 +325,28 @@ pub struct ApprovalRecord {
     pub decided_ms: Option<i64>,
     /// Their comment.
     pub comment: Option<String>,
+}
+
+/// A state change of a pipeline execution, stage or action, as delivered to
+/// subscribers (at least once: resume with the last `seq` seen).
+#[derive(Clone, Debug, Serialize)]
+pub struct EventRecord {
+    /// Order of events; the SSE id.
+    pub seq: i64,
+    /// When, ms since the epoch.
+    pub ts_ms: i64,
+    /// Execution id.
+    pub execution: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// `pipeline`, `stage` or `action`.
+    pub kind: String,
+    /// The pipeline, stage or action name.
+    pub name: String,
+    /// STARTED, SUCCEEDED, FAILED, STOPPED, SUPERSEDED, ABANDONED or RESUMED.
+    pub state: String,
+    /// Summary or reason.
+    pub detail: String,
 }
 
 /// A decision on a manual approval.
@@ -833,6 +865,47 @@ impl StateStore {
             "UPDATE approvals SET status = 'expired' WHERE execution_id = ?1 AND action = ?2 AND status = 'pending'",
             params![execution, action],
         )
+    }
+
+    /// Append an event; returns it with its sequence number.
+    pub fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
+        let db = self.db();
+        db.prepare_cached(
+            "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![event.ts_ms, event.execution, event.pipeline, event.kind, event.name, event.state, event.detail])?;
+        event.seq = db.last_insert_rowid();
+        Ok(event)
+    }
+
+    /// Events after `after_seq`, oldest first.
+    pub fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![after_seq, limit as i64], |row| {
+            Ok(EventRecord {
+                seq: row.get(0)?,
+                ts_ms: row.get(1)?,
+                execution: row.get(2)?,
+                pipeline: row.get(3)?,
+                kind: row.get(4)?,
+                name: row.get(5)?,
+                state: row.get(6)?,
+                detail: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest event's sequence number (0 when none).
+    pub fn last_event_seq(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .db()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+                row.get(0)
+            })?)
     }
 
     /// Record an action's latest progress report.

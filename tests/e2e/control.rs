@@ -513,3 +513,98 @@ fn a_pending_approval_survives_a_server_kill() {
         "Succeeded"
     );
 }
+
+/// Read Server-Sent Events until `done` says so; returns (id, event, data).
+fn read_events(
+    f: &Fixture,
+    path: &str,
+    last_event_id: Option<i64>,
+    done: impl Fn(&Value) -> bool,
+) -> Vec<(i64, String, Value)> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(&f.server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let resume = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{resume}\r\n",
+        f.admin
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    let (mut id, mut name) = (0, String::new());
+    for line in BufReader::new(stream).lines() {
+        let line = line.expect("the event stream ended early");
+        if let Some(value) = line
+            .strip_prefix("id: ")
+            .or_else(|| line.strip_prefix("id:"))
+        {
+            id = value.trim().parse().unwrap();
+        } else if let Some(value) = line
+            .strip_prefix("event: ")
+            .or_else(|| line.strip_prefix("event:"))
+        {
+            name = value.trim().to_string();
+        } else if let Some(value) = line
+            .strip_prefix("data: ")
+            .or_else(|| line.strip_prefix("data:"))
+        {
+            let data: Value = serde_json::from_str(value.trim()).unwrap();
+            let finished = done(&data);
+            events.push((id, name.clone(), data));
+            if finished {
+                break;
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn state_changes_stream_as_server_sent_events_and_resume_by_last_event_id() {
+    let f = fixture(&sleepy("queued", "0", ""));
+    let id = f.start();
+    let is_end = |id: String| {
+        move |d: &Value| {
+            d["kind"] == "pipeline" && d["execution"] == id.as_str() && d["state"] != "STARTED"
+        }
+    };
+    let events = read_events(
+        &f,
+        &format!("/api/v1/events?after=0&execution={id}"),
+        None,
+        is_end(id.clone()),
+    );
+    let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "pipeline.STARTED",
+            "stage.STARTED",
+            "action.STARTED",
+            "action.SUCCEEDED",
+            "stage.SUCCEEDED",
+            "stage.STARTED",
+            "action.STARTED",
+            "action.SUCCEEDED",
+            "stage.SUCCEEDED",
+            "pipeline.SUCCEEDED"
+        ],
+    );
+    assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    // Reconnect after the third event: everything after it comes again.
+    let (third, _, _) = events[2].clone();
+    let resumed = read_events(
+        &f,
+        &format!("/api/v1/events?execution={id}"),
+        Some(third),
+        is_end(id.clone()),
+    );
+    assert_eq!(resumed.len(), events.len() - 3);
+    assert!(resumed[0].0 > third);
+    assert_eq!(resumed[0].1, "action.SUCCEEDED");
+}

@@ -17,7 +17,7 @@ use super::{ApiError, AppState};
 use crate::executor::StopMode;
 use crate::pipeline::Plan;
 use crate::sandbox::log::now_ms;
-use crate::state::{ExecutionFilter, ExecutionRecord, PipelineRecord};
+use crate::state::{EventRecord, ExecutionFilter, ExecutionRecord, PipelineRecord};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -54,6 +54,7 @@ pub fn routes() -> Router<AppState> {
             axum::routing::put(set_transition),
         )
         .route("/pipelines/{name}/state", get(pipeline_state))
+        .route("/events", get(stream_events))
         .route("/audit", get(get_audit))
 }
 
@@ -723,6 +724,87 @@ async fn get_logs(
         .logs(&execution.id, query.action.as_deref())
         .map_err(ApiError::internal)?;
     Ok(Json(json!({ "execution": execution.id, "lines": lines })))
+}
+
+/// Query of `GET /events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only this pipeline.
+    pipeline: Option<String>,
+    /// Only this execution.
+    execution: Option<String>,
+    /// Replay events after this sequence number (as the Last-Event-ID header does).
+    after: Option<i64>,
+}
+
+/// `GET /events`: Server-Sent Events of state changes. Reconnect with
+/// `Last-Event-ID` (or `?after=`) to get everything missed: delivery is at
+/// least once. Without either, the stream starts now.
+async fn stream_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    caller.require(Role::Viewer, query.pipeline.as_deref())?;
+    let header = headers.get("last-event-id").and_then(|h| h.to_str().ok());
+    let after = match (query.after, header) {
+        (Some(after), _) => after,
+        (None, Some(id)) => id.trim().parse().map_err(|_| {
+            ApiError::bad_request("Last-Event-ID", format!("`{id}` is not an event id"))
+        })?,
+        (None, None) => app.state.last_event_seq().map_err(ApiError::internal)?,
+    };
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let mut live = app.executor.subscribe_events();
+    let backlog = app
+        .state
+        .events_after(after, 100_000)
+        .map_err(ApiError::internal)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(256);
+    let wanted = move |e: &EventRecord| {
+        caller.may_see(&e.pipeline)
+            && query.pipeline.as_ref().is_none_or(|p| *p == e.pipeline)
+            && query.execution.as_ref().is_none_or(|x| *x == e.execution)
+    };
+    tokio::spawn(async move {
+        let mut last = after;
+        for event in backlog {
+            last = event.seq;
+            if wanted(&event) && sender.send(event).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(event) if event.seq > last => {
+                    last = event.seq;
+                    if wanted(&event) && sender.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // A slow subscriber missed events: the client reconnects with Last-Event-ID.
+                Err(_) => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        let event = receiver.recv().await?;
+        let sse = axum::response::sse::Event::default()
+            .id(event.seq.to_string())
+            .event(format!("{}.{}", event.kind, event.state))
+            .json_data(&event)
+            .unwrap_or_default();
+        Some((Ok(sse), receiver))
+    });
+    Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
 /// Query of `GET /audit`.
