@@ -406,6 +406,7 @@ fn plan(
         file: PathBuf::from(format!("<bench:{name}>")),
         execution_mode: ExecutionMode::Parallel,
         max_executions: usize::MAX,
+        triggers: Default::default(),
         queue_depth: usize::MAX,
         variables: BTreeMap::new(),
         stages: (0..stages).map(stage).collect(),

@@ -16,7 +16,9 @@ use tokio::task::JoinSet;
 
 use crate::artifact::{ArtifactInfo, ArtifactStore};
 use crate::gates::{Entry, StageGates};
-use crate::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, OnRestart, Plan, vars};
+use crate::pipeline::{
+    ActionKind, ActionPlan, ApprovalPolicy, OnRestart, Plan, TRIGGER_KEYS, vars,
+};
 use crate::plugin::InstalledPlugin;
 use crate::sandbox::log::{LogSink, LogStream, ProgressHook, now_ms};
 use crate::sandbox::{ActionError, ActionOutcome, Invocation, Runtime, SandboxSpec};
@@ -153,6 +155,8 @@ struct ExecutionContext {
     done: HashSet<String>,
     id: String,
     plan: Arc<Plan>,
+    /// What started it (`#{trigger.*}`).
+    trigger: BTreeMap<String, String>,
     variables: BTreeMap<String, String>,
     namespaces: Mutex<HashMap<String, BTreeMap<String, String>>>,
     artifacts: Mutex<HashMap<String, ArtifactInfo>>,
@@ -168,6 +172,9 @@ impl ExecutionContext {
     fn lookup(&self, namespace: &str, key: &str) -> Option<String> {
         match namespace {
             "variables" => self.variables.get(key).cloned(),
+            "trigger" if TRIGGER_KEYS.contains(&key) => {
+                Some(self.trigger.get(key).cloned().unwrap_or_default())
+            }
             "execution" => match key {
                 "id" => Some(self.id.clone()),
                 "pipeline" => Some(self.plan.name.clone()),
@@ -205,6 +212,11 @@ impl Executor {
             approvals: tokio::sync::Notify::new(),
             event_log: tokio::sync::broadcast::Sender::new(1024),
         })
+    }
+
+    /// The host's secret values (webhook keys are looked up here).
+    pub fn secrets(&self) -> &SecretSource {
+        &self.secrets
     }
 
     /// The sandbox runtime this executor runs actions in.
@@ -256,11 +268,29 @@ impl Executor {
         plan: Arc<Plan>,
         overrides: &BTreeMap<String, String>,
     ) -> anyhow::Result<Started> {
+        let trigger = BTreeMap::from([("kind".to_string(), "manual".to_string())]);
+        self.begin_triggered(plan, overrides, trigger)
+    }
+
+    /// [`Executor::begin`] with the `#{trigger.*}` variables of what started it.
+    pub fn begin_triggered(
+        &self,
+        plan: Arc<Plan>,
+        overrides: &BTreeMap<String, String>,
+        trigger: BTreeMap<String, String>,
+    ) -> anyhow::Result<Started> {
         let variables = Self::resolve_variables(&plan, overrides)?;
         let id = uuid::Uuid::new_v4().to_string();
         let variables_json = serde_json::to_value(&variables)?;
-        self.state
-            .start_execution(&id, &plan.name, &plan.file, &variables_json, now_ms())?;
+        let trigger_json = serde_json::to_value(&trigger)?;
+        self.state.start_execution(
+            &id,
+            &plan.name,
+            &plan.file,
+            &variables_json,
+            &trigger_json,
+            now_ms(),
+        )?;
         self.emit(Event::ExecutionStarted {
             id: id.clone(),
             pipeline: plan.name.clone(),
@@ -269,6 +299,7 @@ impl Executor {
             done: HashSet::new(),
             id,
             plan,
+            trigger,
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
@@ -318,6 +349,7 @@ impl Executor {
             done: HashSet::new(),
             id: id.to_string(),
             plan: plan.clone(),
+            trigger: serde_json::from_value(execution.trigger.clone()).unwrap_or_default(),
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),

@@ -20,4 +20,5 @@ pub mod scaffold;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod triggers;
 pub mod units;

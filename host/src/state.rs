@@ -119,7 +119,8 @@ CREATE TABLE IF NOT EXISTS audit (
 "#;
 
 /// Columns added after the first release, for databases created before them.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
+    "ALTER TABLE executions ADD COLUMN trigger TEXT NOT NULL DEFAULT '{}'",
     "ALTER TABLE executions ADD COLUMN pipeline_version INTEGER",
     "ALTER TABLE action_runs ADD COLUMN percent INTEGER",
     "ALTER TABLE action_runs ADD COLUMN progress TEXT",
@@ -196,6 +197,8 @@ pub struct ExecutionRecord {
     pub variables: serde_json::Value,
     /// Registered pipeline version it ran (None for `sluice run` of a file).
     pub pipeline_version: Option<i64>,
+    /// What started it: the `#{trigger.*}` variables.
+    pub trigger: serde_json::Value,
 }
 
 /// Which executions to list, newest first.
@@ -447,11 +450,12 @@ impl StateStore {
         pipeline: &str,
         file: &Path,
         variables: &serde_json::Value,
+        trigger: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<()> {
         self.write(
-            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, pipeline, file.display().to_string(), Status::InProgress.name(), now_ms, variables.to_string()],
+            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, pipeline, file.display().to_string(), Status::InProgress.name(), now_ms, variables.to_string(), trigger.to_string()],
         )?;
         Ok(())
     }
@@ -591,7 +595,7 @@ impl StateStore {
     ) -> anyhow::Result<Vec<ExecutionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version FROM executions
+            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version, trigger FROM executions
              WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR status = ?2)
              ORDER BY started_ms DESC, rowid DESC LIMIT ?3 OFFSET ?4",
         )?;
@@ -611,7 +615,7 @@ impl StateStore {
     pub fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version FROM executions
+            "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version, trigger FROM executions
              WHERE id = ?1 OR id LIKE ?1 || '%' ORDER BY (id = ?1) DESC LIMIT 2",
         )?;
         let rows: Vec<ExecutionRecord> = statement
@@ -1083,5 +1087,6 @@ fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionReco
         error: row.get(6)?,
         variables: serde_json::from_str(&variables).unwrap_or_default(),
         pipeline_version: row.get(8)?,
+        trigger: serde_json::from_str(&row.get::<_, String>(9)?).unwrap_or_default(),
     })
 }

@@ -92,6 +92,11 @@ impl Workspace {
         }
     }
 
+    /// Environment variables set with [`Workspace::env`].
+    pub fn envs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// This workspace's plugin registry.
     pub fn registry(&self) -> &Path {
         &self.registry

@@ -10,4 +10,5 @@ mod http;
 mod languages;
 mod plugins;
 mod server;
+mod triggers;
 mod validation;

@@ -20,6 +20,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .current_dir(workspace.dir.path())
             .env_remove("SLUICE_LOG")
+            .envs(workspace.envs())
             .arg("--data-dir")
             .arg(workspace.path(".sluice"))
             .arg("--plugins")

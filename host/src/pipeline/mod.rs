@@ -111,11 +111,25 @@ pub struct Plan {
     pub max_executions: usize,
     /// Most executions waiting at stage boundaries.
     pub queue_depth: usize,
+    /// What starts executions besides people.
+    pub triggers: Triggers,
     /// Pipeline variables and their defaults.
     pub variables: BTreeMap<String, Option<String>>,
     /// Stages, in order.
     pub stages: Vec<StagePlan>,
 }
+
+/// A pipeline's triggers.
+#[derive(Clone, Debug, Default)]
+pub struct Triggers {
+    /// The webhook, if any.
+    pub webhook: Option<crate::triggers::WebhookTrigger>,
+    /// Cron schedules, as written.
+    pub cron: Vec<String>,
+}
+
+/// Keys of the built-in `trigger` namespace: what started the execution.
+pub const TRIGGER_KEYS: [&str; 5] = ["kind", "event", "revision", "branch", "tag"];
 
 /// A validated stage.
 #[derive(Clone, Debug)]

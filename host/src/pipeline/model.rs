@@ -17,6 +17,39 @@ pub struct PipelineFile {
     /// `[[stages]]`, in order.
     #[serde(default)]
     pub stages: Vec<StageDecl>,
+    /// `[triggers]`: what starts executions besides people (used by `sluice serve`).
+    pub triggers: Option<TriggersDecl>,
+}
+
+/// `[triggers]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggersDecl {
+    /// `[triggers.webhook]`: GitHub-style push and pull-request webhooks.
+    pub webhook: Option<Spanned<WebhookDecl>>,
+    /// Cron schedules (`sec min hour day-of-month month day-of-week [year]`, UTC).
+    #[serde(default)]
+    pub cron: Vec<Spanned<String>>,
+}
+
+/// `[triggers.webhook]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDecl {
+    /// Name of the host secret holding the HMAC key (X-Hub-Signature-256).
+    pub secret: String,
+    /// `push` and/or `pull_request` (default both).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Branch globs (a push's branch, a pull request's base branch).
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// Tag globs (pushes of tags).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Changed-path globs; a push touching none of them is ignored.
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 /// `[pipeline]`.

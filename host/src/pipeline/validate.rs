@@ -11,7 +11,7 @@ use super::model::{ActionDecl, GrantsDecl, PipelineFile};
 use super::vars;
 use super::{
     APPROVAL, ActionKind, ActionPlan, ApprovalPolicy, Diagnostic, Diagnostics, ExecutionMode,
-    Grants, OnRestart, Plan, RetryPolicy, SourceFile, StagePlan,
+    Grants, OnRestart, Plan, RetryPolicy, SourceFile, StagePlan, TRIGGER_KEYS, Triggers,
 };
 use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
 use crate::sandbox::MAX_MEMORY_BYTES;
@@ -20,7 +20,7 @@ use crate::sandbox::limits::Limits;
 use crate::units::{parse_bytes, parse_duration};
 
 /// Namespaces that actions may not claim.
-const RESERVED_NAMESPACES: [&str; 2] = ["variables", "execution"];
+const RESERVED_NAMESPACES: [&str; 3] = ["variables", "execution", "trigger"];
 /// Keys of the built-in `execution` namespace.
 const EXECUTION_KEYS: [&str; 2] = ["id", "pipeline"];
 
@@ -121,6 +121,7 @@ impl Validator<'_> {
             name: file.pipeline.name.get_ref().clone(),
             file: self.source.path.clone(),
             execution_mode,
+            triggers: self.triggers(file),
             max_executions: limit(&file.pipeline.max_executions, 20),
             queue_depth: limit(&file.pipeline.queue_depth, 10),
             variables: file
@@ -129,6 +130,33 @@ impl Validator<'_> {
                 .map(|(name, decl)| (name.clone(), decl.get_ref().default.clone()))
                 .collect(),
             stages,
+        }
+    }
+
+    fn triggers(&mut self, file: &PipelineFile) -> Triggers {
+        let Some(decl) = &file.triggers else {
+            return Triggers::default();
+        };
+        let webhook = decl.webhook.as_ref().and_then(|w| {
+            let d = w.get_ref();
+            crate::triggers::WebhookTrigger::new(
+                &d.secret,
+                &d.events,
+                &d.branches,
+                &d.tags,
+                &d.paths,
+            )
+            .map_err(|message| self.error(w, message))
+            .ok()
+        });
+        for expression in &decl.cron {
+            if let Err(message) = crate::triggers::parse_cron(expression.get_ref()) {
+                self.error(expression, message);
+            }
+        }
+        Triggers {
+            webhook,
+            cron: decl.cron.iter().map(|c| c.get_ref().clone()).collect(),
         }
     }
 
@@ -373,6 +401,11 @@ impl Validator<'_> {
                     reference.name()
                 ),
                 "execution" if EXECUTION_KEYS.contains(&reference.key.as_str()) => continue,
+                "trigger" if TRIGGER_KEYS.contains(&reference.key.as_str()) => continue,
+                "trigger" => format!(
+                    "`#{{{}}}` is not a trigger variable; use one of {TRIGGER_KEYS:?}",
+                    reference.name()
+                ),
                 "execution" => format!(
                     "`#{{{}}}` is not a built-in; use #{{execution.id}} or #{{execution.pipeline}}",
                     reference.name()

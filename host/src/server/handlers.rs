@@ -55,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/pipelines/{name}/state", get(pipeline_state))
         .route("/events", get(stream_events))
+        .route("/webhooks/{name}", axum::routing::post(webhook))
         .route("/audit", get(get_audit))
 }
 
@@ -182,6 +183,9 @@ struct StartRequest {
     /// Pipeline variable overrides.
     #[serde(default)]
     variables: BTreeMap<String, String>,
+    /// Source revision to build, as `#{trigger.revision}`.
+    #[serde(default)]
+    revision: Option<String>,
 }
 
 async fn start_execution(
@@ -203,9 +207,16 @@ async fn start_execution(
     // Plugins may have changed since registration: validate again.
     let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
     check_limits(&app, &plan)?;
+    let mut trigger = BTreeMap::from([
+        ("kind".to_string(), "manual".to_string()),
+        ("event".to_string(), caller.id.clone()),
+    ]);
+    if let Some(revision) = request.revision {
+        trigger.insert("revision".into(), revision);
+    }
     let started = app
         .executor
-        .begin(plan, &request.variables)
+        .begin_triggered(plan, &request.variables, trigger)
         .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
     let id = started.id().to_string();
     app.state
@@ -512,6 +523,62 @@ async fn pipeline_state(
     }
     Ok(Json(
         json!({ "pipeline": name, "version": record.version, "execution_mode": format!("{:?}", plan.execution_mode).to_lowercase(), "stages": stages }),
+    ))
+}
+
+/// `POST /webhooks/{name}`: a GitHub-style delivery, authenticated by its
+/// X-Hub-Signature-256 only. The execution it starts is recorded before the
+/// answer (202); a delivery the filters reject gets 200 with the reason.
+async fn webhook(
+    State(app): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let record = stored_pipeline(&app, &name, None)?;
+    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+    let trigger = plan.triggers.webhook.clone().ok_or_else(|| {
+        ApiError::not_found(format!("pipeline `{name}` has no [triggers.webhook]"))
+    })?;
+    let key = app
+        .executor
+        .secrets()
+        .granted(std::slice::from_ref(&trigger.secret))
+        .remove(&trigger.secret)
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "webhook secret `{}` has no value on this host",
+                trigger.secret
+            ))
+        })?;
+    let header = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
+    crate::triggers::verify_signature(key.as_bytes(), &body, header("x-hub-signature-256"))
+        .map_err(|why| ApiError::unauthorized(format!("webhook rejected: {why}")))?;
+    let event = header("x-github-event")
+        .ok_or_else(|| ApiError::bad_request("X-GitHub-Event", "missing X-GitHub-Event header"))?;
+    let delivery = crate::triggers::parse_delivery(event, &body)
+        .map_err(|why| ApiError::bad_request("body", why))?;
+    if let Err(why) = trigger.accepts(&delivery) {
+        return Ok((StatusCode::OK, Json(json!({ "ignored": why }))));
+    }
+    check_limits(&app, &plan)?;
+    let started = app
+        .executor
+        .begin_triggered(plan, &BTreeMap::new(), delivery.variables())
+        .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
+    let id = started.id().to_string();
+    app.state
+        .set_execution_version(&id, record.version)
+        .map_err(ApiError::internal)?;
+    let executor = app.executor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = executor.complete(started).await {
+            tracing::error!("webhook execution failed internally: {e:#}");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "pipeline": name, "revision": delivery.revision })),
     ))
 }
 

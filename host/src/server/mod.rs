@@ -9,6 +9,7 @@ pub mod auth;
 mod handlers;
 mod openapi;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
         gate.set_disabled(Some(reason));
     }
     resume_interrupted(&app)?;
+    tokio::spawn(run_cron(app.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the real address (the port may have been 0).
     println!("listening on http://{}", listener.local_addr()?);
@@ -113,6 +115,98 @@ async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
         &mut out,
     );
     Ok(out)
+}
+
+/// Start executions of registered pipelines whose cron schedules come due.
+/// Schedules are UTC; fires missed while the server was down are not caught up.
+async fn run_cron(app: AppState) {
+    let mut schedules: HashMap<(String, i64), Vec<(String, cron::Schedule)>> = HashMap::new();
+    let mut last_check = chrono::Utc::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = chrono::Utc::now();
+        let pipelines = match app.state.pipelines() {
+            Ok(pipelines) => pipelines,
+            Err(e) => {
+                tracing::error!("cron: reading pipelines failed: {e:#}");
+                continue;
+            }
+        };
+        for record in pipelines {
+            let key = (record.name.clone(), record.version);
+            let due: Vec<String> = schedules
+                .entry(key)
+                .or_insert_with(|| cron_schedules(&app, &record))
+                .iter()
+                .filter(|(_, schedule)| {
+                    schedule
+                        .after(&last_check)
+                        .next()
+                        .is_some_and(|next| next <= now)
+                })
+                .map(|(expression, _)| expression.clone())
+                .collect();
+            for expression in due {
+                if let Err(e) = start_scheduled(&app, &record, &expression) {
+                    tracing::warn!("cron: {} not started: {e:#}", record.name);
+                }
+            }
+        }
+        last_check = now;
+    }
+}
+
+fn cron_schedules(
+    app: &AppState,
+    record: &crate::state::PipelineRecord,
+) -> Vec<(String, cron::Schedule)> {
+    let label = std::path::Path::new(&record.name).with_extension("toml");
+    let Ok(plan) = crate::pipeline::parse(
+        &label,
+        record.source.clone(),
+        &app.registry,
+        &app.pipelines_root,
+    ) else {
+        return Vec::new();
+    };
+    plan.triggers
+        .cron
+        .iter()
+        .filter_map(|e| crate::triggers::parse_cron(e).ok().map(|s| (e.clone(), s)))
+        .collect()
+}
+
+fn start_scheduled(
+    app: &AppState,
+    record: &crate::state::PipelineRecord,
+    expression: &str,
+) -> anyhow::Result<()> {
+    let label = std::path::Path::new(&record.name).with_extension("toml");
+    let plan = crate::pipeline::parse(
+        &label,
+        record.source.clone(),
+        &app.registry,
+        &app.pipelines_root,
+    )
+    .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let in_progress = app.state.in_progress(&plan.name)?;
+    anyhow::ensure!(in_progress < plan.max_executions, "max-executions reached");
+    let trigger = std::collections::BTreeMap::from([
+        ("kind".to_string(), "cron".to_string()),
+        ("event".to_string(), expression.to_string()),
+    ]);
+    let started = app
+        .executor
+        .begin_triggered(Arc::new(plan), &Default::default(), trigger)?;
+    app.state
+        .set_execution_version(started.id(), record.version)?;
+    let executor = app.executor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = executor.complete(started).await {
+            tracing::error!("scheduled execution failed internally: {e:#}");
+        }
+    });
+    Ok(())
 }
 
 /// Continue every execution left InProgress, or fail it with the reason it cannot.
@@ -210,10 +304,11 @@ async fn authenticate_and_audit(
         .unwrap_or("")
         .to_string();
     let action = format!("{} {path}", request.method());
-    let actor = caller
-        .as_ref()
-        .map(|c| c.id.clone())
-        .unwrap_or_else(|| "anonymous".into());
+    let actor = match (&caller, path.contains("/webhooks/")) {
+        (Some(caller), _) => caller.id.clone(),
+        (None, true) => "webhook".to_string(),
+        (None, false) => "anonymous".to_string(),
+    };
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
     if mutating {
