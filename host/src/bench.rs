@@ -425,6 +425,7 @@ fn noop_spec(inputs: Vec<(String, PathBuf)>, workspace: &Path) -> SandboxSpec {
             inputs: inputs.iter().map(|(n, _)| n.clone()).collect(),
             outputs: Vec::new(),
             mounts: Vec::new(),
+            continuation: None,
         },
         inputs,
         outputs: Vec::new(),

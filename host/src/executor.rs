@@ -153,6 +153,8 @@ pub struct Executor {
 struct ExecutionContext {
     /// Actions that already succeeded (when resuming): skipped, not rerun.
     done: HashSet<String>,
+    /// Continuation tokens of actions that were between rounds (when resuming).
+    continuations: HashMap<String, String>,
     id: String,
     plan: Arc<Plan>,
     /// What started it (`#{trigger.*}`).
@@ -297,6 +299,7 @@ impl Executor {
         });
         let context = Arc::new(ExecutionContext {
             done: HashSet::new(),
+            continuations: HashMap::new(),
             id,
             plan,
             trigger,
@@ -347,6 +350,7 @@ impl Executor {
         let records = self.state.actions(id)?;
         let mut context = ExecutionContext {
             done: HashSet::new(),
+            continuations: HashMap::new(),
             id: id.to_string(),
             plan: plan.clone(),
             trigger: serde_json::from_value(execution.trigger.clone()).unwrap_or_default(),
@@ -382,6 +386,11 @@ impl Executor {
                             record.variables.iter().cloned().collect(),
                         );
                     }
+                }
+                "InProgress" if record.continuation.is_some() => {
+                    // Between rounds: resume the rounds, whatever on-restart says.
+                    let token = record.continuation.clone().unwrap_or_default();
+                    context.continuations.insert(record.action.clone(), token);
                 }
                 "InProgress" if action.on_restart == OnRestart::Fail => {
                     let reason = format!(
@@ -764,6 +773,7 @@ impl Executor {
             )
             .map_err(|e| (0, format!("loading plugin {}: {e:#}", installed.id())))?;
         let mut attempt = 1;
+        let mut token = context.continuations.get(&action.name).cloned();
         loop {
             self.emit(Event::ActionStarted {
                 stage: action.stage.clone(),
@@ -771,10 +781,19 @@ impl Executor {
                 plugin: installed.id(),
                 attempt,
             });
+            let round = Round {
+                attempt,
+                continuation: token.clone(),
+            };
             let outcome = self
-                .attempt(context, action, &config, &masker, &plugin, attempt)
+                .attempt(context, action, &config, &masker, &plugin, &round)
                 .await;
             match outcome {
+                Ok((outcome, _)) if outcome.continuation.is_some() => {
+                    token = self
+                        .continue_later(context, action, &outcome, &masker)
+                        .await;
+                }
                 Ok((outcome, outputs)) => return Ok((attempt, outcome, outputs)),
                 Err(AttemptError::Action(error))
                     if error.retryable() && attempt < action.retry.attempts =>
@@ -793,6 +812,36 @@ impl Executor {
                 Err(error) => return Err((attempt, masker.mask(&error.to_string()))),
             }
         }
+    }
+
+    /// Record a continuation (so a restarted server resumes the rounds), show the
+    /// round's summary, and sleep without a sandbox; returns the next token.
+    async fn continue_later(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        outcome: &ActionOutcome,
+        masker: &Masker,
+    ) -> Option<String> {
+        let (token, delay) = outcome.continuation.clone()?;
+        let summary = masker.mask(&outcome.summary);
+        let due = now_ms() + delay.as_millis() as i64;
+        if let Err(e) =
+            self.state
+                .set_continuation(&context.id, &action.name, &token, due, &summary)
+        {
+            tracing::error!("recording a continuation failed: {e:#}");
+        }
+        self.emit(Event::ActionProgress {
+            action: action.name.clone(),
+            percent: 0,
+            message: format!(
+                "{summary} (continues in {})",
+                humantime::format_duration(delay)
+            ),
+        });
+        tokio::time::sleep(delay).await;
+        Some(token)
     }
 
     /// Wait for people to approve or reject through the API (or the local CLI,
@@ -841,6 +890,7 @@ impl Executor {
             match current.status.as_str() {
                 "approved" => {
                     let outcome = ActionOutcome {
+                        continuation: None,
                         summary: format!("approved by {by}: {comment}"),
                         variables: vec![("approved_by".into(), by), ("comment".into(), comment)],
                     };
@@ -884,8 +934,9 @@ impl Executor {
         config: &[(String, String)],
         masker: &Arc<Masker>,
         plugin: &crate::sandbox::LoadedPlugin,
-        attempt: u32,
+        round: &Round,
     ) -> Result<(ActionOutcome, Vec<OutputRecord>), AttemptError> {
+        let attempt = round.attempt;
         let work = self
             .work_root
             .join(&context.id)
@@ -921,6 +972,7 @@ impl Executor {
                     .iter()
                     .map(|m| m.name.clone())
                     .collect(),
+                continuation: round.continuation.clone(),
             },
             inputs: self.input_dirs(context, action),
             outputs: outputs.clone(),
@@ -1075,6 +1127,12 @@ impl Executor {
             None => Ok(()),
         }
     }
+}
+
+/// One invocation of an action: which attempt, and which continuation round.
+struct Round {
+    attempt: u32,
+    continuation: Option<String>,
 }
 
 /// The event state name of a final status.

@@ -119,7 +119,9 @@ CREATE TABLE IF NOT EXISTS audit (
 "#;
 
 /// Columns added after the first release, for databases created before them.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 6] = [
+    "ALTER TABLE action_runs ADD COLUMN continuation TEXT",
+    "ALTER TABLE action_runs ADD COLUMN continue_at_ms INTEGER",
     "ALTER TABLE executions ADD COLUMN trigger TEXT NOT NULL DEFAULT '{}'",
     "ALTER TABLE executions ADD COLUMN pipeline_version INTEGER",
     "ALTER TABLE action_runs ADD COLUMN percent INTEGER",
@@ -262,6 +264,10 @@ pub struct ActionRecord {
     pub percent: Option<u8>,
     /// Latest progress report: message.
     pub progress: Option<String>,
+    /// Token of the next round, while a continuing action waits.
+    pub continuation: Option<String>,
+    /// When the next round is due.
+    pub continue_at_ms: Option<i64>,
 }
 
 /// One stored log line.
@@ -534,7 +540,7 @@ impl StateStore {
         now_ms: i64,
     ) -> anyhow::Result<()> {
         self.write(
-            "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9 WHERE execution_id = ?1 AND action = ?2",
+            "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9, continuation = NULL, continue_at_ms = NULL WHERE execution_id = ?1 AND action = ?2",
             params![
                 execution,
                 action,
@@ -653,7 +659,7 @@ impl StateStore {
     pub fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs, percent, progress
+            "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs, percent, progress, continuation, continue_at_ms
              FROM action_runs a LEFT JOIN stage_runs s ON s.execution_id = a.execution_id AND s.stage = a.stage
              WHERE a.execution_id = ?1 ORDER BY s.position, run_order, a.started_ms, action",
         )?;
@@ -675,6 +681,8 @@ impl StateStore {
                 outputs: serde_json::from_str(&json(12)?).unwrap_or_default(),
                 percent: row.get(13)?,
                 progress: row.get(14)?,
+                continuation: row.get(15)?,
+                continue_at_ms: row.get(16)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -910,6 +918,21 @@ impl StateStore {
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
                 row.get(0)
             })?)
+    }
+
+    /// Record that an action continues later with `token`, and its summary so far.
+    pub fn set_continuation(
+        &self,
+        execution: &str,
+        action: &str,
+        token: &str,
+        due_ms: i64,
+        summary: &str,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE action_runs SET continuation = ?3, continue_at_ms = ?4, summary = ?5 WHERE execution_id = ?1 AND action = ?2",
+            params![execution, action, token, due_ms, summary],
+        )
     }
 
     /// Record an action's latest progress report.

@@ -608,3 +608,71 @@ fn state_changes_stream_as_server_sent_events_and_resume_by_last_event_id() {
     assert!(resumed[0].0 > third);
     assert_eq!(resumed[0].1, "action.SUCCEEDED");
 }
+
+const CONVERGING: &str = r#"
+[pipeline]
+name = "sleepy"
+[[stages]]
+name = "Deploy"
+[[stages.actions]]
+name = "converge"
+plugin = "noop@0.1"
+config = { rounds = 3, delay-ms = 400 }
+"#;
+
+#[test]
+fn a_continuing_action_is_called_again_with_its_token_even_across_a_restart() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/api/v1/pipelines/sleepy",
+                Some(&admin),
+                Some(CONVERGING)
+            )
+            .0,
+        201
+    );
+    let f = Fixture {
+        _workspace: workspace,
+        server,
+        admin,
+    };
+    let id = f.start();
+    f.wait_until("the first round is reported", |f| {
+        let state = f.get("/api/v1/pipelines/sleepy/state");
+        let action = &state["stages"][0]["current"]["actions"][0];
+        action["status"] == "InProgress" && action["summary"] == "1 of 3 rounds done"
+    });
+    let Fixture {
+        _workspace: workspace,
+        mut server,
+        admin,
+    } = f;
+    server.kill9();
+    let server = Server::start(&workspace);
+    let done = wait_for_end(&server, &admin, &id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    assert_eq!(done["actions"][0]["summary"], "done after 3 rounds");
+    let (_, logs) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{id}/logs?action=converge"),
+        Some(&admin),
+        None,
+    );
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    let first_rounds = lines.iter().filter(|l| **l == "round 1 of 3").count();
+    assert_eq!(
+        first_rounds, 1,
+        "the restart resumed from the stored token: {lines:?}"
+    );
+    assert!(lines.contains(&"round 3 of 3"), "{lines:?}");
+}

@@ -185,6 +185,8 @@ pub struct ActionOutcome {
     pub summary: String,
     /// Output variables.
     pub variables: Vec<(String, String)>,
+    /// Set when the action asked to be called again: (token, delay).
+    pub continuation: Option<(String, std::time::Duration)>,
 }
 
 /// The `T` of every `Store<T>`: one invocation's capabilities and accounting.
@@ -199,6 +201,8 @@ pub struct SandboxState {
     secrets: SecretsCapability,
     process: ProcessCapability,
     denials: Denials,
+    /// What `continuation.resume-later` asked for.
+    continuation: Option<(String, u64)>,
 }
 
 impl WasiView for SandboxState {
@@ -221,6 +225,13 @@ impl WasiHttpView for SandboxState {
 }
 
 impl bindings::sluice::action::types::Host for SandboxState {}
+
+impl bindings::sluice::action::continuation::Host for SandboxState {
+    async fn resume_later(&mut self, token: String, delay_ms: u64) -> wasmtime::Result<()> {
+        self.continuation = Some((token, delay_ms));
+        Ok(())
+    }
+}
 
 /// A plugin compiled and linked, ready to instantiate many times.
 #[derive(Clone)]
@@ -375,10 +386,15 @@ impl Runtime {
         if let Some(denial) = denials.first() {
             return Err(ActionError::Denied(denial));
         }
+        let continuation = state
+            .continuation
+            .clone()
+            .map(|(token, ms)| (token, std::time::Duration::from_millis(ms)));
         match outcome {
             Ok(outcome) => Ok(ActionOutcome {
                 summary: outcome.summary,
                 variables: outcome.variables,
+                continuation,
             }),
             Err(failure) => Err(ActionError::Plugin {
                 kind: failure.kind.into(),
@@ -417,6 +433,7 @@ impl Runtime {
             ),
             log: spec.log,
             denials,
+            continuation: None,
         })
     }
 }

@@ -17,6 +17,7 @@ pub struct Context {
     inputs: Vec<String>,
     outputs: Vec<String>,
     mounts: Vec<String>,
+    continuation: Option<String>,
 }
 
 impl Context {
@@ -33,7 +34,14 @@ impl Context {
             inputs: inv.inputs,
             outputs: inv.outputs,
             mounts: inv.mounts,
+            continuation: inv.continuation,
         }
+    }
+
+    /// The token a previous round passed to [`Outcome::resume_later`](crate::Outcome::resume_later);
+    /// `None` on the first call.
+    pub fn continuation(&self) -> Option<&str> {
+        self.continuation.as_deref()
     }
 
     /// Name of the pipeline.

@@ -10,6 +10,8 @@ pub struct Outcome {
     pub summary: String,
     /// Output variables, readable by later actions as `#{namespace.key}`.
     pub variables: Vec<(String, String)>,
+    /// Set by [`Outcome::resume_later`]: call again with this token after the delay.
+    pub continuation: Option<(String, std::time::Duration)>,
 }
 
 impl Outcome {
@@ -18,7 +20,16 @@ impl Outcome {
         Self {
             summary: summary.into(),
             variables: Vec::new(),
+            continuation: None,
         }
+    }
+
+    /// Not done yet: ask Sluice to call `run` again after `delay` with
+    /// [`Context::continuation`](crate::Context::continuation) = `token`. The
+    /// summary is shown meanwhile; no sandbox is held while waiting.
+    pub fn resume_later(mut self, token: impl Into<String>, delay: std::time::Duration) -> Self {
+        self.continuation = Some((token.into(), delay));
+        self
     }
 
     /// Add the output variable `key` (builder style).
@@ -39,6 +50,10 @@ impl Outcome {
     }
 
     pub(crate) fn into_wit(self) -> wit::Outcome {
+        if let Some((token, delay)) = &self.continuation {
+            let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            crate::bindings::sluice::action::continuation::resume_later(token, millis);
+        }
         wit::Outcome {
             summary: self.summary,
             variables: self.variables,
