@@ -926,6 +926,109 @@ impl Executor {
         self.approvals.notify_waiters();
     }
 
+    /// What the sandbox of one call of `action` may reach: its grants, its inputs
+    /// from the store, the given output and workspace directories.
+    fn sandbox_spec(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        round: &Round,
+        sandbox: Sandbox<'_>,
+    ) -> SandboxSpec {
+        SandboxSpec {
+            invocation: Invocation {
+                pipeline: context.plan.name.clone(),
+                stage: action.stage.clone(),
+                action: action.name.clone(),
+                execution_id: context.id.clone(),
+                attempt: round.attempt,
+                config: sandbox.config.to_vec(),
+                inputs: action.inputs.clone(),
+                outputs: action.outputs.clone(),
+                mounts: action
+                    .grants
+                    .mounts
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect(),
+                continuation: round.continuation.clone(),
+            },
+            inputs: self.input_dirs(context, action),
+            outputs: sandbox.outputs,
+            workspace: sandbox.workspace,
+            mounts: action.grants.mounts.clone(),
+            secret_names: action.grants.secrets.clone(),
+            secret_values: self.secrets.granted(&action.grants.secrets),
+            hosts: action.grants.hosts.clone(),
+            commands: action.grants.commands.clone(),
+            limits: action.limits,
+            log: sandbox.log,
+        }
+    }
+
+    /// Poll the pipeline's source action: its `check` with the configuration
+    /// resolved against the variables' defaults. New revisions, oldest first.
+    pub async fn poll(
+        &self,
+        plan: Arc<Plan>,
+        action_name: &str,
+        last: Option<String>,
+    ) -> anyhow::Result<Vec<String>> {
+        let action = plan
+            .stages
+            .iter()
+            .flat_map(|s| &s.actions)
+            .find(|a| a.name == action_name)
+            .with_context(|| format!("no action `{action_name}`"))?
+            .clone();
+        let ActionKind::Plugin(installed) = &action.kind else {
+            anyhow::bail!("`{action_name}` is not a plugin action");
+        };
+        let context = ExecutionContext {
+            done: HashSet::new(),
+            continuations: HashMap::new(),
+            id: format!("poll-{}", uuid::Uuid::new_v4()),
+            variables: Self::resolve_variables(&plan, &BTreeMap::new())?,
+            plan: plan.clone(),
+            trigger: BTreeMap::from([("kind".to_string(), "poll".to_string())]),
+            namespaces: Mutex::new(HashMap::new()),
+            artifacts: Mutex::new(HashMap::new()),
+            stop: tokio::sync::watch::Sender::new(None),
+        };
+        let config = resolve_config(&context, &action).map_err(anyhow::Error::msg)?;
+        let plugin = self.runtime.load(
+            &installed.component_path(),
+            &installed.precompiled_path(self.runtime.compatibility_key()),
+        )?;
+        let workspace = self.work_root.join(&context.id);
+        std::fs::create_dir_all(&workspace)?;
+        let masker = Arc::new(Masker::new(
+            self.secrets.granted(&action.grants.secrets).values(),
+        ));
+        let log = LogSink::new(action.limits.log_bytes, masker.clone(), None);
+        let sandbox = Sandbox {
+            config: &config,
+            outputs: Vec::new(),
+            workspace: workspace.clone(),
+            log: log.clone(),
+        };
+        let spec = self.sandbox_spec(
+            &context,
+            &action,
+            &Round {
+                attempt: 1,
+                continuation: None,
+            },
+            sandbox,
+        );
+        let result = self.runtime.check(&plugin, spec, last).await;
+        std::fs::remove_dir_all(&workspace).ok();
+        for line in log.finish().lines {
+            tracing::debug!("poll {}/{action_name}: {}", plan.name, line.text);
+        }
+        result.map_err(|e| anyhow::anyhow!(masker.mask(&e.to_string())))
+    }
+
     /// One attempt in a fresh sandbox; outputs ingested on success.
     async fn attempt(
         &self,
@@ -956,35 +1059,13 @@ impl Executor {
             masker.clone(),
             Some(self.progress_hook(context, action)),
         );
-        let spec = SandboxSpec {
-            invocation: Invocation {
-                pipeline: context.plan.name.clone(),
-                stage: action.stage.clone(),
-                action: action.name.clone(),
-                execution_id: context.id.clone(),
-                attempt,
-                config: config.to_vec(),
-                inputs: action.inputs.clone(),
-                outputs: action.outputs.clone(),
-                mounts: action
-                    .grants
-                    .mounts
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect(),
-                continuation: round.continuation.clone(),
-            },
-            inputs: self.input_dirs(context, action),
+        let sandbox = Sandbox {
+            config,
             outputs: outputs.clone(),
             workspace,
-            mounts: action.grants.mounts.clone(),
-            secret_names: action.grants.secrets.clone(),
-            secret_values: self.secrets.granted(&action.grants.secrets),
-            hosts: action.grants.hosts.clone(),
-            commands: action.grants.commands.clone(),
-            limits: action.limits,
             log: log.clone(),
         };
+        let spec = self.sandbox_spec(context, action, round, sandbox);
         let result = self.runtime.invoke(plugin, spec).await;
         if let Err(error) = &result {
             log.line(
@@ -1127,6 +1208,14 @@ impl Executor {
             None => Ok(()),
         }
     }
+}
+
+/// The directories and log of one sandboxed call.
+struct Sandbox<'a> {
+    config: &'a [(String, String)],
+    outputs: Vec<(String, PathBuf)>,
+    workspace: PathBuf,
+    log: LogSink,
 }
 
 /// One invocation of an action: which attempt, and which continuation round.

@@ -108,6 +108,13 @@ CREATE TABLE IF NOT EXISTS events (
     state TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS poll_state (
+    pipeline TEXT NOT NULL,
+    action TEXT NOT NULL,
+    last_revision TEXT NOT NULL,
+    polled_ms INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, action)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -932,6 +939,32 @@ impl StateStore {
         self.write(
             "UPDATE action_runs SET continuation = ?3, continue_at_ms = ?4, summary = ?5 WHERE execution_id = ?1 AND action = ?2",
             params![execution, action, token, due_ms, summary],
+        )
+    }
+
+    /// The last revision a poll of `pipeline`'s `action` started an execution for.
+    pub fn poll_revision(&self, pipeline: &str, action: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT last_revision FROM poll_state WHERE pipeline = ?1 AND action = ?2",
+                params![pipeline, action],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Remember the newest revision a poll started an execution for.
+    pub fn set_poll_revision(
+        &self,
+        pipeline: &str,
+        action: &str,
+        revision: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "INSERT OR REPLACE INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![pipeline, action, revision, now_ms],
         )
     }
 

@@ -186,3 +186,124 @@ fn cron_schedules_start_executions() {
         "{body}"
     );
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn polling_a_git_source_starts_an_execution_per_new_commit() {
+    let workspace = Workspace::new();
+    let repo = workspace.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet"]);
+    std::fs::write(repo.join("app.txt"), "v1").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "one"]);
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let pipeline = format!(
+        r##"
+[pipeline]
+name = "polled"
+execution-mode = "queued"
+[triggers]
+poll = {{ action = "checkout", interval = "300ms" }}
+[[stages]]
+name = "Source"
+[[stages.actions]]
+name = "checkout"
+plugin = "git-source@0.1"
+outputs = ["source"]
+namespace = "src"
+config = {{ repo = "{repo}", branch = "main", revision = "#{{trigger.revision}}" }}
+grants = {{ commands = ["git"] }}
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "show"
+plugin = "command@0.1"
+inputs = ["source"]
+config = {{ run = "cat app.txt" }}
+grants = {{ commands = ["cat"] }}
+"##,
+        repo = repo.display()
+    );
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/polled",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(status, 201, "{body}");
+    let executions = |n: usize| {
+        for _ in 0..200 {
+            let (_, listed) = server.call(
+                "GET",
+                "/api/v1/executions?pipeline=polled",
+                Some(&admin),
+                None,
+            );
+            let list = listed["executions"].as_array().unwrap().clone();
+            if list.len() >= n {
+                return list;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("fewer than {n} polled executions");
+    };
+    let list = executions(1);
+    let done = wait_for_end(&server, &admin, list[0]["id"].as_str().unwrap());
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    assert_eq!(done["execution"]["trigger"]["revision"], first.as_str());
+    assert_eq!(
+        done["actions"][0]["variables"][0],
+        json!(["revision", first])
+    );
+
+    std::fs::write(repo.join("app.txt"), "v2").unwrap();
+    git(&repo, &["commit", "--quiet", "-am", "two"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    let list = executions(2);
+    let newest = list
+        .iter()
+        .find(|e| e["trigger"]["revision"] == second.as_str())
+        .expect("an execution for the new commit");
+    let done = wait_for_end(&server, &admin, newest["id"].as_str().unwrap());
+    let (_, logs) = server.call(
+        "GET",
+        &format!(
+            "/api/v1/executions/{}/logs?action=show",
+            newest["id"].as_str().unwrap()
+        ),
+        Some(&admin),
+        None,
+    );
+    assert!(
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == "v2"),
+        "{done:#} {logs:#}"
+    );
+}

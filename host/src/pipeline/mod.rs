@@ -126,6 +126,8 @@ pub struct Triggers {
     pub webhook: Option<crate::triggers::WebhookTrigger>,
     /// Cron schedules, as written.
     pub cron: Vec<String>,
+    /// The source action to poll, and how often.
+    pub poll: Option<(String, Duration)>,
 }
 
 /// Keys of the built-in `trigger` namespace: what started the execution.

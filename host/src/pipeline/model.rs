@@ -30,6 +30,18 @@ pub struct TriggersDecl {
     /// Cron schedules (`sec min hour day-of-month month day-of-week [year]`, UTC).
     #[serde(default)]
     pub cron: Vec<Spanned<String>>,
+    /// Poll a source action's `check` on an interval.
+    pub poll: Option<Spanned<PollDecl>>,
+}
+
+/// `poll = { action = "checkout", interval = "1m" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollDecl {
+    /// The source action (its plugin implements world `source`).
+    pub action: String,
+    /// How often; default one minute.
+    pub interval: Option<String>,
 }
 
 /// `[triggers.webhook]`.

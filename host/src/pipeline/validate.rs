@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::model::{ActionDecl, GrantsDecl, PipelineFile};
+use super::model::{ActionDecl, GrantsDecl, PipelineFile, PollDecl};
 use super::vars;
 use super::{
     APPROVAL, ActionKind, ActionPlan, ApprovalPolicy, Diagnostic, Diagnostics, ExecutionMode,
@@ -154,10 +154,68 @@ impl Validator<'_> {
                 self.error(expression, message);
             }
         }
+        let poll = decl.poll.as_ref().and_then(|poll| self.poll(file, poll));
         Triggers {
             webhook,
             cron: decl.cron.iter().map(|c| c.get_ref().clone()).collect(),
+            poll,
         }
+    }
+
+    fn check_polled_world(
+        &mut self,
+        file: &PipelineFile,
+        action: &ActionDecl,
+        manifest: &Manifest,
+    ) {
+        let polled = file
+            .triggers
+            .as_ref()
+            .and_then(|t| t.poll.as_ref())
+            .is_some_and(|p| p.get_ref().action == *action.name.get_ref());
+        if polled && manifest.world != "source" {
+            let message = format!(
+                "action `{}` is polled ([triggers] poll) but {} implements world `{}`, not `source`",
+                action.name.get_ref(),
+                manifest.id(),
+                manifest.world
+            );
+            self.error(&action.plugin, message);
+        }
+    }
+
+    /// `[triggers] poll`: the action must exist; its plugin's world is checked
+    /// when the action itself is validated.
+    fn poll(
+        &mut self,
+        file: &PipelineFile,
+        poll: &Spanned<PollDecl>,
+    ) -> Option<(String, Duration)> {
+        let inner = poll.get_ref();
+        let interval = match inner.interval.as_deref().map(parse_duration) {
+            None => Duration::from_secs(60),
+            Some(Ok(interval)) => interval,
+            Some(Err(message)) => {
+                self.error(poll, message);
+                return None;
+            }
+        };
+        let exists = file
+            .stages
+            .iter()
+            .flat_map(|s| &s.actions)
+            .any(|a| *a.name.get_ref() == inner.action);
+        if !exists {
+            self.error(
+                poll,
+                format!(
+                    "poll names action `{}`, which this pipeline does not have",
+                    inner.action
+                ),
+            );
+            return None;
+        }
+        Some((inner.action.clone(), interval))
     }
 
     fn execution_mode(&mut self, file: &PipelineFile) -> ExecutionMode {
@@ -241,6 +299,7 @@ impl Validator<'_> {
             )
         } else {
             let plugin = self.plugin(action)?;
+            self.check_polled_world(file, action, &plugin.manifest);
             self.check_config_schema(action, &plugin.manifest, &config);
             let grants = self.grants(action, &plugin.manifest);
             (ActionKind::Plugin(Box::new(plugin)), grants)

@@ -205,8 +205,8 @@ impl Manifest {
             self.name
         );
         anyhow::ensure!(
-            self.world == "action",
-            "world `{}` is not supported; this host runs world `action`",
+            self.world == "action" || self.world == "source",
+            "world `{}` is not supported; this host runs worlds `action` and `source`",
             self.world
         );
         let plain_file = Path::new(&self.component)

@@ -352,16 +352,7 @@ impl Runtime {
         let limits = spec.limits;
         let invocation = spec.invocation.clone();
         let denials = Denials::default();
-        let state = self
-            .new_state(spec, denials.clone())
-            .map_err(|e| ActionError::Host(format!("{e:#}")))?;
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.memory);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| match ctx.data_mut().cpu.spend_tick() {
-            Ok(()) => Ok(UpdateDeadline::Yield(1)),
-            Err(hit) => Err(wasmtime::format_err!("{hit}")),
-        });
+        let mut store = self.sandbox_store(spec, denials.clone())?;
         let result = {
             let call = async {
                 let instantiating = std::time::Instant::now();
@@ -371,22 +362,9 @@ impl Runtime {
             };
             tokio::time::timeout(limits.timeout, call).await
         };
-        let state = store.data();
-        let outcome = match result {
-            Err(_) => return Err(ActionError::Limit(LimitHit::Timeout(limits.timeout))),
-            Ok(Err(_)) if state.cpu.hit => {
-                return Err(ActionError::Limit(LimitHit::Cpu(limits.cpu)));
-            }
-            Ok(Err(_)) if state.memory.hit => {
-                return Err(ActionError::Limit(LimitHit::Memory(limits.memory_bytes)));
-            }
-            Ok(Err(trap)) => return Err(ActionError::Trap(describe_trap(&trap))),
-            Ok(Ok(outcome)) => outcome,
-        };
-        if let Some(denial) = denials.first() {
-            return Err(ActionError::Denied(denial));
-        }
-        let continuation = state
+        let outcome = settle(result.map_err(|_| ()), store.data(), &limits, &denials)?;
+        let continuation = store
+            .data()
             .continuation
             .clone()
             .map(|(token, ms)| (token, std::time::Duration::from_millis(ms)));
@@ -396,11 +374,65 @@ impl Runtime {
                 variables: outcome.variables,
                 continuation,
             }),
-            Err(failure) => Err(ActionError::Plugin {
-                kind: failure.kind.into(),
-                message: failure.message,
-            }),
+            Err(failure) => Err(failure_error(failure)),
         }
+    }
+
+    /// Call a source plugin's `check` (world `source`) in a fresh sandbox with the
+    /// same grants and limits as its `run`.
+    pub async fn check(
+        &self,
+        plugin: &LoadedPlugin,
+        spec: SandboxSpec,
+        last_revision: Option<String>,
+    ) -> Result<Vec<String>, ActionError> {
+        type Check = (Vec<(String, String)>, Option<String>);
+        type Checked = (Result<Vec<String>, bindings::sluice::action::types::Failure>,);
+        let limits = spec.limits;
+        let config = spec.invocation.config.clone();
+        let denials = Denials::default();
+        let mut store = self.sandbox_store(spec, denials.clone())?;
+        let result = {
+            let call = async {
+                let instance = plugin
+                    .pre
+                    .instance_pre()
+                    .instantiate_async(&mut store)
+                    .await?;
+                let check = instance
+                    .get_typed_func::<Check, Checked>(&mut store, "check")
+                    .map_err(|e| {
+                        wasmtime::format_err!(
+                            "the plugin has no `check` export (world source): {e}"
+                        )
+                    })?;
+                let (answer,) = check
+                    .call_async(&mut store, (config, last_revision))
+                    .await?;
+                Ok::<_, wasmtime::Error>(answer)
+            };
+            tokio::time::timeout(limits.timeout, call).await
+        };
+        settle(result.map_err(|_| ()), store.data(), &limits, &denials)?.map_err(failure_error)
+    }
+
+    /// A fresh store for one call: limiter, CPU budget by epoch ticks.
+    fn sandbox_store(
+        &self,
+        spec: SandboxSpec,
+        denials: Denials,
+    ) -> Result<Store<SandboxState>, ActionError> {
+        let state = self
+            .new_state(spec, denials)
+            .map_err(|e| ActionError::Host(format!("{e:#}")))?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| match ctx.data_mut().cpu.spend_tick() {
+            Ok(()) => Ok(UpdateDeadline::Yield(1)),
+            Err(hit) => Err(wasmtime::format_err!("{hit}")),
+        });
+        Ok(store)
     }
 
     fn new_state(&self, spec: SandboxSpec, denials: Denials) -> anyhow::Result<SandboxState> {
@@ -461,6 +493,36 @@ fn pool_config() -> PoolingAllocationConfig {
         // Keep freed memory slots warm: reuse beats re-faulting pages.
         .max_unused_warm_slots(64);
     pool
+}
+
+/// Name the limit, trap or denial that stopped a call, or pass its answer on.
+/// `Err(())` from the outside means the wall-clock timeout fired.
+fn settle<T>(
+    result: Result<wasmtime::Result<T>, ()>,
+    state: &SandboxState,
+    limits: &Limits,
+    denials: &Denials,
+) -> Result<T, ActionError> {
+    let answer = match result {
+        Err(()) => return Err(ActionError::Limit(LimitHit::Timeout(limits.timeout))),
+        Ok(Err(_)) if state.cpu.hit => return Err(ActionError::Limit(LimitHit::Cpu(limits.cpu))),
+        Ok(Err(_)) if state.memory.hit => {
+            return Err(ActionError::Limit(LimitHit::Memory(limits.memory_bytes)));
+        }
+        Ok(Err(trap)) => return Err(ActionError::Trap(describe_trap(&trap))),
+        Ok(Ok(answer)) => answer,
+    };
+    match denials.first() {
+        Some(denial) => Err(ActionError::Denied(denial)),
+        None => Ok(answer),
+    }
+}
+
+fn failure_error(failure: bindings::sluice::action::types::Failure) -> ActionError {
+    ActionError::Plugin {
+        kind: failure.kind.into(),
+        message: failure.message,
+    }
 }
 
 /// One line saying how the guest crashed.

@@ -87,6 +87,7 @@ pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
     }
     resume_interrupted(&app)?;
     tokio::spawn(run_cron(app.clone()));
+    tokio::spawn(run_polls(app.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the real address (the port may have been 0).
     println!("listening on http://{}", listener.local_addr()?);
@@ -154,6 +155,88 @@ async fn run_cron(app: AppState) {
         }
         last_check = now;
     }
+}
+
+/// Poll each registered pipeline's source action (`[triggers] poll`) on its
+/// interval; a new revision starts an execution with `#{trigger.revision}`.
+async fn run_polls(app: AppState) {
+    let mut plans: HashMap<(String, i64), Option<Arc<Plan>>> = HashMap::new();
+    let mut next_due: HashMap<String, std::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let Ok(pipelines) = app.state.pipelines() else {
+            continue;
+        };
+        for record in pipelines {
+            let plan = plans
+                .entry((record.name.clone(), record.version))
+                .or_insert_with(|| registered_plan(&app, &record).ok().map(Arc::new))
+                .clone();
+            let Some(plan) = plan else { continue };
+            let Some((action, interval)) = plan.triggers.poll.clone() else {
+                continue;
+            };
+            let now = std::time::Instant::now();
+            if next_due.get(&record.name).is_some_and(|due| *due > now) {
+                continue;
+            }
+            next_due.insert(record.name.clone(), now + interval);
+            if let Err(e) = poll_once(&app, &record, plan, &action).await {
+                tracing::warn!("poll of {}/{action}: {e:#}", record.name);
+            }
+        }
+    }
+}
+
+async fn poll_once(
+    app: &AppState,
+    record: &crate::state::PipelineRecord,
+    plan: Arc<Plan>,
+    action: &str,
+) -> anyhow::Result<()> {
+    let last = app.state.poll_revision(&record.name, action)?;
+    let revisions = app.executor.poll(plan.clone(), action, last).await?;
+    let Some(newest) = revisions.last() else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        app.state.in_progress(&plan.name)? < plan.max_executions,
+        "max-executions reached"
+    );
+    let trigger = std::collections::BTreeMap::from([
+        ("kind".to_string(), "poll".to_string()),
+        ("event".to_string(), action.to_string()),
+        ("revision".to_string(), newest.clone()),
+    ]);
+    // Record the execution before the revision: a crash in between repeats the
+    // start (at least once) rather than losing it.
+    let started = app
+        .executor
+        .begin_triggered(plan, &Default::default(), trigger)?;
+    app.state
+        .set_execution_version(started.id(), record.version)?;
+    app.state
+        .set_poll_revision(&record.name, action, newest, now_ms())?;
+    let executor = app.executor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = executor.complete(started).await {
+            tracing::error!("polled execution failed internally: {e:#}");
+        }
+    });
+    Ok(())
+}
+
+fn registered_plan(
+    app: &AppState,
+    record: &crate::state::PipelineRecord,
+) -> Result<Plan, crate::pipeline::Diagnostics> {
+    let label = std::path::Path::new(&record.name).with_extension("toml");
+    crate::pipeline::parse(
+        &label,
+        record.source.clone(),
+        &app.registry,
+        &app.pipelines_root,
+    )
 }
 
 fn cron_schedules(

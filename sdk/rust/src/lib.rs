@@ -14,10 +14,11 @@ pub use result::{Failure, FailureKind, Outcome};
 /// such as creating symlinks.
 pub use wasi;
 
-/// Bindings generated from `wit/action.wit`. Plugins normally do not need them.
+/// Bindings generated from `wit/action.wit` (world `source`, a superset of
+/// `action`). Plugins normally do not need them.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "action",
+        world: "source",
         path: "../../wit",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk::bindings",
@@ -38,10 +39,51 @@ macro_rules! export_action {
             ) -> ::core::result::Result<$crate::bindings::Outcome, $crate::bindings::Failure> {
                 $crate::__run(invocation, $run)
             }
+
+            fn check(
+                _config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                _last_revision: ::core::option::Option<::std::string::String>,
+            ) -> ::core::result::Result<::std::vec::Vec<::std::string::String>, $crate::bindings::Failure> {
+                ::core::result::Result::Err($crate::__not_a_source())
+            }
         }
 
         $crate::bindings::export!(__SluiceAction with_types_in $crate::bindings);
     };
+}
+
+/// Export `run` and `check` for a source plugin (world `source`): `check` is a
+/// `fn(&[(String, String)], Option<&str>) -> Result<Vec<String>, Failure>`
+/// returning revisions newer than the last one seen, oldest first.
+#[macro_export]
+macro_rules! export_source {
+    ($run:path, $check:path) => {
+        #[doc(hidden)]
+        struct __SluiceSource;
+
+        impl $crate::bindings::Guest for __SluiceSource {
+            fn run(
+                invocation: $crate::bindings::Invocation,
+            ) -> ::core::result::Result<$crate::bindings::Outcome, $crate::bindings::Failure> {
+                $crate::__run(invocation, $run)
+            }
+
+            fn check(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                last_revision: ::core::option::Option<::std::string::String>,
+            ) -> ::core::result::Result<::std::vec::Vec<::std::string::String>, $crate::bindings::Failure> {
+                $check(&config, last_revision.as_deref()).map_err($crate::Failure::into_wit)
+            }
+        }
+
+        $crate::bindings::export!(__SluiceSource with_types_in $crate::bindings);
+    };
+}
+
+/// The failure `check` returns for plugins exported with [`export_action!`].
+#[doc(hidden)]
+pub fn __not_a_source() -> bindings::Failure {
+    Failure::config("this plugin is not a source: it has no `check`").into_wit()
 }
 
 /// Glue for [`export_action!`]: converts between the WIT types and the SDK types.

@@ -129,7 +129,8 @@ impl Failure {
         self
     }
 
-    pub(crate) fn into_wit(self) -> wit::Failure {
+    #[doc(hidden)]
+    pub fn into_wit(self) -> wit::Failure {
         let kind = match self.kind {
             FailureKind::JobFailed => wit::FailureKind::JobFailed,
             FailureKind::ConfigurationError => wit::FailureKind::ConfigurationError,
