@@ -407,6 +407,7 @@ fn plan(
         execution_mode: ExecutionMode::Parallel,
         max_executions: usize::MAX,
         triggers: Default::default(),
+        notifications: None,
         queue_depth: usize::MAX,
         variables: BTreeMap::new(),
         stages: (0..stages).map(stage).collect(),

@@ -984,23 +984,61 @@ impl Executor {
         let ActionKind::Plugin(installed) = &action.kind else {
             anyhow::bail!("`{action_name}` is not a plugin action");
         };
-        let context = ExecutionContext {
-            done: HashSet::new(),
-            continuations: HashMap::new(),
-            id: format!("poll-{}", uuid::Uuid::new_v4()),
-            variables: Self::resolve_variables(&plan, &BTreeMap::new())?,
-            plan: plan.clone(),
-            trigger: BTreeMap::from([("kind".to_string(), "poll".to_string())]),
-            namespaces: Mutex::new(HashMap::new()),
-            artifacts: Mutex::new(HashMap::new()),
-            stop: tokio::sync::watch::Sender::new(None),
+        let context = side_context(&plan, format!("poll-{}", uuid::Uuid::new_v4()), "poll")?;
+        let (call, spec) = self.side_call(&context, &action, installed)?;
+        let result = self.runtime.check(&call.plugin, spec, last).await;
+        call.finish(&format!("poll {}/{action_name}", plan.name));
+        result.map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+    }
+
+    /// Deliver one state-change event through the pipeline's `[notifications]`
+    /// action; `Err` leaves it for the next try (delivery is at least once).
+    pub async fn notify(&self, plan: Arc<Plan>, event: &EventRecord) -> anyhow::Result<()> {
+        let Some(notifications) = &plan.notifications else {
+            return Ok(());
         };
-        let config = resolve_config(&context, &action).map_err(anyhow::Error::msg)?;
+        let action = notifications.action.clone();
+        let ActionKind::Plugin(installed) = &action.kind else {
+            anyhow::bail!("notifications need a plugin action");
+        };
+        let context = side_context(&plan, event.execution.clone(), "notification")?;
+        let fields = [
+            ("kind", &event.kind),
+            ("name", &event.name),
+            ("state", &event.state),
+            ("detail", &event.detail),
+            ("execution", &event.execution),
+            ("pipeline", &event.pipeline),
+        ];
+        let values = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        lock(&context.namespaces).insert("event".into(), values);
+        let (call, spec) = self.side_call(&context, &action, installed)?;
+        let result = self.runtime.invoke(&call.plugin, spec).await;
+        call.finish(&format!("notify {}", plan.name));
+        result
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+    }
+
+    /// A one-off sandboxed call of `action` outside an execution (polls,
+    /// notifications): its own workspace, no inputs or outputs.
+    fn side_call(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        installed: &InstalledPlugin,
+    ) -> anyhow::Result<(SideCall, SandboxSpec)> {
+        let config = resolve_config(context, action).map_err(anyhow::Error::msg)?;
         let plugin = self.runtime.load(
             &installed.component_path(),
             &installed.precompiled_path(self.runtime.compatibility_key()),
         )?;
-        let workspace = self.work_root.join(&context.id);
+        let workspace = self
+            .work_root
+            .join(format!("side-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&workspace)?;
         let masker = Arc::new(Masker::new(
             self.secrets.granted(&action.grants.secrets).values(),
@@ -1012,21 +1050,20 @@ impl Executor {
             workspace: workspace.clone(),
             log: log.clone(),
         };
-        let spec = self.sandbox_spec(
-            &context,
-            &action,
-            &Round {
-                attempt: 1,
-                continuation: None,
+        let round = Round {
+            attempt: 1,
+            continuation: None,
+        };
+        let spec = self.sandbox_spec(context, action, &round, sandbox);
+        Ok((
+            SideCall {
+                plugin,
+                workspace,
+                log,
+                masker,
             },
-            sandbox,
-        );
-        let result = self.runtime.check(&plugin, spec, last).await;
-        std::fs::remove_dir_all(&workspace).ok();
-        for line in log.finish().lines {
-            tracing::debug!("poll {}/{action_name}: {}", plan.name, line.text);
-        }
-        result.map_err(|e| anyhow::anyhow!(masker.mask(&e.to_string())))
+            spec,
+        ))
     }
 
     /// One attempt in a fresh sandbox; outputs ingested on success.
@@ -1206,6 +1243,39 @@ impl Executor {
         match error {
             Some(error) => Err(format!("action `{}` failed: {error}", action.name)),
             None => Ok(()),
+        }
+    }
+}
+
+/// An execution-less context for polls and notifications.
+fn side_context(plan: &Arc<Plan>, id: String, kind: &str) -> anyhow::Result<ExecutionContext> {
+    Ok(ExecutionContext {
+        done: HashSet::new(),
+        continuations: HashMap::new(),
+        id,
+        variables: Executor::resolve_variables(plan, &BTreeMap::new())?,
+        plan: plan.clone(),
+        trigger: BTreeMap::from([("kind".to_string(), kind.to_string())]),
+        namespaces: Mutex::new(HashMap::new()),
+        artifacts: Mutex::new(HashMap::new()),
+        stop: tokio::sync::watch::Sender::new(None),
+    })
+}
+
+/// A prepared one-off call; `finish` cleans up after it.
+struct SideCall {
+    plugin: crate::sandbox::LoadedPlugin,
+    workspace: PathBuf,
+    log: LogSink,
+    masker: Arc<Masker>,
+}
+
+impl SideCall {
+    /// Remove the workspace and hand the log to tracing (it belongs to no execution).
+    fn finish(&self, label: &str) {
+        std::fs::remove_dir_all(&self.workspace).ok();
+        for line in self.log.finish().lines {
+            tracing::debug!("{label}: {}", line.text);
         }
     }
 }

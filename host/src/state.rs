@@ -115,6 +115,10 @@ CREATE TABLE IF NOT EXISTS poll_state (
     polled_ms INTEGER NOT NULL,
     PRIMARY KEY (pipeline, action)
 );
+CREATE TABLE IF NOT EXISTS notify_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -916,6 +920,25 @@ impl StateStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last event handed to notification plugins (0 when none).
+    pub fn notify_cursor(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .db()
+            .query_row("SELECT seq FROM notify_cursor WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Advance the notification cursor past `seq`.
+    pub fn set_notify_cursor(&self, seq: i64) -> anyhow::Result<()> {
+        self.write(
+            "INSERT OR REPLACE INTO notify_cursor (id, seq) VALUES (1, ?1)",
+            params![seq],
+        )
     }
 
     /// The newest event's sequence number (0 when none).

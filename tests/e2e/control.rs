@@ -676,3 +676,86 @@ fn a_continuing_action_is_called_again_with_its_token_even_across_a_restart() {
     );
     assert!(lines.contains(&"round 3 of 3"), "{lines:?}");
 }
+
+/// A listener that records the body of every request it gets.
+fn recording_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let (mut chunked, mut length) = (false, 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                chunked |= lower.starts_with("transfer-encoding: chunked");
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = Vec::new();
+            if chunked {
+                loop {
+                    let mut size = String::new();
+                    reader.read_line(&mut size).unwrap();
+                    let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                    let mut chunk = vec![0; size + 2];
+                    reader.read_exact(&mut chunk).unwrap();
+                    if size == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..size]);
+                }
+            } else {
+                body.resize(length, 0);
+                reader.read_exact(&mut body).unwrap();
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = sender.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    (port, receiver)
+}
+
+#[test]
+fn state_changes_are_delivered_to_the_notification_plugin() {
+    let (port, received) = recording_server();
+    let pipeline = format!(
+        r##"
+[pipeline]
+name = "sleepy"
+[notifications]
+events = ["pipeline.SUCCEEDED", "pipeline.FAILED"]
+[notifications.action]
+name = "notify"
+plugin = "http@0.1"
+config = {{ url = "http://127.0.0.1:{port}/events", method = "POST", body = "#{{event.pipeline}} #{{event.state}} #{{event.execution}}" }}
+grants = {{ hosts = ["127.0.0.1:{port}"] }}
+[[stages]]
+name = "Work"
+[[stages.actions]]
+name = "work"
+plugin = "command@0.1"
+config = {{ run = "true" }}
+grants = {{ commands = ["true"] }}
+"##
+    );
+    let f = fixture(&pipeline);
+    let id = f.start();
+    assert_eq!(
+        wait_for_end(&f.server, &f.admin, &id)["execution"]["status"],
+        "Succeeded"
+    );
+    let body = received
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no notification arrived");
+    assert_eq!(body, format!("sleepy SUCCEEDED {id}"));
+}

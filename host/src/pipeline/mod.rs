@@ -113,6 +113,8 @@ pub struct Plan {
     pub queue_depth: usize,
     /// What starts executions besides people.
     pub triggers: Triggers,
+    /// Where state-change events are delivered.
+    pub notifications: Option<Notifications>,
     /// Pipeline variables and their defaults.
     pub variables: BTreeMap<String, Option<String>>,
     /// Stages, in order.
@@ -129,6 +131,29 @@ pub struct Triggers {
     /// The source action to poll, and how often.
     pub poll: Option<(String, Duration)>,
 }
+
+/// Event delivery to a plugin.
+#[derive(Clone, Debug)]
+pub struct Notifications {
+    /// Accepted `kind.STATE` names; empty or `*` for all.
+    pub events: Vec<String>,
+    /// The delivering action.
+    pub action: ActionPlan,
+}
+
+impl Notifications {
+    /// Whether an event of `kind` in `state` is delivered.
+    pub fn wants(&self, kind: &str, state: &str) -> bool {
+        self.events.is_empty()
+            || self
+                .events
+                .iter()
+                .any(|e| e == "*" || *e == format!("{kind}.{state}"))
+    }
+}
+
+/// Keys of the `event` namespace, usable in `[notifications]` configuration.
+pub const EVENT_KEYS: [&str; 6] = ["kind", "name", "state", "detail", "execution", "pipeline"];
 
 /// Keys of the built-in `trigger` namespace: what started the execution.
 pub const TRIGGER_KEYS: [&str; 5] = ["kind", "event", "revision", "branch", "tag"];

@@ -19,6 +19,20 @@ pub struct PipelineFile {
     pub stages: Vec<StageDecl>,
     /// `[triggers]`: what starts executions besides people (used by `sluice serve`).
     pub triggers: Option<TriggersDecl>,
+    /// `[notifications]`: deliver state-change events to a plugin (used by `sluice serve`).
+    pub notifications: Option<NotificationsDecl>,
+}
+
+/// `[notifications]`: which events, and the action that delivers them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsDecl {
+    /// `kind.STATE` names (`pipeline.FAILED`, `action.SUCCEEDED`...) or `*`.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The delivering action; its config may use `#{event.kind}`, `#{event.name}`,
+    /// `#{event.state}`, `#{event.detail}`, `#{event.execution}`, `#{event.pipeline}`.
+    pub action: ActionDecl,
 }
 
 /// `[triggers]`.

@@ -10,8 +10,9 @@ use toml::Spanned;
 use super::model::{ActionDecl, GrantsDecl, PipelineFile, PollDecl};
 use super::vars;
 use super::{
-    APPROVAL, ActionKind, ActionPlan, ApprovalPolicy, Diagnostic, Diagnostics, ExecutionMode,
-    Grants, OnRestart, Plan, RetryPolicy, SourceFile, StagePlan, TRIGGER_KEYS, Triggers,
+    APPROVAL, ActionKind, ActionPlan, ApprovalPolicy, Diagnostic, Diagnostics, EVENT_KEYS,
+    ExecutionMode, Grants, Notifications, OnRestart, Plan, RetryPolicy, SourceFile, StagePlan,
+    TRIGGER_KEYS, Triggers,
 };
 use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
 use crate::sandbox::MAX_MEMORY_BYTES;
@@ -39,6 +40,8 @@ struct Validator<'a> {
     errors: Vec<Diagnostic>,
     artifacts: HashMap<String, Producer>,
     namespaces: HashMap<String, Producer>,
+    /// Validating `[notifications]`: `#{event.*}` is allowed.
+    in_notifications: bool,
 }
 
 pub(super) fn validate(
@@ -54,6 +57,7 @@ pub(super) fn validate(
         errors: Vec::new(),
         artifacts: HashMap::new(),
         namespaces: HashMap::new(),
+        in_notifications: false,
     };
     let plan = validator.pipeline(file);
     if validator.errors.is_empty() {
@@ -122,6 +126,7 @@ impl Validator<'_> {
             file: self.source.path.clone(),
             execution_mode,
             triggers: self.triggers(file),
+            notifications: self.notifications(file),
             max_executions: limit(&file.pipeline.max_executions, 20),
             queue_depth: limit(&file.pipeline.queue_depth, 10),
             variables: file
@@ -182,6 +187,22 @@ impl Validator<'_> {
             );
             self.error(&action.plugin, message);
         }
+    }
+
+    /// `[notifications]`: its action is validated like any other, without inputs
+    /// and with `#{event.*}` references allowed.
+    fn notifications(&mut self, file: &PipelineFile) -> Option<Notifications> {
+        let decl = file.notifications.as_ref()?;
+        if let Some(input) = decl.action.inputs.first() {
+            self.error(input, "a notification action takes no input artifacts");
+        }
+        self.in_notifications = true;
+        let action = self.action(file, "notifications", (0, 0), &decl.action);
+        self.in_notifications = false;
+        Some(Notifications {
+            events: decl.events.clone(),
+            action: action?,
+        })
     }
 
     /// `[triggers] poll`: the action must exist; its plugin's world is checked
@@ -461,6 +482,11 @@ impl Validator<'_> {
                 ),
                 "execution" if EXECUTION_KEYS.contains(&reference.key.as_str()) => continue,
                 "trigger" if TRIGGER_KEYS.contains(&reference.key.as_str()) => continue,
+                "event"
+                    if self.in_notifications && EVENT_KEYS.contains(&reference.key.as_str()) =>
+                {
+                    continue;
+                }
                 "trigger" => format!(
                     "`#{{{}}}` is not a trigger variable; use one of {TRIGGER_KEYS:?}",
                     reference.name()

@@ -88,6 +88,7 @@ pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
     resume_interrupted(&app)?;
     tokio::spawn(run_cron(app.clone()));
     tokio::spawn(run_polls(app.clone()));
+    tokio::spawn(run_notifications(app.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the real address (the port may have been 0).
     println!("listening on http://{}", listener.local_addr()?);
@@ -183,6 +184,47 @@ async fn run_polls(app: AppState) {
             next_due.insert(record.name.clone(), now + interval);
             if let Err(e) = poll_once(&app, &record, plan, &action).await {
                 tracing::warn!("poll of {}/{action}: {e:#}", record.name);
+            }
+        }
+    }
+}
+
+/// Hand stored events, in order, to each pipeline's `[notifications]` action.
+/// The cursor only moves past an event once it was delivered (or not wanted),
+/// so delivery is at least once, across restarts too.
+async fn run_notifications(app: AppState) {
+    let mut plans: HashMap<(String, i64), Option<Arc<Plan>>> = HashMap::new();
+    let mut backoff = std::time::Duration::from_millis(300);
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Ok(cursor) = app.state.notify_cursor() else {
+            continue;
+        };
+        let Ok(events) = app.state.events_after(cursor, 100) else {
+            continue;
+        };
+        backoff = std::time::Duration::from_millis(300);
+        for event in events {
+            let plan = match app.state.pipeline(&event.pipeline, None) {
+                Ok(Some(record)) => plans
+                    .entry((record.name.clone(), record.version))
+                    .or_insert_with(|| registered_plan(&app, &record).ok().map(Arc::new))
+                    .clone(),
+                _ => None,
+            };
+            let wanted = plan
+                .as_ref()
+                .and_then(|p| p.notifications.as_ref())
+                .is_some_and(|n| n.wants(&event.kind, &event.state));
+            if let (true, Some(plan)) = (wanted, plan)
+                && let Err(e) = app.executor.notify(plan, &event).await
+            {
+                tracing::warn!("notifying event {} failed, will retry: {e:#}", event.seq);
+                backoff = std::time::Duration::from_secs(2);
+                break;
+            }
+            if app.state.set_notify_cursor(event.seq).is_err() {
+                break;
             }
         }
     }
