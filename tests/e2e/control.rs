@@ -418,15 +418,23 @@ fn manual_approval_waits_for_an_approver_and_records_the_decision() {
 
     let rejected = f.start();
     let secret = f.approval_token(&rejected);
-    assert_eq!(
-        f.decide(
-            &operator,
-            &rejected,
-            json!({"decision": "reject", "token": secret, "comment": "not today"})
-        )
-        .0,
-        200
-    );
+    // The CLI's approve verb, against the server.
+    let url = format!("http://{}", f.server.addr);
+    let cli = f._workspace.sluice(&[
+        "--server",
+        &url,
+        "--token",
+        &operator,
+        "approve",
+        &rejected,
+        "sign-off",
+        "--approval-token",
+        &secret,
+        "--reject",
+        "--comment",
+        "not today",
+    ]);
+    assert!(cli.status.success(), "{}", crate::harness::text(&cli));
     let done = wait_for_end(&f.server, &f.admin, &rejected);
     assert_eq!(done["execution"]["status"], "Failed");
     assert!(

@@ -120,9 +120,9 @@ enum Command {
         execution: String,
         /// The approval action's name.
         action: String,
-        /// The approval's token (from `pipelines state`, or the run's output).
-        #[arg(long)]
-        token: String,
+        /// The approval's token (from `sluice pipelines state`, or the run's output).
+        #[arg(long = "approval-token", value_name = "TOKEN")]
+        approval_token: String,
         /// Reject instead of approving.
         #[arg(long)]
         reject: bool,
@@ -281,7 +281,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
         Command::Approve {
             execution,
             action,
-            token,
+            approval_token: token,
             reject,
             comment,
         } => {
@@ -354,10 +354,10 @@ fn dispatch_remote(
         Command::Approve {
             execution,
             action,
-            token,
+            approval_token,
             reject,
             comment,
-        } => client.approve(&execution, &action, &token, !reject, &comment),
+        } => client.approve(&execution, &action, &approval_token, !reject, &comment),
         Command::Stop {
             id,
             abandon,

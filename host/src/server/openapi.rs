@@ -18,6 +18,10 @@ fn operation(summary: &str, role: &str, ok: &str) -> Value {
     json!({ "summary": summary, "description": format!("Requires role {role}."), "responses": responses })
 }
 
+fn body_schema(properties: Value) -> Value {
+    json!({ "required": false, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": properties } } } })
+}
+
 fn path_param(name: &str) -> Value {
     json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } })
 }
@@ -63,6 +67,63 @@ pub async fn document() -> Json<Value> {
     start["parameters"] = json!([path_param("name")]);
     let mut version = operation("One version of a pipeline", "viewer", "200");
     version["parameters"] = json!([path_param("name"), path_param("version")]);
+    let mut stop = operation(
+        "Stop a running execution: finish (running actions end) or abandon",
+        "operator",
+        "202",
+    );
+    stop["parameters"] = json!([path_param("id")]);
+    stop["requestBody"] = body_schema(
+        json!({ "mode": { "type": "string", "enum": ["finish", "abandon"] }, "reason": { "type": "string" } }),
+    );
+    let mut retry = operation(
+        "Retry a failed stage of the latest execution (failed or all actions)",
+        "operator",
+        "202",
+    );
+    retry["parameters"] = json!([path_param("id"), path_param("stage")]);
+    retry["requestBody"] =
+        body_schema(json!({ "mode": { "type": "string", "enum": ["failed", "all"] } }));
+    let mut approve = operation(
+        "Approve or reject a manual approval (role per the approval's approvers)",
+        "operator",
+        "200",
+    );
+    approve["parameters"] = json!([path_param("id"), path_param("action")]);
+    approve["requestBody"] = body_schema(
+        json!({ "decision": { "type": "string", "enum": ["approve", "reject"] }, "token": { "type": "string" }, "comment": { "type": "string" } }),
+    );
+    let mut transition = operation(
+        "Enable or disable (with a reason) the transition into a stage",
+        "operator",
+        "200",
+    );
+    transition["parameters"] = json!([path_param("name"), path_param("stage")]);
+    transition["requestBody"] =
+        body_schema(json!({ "enabled": { "type": "boolean" }, "reason": { "type": "string" } }));
+    let mut state = operation(
+        "Per stage: transition, current execution, actions with progress and approval tokens",
+        "viewer",
+        "200",
+    );
+    state["parameters"] = json!([path_param("name")]);
+    let mut events = operation(
+        "Server-Sent Events of state changes; resume with Last-Event-ID or ?after=",
+        "viewer",
+        "200",
+    );
+    events["parameters"] = json!([
+        query_param("pipeline", "string"),
+        query_param("execution", "string"),
+        query_param("after", "integer")
+    ]);
+    let mut webhook = operation(
+        "GitHub-style push/pull_request delivery, authenticated by X-Hub-Signature-256 only",
+        "none (signature)",
+        "202",
+    );
+    webhook["parameters"] = json!([path_param("name")]);
+    webhook["security"] = json!([]);
     let mut execution = operation(
         "An execution: stages, actions with resolved configuration, artifacts, variables",
         "viewer",
@@ -79,7 +140,8 @@ pub async fn document() -> Json<Value> {
                     "error": { "type": "string" }, "field": { "type": "string" },
                     "diagnostics": { "type": "array", "items": { "type": "object" } } } },
                 "StartRequest": { "type": "object", "additionalProperties": false, "properties": {
-                    "variables": { "type": "object", "additionalProperties": { "type": "string" } } } }
+                    "variables": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "revision": { "type": "string" } } }
             }
         },
         "security": [{ "bearer": [] }],
@@ -91,7 +153,15 @@ pub async fn document() -> Json<Value> {
             "/api/v1/executions": { "get": list },
             "/api/v1/executions/{id}": { "get": execution },
             "/api/v1/executions/{id}/logs": { "get": logs },
-            "/api/v1/audit": { "get": audit }
+            "/api/v1/audit": { "get": audit },
+            "/api/v1/executions/{id}/stop": { "post": stop },
+            "/api/v1/executions/{id}/stages/{stage}/retry": { "post": retry },
+            "/api/v1/executions/{id}/approvals/{action}": { "post": approve },
+            "/api/v1/pipelines/{name}/stages/{stage}/transition": { "put": transition },
+            "/api/v1/pipelines/{name}/state": { "get": state },
+            "/api/v1/events": { "get": events },
+            "/api/v1/webhooks/{name}": { "post": webhook },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text/plain" } } } }
         }
     }))
 }
