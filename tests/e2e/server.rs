@@ -309,6 +309,24 @@ fn executions_start_run_and_are_queryable_with_clear_errors() {
     );
     assert_eq!(none["executions"], json!([]));
 
+    let metrics = raw_get(&server, "/metrics");
+    assert!(
+        metrics.contains("sluice_executions{status=\"Succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_action_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_queue_depth{pipeline=\"demo\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_plugin_instantiation_seconds_count 1"),
+        "{metrics}"
+    );
+
     let bad = |method: &str, path: &str, body: Option<&str>, field: &str, words: &str| {
         let (status, error) = server.call(method, path, Some(&admin), body);
         assert_eq!(status, 400, "{method} {path}: {error}");
@@ -367,20 +385,6 @@ fn executions_start_run_and_are_queryable_with_clear_errors() {
             .call("GET", "/api/v1/pipelines/demo", Some(&admin), None)
             .0,
         404
-    );
-
-    let metrics = raw_get(&server, "/metrics");
-    assert!(
-        metrics.contains("sluice_executions{status=\"Succeeded\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sluice_action_duration_seconds_count 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sluice_plugin_instantiation_seconds_count 1"),
-        "{metrics}"
     );
 
     let (status, openapi) = server.call("GET", "/openapi.json", None, None);

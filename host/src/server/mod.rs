@@ -106,6 +106,14 @@ async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
             "sluice_executions{{status=\"{status}\"}} {count}\n"
         ));
     }
+    out.push_str("# HELP sluice_queue_depth Executions waiting at stage boundaries, by pipeline.\n# TYPE sluice_queue_depth gauge\n");
+    for pipeline in app.state.pipelines().map_err(ApiError::internal)? {
+        let waiting = app.executor.gates().waiting(&pipeline.name);
+        out.push_str(&format!(
+            "sluice_queue_depth{{pipeline=\"{}\"}} {waiting}\n",
+            pipeline.name
+        ));
+    }
     app.action_durations.render(
         "sluice_action_duration_seconds",
         "Wall time of finished actions, retries included.",
