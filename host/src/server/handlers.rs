@@ -218,16 +218,7 @@ async fn start_execution(
         .executor
         .begin_triggered(plan, &request.variables, trigger)
         .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
-    let id = started.id().to_string();
-    app.state
-        .set_execution_version(&id, record.version)
-        .map_err(ApiError::internal)?;
-    let executor = app.executor.clone();
-    tokio::spawn(async move {
-        if let Err(e) = executor.complete(started).await {
-            tracing::error!("execution failed internally: {e:#}");
-        }
-    });
+    let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "pipeline": name, "version": record.version })),
@@ -566,16 +557,7 @@ async fn webhook(
         .executor
         .begin_triggered(plan, &BTreeMap::new(), delivery.variables())
         .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
-    let id = started.id().to_string();
-    app.state
-        .set_execution_version(&id, record.version)
-        .map_err(ApiError::internal)?;
-    let executor = app.executor.clone();
-    tokio::spawn(async move {
-        if let Err(e) = executor.complete(started).await {
-            tracing::error!("webhook execution failed internally: {e:#}");
-        }
-    });
+    let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "pipeline": name, "revision": delivery.revision })),
@@ -759,12 +741,7 @@ async fn retry_stage(
         .executor
         .reopen_for_retry(plan, &execution.id, &stage, all)
         .map_err(ApiError::internal)?;
-    let executor = app.executor.clone();
-    tokio::spawn(async move {
-        if let Err(e) = executor.complete(started).await {
-            tracing::error!("retried execution failed internally: {e:#}");
-        }
-    });
+    super::run_to_end(&app, started);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": execution.id, "stage": stage, "mode": request.mode })),

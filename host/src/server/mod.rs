@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::executor::{Executor, Reopened};
+use crate::executor::{Executor, Reopened, Started};
 use crate::metrics::Histogram;
 use crate::pipeline::Plan;
 use crate::plugin::Registry;
@@ -73,6 +73,25 @@ pub fn router(app: AppState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .with_state(app)
+}
+
+/// Record which pipeline version a begun execution runs, then run it to its end
+/// on its own task. Returns the execution id.
+pub(crate) fn launch(app: &AppState, started: Started, version: i64) -> anyhow::Result<String> {
+    let id = started.id().to_string();
+    app.state.set_execution_version(&id, version)?;
+    run_to_end(app, started);
+    Ok(id)
+}
+
+/// Run a begun (or reopened) execution to its end on its own task.
+pub(crate) fn run_to_end(app: &AppState, started: Started) {
+    let executor = app.executor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = executor.complete(started).await {
+            tracing::error!("execution failed internally: {e:#}");
+        }
+    });
 }
 
 /// Resume what a previous server process left InProgress, then serve until the
@@ -263,16 +282,9 @@ async fn poll_once(
     let started = app
         .executor
         .begin_triggered(plan, &Default::default(), trigger)?;
-    app.state
-        .set_execution_version(started.id(), record.version)?;
+    launch(app, started, record.version)?;
     app.state
         .set_poll_revision(&record.name, action, newest, now_ms())?;
-    let executor = app.executor.clone();
-    tokio::spawn(async move {
-        if let Err(e) = executor.complete(started).await {
-            tracing::error!("polled execution failed internally: {e:#}");
-        }
-    });
     Ok(())
 }
 
@@ -331,14 +343,7 @@ fn start_scheduled(
     let started = app
         .executor
         .begin_triggered(Arc::new(plan), &Default::default(), trigger)?;
-    app.state
-        .set_execution_version(started.id(), record.version)?;
-    let executor = app.executor.clone();
-    tokio::spawn(async move {
-        if let Err(e) = executor.complete(started).await {
-            tracing::error!("scheduled execution failed internally: {e:#}");
-        }
-    });
+    launch(app, started, record.version)?;
     Ok(())
 }
 
@@ -362,12 +367,7 @@ fn resume_interrupted(app: &AppState) -> anyhow::Result<()> {
                     "resuming execution {} of {}",
                     execution.id, execution.pipeline
                 );
-                let executor = app.executor.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = executor.complete(started).await {
-                        tracing::error!("resumed execution failed internally: {e:#}");
-                    }
-                });
+                run_to_end(app, started);
             }
             Ok(Reopened::Failed(reason)) => {
                 eprintln!("execution {} failed on restart: {reason}", execution.id)
