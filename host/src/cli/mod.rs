@@ -408,15 +408,7 @@ fn run(
         }
     };
     Executor::resolve_variables(&plan, &overrides)?;
-    let state = Arc::new(paths.state()?);
-    let executor = Executor::new(
-        Arc::new(Runtime::new()?),
-        ArtifactStore::open(&paths.data_dir.join("artifacts"))?,
-        state.clone(),
-        SecretSource::load(secrets_file)?,
-        paths.data_dir.join("work"),
-        report::live_printer(),
-    );
+    let (state, executor) = executor(paths, secrets_file, report::live_printer())?;
     let result = tokio_runtime()?.block_on(executor.run(plan, &overrides))?;
     report::summary(&state, &result.id)?;
     Ok(match result.status {
@@ -432,15 +424,7 @@ fn serve(
     secrets_file: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let action_durations = Arc::new(crate::metrics::Histogram::default());
-    let state = Arc::new(paths.state()?);
-    let executor = Executor::new(
-        Arc::new(Runtime::new()?),
-        ArtifactStore::open(&paths.data_dir.join("artifacts"))?,
-        state.clone(),
-        SecretSource::load(secrets_file)?,
-        paths.data_dir.join("work"),
-        metrics_sink(action_durations.clone()),
-    );
+    let (state, executor) = executor(paths, secrets_file, metrics_sink(action_durations.clone()))?;
     let root = pipelines_root
         .map(Ok)
         .unwrap_or_else(std::env::current_dir)?;
@@ -487,6 +471,24 @@ fn remove_scratch(dir: &Path) {
         }
     }
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// The state store and an executor over this data directory's stores.
+fn executor(
+    paths: &Paths,
+    secrets_file: Option<&Path>,
+    events: crate::executor::EventSink,
+) -> anyhow::Result<(Arc<StateStore>, Arc<Executor>)> {
+    let state = Arc::new(paths.state()?);
+    let executor = Executor::new(
+        Arc::new(Runtime::new()?),
+        ArtifactStore::open(&paths.data_dir.join("artifacts"))?,
+        state.clone(),
+        SecretSource::load(secrets_file)?,
+        paths.data_dir.join("work"),
+        events,
+    );
+    Ok((state, executor))
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
