@@ -4,6 +4,11 @@
 //! contents (paths, file bytes, executable bits and symlink targets). Ingesting an
 //! action's output renames its directory into the store, so no bytes are copied;
 //! later actions see the stored directory itself, preopened read-only.
+//!
+//! Before the rename, ingest makes sure that nothing stored can be changed or
+//! followed from outside: a file with more than one hard link (the guest may
+//! have linked a mount's file into its output) is replaced by a private copy,
+//! and a symlink whose target leaves the artifact is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +54,7 @@ impl ArtifactStore {
     /// Move `dir` into the store under its digest. `dir` must be on the same
     /// filesystem as the store (it is: both live in the data directory).
     pub fn ingest(&self, dir: &Path) -> anyhow::Result<ArtifactInfo> {
+        seal_tree(dir)?;
         let info = digest_tree(dir)?;
         let target = self.path_of(&info.digest);
         if target.exists() {
@@ -68,6 +74,63 @@ impl ArtifactStore {
             Err(e) => Err(e).with_context(|| format!("moving {} into the store", dir.display())),
         }
     }
+}
+
+/// Why a symlink at `path` (relative to an artifact's root) with `target` would
+/// reach outside the artifact, if it would.
+pub fn check_link(path: &Path, target: &Path) -> Result<(), String> {
+    use std::path::Component;
+    let refuse = |why: &str| {
+        Err(format!(
+            "symlink `{}` -> `{}` {why}; only links that stay inside the artifact are kept",
+            path.display(),
+            target.display()
+        ))
+    };
+    if target.is_absolute() {
+        return refuse("is absolute");
+    }
+    // Depth below the root of the directory holding the link, then walk the target.
+    let mut depth = path.components().count().saturating_sub(1) as i64;
+    for part in target.components() {
+        match part {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return refuse("is absolute"),
+        }
+        if depth < 0 {
+            return refuse("points outside the artifact");
+        }
+    }
+    Ok(())
+}
+
+/// Refuse escaping symlinks and give every multiply-linked file its own inode,
+/// so the stored tree cannot be reached through a link from outside.
+fn seal_tree(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.with_context(|| format!("reading artifact {}", dir.display()))?;
+        let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let kind = entry.file_type();
+        if kind.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            check_link(relative, &target).map_err(|why| anyhow::anyhow!(why))?;
+        } else if kind.is_file() && entry.metadata()?.nlink() > 1 {
+            break_hard_link(entry.path())
+                .with_context(|| format!("copying hard-linked `{}`", relative.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replace `path` by a copy of itself, leaving the other links' inode untouched.
+fn break_hard_link(path: &Path) -> anyhow::Result<()> {
+    let copy = path.with_file_name(format!(".sluice-copy-{}", uuid::Uuid::new_v4()));
+    std::fs::copy(path, &copy)?;
+    std::fs::rename(&copy, path)?;
+    Ok(())
 }
 
 /// Digest a directory tree: sorted entries of (path, kind, content hash).
@@ -107,10 +170,12 @@ pub fn digest_tree(dir: &Path) -> anyhow::Result<ArtifactInfo> {
     })
 }
 
+/// Streams the file: memory stays flat whatever its size.
 fn hash_file(path: &Path) -> anyhow::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     hasher
-        .update_mmap(path)
+        .update_reader(file)
         .with_context(|| format!("hashing {}", path.display()))?;
     Ok(hasher.finalize())
 }
@@ -184,6 +249,73 @@ mod tests {
         assert_eq!(da.digest, db.digest);
         assert_ne!(da.digest, dc.digest);
         assert_eq!((da.files, da.bytes), (2, 6));
+    }
+
+    #[test]
+    fn links_that_leave_the_artifact_are_refused() {
+        let ok = |p: &str, t: &str| check_link(Path::new(p), Path::new(t)).is_ok();
+        assert!(ok("node_modules/.bin/uvu", "../uvu/bin/uvu"));
+        assert!(ok("a", "b/c"));
+        assert!(ok("a/b/c", "../../x"));
+        assert!(!ok("a/b/c", "../../../x"));
+        assert!(!ok("a", "../a"));
+        assert!(!ok("a", "/etc/passwd"));
+        assert!(!ok("a/b", "c/../../../etc"));
+    }
+
+    #[test]
+    fn ingest_refuses_an_escaping_symlink_and_names_it() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(&temp.path().join("store")).unwrap();
+        let out = temp.path().join("out");
+        tree(&out, &[("bin/tool", "#!/bin/sh\n")]);
+        std::os::unix::fs::symlink("../../secret", out.join("bin/escape")).unwrap();
+        let error = format!("{:#}", store.ingest(&out).unwrap_err());
+        assert!(error.contains("bin/escape"), "{error}");
+        assert!(error.contains("outside the artifact"), "{error}");
+    }
+
+    #[test]
+    fn a_hard_linked_file_is_copied_so_the_original_stays_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let temp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(&temp.path().join("store")).unwrap();
+        let outside = temp.path().join("mount.txt");
+        std::fs::write(&outside, "original").unwrap();
+        let out = temp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::hard_link(&outside, out.join("linked.txt")).unwrap();
+        let info = store.ingest(&out).unwrap();
+        std::fs::write(&outside, "tampered").unwrap();
+        let stored = store.path_of(&info.digest).join("linked.txt");
+        assert_eq!(std::fs::read_to_string(stored).unwrap(), "original");
+        let mode = std::fs::metadata(&outside).unwrap().permissions().mode();
+        assert_ne!(
+            mode & 0o200,
+            0,
+            "ingest must not change the outside file's mode"
+        );
+    }
+
+    #[test]
+    fn modes_and_link_targets_change_the_digest() {
+        use std::os::unix::fs::PermissionsExt;
+        let temp = tempfile::tempdir().unwrap();
+        let (a, b) = (temp.path().join("a"), temp.path().join("b"));
+        tree(&a, &[("run.sh", "x")]);
+        tree(&b, &[("run.sh", "x")]);
+        std::fs::set_permissions(b.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_ne!(
+            digest_tree(&a).unwrap().digest,
+            digest_tree(&b).unwrap().digest
+        );
+        std::os::unix::fs::symlink("run.sh", a.join("l")).unwrap();
+        std::os::unix::fs::symlink("other", b.join("l")).unwrap();
+        std::fs::set_permissions(b.join("run.sh"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_ne!(
+            digest_tree(&a).unwrap().digest,
+            digest_tree(&b).unwrap().digest
+        );
     }
 
     #[test]

@@ -436,6 +436,7 @@ fn noop_spec(inputs: Vec<(String, PathBuf)>, workspace: &Path) -> SandboxSpec {
         secret_values: Default::default(),
         hosts: Vec::new(),
         commands: Vec::new(),
+        inherit_env: Vec::new(),
         limits: Limits::default(),
         log: LogSink::new(1 << 20, Arc::new(Masker::default()), None),
     }

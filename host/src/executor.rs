@@ -961,6 +961,7 @@ impl Executor {
             secret_values: self.secrets.granted(&action.grants.secrets),
             hosts: action.grants.hosts.clone(),
             commands: action.grants.commands.clone(),
+            inherit_env: action.grants.env.clone(),
             limits: action.limits,
             log: sandbox.log,
         }

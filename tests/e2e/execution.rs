@@ -192,9 +192,28 @@ fn base64_of(text: &str) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
+/// Host processes whose command line contains `marker` (zombies excluded).
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) && !stat.contains(") Z ") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 #[test]
 fn nothing_a_command_starts_outlives_its_action() {
     let workspace = Workspace::new();
+    // Both a plain background child and one in its own session (`setsid`),
+    // which escaped process-group kills before commands got a PID namespace.
     let output = workspace.run_pipeline(
         r#"
 [pipeline]
@@ -204,32 +223,20 @@ name = "Spawn"
 [[stages.actions]]
 name = "spawn"
 plugin = "command@0.1"
-config = { run = "sh -c 'sleep 300 & echo ::set-variable background=$!'" }
+config = { script = """
+sleep 300.4711 &
+setsid sleep 300.4712 > /dev/null 2>&1 &
+echo spawned
+""" }
 grants = { commands = ["sh"] }
 "#,
     );
     assert!(output.status.success(), "{}", text(&output));
-    let execution = workspace.latest_execution();
-    let variables = action(&execution, "spawn")["variables"].clone();
-    let pid = variables
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|pair| pair[0] == "background")
-        .and_then(|pair| pair[1].as_str())
-        .unwrap()
-        .to_string();
-    // SIGKILL is asynchronous: give the kernel a moment to reap it.
-    let alive = |pid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.contains(") Z "))
-            .unwrap_or(false)
-    };
     for _ in 0..50 {
-        if !alive(&pid) {
+        if processes_with("300.471").is_empty() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    panic!("background process {pid} outlived its action");
+    panic!("{:?} outlived the action", processes_with("300.471"));
 }

@@ -148,11 +148,16 @@ fn grant_beyond_the_plugin_manifest() {
 
 #[test]
 fn missing_and_unknown_config_keys() {
-    let missing = VALID.replace(
-        r#"config = { run = "sh -c 'echo #{variables.who} #{make.exit_code}'" }"#,
-        "config = {}",
-    );
-    rejected_at(&missing, 20, 8, "missing required config `run`");
+    let missing = VALID
+        .replace(
+            "plugin = \"command@0.1\"\ninputs = [\"stuff\"]",
+            "plugin = \"deploy-dir@0.1\"\ninputs = [\"stuff\"]",
+        )
+        .replace(
+            "config = { run = \"sh -c 'echo #{variables.who} #{make.exit_code}'\" }\ngrants = { commands = [\"sh\"] }",
+            "config = {}",
+        );
+    rejected_at(&missing, 20, 8, "missing required config `target`");
     let unknown = VALID.replace(
         r#"outputs = "stuff=out/**" }"#,
         r#"outputs = "stuff=out/**", colour = "red" }"#,

@@ -259,6 +259,8 @@ pub struct Grants {
     pub hosts: Vec<String>,
     /// Program names.
     pub commands: Vec<String>,
+    /// Host environment variables native commands inherit.
+    pub env: Vec<String>,
     /// Host directories, paths made absolute.
     pub mounts: Vec<Mount>,
 }

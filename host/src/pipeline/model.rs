@@ -168,6 +168,9 @@ pub struct GrantsDecl {
     /// Program names.
     #[serde(default)]
     pub commands: Vec<Spanned<String>>,
+    /// Host environment variables native commands inherit (`PATH`, ...).
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
     /// Host directories, by mount name.
     #[serde(default)]
     pub mounts: BTreeMap<String, Spanned<MountDecl>>,

@@ -583,13 +583,35 @@ impl Validator<'_> {
         {
             self.error(command, format!("grant of command `{}` exceeds the manifest of {id}, which allows commands: {:?}", command.get_ref(), caps.commands));
         }
+        self.check_env_grants(decl);
         let mounts = self.mounts(decl, manifest);
         let strings = |list: &[Spanned<String>]| list.iter().map(|s| s.get_ref().clone()).collect();
         Grants {
             secrets: strings(&decl.secrets),
             hosts: strings(&decl.hosts),
             commands: strings(&decl.commands),
+            env: strings(&decl.env),
             mounts,
+        }
+    }
+
+    /// `grants.env` names host variables for native commands: valid names, and
+    /// only where commands are granted (otherwise nothing would inherit them).
+    fn check_env_grants(&mut self, decl: &GrantsDecl) {
+        for name in &decl.env {
+            let text = name.get_ref();
+            let valid = text
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+            if text.is_empty() || !valid {
+                self.error(
+                    name,
+                    format!("grants.env: `{text}` is not an environment variable name"),
+                );
+            } else if decl.commands.is_empty() {
+                self.error(name, format!("grants.env: `{text}` is granted but no command is (grants.commands is empty)"));
+            }
         }
     }
 

@@ -75,6 +75,11 @@ impl FilesystemCapability {
         Self { preopens }
     }
 
+    /// The directories, as the guest sees them.
+    pub fn preopens(&self) -> &[Preopen] {
+        &self.preopens
+    }
+
     /// Add the preopens to a WASI context.
     pub fn install(&self, builder: &mut WasiCtxBuilder) -> anyhow::Result<()> {
         for preopen in &self.preopens {

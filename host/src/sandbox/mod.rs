@@ -5,10 +5,12 @@
 //! What the guest can reach is assembled from the action's grants by one module
 //! per capability, each with the same shape: a `*Capability` struct built
 //! `from_grant`, stored in [`SandboxState`], implementing the WIT host trait:
-//! [`filesystem`], [`log`], [`secrets`], [`process`], [`http`], [`limits`].
+//! [`filesystem`], [`files`], [`log`], [`secrets`], [`process`], [`http`], [`limits`].
 
+pub mod files;
 pub mod filesystem;
 pub mod http;
+pub mod launcher;
 pub mod limits;
 pub mod log;
 pub mod process;
@@ -28,11 +30,12 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use self::files::FilesCapability;
 use self::filesystem::{FilesystemCapability, Mount};
 use self::http::HttpCapability;
 use self::limits::{CpuBudget, EPOCH_TICK, LimitHit, Limits, MemoryLimiter};
 use self::log::{LogSink, LogStream};
-use self::process::ProcessCapability;
+use self::process::{ProcessCapability, ProcessGrant};
 use self::secrets::SecretsCapability;
 
 /// Host bindings generated from `wit/action.wit`.
@@ -93,6 +96,8 @@ pub struct SandboxSpec {
     pub hosts: Vec<String>,
     /// Granted program names.
     pub commands: Vec<String>,
+    /// Host environment variables native commands inherit.
+    pub inherit_env: Vec<String>,
     /// Resource limits.
     pub limits: Limits,
     /// Where logs go.
@@ -200,6 +205,7 @@ pub struct SandboxState {
     log: LogSink,
     secrets: SecretsCapability,
     process: ProcessCapability,
+    files: FilesCapability,
     denials: Denials,
     /// What `continuation.resume-later` asked for.
     continuation: Option<(String, u64)>,
@@ -459,10 +465,15 @@ impl Runtime {
             cpu: CpuBudget::new(spec.limits.cpu),
             secrets: SecretsCapability::from_grant(&spec.secret_names, spec.secret_values),
             process: ProcessCapability::from_grant(
-                &spec.commands,
+                ProcessGrant {
+                    commands: spec.commands,
+                    env: spec.inherit_env,
+                    network: !spec.hosts.is_empty(),
+                },
                 spec.workspace.clone(),
                 spec.limits.timeout,
             ),
+            files: FilesCapability::from_grant(filesystem.preopens().to_vec()),
             log: spec.log,
             denials,
             continuation: None,

@@ -3,7 +3,7 @@
 
 mod link;
 
-use sluice_sdk::{Context, Failure, Outcome, fs::copy_dir_all};
+use sluice_sdk::{Context, Failure, Outcome, fs::copy_tree};
 use std::fs;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,7 +30,8 @@ fn run(ctx: &Context) -> Result<Outcome, Failure> {
     let release = release_name(now_millis(), ctx.execution_id());
     let dir = root.join("releases").join(&release);
     ctx.progress(10, format!("copying `{input}` to releases/{release}"));
-    let stats = copy_dir_all(ctx.input_dir(input), &dir)
+    // Copied by the host: executable bits and inside symlinks survive.
+    let stats = copy_tree(ctx.input_dir(input), &dir, &[])
         .map_err(|e| Failure::job(format!("copying into {}: {e}", dir.display())))?;
 
     ctx.progress(80, "switching current");

@@ -1,6 +1,6 @@
 //! `dir-source`: snapshot `/mnt/<path>` into the first output artifact.
 
-use sluice_sdk::{Context, Failure, Outcome, fs::copy_dir_all};
+use sluice_sdk::{Context, Failure, Outcome, fs::copy_tree};
 use std::path::{Component, Path};
 
 fn run(ctx: &Context) -> Result<Outcome, Failure> {
@@ -22,13 +22,12 @@ fn run(ctx: &Context) -> Result<Outcome, Failure> {
             src.display()
         )));
     }
-    let stats = copy_dir_all(&src, ctx.output_dir(output))?;
-    if stats.symlinks_skipped > 0 {
-        ctx.warn(format!("skipped {} symlink(s)", stats.symlinks_skipped));
-    }
+    // The host copies: executable bits and symlinks inside the tree survive; a
+    // symlink leaving it fails the snapshot with its path.
+    let stats = copy_tree(&src, ctx.output_dir(output), &[]).map_err(Failure::job)?;
     Ok(Outcome::new(format!(
-        "snapshot of {path}: {} file(s), {} byte(s) into `{output}`",
-        stats.files, stats.bytes
+        "snapshot of {path}: {} file(s), {} byte(s), {} symlink(s) into `{output}`",
+        stats.files, stats.bytes, stats.symlinks
     ))
     .variable("files", stats.files)
     .variable("bytes", stats.bytes))

@@ -31,8 +31,12 @@ fn run(ctx: &Context) -> Result<Outcome, Failure> {
         .to_string();
     let _ = std::fs::remove_dir_all(ctx.workspace().join("checkout/.git"));
     ctx.progress(70, "copying the tree");
-    let stats =
-        sluice_sdk::fs::copy_dir_all(ctx.workspace().join("checkout"), ctx.output_dir(output))?;
+    let stats = sluice_sdk::fs::copy_tree(
+        ctx.workspace().join("checkout"),
+        ctx.output_dir(output),
+        &[],
+    )
+    .map_err(Failure::job)?;
     Ok(
         Outcome::new(format!("{branch} at {head}: {} file(s)", stats.files))
             .variable("revision", &head)

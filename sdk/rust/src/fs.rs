@@ -1,8 +1,55 @@
 //! Filesystem helpers for moving artifacts around the sandbox.
+//!
+//! Prefer [`copy_tree`]: the host copies, so executable bits and symlinks
+//! survive (WASI has no mode bits, so a copy made inside the guest loses them).
 
 use std::fs;
 use std::io;
 use std::path::Path;
+
+use crate::bindings::sluice::action::files;
+
+/// What [`copy_tree`] copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Regular files copied.
+    pub files: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Symlinks recreated as links.
+    pub symlinks: u64,
+}
+
+/// Copy the tree at `source` into `destination` on the host, keeping
+/// executable bits and symlinks that stay inside `source` (a symlink leaving it
+/// is an error naming it). Both are guest paths such as `/in/src`,
+/// `/workspace/build` or `/out/site`. `include` globs (relative to `source`;
+/// `*` stays in one segment, `**` crosses them) select files; empty selects all.
+///
+/// ```no_run
+/// # fn demo(ctx: &sluice_sdk::Context) -> Result<(), String> {
+/// // Stage an input into the workspace, then collect the build's binaries.
+/// sluice_sdk::fs::copy_tree(ctx.input_dir("source"), ctx.workspace(), &[])?;
+/// sluice_sdk::fs::copy_tree(ctx.workspace(), ctx.output_dir("bin"), &["target/release/app"])?;
+/// # Ok(()) }
+/// ```
+pub fn copy_tree(
+    source: impl AsRef<Path>,
+    destination: impl AsRef<Path>,
+    include: &[&str],
+) -> Result<TreeStats, String> {
+    let include: Vec<String> = include.iter().map(|s| s.to_string()).collect();
+    let stats = files::copy_tree(
+        &source.as_ref().to_string_lossy(),
+        &destination.as_ref().to_string_lossy(),
+        &include,
+    )?;
+    Ok(TreeStats {
+        files: stats.files,
+        bytes: stats.bytes,
+        symlinks: stats.symlinks,
+    })
+}
 
 /// What [`copy_dir_all`] copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -15,8 +62,10 @@ pub struct CopyStats {
     pub symlinks_skipped: u64,
 }
 
-/// Recursively copy the contents of `src` into `dst`, creating `dst` and merging
-/// with whatever is already there (existing files are overwritten).
+/// Recursively copy the contents of `src` into `dst` inside the guest, creating
+/// `dst` and merging with whatever is already there (existing files are
+/// overwritten). Executable bits are lost and symlinks skipped: use
+/// [`copy_tree`] unless the plugin must also run where `files` is missing.
 pub fn copy_dir_all(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> io::Result<CopyStats> {
     let mut stats = CopyStats::default();
     copy_into(src.as_ref(), dst.as_ref(), &mut stats)?;

@@ -1,0 +1,336 @@
+//! The native-command launcher: `sluice __sandbox-exec`, run by the process
+//! capability for every native command.
+//!
+//! It runs as a fresh, single-threaded process (so that everything between
+//! `fork` and `exec` is safe), reads its [`LaunchSpec`] from stdin, and then:
+//!
+//! 1. dies with the host (`PR_SET_PDEATHSIG`), so `kill -9` of `sluice` takes
+//!    every command with it;
+//! 2. enters new PID and mount namespaces (and a network namespace with only
+//!    loopback unless the action was granted network), and forks an init that
+//!    is PID 1 there. When that init ends, the kernel kills everything left in
+//!    the namespace, `setsid` daemons included, so nothing outlives the action
+//!    and no orphan holds the output pipes open;
+//! 3. mounts a fresh `/proc` (the command sees only its own processes, never
+//!    the host's `environ`), sets resource limits, and execs the command.
+//!
+//! Exit status: the command's code, `128 + signal` when it was killed, and
+//! [`SETUP_FAILED`] with a message on stderr when the sandbox could not be set up.
+
+use std::ffi::CString;
+use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The hidden first argument that turns `sluice` into the launcher.
+pub const LAUNCHER_ARG: &str = "__sandbox-exec";
+
+/// Exit code of a launcher whose sandbox setup failed.
+pub const SETUP_FAILED: i32 = 125;
+
+/// What to run and how to confine it; sent on the launcher's stdin so that
+/// secret environment values never appear in a command line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// The resolved program.
+    pub program: PathBuf,
+    /// `argv[0]`: the name the command was asked for.
+    pub argv0: String,
+    /// Arguments after `argv[0]`.
+    pub args: Vec<String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// The whole environment of the command.
+    pub env: Vec<(String, String)>,
+    /// The host's pid: the launcher refuses to run if its parent already died.
+    pub host_pid: u32,
+    /// No network namespace of its own (the action was granted hosts or network).
+    pub share_network: bool,
+    /// Most processes (RLIMIT_NPROC).
+    pub max_processes: u64,
+    /// Most open files (RLIMIT_NOFILE).
+    pub max_open_files: u64,
+    /// Most address space in bytes (RLIMIT_AS), if limited.
+    pub max_address_space: Option<u64>,
+}
+
+/// Entry point of `sluice __sandbox-exec`; never returns.
+pub fn main() -> ! {
+    let code = match prepare() {
+        Ok(spec) => run(&spec),
+        Err(message) => {
+            eprintln!("sluice sandbox: {message}");
+            SETUP_FAILED
+        }
+    };
+    std::process::exit(code)
+}
+
+fn prepare() -> Result<LaunchSpec, String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading the launch spec: {e}"))?;
+    let spec: LaunchSpec =
+        serde_json::from_str(&text).map_err(|e| format!("bad launch spec: {e}"))?;
+    // The host died between spawning us and now: run nothing.
+    if std::os::unix::process::parent_id() != spec.host_pid {
+        return Err("the host is gone".into());
+    }
+    redirect_stdin_to_null()?;
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS;
+    if !spec.share_network {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid != 0 {
+        // Without root, a user namespace grants the right to make the others.
+        flags |= libc::CLONE_NEWUSER;
+    }
+    // SAFETY: unshare with plain flags; affects this process (and its children for NEWPID).
+    check(
+        unsafe { libc::unshare(flags) },
+        "unshare(pid, mount, net namespaces)",
+    )?;
+    if uid != 0 {
+        map_own_ids(uid, gid)?;
+    }
+    Ok(spec)
+}
+
+/// Inside a new user namespace, stay the same user (and nobody else).
+fn map_own_ids(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text).map_err(|e| format!("writing {file}: {e}"))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1"))
+}
+
+/// Fork the namespace's init and relay its exit status.
+fn run(spec: &LaunchSpec) -> i32 {
+    // SAFETY: this process is single-threaded (a fresh exec of the binary).
+    match unsafe { libc::fork() } {
+        -1 => fail("fork"),
+        0 => std::process::exit(init(spec)),
+        child => wait_for(child),
+    }
+}
+
+/// PID 1 of the namespace: set it up, fork the command, reap everything, and
+/// exit with the command's status (which kills whatever is left).
+fn init(spec: &LaunchSpec) -> i32 {
+    if let Err(message) = set_up_namespace(spec) {
+        eprintln!("sluice sandbox: {message}");
+        return SETUP_FAILED;
+    }
+    // SAFETY: still single-threaded.
+    let command = match unsafe { libc::fork() } {
+        -1 => return fail("fork"),
+        0 => exec_command(spec),
+        pid => pid,
+    };
+    reap_until(command)
+}
+
+fn set_up_namespace(spec: &LaunchSpec) -> Result<(), String> {
+    // SAFETY: prctl with constant arguments.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) },
+        "prctl(PR_SET_PDEATHSIG)",
+    )?;
+    // Mounts made here must not propagate back to the host.
+    mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE)?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )?;
+    if !spec.share_network {
+        bring_up_loopback()?;
+    }
+    set_limits(spec);
+    Ok(())
+}
+
+fn exec_command(spec: &LaunchSpec) -> ! {
+    // SAFETY: setsid in the child; a new session keeps the terminal's signals away.
+    unsafe {
+        libc::setsid();
+    }
+    let error = exec(spec);
+    eprintln!("sluice sandbox: {error}");
+    std::process::exit(127)
+}
+
+fn exec(spec: &LaunchSpec) -> String {
+    if let Err(e) = std::env::set_current_dir(&spec.cwd) {
+        return format!("cd {}: {e}", spec.cwd.display());
+    }
+    let program = match CString::new(spec.program.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(_) => return "program path has a NUL byte".into(),
+    };
+    let argv: Vec<CString> = std::iter::once(spec.argv0.clone())
+        .chain(spec.args.iter().cloned())
+        .filter_map(|a| CString::new(a).ok())
+        .collect();
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    let argv_ptrs = null_terminated(&argv);
+    let envp_ptrs = null_terminated(&envp);
+    // SAFETY: NUL-terminated arrays of valid C strings that outlive the call.
+    unsafe {
+        libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+    }
+    format!(
+        "exec {}: {}",
+        spec.program.display(),
+        std::io::Error::last_os_error()
+    )
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Reap every child until `command` exits; return its status as an exit code.
+fn reap_until(command: libc::pid_t) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on any child with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == command {
+            return exit_code(status);
+        }
+        if pid == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return SETUP_FAILED;
+        }
+    }
+}
+
+fn wait_for(child: libc::pid_t) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let pid = unsafe { libc::waitpid(child, &mut status, 0) };
+        if pid == child {
+            return exit_code(status);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return SETUP_FAILED;
+        }
+    }
+}
+
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        SETUP_FAILED
+    }
+}
+
+fn set_limits(spec: &LaunchSpec) {
+    let limit = |resource, value: u64| {
+        let rlimit = libc::rlimit {
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
+        };
+        // SAFETY: setrlimit with a valid pointer; failure leaves the inherited limit.
+        unsafe { libc::setrlimit(resource, &rlimit) };
+    };
+    limit(libc::RLIMIT_CORE, 0);
+    limit(libc::RLIMIT_FSIZE, 8 << 30);
+    limit(libc::RLIMIT_NOFILE, spec.max_open_files);
+    limit(libc::RLIMIT_NPROC, spec.max_processes);
+    if let Some(bytes) = spec.max_address_space {
+        limit(libc::RLIMIT_AS, bytes);
+    }
+}
+
+fn redirect_stdin_to_null() -> Result<(), String> {
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: dup2 of a valid descriptor onto stdin.
+    check(unsafe { libc::dup2(null.as_raw_fd(), 0) }, "dup2(stdin)")
+}
+
+fn mount(
+    source: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+) -> Result<(), String> {
+    let c = |s: &str| CString::new(s).map_err(|_| format!("NUL in `{s}`"));
+    let source = source.map(c).transpose()?;
+    let fstype = fstype.map(c).transpose()?;
+    let target_c = c(target)?;
+    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: valid C strings (or null where mount(2) allows it).
+    let result = unsafe {
+        libc::mount(
+            ptr(&source),
+            target_c.as_ptr(),
+            ptr(&fstype),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    check(result, &format!("mount {target}"))
+}
+
+/// A new network namespace starts with `lo` down; tests that serve on
+/// 127.0.0.1 need it up.
+fn bring_up_loopback() -> Result<(), String> {
+    // SAFETY: a datagram socket only used for the interface ioctls below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(socket, "socket")?;
+    // SAFETY: an all-zero ifreq is valid; the name is copied within bounds.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS on a valid socket with a valid ifreq.
+    let result = unsafe {
+        if libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) < 0 {
+            -1
+        } else {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(socket, libc::SIOCSIFFLAGS, &request)
+        }
+    };
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(socket) };
+    check(result, "bringing up loopback")
+}
+
+fn check(result: libc::c_int, what: &str) -> Result<(), String> {
+    if result < 0 {
+        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+fn fail(what: &str) -> i32 {
+    eprintln!(
+        "sluice sandbox: {what}: {}",
+        std::io::Error::last_os_error()
+    );
+    SETUP_FAILED
+}
