@@ -10,5 +10,6 @@ mod http;
 mod languages;
 mod plugins;
 mod server;
+mod supervision;
 mod triggers;
 mod validation;

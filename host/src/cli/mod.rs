@@ -409,12 +409,47 @@ fn run(
     };
     Executor::resolve_variables(&plan, &overrides)?;
     let (state, executor) = executor(paths, secrets_file, report::live_printer())?;
-    let result = tokio_runtime()?.block_on(executor.run(plan, &overrides))?;
+    let runtime = tokio_runtime()?;
+    let result = runtime.block_on(run_until_interrupted(&executor, plan, &overrides))?;
     report::summary(&state, &result.id)?;
     Ok(match result.status {
         Status::Succeeded => ExitCode::SUCCESS,
+        Status::Stopped => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
+}
+
+/// Run an execution to its end. The first Ctrl-C (or SIGTERM) stops it:
+/// running actions are abandoned, which kills their native commands, and the
+/// execution is recorded as Stopped. A second one exits at once.
+async fn run_until_interrupted(
+    executor: &Arc<Executor>,
+    plan: Arc<crate::pipeline::Plan>,
+    overrides: &BTreeMap<String, String>,
+) -> anyhow::Result<crate::executor::ExecutionResult> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let started = executor.begin(plan, overrides)?;
+    let id = started.id().to_string();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let run = executor.complete(started);
+    tokio::pin!(run);
+    let mut stopping = false;
+    loop {
+        let signal_name = tokio::select! {
+            result = &mut run => return result,
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        if stopping {
+            eprintln!("■ {signal_name} again: exiting without waiting");
+            std::process::exit(130);
+        }
+        stopping = true;
+        eprintln!("■ {signal_name}: stopping execution {id} (press Ctrl-C again to exit at once)");
+        let reason = format!("interrupted by {signal_name}");
+        executor.stop(&id, crate::executor::StopMode::Abandon, &reason)?;
+    }
 }
 
 fn serve(

@@ -1,0 +1,284 @@
+//! Native commands under supervision: faithful artifacts between actions,
+//! Ctrl-C on `sluice run`, `kill -9` of `sluice serve`, and what a sandboxed
+//! command can see.
+
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::execution::processes_with;
+
+/// Host `sleep` processes whose arguments contain `marker` (the shell that
+/// started them has it in its command line too, so it is left out).
+fn sleeps(marker: &str) -> usize {
+    processes_with(marker)
+        .iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.starts_with(b"sleep\0")
+        })
+        .count()
+}
+use crate::harness::{Workspace, action, text};
+use crate::server::{Server, token, wait_for_end};
+
+/// Poll `done` for up to `seconds`.
+fn eventually(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+const BUILD_TEST_DEPLOY: &str = r#"
+[pipeline]
+name = "faithful"
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+outputs = ["app"]
+config = { script = """
+mkdir -p bin lib
+printf '#!/bin/sh\necho hello from tool\n' > bin/tool
+chmod 755 bin/tool
+ln -s ../bin/tool lib/tool-link
+""", outputs = "app=bin/**,app=lib/**" }
+grants = { commands = ["sh"] }
+
+[[stages]]
+name = "Test"
+[[stages.actions]]
+name = "test"
+plugin = "command@0.1"
+inputs = ["app"]
+config = { script = "./bin/tool && ./lib/tool-link" }
+grants = { commands = ["sh"] }
+
+[[stages]]
+name = "Deploy"
+[[stages.actions]]
+name = "deploy"
+plugin = "deploy-dir@0.1"
+inputs = ["app"]
+config = { target = "site" }
+grants = { mounts = { site = { host = "deploy", mode = "rw" } } }
+"#;
+
+#[test]
+fn executables_and_inside_symlinks_survive_from_build_to_deploy() {
+    let workspace = Workspace::new();
+    std::fs::create_dir_all(workspace.path("deploy")).unwrap();
+    let output = workspace.run_pipeline(BUILD_TEST_DEPLOY);
+    assert!(output.status.success(), "{}", text(&output));
+    let logs = workspace.latest_logs();
+    assert_eq!(logs.matches("process hello from tool").count(), 2, "{logs}");
+    let current = workspace.path("deploy/current");
+    let mode = std::fs::metadata(current.join("bin/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o111,
+        0o111,
+        "deployed tool lost its executable bit: {mode:o}"
+    );
+    let link = std::fs::read_link(current.join("lib/tool-link")).unwrap();
+    assert_eq!(link, std::path::Path::new("../bin/tool"));
+    // Running the deployed file works too.
+    let ran = Command::new(current.join("lib/tool-link"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello from tool\n");
+}
+
+#[test]
+fn an_output_with_an_escaping_symlink_is_refused_with_its_path() {
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(
+        r#"
+[pipeline]
+name = "escaping"
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+outputs = ["app"]
+config = { script = "mkdir -p dist && echo ok > dist/index.html && ln -s ../../../etc/passwd dist/passwd", outputs = "app=dist/**" }
+grants = { commands = ["sh"] }
+"#,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let error = action(&workspace.latest_execution(), "build")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("dist/passwd") && error.contains("points outside"),
+        "{error}"
+    );
+    assert!(!text(&output).contains("root:x:0:0"));
+}
+
+const LONG_COMMAND: &str = r#"
+[pipeline]
+name = "long"
+[[stages]]
+name = "Work"
+[[stages.actions]]
+name = "work"
+plugin = "command@0.1"
+config = { script = "sleep MARKER & sleep MARKER; echo finished" }
+grants = { commands = ["sh"] }
+"#;
+
+#[test]
+fn ctrl_c_stops_the_run_records_stopped_and_leaves_no_process() {
+    let workspace = Workspace::new();
+    workspace.write("pipeline.toml", &LONG_COMMAND.replace("MARKER", "300.5521"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(workspace.dir.path())
+        .arg("--data-dir")
+        .arg(workspace.path(".sluice"))
+        .arg("--plugins")
+        .arg(workspace.registry())
+        .args(["run", "pipeline.toml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(60, || sleeps("300.5521") == 2),
+        "the command never started"
+    );
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("SIGINT: stopping execution"), "{stderr}");
+    assert!(
+        eventually(5, || processes_with("300.5521").is_empty()),
+        "left behind: {:?}",
+        processes_with("300.5521")
+    );
+    let execution = workspace.latest_execution();
+    assert_eq!(execution["execution"]["status"], "Stopped", "{execution:#}");
+    assert_eq!(action(&execution, "work")["status"], "Abandoned");
+    let id = execution["execution"]["id"].as_str().unwrap();
+    assert!(!workspace.path(&format!(".sluice/work/{id}")).exists());
+}
+
+#[test]
+fn a_killed_server_never_runs_two_copies_of_an_action() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let mut server = Server::start(&workspace);
+    let pipeline = LONG_COMMAND.replace("MARKER", "3.5531");
+    let put = server.call(
+        "PUT",
+        "/api/v1/pipelines/long",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(put.0, 201, "{:?}", put.1);
+    let (_, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/long/executions",
+        Some(&admin),
+        None,
+    );
+    let id = started["id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(60, || sleeps("3.5531") > 0),
+        "the command never started"
+    );
+    server.kill9();
+    // The command dies with its host: nothing is left for a restart to race.
+    assert!(
+        eventually(5, || processes_with("3.5531").is_empty()),
+        "survived kill -9 of the server: {:?}",
+        processes_with("3.5531")
+    );
+    let server = Server::start(&workspace);
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Each copy of the action runs two sleeps; two copies would show four.
+        most = most.max(sleeps("3.5531"));
+        let (_, body) = server.call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(&admin),
+            None,
+        );
+        if body["execution"]["status"] != "InProgress" || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        most <= 2,
+        "{most} sleeps alive at once: two copies overlapped"
+    );
+    let done = wait_for_end(&server, &admin, &id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+}
+
+#[test]
+fn a_granted_shell_sees_no_host_process_no_host_environment_and_no_host_port() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_SECRET_NEVER_GRANTED", "sealed-value-5531");
+    let output = workspace.run_pipeline(&format!(
+        r#"
+[pipeline]
+name = "peek"
+[[stages]]
+name = "Peek"
+[[stages.actions]]
+name = "peek"
+plugin = "command@0.1"
+config = {{ script = """
+echo processes=$(ls /proc | grep -c '^[0-9]')
+cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep SLUICE || echo no-sluice-env
+(echo hi > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo CONNECTED || echo REFUSED
+""", shell = "bash" }}
+grants = {{ commands = ["bash"] }}
+"#
+    ));
+    assert!(output.status.success(), "{}", text(&output));
+    let logs = workspace.latest_logs();
+    assert!(!logs.contains("sealed-value-5531"), "{logs}");
+    let processes: usize = logs
+        .lines()
+        .find_map(|l| l.split("processes=").nth(1)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no process count in {logs}"));
+    assert!(
+        processes <= 6,
+        "the command saw {processes} processes:\n{logs}"
+    );
+    assert!(
+        logs.contains("process REFUSED") && !logs.contains("process CONNECTED"),
+        "{logs}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the command reached a host port"
+    );
+}
