@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod languages;
 mod plugins;
+mod projects;
 mod server;
 mod supervision;
 mod triggers;

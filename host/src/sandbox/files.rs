@@ -220,6 +220,9 @@ impl TreeCopy {
         rustix::fs::fchmod(&target, target_mode).map_err(|e| io_error(path, e))?;
         let bytes = std::io::copy(&mut &source, &mut &target)
             .map_err(|e| format!("copying `{}`: {e}", path.display()))?;
+        // Build tools (cargo, make) decide what is fresh by modification time:
+        // a copy that looked new would rebuild everything on every run.
+        keep_times(&source, &target).map_err(|e| io_error(path, e))?;
         self.stats.files += 1;
         self.stats.bytes += bytes;
         Ok(())
@@ -238,6 +241,19 @@ impl TreeCopy {
         self.stats.symlinks += 1;
         Ok(())
     }
+}
+
+fn keep_times(source: &File, target: &File) -> Result<(), Errno> {
+    let stat = rustix::fs::fstat(source)?;
+    let time = |sec, nsec| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: time(stat.st_atime, stat.st_atime_nsec as _),
+        last_modification: time(stat.st_mtime, stat.st_mtime_nsec as _),
+    };
+    rustix::fs::futimens(target, &times)
 }
 
 fn io_error(path: &Path, error: Errno) -> String {

@@ -1,0 +1,102 @@
+//! Real project pipelines, as a new user would write them from the README:
+//! an npm package whose `npm ci` action hands `node_modules` (with its `.bin`
+//! symlinks) to an `npm test` action, and a Rust crate built with `cargo test`.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{Workspace, action, text};
+
+/// Run a host command for the test's own setup; it must succeed.
+fn setup(dir: &Path, program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .env("HOME", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (the test needs it on PATH)"));
+    assert!(output.status.success(), "{program} {args:?}: {output:?}");
+}
+
+/// A Node project depending on a tiny local package that ships a `.bin` tool,
+/// as a tarball in `vendor/` (no registry needed), with its lock file.
+fn node_project(workspace: &Workspace) {
+    workspace.write(
+        "tool/package.json",
+        r#"{"name":"tiny-check","version":"1.0.0","bin":{"tiny-check":"bin/cli.js"}}"#,
+    );
+    workspace.write(
+        "tool/bin/cli.js",
+        "#!/usr/bin/env node\nconsole.log('tiny-check ok: ' + process.argv.slice(2).join(' '));\n",
+    );
+    std::fs::create_dir_all(workspace.path("app/vendor")).unwrap();
+    setup(
+        &workspace.path("tool"),
+        "npm",
+        &["pack", "--silent", "--pack-destination", "../app/vendor"],
+    );
+    workspace.write(
+        "app/package.json",
+        r#"{"name":"app","version":"1.0.0","scripts":{"test":"tiny-check all good"},
+            "devDependencies":{"tiny-check":"file:vendor/tiny-check-1.0.0.tgz"}}"#,
+    );
+    setup(
+        &workspace.path("app"),
+        "npm",
+        &[
+            "install",
+            "--package-lock-only",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+        ],
+    );
+}
+
+const NODE_PIPELINE: &str = r#"
+[pipeline]
+name = "node-app"
+
+[[stages]]
+name = "Source"
+[[stages.actions]]
+name = "checkout"
+plugin = "dir-source@0.1"
+outputs = ["source"]
+config = { path = "app" }
+grants = { mounts = { app = { host = "app", mode = "ro" } } }
+
+[[stages]]
+name = "Install"
+[[stages.actions]]
+name = "install"
+plugin = "command@0.1"
+inputs = ["source"]
+outputs = ["deps"]
+config = { run = "npm ci --offline --no-audit --no-fund", outputs = "deps=node_modules/**" }
+grants = { commands = ["npm"], env = ["PATH"] }
+
+[[stages]]
+name = "Test"
+[[stages.actions]]
+name = "test"
+plugin = "command@0.1"
+inputs = ["source", "deps"]
+config = { run = "npm test" }
+grants = { commands = ["npm"], env = ["PATH"] }
+"#;
+
+#[test]
+fn npm_ci_hands_node_modules_bin_tools_to_npm_test() {
+    let workspace = Workspace::new();
+    node_project(&workspace);
+    let output = workspace.run_pipeline(NODE_PIPELINE);
+    assert!(output.status.success(), "{}", text(&output));
+    let logs = workspace.latest_logs();
+    assert!(logs.contains("tiny-check ok: all good"), "{logs}");
+    let install = action(&workspace.latest_execution(), "install").clone();
+    assert!(
+        install["summary"].as_str().unwrap().contains("collected"),
+        "{install:#}"
+    );
+}
