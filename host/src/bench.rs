@@ -437,6 +437,7 @@ fn noop_spec(inputs: Vec<(String, PathBuf)>, workspace: &Path) -> SandboxSpec {
         hosts: Vec::new(),
         commands: Vec::new(),
         inherit_env: Vec::new(),
+        toolchains: Vec::new(),
         limits: Limits::default(),
         log: LogSink::new(1 << 20, Arc::new(Masker::default()), None),
     }

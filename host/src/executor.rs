@@ -962,6 +962,7 @@ impl Executor {
             hosts: action.grants.hosts.clone(),
             commands: action.grants.commands.clone(),
             inherit_env: action.grants.env.clone(),
+            toolchains: action.grants.toolchains.clone(),
             limits: action.limits,
             log: sandbox.log,
         }

@@ -282,3 +282,56 @@ grants = {{ commands = ["bash"] }}
         "the command reached a host port"
     );
 }
+
+#[test]
+fn a_granted_shell_cannot_read_secrets_state_or_a_parallel_actions_workspace() {
+    let workspace = Workspace::new();
+    let data = workspace.path(".sluice");
+    let outside = workspace.path("outside.txt");
+    let output = workspace.run_pipeline(&format!(
+        r#"
+[pipeline]
+name = "confined"
+[[stages]]
+name = "Both"
+[[stages.actions]]
+name = "victim"
+plugin = "command@0.1"
+config = {{ script = "echo victim-data-8841 > secret.txt; sleep 3" }}
+grants = {{ commands = ["sh"] }}
+[[stages.actions]]
+name = "peek"
+plugin = "command@0.1"
+config = {{ script = """
+sleep 1
+try() {{ if "$@" > /dev/null 2>&1; then echo "ALLOWED: $*"; else echo "denied: $*"; fi; }}
+try cat /etc/shadow
+try cat {data}/state.db
+try ls {data}/work
+try find {data}/work -name secret.txt
+try ls /root
+try sh -c 'echo escaped > {outside}'
+try sh -c 'echo fine > own-file.txt'
+cat {data}/work/*/*/workspace/secret.txt 2>/dev/null || true
+""" }}
+grants = {{ commands = ["sh"] }}
+"#,
+        data = data.display(),
+        outside = outside.display(),
+    ));
+    assert!(output.status.success(), "{}", text(&output));
+    let logs = workspace.latest_logs();
+    let allowed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("process ALLOWED"))
+        .collect();
+    assert_eq!(
+        allowed.len(),
+        1,
+        "only its own workspace is writable:\n{logs}"
+    );
+    assert!(allowed[0].contains("own-file.txt"), "{logs}");
+    assert_eq!(logs.matches("process denied:").count(), 6, "{logs}");
+    assert!(!logs.contains("process victim-data-8841"), "{logs}");
+    assert!(!outside.exists());
+}

@@ -236,7 +236,7 @@ plugin = "git-source@0.1"
 outputs = ["source"]
 namespace = "src"
 config = {{ repo = "{repo}", branch = "main", revision = "#{{trigger.revision}}" }}
-grants = {{ commands = ["git"] }}
+grants = {{ commands = ["git"], toolchains = ["{repo}"] }}
 [[stages]]
 name = "Build"
 [[stages.actions]]

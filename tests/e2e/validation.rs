@@ -127,16 +127,23 @@ fn dangling_variable_references() {
 
 #[test]
 fn grant_beyond_the_plugin_manifest() {
-    let grant = VALID.replacen(
-        r#"grants = { commands = ["sh"] }"#,
-        r#"grants = { commands = ["sh"], hosts = ["example.com"] }"#,
-        1,
-    );
+    // dir-source's manifest allows no hosts (command's allows any, narrowed here).
+    let grant = VALID
+        .replacen(
+            r#"plugin = "command@0.1""#,
+            r#"plugin = "dir-source@0.1""#,
+            1,
+        )
+        .replacen(
+            r#"grants = { commands = ["sh"] }"#,
+            r#"grants = { commands = ["sh"], hosts = ["example.com"] }"#,
+            1,
+        );
     rejected_at(
         &grant,
         15,
         40,
-        "grant of outbound HTTP to `example.com` exceeds the manifest of command@0.1.0",
+        "grant of outbound HTTP to `example.com` exceeds the manifest of dir-source@0.1.0",
     );
     let mount = VALID.replacen(
         r#"grants = { commands = ["sh"] }"#,

@@ -261,6 +261,8 @@ pub struct Grants {
     pub commands: Vec<String>,
     /// Host environment variables native commands inherit.
     pub env: Vec<String>,
+    /// Absolute host directories native commands may read and execute.
+    pub toolchains: Vec<PathBuf>,
     /// Host directories, paths made absolute.
     pub mounts: Vec<Mount>,
 }

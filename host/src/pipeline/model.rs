@@ -171,6 +171,9 @@ pub struct GrantsDecl {
     /// Host environment variables native commands inherit (`PATH`, ...).
     #[serde(default)]
     pub env: Vec<Spanned<String>>,
+    /// Host directories native commands may read and run programs from.
+    #[serde(default)]
+    pub toolchains: Vec<Spanned<String>>,
     /// Host directories, by mount name.
     #[serde(default)]
     pub mounts: BTreeMap<String, Spanned<MountDecl>>,

@@ -2,7 +2,7 @@
 //! with its location instead of stopping at the first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -591,6 +591,11 @@ impl Validator<'_> {
             hosts: strings(&decl.hosts),
             commands: strings(&decl.commands),
             env: strings(&decl.env),
+            toolchains: decl
+                .toolchains
+                .iter()
+                .map(|t| PathBuf::from(t.get_ref()))
+                .collect(),
             mounts,
         }
     }
@@ -611,6 +616,28 @@ impl Validator<'_> {
                 );
             } else if decl.commands.is_empty() {
                 self.error(name, format!("grants.env: `{text}` is granted but no command is (grants.commands is empty)"));
+            }
+        }
+        for dir in &decl.toolchains {
+            let path = Path::new(dir.get_ref());
+            if !path.is_absolute() {
+                self.error(
+                    dir,
+                    format!(
+                        "grants.toolchains: `{}` must be an absolute host path",
+                        dir.get_ref()
+                    ),
+                );
+            } else if !path.is_dir() {
+                self.error(
+                    dir,
+                    format!(
+                        "grants.toolchains: `{}` is not a directory on this host",
+                        dir.get_ref()
+                    ),
+                );
+            } else if decl.commands.is_empty() {
+                self.error(dir, format!("grants.toolchains: `{}` is granted but no command is (grants.commands is empty)", dir.get_ref()));
             }
         }
     }

@@ -12,7 +12,13 @@
 //!    the namespace, `setsid` daemons included, so nothing outlives the action
 //!    and no orphan holds the output pipes open;
 //! 3. mounts a fresh `/proc` (the command sees only its own processes, never
-//!    the host's `environ`), sets resource limits, and execs the command.
+//!    the host's `environ`), sets resource limits;
+//! 4. confines the filesystem with Landlock: read-write only the workspace,
+//!    outputs, caches and read-write mounts; read-only the inputs, read-only
+//!    mounts, granted toolchain directories and the system's (`/usr`, `/lib`,
+//!    a few files of `/etc`...); nothing else (not the data directory, the
+//!    state database, other actions' directories, `/root` or `/etc/shadow`);
+//! 5. execs the command.
 //!
 //! Exit status: the command's code, `128 + signal` when it was killed, and
 //! [`SETUP_FAILED`] with a message on stderr when the sandbox could not be set up.
@@ -54,7 +60,55 @@ pub struct LaunchSpec {
     pub max_open_files: u64,
     /// Most address space in bytes (RLIMIT_AS), if limited.
     pub max_address_space: Option<u64>,
+    /// Directories (or files) the command may read and execute.
+    pub read_only: Vec<PathBuf>,
+    /// Directories the command may read, write and execute in.
+    pub read_write: Vec<PathBuf>,
+    /// False only when the host is configured with `SLUICE_NATIVE_SANDBOX=off`:
+    /// no namespaces and no Landlock, just limits and death with the host.
+    pub sandboxed: bool,
 }
+
+/// What every command may read: the system's programs, libraries and the few
+/// configuration files they need (never all of `/etc`: `/etc/shadow` lives there).
+const SYSTEM_READ_ONLY: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/resolv.conf",
+    "/etc/gai.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+    "/etc/os-release",
+    "/etc/debian_version",
+    "/etc/login.defs",
+    "/proc",
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup",
+    "/dev/urandom",
+    "/dev/random",
+];
+
+/// Device files every command may write.
+const SYSTEM_READ_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
 
 /// Entry point of `sluice __sandbox-exec`; never returns.
 pub fn main() -> ! {
@@ -80,6 +134,9 @@ fn prepare() -> Result<LaunchSpec, String> {
         return Err("the host is gone".into());
     }
     redirect_stdin_to_null()?;
+    if !spec.sandboxed {
+        return Ok(spec);
+    }
     let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS;
     if !spec.share_network {
         flags |= libc::CLONE_NEWNET;
@@ -143,6 +200,10 @@ fn set_up_namespace(spec: &LaunchSpec) -> Result<(), String> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) },
         "prctl(PR_SET_PDEATHSIG)",
     )?;
+    set_limits(spec);
+    if !spec.sandboxed {
+        return Ok(());
+    }
     // Mounts made here must not propagate back to the host.
     mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE)?;
     mount(
@@ -154,7 +215,42 @@ fn set_up_namespace(spec: &LaunchSpec) -> Result<(), String> {
     if !spec.share_network {
         bring_up_loopback()?;
     }
-    set_limits(spec);
+    confine_filesystem(spec)
+}
+
+/// Landlock: everything not granted here is denied, whatever the file modes
+/// say (it holds for root too). Mounts must be done before: a restricted
+/// process can no longer change its mounts.
+fn confine_filesystem(spec: &LaunchSpec) -> Result<(), String> {
+    use landlock::{
+        ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+        path_beneath_rules,
+    };
+    let abi = ABI::V5;
+    let read = AccessFs::from_read(abi);
+    let all = AccessFs::from_all(abi);
+    let read_only = SYSTEM_READ_ONLY
+        .iter()
+        .map(PathBuf::from)
+        .chain(spec.read_only.iter().cloned());
+    let read_write = SYSTEM_READ_WRITE
+        .iter()
+        .map(PathBuf::from)
+        .chain(spec.read_write.iter().cloned());
+    let status = Ruleset::default()
+        .handle_access(all)
+        .and_then(|r| r.create())
+        .and_then(|r| r.add_rules(path_beneath_rules(read_only, read)))
+        .and_then(|r| r.add_rules(path_beneath_rules(read_write, all)))
+        .and_then(|r| r.restrict_self())
+        .map_err(|e| format!("Landlock: {e}"))?;
+    if status.ruleset == RulesetStatus::NotEnforced {
+        return Err(
+            "Landlock is not available on this kernel; native commands are refused \
+             (set SLUICE_NATIVE_SANDBOX=off to run them unconfined, at your own risk)"
+                .into(),
+        );
+    }
     Ok(())
 }
 

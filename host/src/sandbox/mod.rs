@@ -98,6 +98,8 @@ pub struct SandboxSpec {
     pub commands: Vec<String>,
     /// Host environment variables native commands inherit.
     pub inherit_env: Vec<String>,
+    /// Host directories native commands may read and execute (toolchains).
+    pub toolchains: Vec<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
     /// Where logs go.
@@ -469,6 +471,10 @@ impl Runtime {
                     commands: spec.commands,
                     env: spec.inherit_env,
                     network: !spec.hosts.is_empty(),
+                    read_only: readable(filesystem.preopens(), false)
+                        .chain(spec.toolchains)
+                        .collect(),
+                    read_write: readable(filesystem.preopens(), true).collect(),
                 },
                 spec.workspace.clone(),
                 spec.limits.timeout,
@@ -479,6 +485,17 @@ impl Runtime {
             continuation: None,
         })
     }
+}
+
+/// The host directories of the preopens that are (or are not) writable.
+fn readable(
+    preopens: &[filesystem::Preopen],
+    writable: bool,
+) -> impl Iterator<Item = PathBuf> + '_ {
+    preopens
+        .iter()
+        .filter(move |p| p.writable == writable)
+        .map(|p| p.host.clone())
 }
 
 /// The largest linear memory any action may have (its `limits.memory` is capped here).

@@ -51,6 +51,11 @@ pub struct ProcessGrant {
     /// Whether the action was granted network (hosts): commands then share the
     /// host's network; otherwise they only have their own loopback.
     pub network: bool,
+    /// What commands may read (and execute): inputs, read-only mounts and the
+    /// toolchain directories of `grants.toolchains`.
+    pub read_only: Vec<PathBuf>,
+    /// Where commands may also write: workspace, outputs, caches, read-write mounts.
+    pub read_write: Vec<PathBuf>,
 }
 
 /// What one action may run, and where.
@@ -95,11 +100,13 @@ impl ProcessCapability {
         }
         let resolved = resolve_on_host(program)
             .ok_or_else(|| format!("program `{program}` was not found on the host's PATH"))?;
+        // Same name *and* same file: multi-call binaries (rustup's proxies,
+        // busybox) pick their behaviour from the name they are run by.
         let granted = self
             .grant
             .commands
             .iter()
-            .filter(|g| !is_workspace_path(g))
+            .filter(|g| !is_workspace_path(g) && file_name(g) == file_name(program))
             .filter_map(|g| resolve_on_host(g))
             .any(|g| g == resolved);
         if granted {
@@ -163,6 +170,16 @@ impl ProcessCapability {
         unique.reverse();
         unique
     }
+}
+
+fn file_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
+}
+
+/// Whether native commands run in the sandbox: only `SLUICE_NATIVE_SANDBOX=off`
+/// on the host turns it off, and then every command says so in its log.
+fn native_sandbox_enabled() -> bool {
+    !std::env::var("SLUICE_NATIVE_SANDBOX").is_ok_and(|v| v.trim().eq_ignore_ascii_case("off"))
 }
 
 /// Whether the dynamic loader or libc would load code because of `name`.
@@ -238,6 +255,13 @@ impl Host for SandboxState {
             0 => self.process.default_timeout,
             ms => Duration::from_millis(ms),
         };
+        let sandboxed = native_sandbox_enabled();
+        if !sandboxed {
+            self.log.line(
+                LogStream::Host,
+                "warning: the native sandbox is OFF (SLUICE_NATIVE_SANDBOX=off): this command runs unconfined as the host user",
+            );
+        }
         let spec = LaunchSpec {
             program,
             argv0: command.program.clone(),
@@ -249,6 +273,9 @@ impl Host for SandboxState {
             max_processes: 4096,
             max_open_files: 4096,
             max_address_space: None,
+            read_only: self.process.grant.read_only.clone(),
+            read_write: self.process.grant.read_write.clone(),
+            sandboxed,
         };
         Ok(spawn_and_capture(spec, timeout, self.log.clone()).await)
     }
@@ -409,7 +436,7 @@ mod tests {
         let grant = ProcessGrant {
             commands: commands.iter().map(|c| c.to_string()).collect(),
             env: vec!["PATH".into(), "LD_LIBRARY_PATH".into()],
-            network: false,
+            ..ProcessGrant::default()
         };
         ProcessCapability::from_grant(grant, workspace.to_path_buf(), Duration::from_secs(1))
     }
@@ -420,11 +447,23 @@ mod tests {
         let cap = capability(&["sh"], temp.path());
         assert!(cap.resolve_allowed("sh", temp.path()).is_ok());
         let sh = resolve_on_host("sh").unwrap();
-        assert!(
-            cap.resolve_allowed(sh.to_str().unwrap(), temp.path())
-                .is_ok()
-        );
+        assert!(cap.resolve_allowed("/bin/sh", temp.path()).is_ok());
+        // The file `sh` links to, by its own name, was not granted.
+        if sh.file_name().unwrap() != "sh" {
+            assert!(
+                cap.resolve_allowed(sh.to_str().unwrap(), temp.path())
+                    .is_err()
+            );
+        }
         assert!(cap.resolve_allowed("true", temp.path()).is_err());
+        // Another name for the same file is not the granted program.
+        let dash = temp.path().join("bin");
+        std::fs::create_dir_all(&dash).unwrap();
+        std::os::unix::fs::symlink(&sh, dash.join("other-name")).unwrap();
+        assert!(
+            cap.resolve_allowed(dash.join("other-name").to_str().unwrap(), temp.path())
+                .is_err()
+        );
         // A link the guest made in its workspace, named like a granted program.
         std::os::unix::fs::symlink(resolve_on_host("true").unwrap(), temp.path().join("sh"))
             .unwrap();
@@ -456,9 +495,8 @@ mod tests {
     fn environment_starts_empty_and_drops_loader_variables() {
         let temp = tempfile::tempdir().unwrap();
         let grant = ProcessGrant {
-            commands: vec![],
             env: vec!["PATH".into()],
-            network: false,
+            ..ProcessGrant::default()
         };
         let cap = ProcessCapability::from_grant(grant, temp.path().into(), Duration::from_secs(1));
         let env = cap.environment(vec![
