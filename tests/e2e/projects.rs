@@ -100,3 +100,74 @@ fn npm_ci_hands_node_modules_bin_tools_to_npm_test() {
         "{install:#}"
     );
 }
+
+/// A small library crate with a unit test, as `cargo new --lib` would make it.
+fn rust_crate(workspace: &Workspace) {
+    workspace.write(
+        "crate/Cargo.toml",
+        "[package]\nname = \"tiny-math\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n",
+    );
+    workspace.write(
+        "crate/src/lib.rs",
+        "pub fn add(a: u64, b: u64) -> u64 { a + b }\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn adds() { assert_eq!(super::add(2, 2), 4); }\n}\n",
+    );
+}
+
+/// Where rustup keeps its toolchains on this host (`$RUSTUP_HOME`, or `~/.rustup`).
+fn rustup_home() -> String {
+    std::env::var("RUSTUP_HOME")
+        .unwrap_or_else(|_| format!("{}/.rustup", std::env::var("HOME").unwrap()))
+}
+
+/// The directory holding the `cargo` found on PATH (rustup's proxies).
+fn cargo_home() -> String {
+    std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()))
+}
+
+fn rust_pipeline(cache: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "rust-crate"
+{cache}
+[[stages]]
+name = "Source"
+[[stages.actions]]
+name = "checkout"
+plugin = "dir-source@0.1"
+outputs = ["source"]
+config = {{ path = "crate" }}
+grants = {{ mounts = {{ crate = {{ host = "crate", mode = "ro" }} }} }}
+
+[[stages]]
+name = "Test"
+[[stages.actions]]
+name = "test"
+plugin = "command@0.1"
+inputs = ["source"]
+config = {{ run = "cargo test --color never", env = "RUSTUP_HOME={rustup}CARGO_ENV" }}
+grants = {{ commands = ["cargo"], env = ["PATH"], toolchains = ["{cargo}", "{rustup}"]CACHE_GRANT }}
+"#,
+        rustup = rustup_home(),
+        cargo = cargo_home(),
+    )
+}
+
+#[test]
+fn cargo_test_runs_a_real_crate_with_only_documented_grants() {
+    let workspace = Workspace::new();
+    rust_crate(&workspace);
+    let pipeline = rust_pipeline("")
+        .replace("CARGO_ENV", "")
+        .replace("CACHE_GRANT", "");
+    let output = workspace.run_pipeline(&pipeline);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        text(&output),
+        workspace.latest_logs()
+    );
+    let logs = workspace.latest_logs();
+    assert!(logs.contains("test tests::adds ... ok"), "{logs}");
+}
