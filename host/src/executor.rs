@@ -466,6 +466,11 @@ impl Executor {
         Ok(ExecutionResult { id, status, error })
     }
 
+    /// How many executions this process is running now.
+    pub fn running_executions(&self) -> usize {
+        lock(&self.running).len()
+    }
+
     /// The stage gates (execution modes and disabled transitions).
     pub fn gates(&self) -> &StageGates {
         &self.gates

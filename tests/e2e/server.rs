@@ -83,6 +83,13 @@ impl Server {
         (status, json)
     }
 
+    /// Send `signal` and wait for the server to exit; its exit code.
+    pub(crate) fn signal_and_wait(&mut self, signal: i32) -> Option<i32> {
+        // SAFETY: signalling the server process this test started.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().unwrap().code()
+    }
+
     pub(crate) fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

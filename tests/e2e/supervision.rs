@@ -335,3 +335,42 @@ grants = {{ commands = ["sh"] }}
     assert!(!logs.contains("process victim-data-8841"), "{logs}");
     assert!(!outside.exists());
 }
+
+#[test]
+fn sigterm_drains_running_executions_before_the_server_exits() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let mut server = Server::start(&workspace);
+    let pipeline = LONG_COMMAND.replace("MARKER", "2.5541");
+    let put = server.call(
+        "PUT",
+        "/api/v1/pipelines/long",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(put.0, 201, "{:?}", put.1);
+    let (_, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/long/executions",
+        Some(&admin),
+        None,
+    );
+    let id = started["id"].as_str().unwrap().to_string();
+    assert!(
+        eventually(60, || sleeps("2.5541") > 0),
+        "the command never started"
+    );
+    assert_eq!(server.signal_and_wait(libc::SIGTERM), Some(0));
+    let server = Server::start(&workspace);
+    let (_, body) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{id}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(
+        body["execution"]["status"], "Succeeded",
+        "drained, not resumed: {body:#}"
+    );
+    assert_eq!(action(&body, "work")["attempts"], 1, "{body:#}");
+}

@@ -94,6 +94,10 @@ enum Command {
         /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
         #[arg(long, value_name = "FILE")]
         secrets: Option<PathBuf>,
+        /// On SIGTERM or Ctrl-C, how long running executions may finish before
+        /// the server exits; what is left is resumed at the next start.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
     },
     /// Registered pipelines on a server (needs --server).
     #[command(subcommand)]
@@ -277,7 +281,14 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             listen,
             pipelines_root,
             secrets,
-        } => serve(paths, listen, pipelines_root, secrets.as_deref()),
+            drain_timeout,
+        } => serve(
+            paths,
+            listen,
+            pipelines_root,
+            secrets.as_deref(),
+            drain_timeout,
+        ),
         Command::Approve {
             execution,
             action,
@@ -457,6 +468,7 @@ fn serve(
     listen: std::net::SocketAddr,
     pipelines_root: Option<PathBuf>,
     secrets_file: Option<&Path>,
+    drain_timeout: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
     let action_durations = Arc::new(crate::metrics::Histogram::default());
     let (state, executor) = executor(paths, secrets_file, metrics_sink(action_durations.clone()))?;
@@ -465,7 +477,7 @@ fn serve(
         .unwrap_or_else(std::env::current_dir)?;
     let app =
         crate::server::AppState::new(state, paths.registry()?, executor, root, action_durations);
-    tokio_runtime()?.block_on(crate::server::serve(app, listen))?;
+    tokio_runtime()?.block_on(crate::server::serve(app, listen, drain_timeout))?;
     Ok(ExitCode::SUCCESS)
 }
 

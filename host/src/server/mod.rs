@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -96,7 +97,7 @@ pub(crate) fn run_to_end(app: &AppState, started: Started) {
 
 /// Resume what a previous server process left InProgress, then serve until the
 /// process is stopped.
-pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(app: AppState, listen: SocketAddr, drain: Duration) -> anyhow::Result<()> {
     for (pipeline, stage, reason) in app.state.disabled_transitions()? {
         let gate = app
             .executor
@@ -111,8 +112,51 @@ pub async fn serve(app: AppState, listen: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the real address (the port may have been 0).
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(app)).await?;
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    let signal = termination_signal().await?;
+    let _ = stop_accepting.send(());
+    drain_executions(&app, signal, drain).await;
+    // Open streams (SSE) would hold a graceful shutdown forever: stop here.
+    server.abort();
     Ok(())
+}
+
+/// Wait for SIGTERM or SIGINT; returns its name.
+async fn termination_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+/// Let running executions finish for up to `drain`. What is still running
+/// after that stays InProgress in the state store and is resumed by the next
+/// start; its native commands die with this process.
+async fn drain_executions(app: &AppState, signal: &str, drain: Duration) {
+    let running = app.executor.running_executions();
+    tracing::warn!(
+        "{signal}: no longer accepting requests; waiting up to {} for {running} running execution(s)",
+        humantime::format_duration(drain)
+    );
+    let drained = tokio::time::timeout(drain, async {
+        while app.executor.running_executions() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} execution(s) still running after the drain timeout; they resume at the next start",
+            app.executor.running_executions()
+        );
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
