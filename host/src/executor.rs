@@ -162,6 +162,8 @@ struct ExecutionContext {
     variables: BTreeMap<String, String>,
     namespaces: Mutex<HashMap<String, BTreeMap<String, String>>>,
     artifacts: Mutex<HashMap<String, ArtifactInfo>>,
+    /// Outputs a failed attempt left, by action (see `keep_failed_outputs`).
+    failed_outputs: Mutex<HashMap<String, Vec<OutputRecord>>>,
     /// Set once someone asks the execution to stop.
     stop: tokio::sync::watch::Sender<Option<StopRequest>>,
 }
@@ -306,6 +308,7 @@ impl Executor {
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
+            failed_outputs: Mutex::new(HashMap::new()),
             stop: tokio::sync::watch::Sender::new(None),
         });
         self.record(&context, "pipeline", &context.plan.name, "STARTED", "");
@@ -357,6 +360,7 @@ impl Executor {
             variables,
             namespaces: Mutex::new(HashMap::new()),
             artifacts: Mutex::new(HashMap::new()),
+            failed_outputs: Mutex::new(HashMap::new()),
             stop: tokio::sync::watch::Sender::new(None),
         };
         for record in &records {
@@ -1125,11 +1129,36 @@ impl Executor {
             Ok(outcome) => self
                 .ingest(context, &outputs)
                 .map(|records| (outcome, records)),
-            Err(error) => Err(AttemptError::Action(error)),
+            Err(error) => {
+                self.keep_failed_outputs(context, action, &error, &outputs);
+                Err(AttemptError::Action(error))
+            }
         };
         std::fs::remove_dir_all(&work).ok();
         stored.map_err(|e| AttemptError::Host(format!("storing logs: {e:#}")))?;
         ingested
+    }
+
+    /// A plugin that failed on purpose may still have left outputs (a test
+    /// run's reports, with `collect-on-failure`): store the non-empty ones and
+    /// record them with the failed action, so they can be downloaded.
+    fn keep_failed_outputs(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        error: &ActionError,
+        outputs: &[(String, PathBuf)],
+    ) {
+        if !matches!(error, ActionError::Plugin { .. }) {
+            return;
+        }
+        let filled: Vec<(String, PathBuf)> = outputs
+            .iter()
+            .filter(|(_, dir)| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()))
+            .cloned()
+            .collect();
+        let records = self.ingest(context, &filled).unwrap_or_default();
+        lock(&context.failed_outputs).insert(action.name.clone(), records);
     }
 
     fn progress_hook(&self, context: &ExecutionContext, action: &ActionPlan) -> ProgressHook {
@@ -1219,7 +1248,9 @@ impl Executor {
                 None,
                 Some(error),
                 Vec::new(),
-                Vec::new(),
+                lock(&context.failed_outputs)
+                    .remove(&action.name)
+                    .unwrap_or_default(),
             ),
         };
         let end = ActionEnd {
@@ -1265,6 +1296,7 @@ fn side_context(plan: &Arc<Plan>, id: String, kind: &str) -> anyhow::Result<Exec
         trigger: BTreeMap::from([("kind".to_string(), kind.to_string())]),
         namespaces: Mutex::new(HashMap::new()),
         artifacts: Mutex::new(HashMap::new()),
+        failed_outputs: Mutex::new(HashMap::new()),
         stop: tokio::sync::watch::Sender::new(None),
     })
 }

@@ -374,3 +374,37 @@ fn sigterm_drains_running_executions_before_the_server_exits() {
     );
     assert_eq!(action(&body, "work")["attempts"], 1, "{body:#}");
 }
+
+#[test]
+fn collect_on_failure_keeps_the_failing_tests_reports_with_the_failed_action() {
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(
+        r#"
+[pipeline]
+name = "reports"
+[[stages]]
+name = "Test"
+[[stages.actions]]
+name = "test"
+plugin = "command@0.1"
+outputs = ["reports"]
+config = { script = """
+mkdir -p reports
+echo '<testsuite tests="1" failures="1"><testcase name="adds"><failure/></testcase></testsuite>' > reports/junit.xml
+exit 3
+""", outputs = "reports=reports/*.xml", collect-on-failure = true }
+grants = { commands = ["sh"] }
+"#,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let test = action(&workspace.latest_execution(), "test").clone();
+    assert_eq!(test["status"], "Failed");
+    assert!(
+        test["error"].as_str().unwrap().contains("exited with 3"),
+        "{test:#}"
+    );
+    let outputs = test["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 1, "{test:#}");
+    assert_eq!(outputs[0]["name"], "reports");
+    assert_eq!(outputs[0]["files"], 1);
+}
