@@ -1,5 +1,12 @@
 // Driver for try.sh: node run.mjs <transpiled>/<name>.js <invocation json> [/guest=/host ...]
-import { _setPreopens } from '@bytecodealliance/preview2-shim/filesystem';
+import { _setPreopens, types } from '@bytecodealliance/preview2-shim/filesystem';
+
+// wasi-libc (Rust std, CPython) asks for mutate-directory when it opens files;
+// Node's shim refuses that flag, the Sluice host does not. Drop it here.
+const openAt = types.Descriptor.prototype.openAt;
+types.Descriptor.prototype.openAt = function (pathFlags, path, openFlags, descriptorFlags) {
+  return openAt.call(this, pathFlags, path, openFlags, { ...descriptorFlags, mutateDirectory: false });
+};
 
 const [mod, inv, ...pre] = process.argv.slice(2);
 const preopens = {};

@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod languages;
 mod plugins;
+mod scaffolds;
 mod server;
 mod triggers;
 mod validation;

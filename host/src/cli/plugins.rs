@@ -34,7 +34,9 @@ pub enum PluginCommand {
         /// Directory to create [default: ./<name>].
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The Sluice SDK directory (holding rust/, python/, js/) [default: this build's].
+        /// Depend on this Sluice `sdk/` directory (holding rust/, python/, js/) by a
+        /// relative path [default: the enclosing Sluice checkout's, else a copy
+        /// vendored into <dir>/vendor/sluice].
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -104,8 +106,7 @@ fn new(
     sdk: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_dir);
-    for file in crate::scaffold::scaffold(name, language, &dir, &sdk)? {
+    for file in crate::scaffold::scaffold(name, language, &dir, sdk.as_deref())? {
         println!("created {}", file.display());
     }
     println!(

@@ -165,7 +165,9 @@ class Context:
         """Write `text` to `path` (UTF-8), creating its parent directories."""
         parent = os.path.dirname(path)
         try:
-            if parent:
+            # Only below what exists: /out and /in themselves are not visible
+            # (each artifact is its own preopen), so makedirs cannot climb there.
+            if parent and not os.path.isdir(parent):
                 os.makedirs(parent, exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
