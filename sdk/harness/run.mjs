@@ -23,7 +23,13 @@ try {
   console.error(`try.sh: the invocation is not JSON: ${e.message}`);
   process.exit(2);
 }
-const m = await import(new URL(mod, `file://${process.cwd()}/`).href);
+let m;
+try {
+  m = await import(new URL(mod, `file://${process.cwd()}/`).href);
+} catch (e) {
+  console.log('TRAP', `the component did not load: ${e instanceof Error ? e.stack : e}`);
+  process.exit(2);
+}
 const base = {
   pipeline: 'p', stage: 's', action: 'a', executionId: 'exec-1', attempt: 1,
   config: [], inputs: [], outputs: [], mounts: [], continuation: undefined,

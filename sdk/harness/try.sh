@@ -38,16 +38,24 @@ trap 'rm -rf "$work"' EXIT
 cp "$here/host.js" "$here/run.mjs" "$work/"
 echo '{"type":"module"}' > "$work/package.json"
 
-# Map every sluice:action interface the component imports to its stand-in; an
-# interface host.js does not know is an error naming it, not a silent gap.
+# Map every sluice:action interface the component imports to its stand-in in
+# host.js. An interface host.js does not know gets a stub whose every function
+# fails naming it, and a warning, so the component still loads.
 imports="$(node "$jco" wit "$wasm" 2>/dev/null | sed -n 's/^[[:space:]]*import sluice:action\/\([a-z-]*\)@\([0-9.]*\);.*/\1@\2/p' | sort -u)" \
   || die "jco cannot read $wasm; is it a component?"
 known=" log secrets process continuation types "
 maps=()
+: > "$work/stubs.js"
 for i in $imports; do
   iface="${i%@*}"
-  [[ "$known" == *" $iface "* ]] || die "the component imports sluice:action/$i, which sdk/harness/host.js has no stand-in for"
-  maps+=(--map "sluice:action/$i=../host.js#$iface")
+  if [[ "$known" == *" $iface "* ]]; then
+    maps+=(--map "sluice:action/$i=../host.js#$iface")
+  else
+    echo "sdk/harness/try.sh: warning: no stand-in for sluice:action/$i; calling it fails" >&2
+    export_name="$(echo "$iface" | sed -E 's/-([a-z])/\U\1/g')"
+    echo "export const $export_name = new Proxy({}, { get: (_, f) => () => { throw new Error(\`try.sh has no stand-in for sluice:action/$i \${String(f)}\`); } });" >> "$work/stubs.js"
+    maps+=(--map "sluice:action/$i=../stubs.js#$export_name")
+  fi
 done
 (cd "$work" && node "$jco" transpile "$wasm" -o "$name" "${maps[@]}" >/dev/null) || die "jco transpile failed"
 shift

@@ -106,8 +106,20 @@ fn new(
     sdk: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    for file in crate::scaffold::scaffold(name, language, &dir, sdk.as_deref())? {
+    let vendor = dir.join(crate::scaffold::VENDOR_DIR);
+    let (vendored, own): (Vec<_>, Vec<_>) =
+        crate::scaffold::scaffold(name, language, &dir, sdk.as_deref())?
+            .into_iter()
+            .partition(|f| f.starts_with(&vendor));
+    for file in own {
         println!("created {}", file.display());
+    }
+    if !vendored.is_empty() {
+        println!(
+            "vendored the SDK ({} files) into {}",
+            vendored.len(),
+            vendor.display()
+        );
     }
     println!(
         "next: {}/build.sh && sluice plugin install {}/dist/{name}",
