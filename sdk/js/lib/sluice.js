@@ -13,7 +13,7 @@
 //
 // `run` returns an Outcome (or a plain summary string) or throws a Failure;
 // `action` turns that into the contract's result. Any other exception traps the
-// action, and the host shows its message.
+// action; its message goes to the action's stderr.
 //
 // componentize-js has no `fs` module: files are read and written through
 // wasi:filesystem, which the `action-js` world imports (sdk/js/wit/).

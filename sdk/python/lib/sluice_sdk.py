@@ -14,7 +14,7 @@ puts this module on the component's path, so an app.py can write::
 
 `run` returns an `Outcome` (or a plain summary string) or raises `Failure`;
 `action` turns it into the `WitWorld` class componentize-py exports. Any other
-exception traps the action, and the host shows its traceback.
+exception traps the action; its traceback goes to the action's stderr.
 """
 
 from __future__ import annotations
