@@ -1,5 +1,6 @@
 // Driver for try.sh: node run.mjs <transpiled>/<name>.js <invocation json> [/guest=/host ...]
 import { _setPreopens, types } from '@bytecodealliance/preview2-shim/filesystem';
+import { setPreopens } from './host.js';
 
 // wasi-libc (Rust std, CPython) asks for mutate-directory when it opens files;
 // Node's shim refuses that flag, the Sluice host does not. Drop it here.
@@ -16,6 +17,7 @@ for (const p of pre) {
   preopens[p.slice(0, at)] = p.slice(at + 1);
 }
 _setPreopens(preopens);
+setPreopens(preopens);
 let invocation;
 try {
   invocation = JSON.parse(inv);

@@ -9,7 +9,8 @@
 #   '{"config":[["who","me"]],"inputs":["src"],"outputs":["notes"],"executionId":"e1"}'
 # Stand-ins: log and progress print `[log <level>] ...` and `[progress N%] ...`;
 # secrets come from SLUICE_TRY_SECRET_<NAME> variables; process refuses every
-# command; continuation prints `[continuation] resume in <ms> ms with token <t>`.
+# command; continuation prints `[continuation] resume in <ms> ms with token <t>`;
+# files.copy-tree copies between the mapped host directories.
 # Prints `OK <outcome json>` or `ERR <failure json>`, and exits 0 for OK, 1 for
 # ERR, 2 for a trap or a harness error. A smoke test only: the real sandbox,
 # limits and grants are the host's (`sluice run`).
@@ -43,7 +44,7 @@ echo '{"type":"module"}' > "$work/package.json"
 # fails naming it, and a warning, so the component still loads.
 imports="$(node "$jco" wit "$wasm" 2>/dev/null | sed -n 's/^[[:space:]]*import sluice:action\/\([a-z-]*\)@\([0-9.]*\);.*/\1@\2/p' | sort -u)" \
   || die "jco cannot read $wasm; is it a component?"
-known=" log secrets process continuation types "
+known=" log secrets process continuation files types "
 maps=()
 : > "$work/stubs.js"
 for i in $imports; do
