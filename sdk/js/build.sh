@@ -8,12 +8,11 @@
 # plugin.toml with its sha256, ready for `sluice plugin install <out-dir> --yes`.
 #
 # The toolchain (jco + componentize-js, from npm) is installed on first use into
-# <repo>/target/js-tools/node_modules. Override the location with SLUICE_JS_TOOLS.
+# the user's toolchain cache (see ../toolchain.sh: $SLUICE_TOOLCHAINS, default
+# ${XDG_CACHE_HOME:-~/.cache}/sluice/toolchains), never into the Sluice checkout.
+# The helper module (lib/sluice.js) is importable as `./sluice.js`.
 # Set SLUICE_JS_BACKEND=qjs for the QuickJS backend (about 1.7 MB instead of 12 MB).
 set -euo pipefail
-
-JCO_VERSION="1.35.0"
-COMPONENTIZE_JS_VERSION="0.23.0"
 
 die() { echo "sdk/js/build.sh: error: $*" >&2; exit 1; }
 
@@ -21,55 +20,62 @@ die() { echo "sdk/js/build.sh: error: $*" >&2; exit 1; }
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../package.sh
 source "$here/../package.sh"
-repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=../toolchain.sh
+source "$here/../toolchain.sh"
+# shellcheck source=tools.sh
+source "$here/tools.sh"
+# The WIT is the repository's wit/ (or the copy a scaffold vendors at the same
+# relative place: vendor/sluice/{sdk,wit}).
+wit="$(cd "$here/../../wit" 2>/dev/null && pwd)" || die "$here/../../wit is missing"
 plugin="$(cd "$1" 2>/dev/null && pwd)" || die "plugin directory '$1' does not exist"
 mkdir -p "$2"
 out="$(cd "$2" && pwd)"
-tools="${SLUICE_JS_TOOLS:-$repo/target/js-tools}"
 backend="${SLUICE_JS_BACKEND:-starlingmonkey}"
 
 [[ -f "$plugin/app.js" ]] || die "$plugin/app.js is missing"
 component="$(plugin_component "$plugin")"
 
 # --- toolchain -------------------------------------------------------------
-command -v node >/dev/null || die "node not found; install Node.js 20+ to build JS plugins"
-command -v npm >/dev/null || die "npm not found; install npm to build JS plugins"
-installed() { node -p "require('$tools/node_modules/$1/package.json').version" 2>/dev/null || true; }
-if [[ "$(installed @bytecodealliance/jco)" != "$JCO_VERSION" \
-   || "$(installed @bytecodealliance/componentize-js)" != "$COMPONENTIZE_JS_VERSION" ]]; then
-  echo "installing @bytecodealliance/jco@$JCO_VERSION and @bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION into $tools" >&2
-  mkdir -p "$tools"
-  [[ -f "$tools/package.json" ]] || echo '{"name":"sluice-js-tools","private":true}' > "$tools/package.json"
-  (cd "$tools" && npm install --no-audit --no-fund --save-exact \
-      "@bytecodealliance/jco@$JCO_VERSION" \
-      "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION" >&2) \
-    || die "could not install jco/componentize-js from npm (is the npm registry reachable?)"
-  [[ "$(installed @bytecodealliance/jco)" == "$JCO_VERSION" ]] || die "jco $JCO_VERSION did not install in $tools"
-fi
+tools="$(ensure_js_tools)"
 jco="$tools/node_modules/@bytecodealliance/jco/dist/jco.js"
 [[ -f "$jco" ]] || die "$jco is missing; delete $tools and retry"
 
 # --- WIT: sluice:action (unchanged) + wasi:filesystem, world action-js -----
-witdir="$(mktemp -d "${TMPDIR:-/tmp}/sluice-js-wit.XXXXXX")"
-trap 'rm -rf "$witdir"' EXIT
-cp "$here/wit/action-js.wit" "$witdir/"
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/sluice-js-build.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
+witdir="$scratch/wit"
 mkdir -p "$witdir/deps/sluice-action"
+cp "$here/wit/action-js.wit" "$witdir/"
 cp "$here"/wit/deps/*.wit "$witdir/deps/"
-cp "$repo"/wit/*.wit "$witdir/deps/sluice-action/"
+cp "$wit"/*.wit "$witdir/deps/sluice-action/"
+
+# --- sources: the plugin's files plus the helper module ----------------------
+# componentize-js resolves relative imports only below app.js's directory, so
+# the plugin is staged with lib/sluice.js next to app.js (`import ... from
+# './sluice.js'`). Build output and vendored files stay out.
+[[ -e "$plugin/sluice.js" ]] && die "$plugin/sluice.js would shadow the SDK's helper module; rename it"
+src="$scratch/src"
+mkdir -p "$src"
+tar -C "$plugin" --exclude=./dist --exclude=./vendor --exclude=./node_modules --exclude=./.git -cf - . \
+  | tar -C "$src" -xf -
+cp "$here/lib/sluice.js" "$src/sluice.js"
 
 # --- build -----------------------------------------------------------------
-# StarlingMonkey: `-d http fetch-event` drops the wasi:http import and handler.
-# QuickJS takes no --disable and imports no wasi:http anyway; its default output
-# uses component-model async intrinsics, which --backend-qjs-disable-async avoids.
+# StarlingMonkey (the default) builds with componentize-js's own CLI: given the
+# source path, it resolves app.js's relative imports (./sluice.js), which jco's
+# wrapper does not. `-d http fetch-event` keeps wasi:http out of the component.
+# QuickJS goes through jco and takes no --disable (it imports no wasi:http);
+# its default output uses component-model async intrinsics, which
+# --backend-qjs-disable-async avoids.
+cjs="$tools/node_modules/@bytecodealliance/componentize-js/src/cli.js"
 case "$backend" in
-  starlingmonkey|sm) features=(-d http fetch-event) ;;
-  quickjs|qjs) features=(--backend-qjs-disable-async) ;;
+  starlingmonkey|sm) cmd=("$cjs" "$src/app.js" --wit "$witdir" -n action-js -d http fetch-event -o "$out/$component") ;;
+  quickjs|qjs) cmd=("$jco" componentize "$src/app.js" --wit "$witdir" -n action-js --backend-qjs-disable-async --backend qjs -o "$out/$component") ;;
   *) die "SLUICE_JS_BACKEND must be starlingmonkey or qjs, not '$backend'" ;;
 esac
-echo "node --import $here/preopen.mjs $jco componentize $plugin/app.js --wit $witdir -n action-js ${features[*]} --backend $backend -o $out/$component" >&2
+echo "node --import $here/preopen.mjs ${cmd[*]}" >&2
 start=$(date +%s)
-(cd "$plugin" && SLUICE_JS_TOOLS="$tools" node --import "$here/preopen.mjs" "$jco" componentize "$plugin/app.js" \
-   --wit "$witdir" -n action-js "${features[@]}" --backend "$backend" -o "$out/$component")
+(cd "$src" && SLUICE_JS_TOOLS="$tools" node --import "$here/preopen.mjs" "${cmd[@]}")
 end=$(date +%s)
 [[ -s "$out/$component" ]] || die "jco produced no component"
 

@@ -10,6 +10,7 @@ mod http;
 mod languages;
 mod plugins;
 mod projects;
+mod scaffolds;
 mod server;
 mod supervision;
 mod triggers;

@@ -34,7 +34,9 @@ pub enum PluginCommand {
         /// Directory to create [default: ./<name>].
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The Sluice SDK directory (holding rust/, python/, js/) [default: this build's].
+        /// Depend on this Sluice `sdk/` directory (holding rust/, python/, js/) by a
+        /// relative path [default: the enclosing Sluice checkout's, else a copy
+        /// vendored into <dir>/vendor/sluice].
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -104,9 +106,20 @@ fn new(
     sdk: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_dir);
-    for file in crate::scaffold::scaffold(name, language, &dir, &sdk)? {
+    let vendor = dir.join(crate::scaffold::VENDOR_DIR);
+    let (vendored, own): (Vec<_>, Vec<_>) =
+        crate::scaffold::scaffold(name, language, &dir, sdk.as_deref())?
+            .into_iter()
+            .partition(|f| f.starts_with(&vendor));
+    for file in own {
         println!("created {}", file.display());
+    }
+    if !vendored.is_empty() {
+        println!(
+            "vendored the SDK ({} files) into {}",
+            vendored.len(),
+            vendor.display()
+        );
     }
     println!(
         "next: {}/build.sh && sluice plugin install {}/dist/{name}",

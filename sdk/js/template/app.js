@@ -1,17 +1,16 @@
 // A minimal Sluice action in JavaScript. Rename, then edit run().
-import { write } from 'sluice:action/log@0.1.0';
+//
+// ./sluice.js is the SDK's helper module (build.sh puts it next to this file):
+// `ctx` holds the configuration, artifacts, logging and progress.
+import { action, Failure, Outcome } from './sluice.js';
 
-function config(invocation, key, fallback) {
-  for (const [k, v] of invocation.config) if (k === key) return v;
-  return fallback;
-}
-
-export function run(invocation) {
-  const who = config(invocation, 'who', 'world');
-  if (!who) {
-    // Throwing a `failure` record returns `err(failure)`.
-    throw { kind: 'configuration-error', message: '`who` is empty' };
+export const run = action((ctx) => {
+  const who = ctx.config('who', 'world');
+  if (!who.trim()) {
+    // A Failure becomes err(failure) with its kind; other exceptions trap.
+    throw Failure.config('`who` is empty');
   }
-  write('info', `greeting ${who}`);
-  return { summary: `hello, ${who}`, variables: [['who', who]] };
-}
+  ctx.info(`greeting ${who}`);
+  if (ctx.outputs.length > 0) ctx.writeText(`${ctx.outputDir()}/greeting.txt`, `hello, ${who}\n`);
+  return new Outcome(`hello, ${who}`, { who });
+});

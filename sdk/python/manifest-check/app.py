@@ -9,27 +9,13 @@ Exports `name`, `version` and `dependencies` (the number of dependencies).
 import json
 import re
 
-import wit_world
-from wit_world.imports import log, types
-from componentize_py_types import Err
+from sluice_sdk import Context, Failure, Outcome, action
 
 # x.y.z with optional -prerelease and +build, as in semver.
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
-
-
-def config(inv: types.Invocation, key: str, default: str | None = None) -> str | None:
-    for k, v in inv.config:
-        if k == key:
-            return v
-    return default
-
-
-def fail(kind: types.FailureKind, message: str) -> Err:
-    log.write(log.Level.ERROR, message)
-    return Err(types.Failure(kind=kind, message=message))
 
 
 def check(doc: object) -> list[str]:
@@ -62,52 +48,38 @@ def check(doc: object) -> list[str]:
     return problems
 
 
-class WitWorld(wit_world.WitWorld):
-    def run(self, invocation: types.Invocation) -> types.Outcome:
-        if not invocation.inputs:
-            raise fail(
-                types.FailureKind.CONFIGURATION_ERROR,
-                "manifest-check needs an input artifact holding the manifest",
-            )
-        file = config(invocation, "file", "manifest.json") or "manifest.json"
-        if file.startswith("/") or ".." in file.split("/"):
-            raise fail(
-                types.FailureKind.CONFIGURATION_ERROR,
-                f"file {file!r} must be a relative path inside the artifact",
-            )
-        path = f"/in/{invocation.inputs[0]}/{file}"
-        log.write(log.Level.INFO, f"checking {path}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise fail(types.FailureKind.CONFIGURATION_ERROR, f"{path} does not exist")
-        except OSError as e:
-            raise fail(types.FailureKind.CONFIGURATION_ERROR, f"cannot read {path}: {e}")
-        log.progress(50, "parsing")
-        try:
-            doc = json.loads(text)
-        except ValueError as e:
-            raise fail(types.FailureKind.JOB_FAILED, f"{file} is not valid JSON: {e}")
+def run(ctx: Context) -> Outcome:
+    if not ctx.inputs:
+        raise Failure.config("manifest-check needs an input artifact holding the manifest")
+    file = ctx.config("file", default="manifest.json") or "manifest.json"
+    if file.startswith("/") or ".." in file.split("/"):
+        raise Failure.config(f"file {file!r} must be a relative path inside the artifact")
+    path = f"{ctx.input_dir()}/{file}"
+    ctx.info(f"checking {path}")
+    text = ctx.read_text(path)  # a missing file is a configuration-error naming it
+    ctx.progress(50, "parsing")
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise Failure.job(f"{file} is not valid JSON: {e}") from None
 
-        problems = check(doc)
-        for p in problems:
-            log.write(log.Level.WARN, p)
-        if problems:
-            noun = "problem" if len(problems) == 1 else "problems"
-            raise fail(
-                types.FailureKind.JOB_FAILED,
-                f"{file}: {len(problems)} {noun}: " + "; ".join(problems),
-            )
+    problems = check(doc)
+    for p in problems:
+        ctx.warn(p)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise Failure.job(f"{file}: {len(problems)} {noun}: " + "; ".join(problems))
 
-        deps = doc.get("dependencies") or {}
-        log.write(log.Level.INFO, f"{doc['name']}@{doc['version']}: {len(deps)} dependencies")
-        log.progress(100, "done")
-        return types.Outcome(
-            summary=f"{file}: {doc['name']} {doc['version']} is valid ({len(deps)} dependencies)",
-            variables=[
-                ("name", doc["name"]),
-                ("version", doc["version"]),
-                ("dependencies", str(len(deps))),
-            ],
-        )
+    deps = doc.get("dependencies") or {}
+    ctx.info(f"{doc['name']}@{doc['version']}: {len(deps)} dependencies")
+    ctx.progress(100, "done")
+    return Outcome(
+        f"{file}: {doc['name']} {doc['version']} is valid ({len(deps)} dependencies)",
+        name=doc["name"],
+        version=doc["version"],
+        dependencies=len(deps),
+    )
+
+
+# componentize-py exports the class named WitWorld in module app.
+WitWorld = action(run)

@@ -1,22 +1,22 @@
-"""A minimal Sluice action in Python. Rename, then edit run()."""
+"""A minimal Sluice action in Python. Rename, then edit run().
 
-import wit_world
-from wit_world.imports import log, types
-from componentize_py_types import Err
+sluice_sdk (the SDK's helper module, put on the path by build.sh) wraps the
+contract: `ctx` holds the configuration, artifacts, logging and progress.
+"""
 
-
-def config(invocation: types.Invocation, key: str, default: str | None = None) -> str | None:
-    for k, v in invocation.config:
-        if k == key:
-            return v
-    return default
+from sluice_sdk import Context, Failure, Outcome, action
 
 
-class WitWorld(wit_world.WitWorld):
-    def run(self, invocation: types.Invocation) -> types.Outcome:
-        who = config(invocation, "who", "world")
-        if not who:
-            # Failures cross the contract as Err(Failure(kind, message)).
-            raise Err(types.Failure(kind=types.FailureKind.CONFIGURATION_ERROR, message="`who` is empty"))
-        log.write(log.Level.INFO, f"greeting {who}")
-        return types.Outcome(summary=f"hello, {who}", variables=[("who", who)])
+def run(ctx: Context) -> Outcome:
+    who = ctx.config("who", default="world")
+    if not who.strip():
+        # A Failure becomes err(failure) with its kind; other exceptions trap.
+        raise Failure.config("`who` is empty")
+    ctx.info(f"greeting {who}")
+    if ctx.outputs:
+        ctx.write_text(f"{ctx.output_dir()}/greeting.txt", f"hello, {who}\n")
+    return Outcome(f"hello, {who}", who=who)
+
+
+# componentize-py exports the class named WitWorld in module app.
+WitWorld = action(run)
