@@ -222,7 +222,7 @@ impl Client {
 
     /// `sluice logs ID [ACTION] [-f]` against the server.
     pub fn logs(&self, id: &str, action: Option<&str>, follow: bool) -> anyhow::Result<ExitCode> {
-        let query = action.map(|a| format!("&action={a}")).unwrap_or_default();
+        let query = action.map(|a| format!("action={a}")).unwrap_or_default();
         if follow {
             return self.follow_logs(id, &query);
         }
@@ -235,7 +235,7 @@ impl Client {
     fn follow_logs(&self, id: &str, query: &str) -> anyhow::Result<ExitCode> {
         let mut after = 0;
         loop {
-            let path = format!("/executions/{id}/logs?after={after}{query}");
+            let path = format!("/executions/{id}/logs?after={after}&{query}");
             let answer = self.call("GET", &path, None)?;
             let lines = answer["lines"].as_array().cloned().unwrap_or_default();
             for line in &lines {
@@ -326,13 +326,13 @@ impl Client {
     /// streams them (`GET /events?execution=ID`, Server-Sent Events) until it
     /// ends; exit 0 if it succeeded, 1 if not.
     pub fn watch(&self, id: &str) -> anyhow::Result<ExitCode> {
+        let execution = |id: &str| self.call("GET", &format!("/executions/{id}"), None);
+        // The stream filters on the full id; the argument may be a prefix.
+        let first = execution(id)?;
+        let id = first["execution"]["id"].as_str().unwrap_or(id).to_string();
         // Subscribe before reading the current state, so no change falls between.
-        let mut stream = self.events(id, None)?;
-        let current = self.call("GET", &format!("/executions/{id}"), None)?;
-        let mut last_seq = None;
-        if is_final(&current) {
-            return Ok(self.watch_ended(id, &current));
-        }
+        let mut stream = self.events(&id, None)?;
+        let mut current = execution(&id)?;
         for action in current["actions"].as_array().into_iter().flatten() {
             let record = json!({
                 "kind": "action",
@@ -342,28 +342,27 @@ impl Client {
             });
             self.print_event(&record);
         }
-        loop {
+        let mut last_seq = None;
+        while !is_final(&current) {
             match stream.next_event()? {
                 Some(event) => {
                     last_seq = event["seq"].as_i64().or(last_seq);
                     self.print_event(&event);
-                    if event["kind"] == "pipeline" && is_final_state(&event["state"]) {
-                        let ended = self.call("GET", &format!("/executions/{id}"), None)?;
-                        return Ok(self.watch_ended(id, &ended));
+                    // The execution's own transitions are recorded after its status.
+                    if event["kind"] == "pipeline" {
+                        current = execution(&id)?;
                     }
                 }
                 // The server closed the stream (it restarted, or this client lagged):
-                // pick up where it stopped, unless the execution ended meanwhile.
+                // pick up where it stopped, then make sure it did not end meanwhile.
                 None => {
-                    let now = self.call("GET", &format!("/executions/{id}"), None)?;
-                    if is_final(&now) {
-                        return Ok(self.watch_ended(id, &now));
-                    }
                     std::thread::sleep(Duration::from_millis(300));
-                    stream = self.events(id, last_seq)?;
+                    stream = self.events(&id, last_seq)?;
+                    current = execution(&id)?;
                 }
             }
         }
+        Ok(self.watch_ended(&id, &current))
     }
 
     /// Open `GET /events?execution=ID` (from `after` when resuming).
@@ -428,11 +427,6 @@ impl Client {
 /// Whether an execution document (`GET /executions/{id}`) is in a final state.
 fn is_final(execution: &Value) -> bool {
     !super::history::is_running(execution["execution"]["status"].as_str().unwrap_or(""))
-}
-
-/// Whether a pipeline event's state ends the execution (`RESUMED`, `STARTED` do not).
-fn is_final_state(state: &Value) -> bool {
-    !matches!(state.as_str(), Some("STARTED" | "RESUMED") | None)
 }
 
 /// A Server-Sent Events stream, read line by line as it arrives.
