@@ -154,7 +154,7 @@ fn run_shows_output_while_the_action_runs_and_logs_follow_it() {
     assert_eq!(speak_status(&workspace), "InProgress");
 
     // `logs -f` prints what is stored so far, then follows until the end.
-    let mut follow = Live::spawn(&workspace, &["logs", "-f", "latest"]);
+    let mut follow = Live::spawn(&workspace, &["logs", "-f", "latest", "speak"]);
     follow.until("first line", |l| l.ends_with("process first-line"));
     assert_eq!(
         speak_status(&workspace),

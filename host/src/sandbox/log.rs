@@ -26,7 +26,7 @@ pub type ProgressHook = Arc<dyn Fn(u8, &str) + Send + Sync>;
 pub type LineHook = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
 
 /// How many of the guest's last stdout/stderr lines a crash report quotes.
-pub const CRASH_TAIL_LINES: usize = 10;
+pub const CRASH_TAIL_LINES: usize = 15;
 /// Raw bytes of each line kept for the crash report (the rest cannot be shown anyway).
 const CRASH_LINE_KEEP: usize = 2048;
 /// Characters of each line a crash report shows.
@@ -459,9 +459,9 @@ mod tests {
         sink.bytes(LogStream::Stderr, b"panicked: key topsecret\nunterminated");
         let tail = sink.crash_tail();
         assert_eq!(tail.len(), CRASH_TAIL_LINES);
-        assert_eq!(tail[0], "[stdout] out 12");
-        assert_eq!(tail[8], "[stderr] panicked: key ***");
-        assert_eq!(tail[9], "[stderr] unterminated");
+        assert_eq!(tail[0], "[stdout] out 7");
+        assert_eq!(tail[13], "[stderr] panicked: key ***");
+        assert_eq!(tail[14], "[stderr] unterminated");
     }
 
     #[test]
