@@ -337,3 +337,48 @@ fn terminal_control_sequences_from_a_plugin_are_printed_escaped() {
         );
     }
 }
+
+#[test]
+fn terminal_control_sequences_are_escaped_by_the_server_client_too() {
+    use crate::server::{Server, token, wait_for_end};
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let pipeline = hostile_pipeline(r#"mode = "terminal-escape", fail = "true""#, "");
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/hostile",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/hostile/executions",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap();
+    wait_for_end(&server, &admin, id);
+    let url = format!("http://{}", server.addr);
+    for verb in [
+        vec!["logs", id],
+        vec!["logs", "-f", id],
+        vec!["executions", "show", id],
+        vec!["executions", "list"],
+        vec!["watch", id],
+    ] {
+        let mut args = vec!["--server", url.as_str(), "--token", admin.as_str()];
+        args.extend_from_slice(&verb);
+        let output = workspace.sluice(&args);
+        assert_no_raw_controls(&verb.join(" "), &output.stdout);
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            printed.contains(r"\x1b[2J"),
+            "{}: {}",
+            verb.join(" "),
+            text(&output)
+        );
+    }
+}

@@ -206,7 +206,7 @@ impl Client {
                     e["pipeline"].as_str().unwrap_or(""),
                     e["pipeline_version"],
                     e["status"].as_str().unwrap_or(""),
-                    e["error"].as_str().unwrap_or("")
+                    super::report::escape_controls(e["error"].as_str().unwrap_or(""))
                 );
             }
         });
@@ -490,10 +490,11 @@ fn print_execution(answer: &Value) {
         e["status"].as_str().unwrap_or("")
     );
     if let Some(error) = e["error"].as_str() {
-        println!("  error: {error}");
+        println!("  error: {}", super::report::escape_block(error, "    "));
     }
     for a in answer["actions"].as_array().into_iter().flatten() {
         let detail = a["error"].as_str().or(a["summary"].as_str()).unwrap_or("");
+        let detail = super::report::escape_block(detail, "    ");
         println!(
             "  {:<10} {:<16} {:<11} {detail}",
             a["stage"].as_str().unwrap_or(""),
