@@ -20,7 +20,7 @@ use crate::pipeline::{
     ActionKind, ActionPlan, ApprovalPolicy, OnRestart, Plan, TRIGGER_KEYS, vars,
 };
 use crate::plugin::InstalledPlugin;
-use crate::sandbox::log::{LogSink, LogStream, ProgressHook, now_ms};
+use crate::sandbox::log::{LineHook, LogSink, LogStream, ProgressHook, now_ms};
 use crate::sandbox::{ActionError, ActionOutcome, Invocation, Runtime, SandboxSpec};
 use crate::secrets::{Masker, SecretSource};
 use crate::state::{ActionEnd, EventRecord, OutputRecord, StateStore, Status};
@@ -53,6 +53,13 @@ pub enum Event {
         percent: u8,
         message: String,
     },
+    /// An action printed a line (masked): command output, guest stdout/stderr
+    /// or a `log.write`. Frequent: sinks that only count things ignore it.
+    ActionLog {
+        action: String,
+        stream: &'static str,
+        text: String,
+    },
     /// An attempt failed and another will follow after `wait`.
     ActionRetrying {
         action: String,
@@ -68,6 +75,9 @@ pub enum Event {
         detail: String,
     },
 }
+
+/// How often a running action's new log lines are stored.
+const LOG_FLUSH: Duration = Duration::from_millis(250);
 
 /// Receives events; must be cheap (it runs on the executor's tasks).
 pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
@@ -1107,24 +1117,36 @@ impl Executor {
             masker.clone(),
             Some(self.progress_hook(context, action)),
         );
+        // What the action prints is shown live; the host's own note of a failed
+        // attempt (below) is not: the retry or end event says it already.
+        let live = log.clone().with_live(self.live_hook(action));
         let sandbox = Sandbox {
             config,
             outputs: outputs.clone(),
             workspace,
-            log: log.clone(),
+            log: live.clone(),
         };
         let spec = self.sandbox_spec(context, action, round, sandbox);
-        let result = self.runtime.invoke(plugin, spec).await;
+        let (result, stored_so_far) = self
+            .storing_logs(
+                context,
+                action,
+                attempt,
+                &log,
+                self.runtime.invoke(plugin, spec),
+            )
+            .await;
         if let Err(error) = &result {
             log.line(
                 LogStream::Host,
                 &format!("attempt {attempt} failed: {error}"),
             );
         }
-        let captured = log.finish();
-        let stored = self
-            .state
-            .append_logs(&context.id, &action.name, attempt, &captured.lines);
+        let captured = live.finish();
+        let stored = stored_so_far.and_then(|()| {
+            self.state
+                .append_logs(&context.id, &action.name, attempt, &captured.lines)
+        });
         let ingested = match result {
             Ok(outcome) => self
                 .ingest(context, &outputs)
@@ -1159,6 +1181,45 @@ impl Executor {
             .collect();
         let records = self.ingest(context, &filled).unwrap_or_default();
         lock(&context.failed_outputs).insert(action.name.clone(), records);
+    }
+
+    /// Await `call`, storing the log lines it captures every [`LOG_FLUSH`] so
+    /// `sluice logs -f` follows them while the action runs. The first storage
+    /// error is returned (and storing stops) rather than lost.
+    async fn storing_logs<T>(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        attempt: u32,
+        log: &LogSink,
+        call: impl std::future::Future<Output = T>,
+    ) -> (T, anyhow::Result<()>) {
+        tokio::pin!(call);
+        let mut flush = tokio::time::interval(LOG_FLUSH);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stored = Ok(());
+        loop {
+            tokio::select! {
+                result = &mut call => return (result, stored),
+                _ = flush.tick(), if stored.is_ok() => {
+                    let lines = log.take_new();
+                    stored = self.state.append_logs(&context.id, &action.name, attempt, &lines);
+                }
+            }
+        }
+    }
+
+    /// Feeds each captured line to the event sink as [`Event::ActionLog`].
+    fn live_hook(&self, action: &ActionPlan) -> LineHook {
+        let events = self.events.clone();
+        let name = action.name.clone();
+        Arc::new(move |stream, text| {
+            events(Event::ActionLog {
+                action: name.clone(),
+                stream,
+                text: text.to_string(),
+            })
+        })
     }
 
     fn progress_hook(&self, context: &ExecutionContext, action: &ActionPlan) -> ProgressHook {

@@ -284,6 +284,8 @@ pub struct ActionRecord {
 /// One stored log line.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogRecord {
+    /// Increasing id: a cursor for reading only newer lines ([`StateStore::logs_after`]).
+    pub id: i64,
     /// Action name.
     pub action: String,
     /// Attempt number.
@@ -703,18 +705,30 @@ impl StateStore {
     pub fn logs(&self, execution: &str, action: Option<&str>) -> anyhow::Result<Vec<LogRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT action, attempt, ts_ms, stream, line FROM action_logs
+            "SELECT rowid, action, attempt, ts_ms, stream, line FROM action_logs
              WHERE execution_id = ?1 AND (?2 IS NULL OR action = ?2) ORDER BY ts_ms, action, seq",
         )?;
-        let rows = statement.query_map(params![execution, action], |row| {
-            Ok(LogRecord {
-                action: row.get(0)?,
-                attempt: row.get(1)?,
-                ts_ms: row.get(2)?,
-                stream: row.get(3)?,
-                line: row.get(4)?,
-            })
-        })?;
+        let rows = statement.query_map(params![execution, action], log_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Log lines stored after the line with id `after` (0: from the start), in
+    /// the order they were stored, at most `limit`: for following a running execution.
+    pub fn logs_after(
+        &self,
+        execution: &str,
+        action: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<LogRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT rowid, action, attempt, ts_ms, stream, line FROM action_logs
+             WHERE execution_id = ?1 AND (?2 IS NULL OR action = ?2) AND rowid > ?3
+             ORDER BY rowid LIMIT ?4",
+        )?;
+        let rows =
+            statement.query_map(params![execution, action, after, limit as i64], log_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1167,5 +1181,17 @@ fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionReco
         variables: serde_json::from_str(&variables).unwrap_or_default(),
         pipeline_version: row.get(8)?,
         trigger: serde_json::from_str(&row.get::<_, String>(9)?).unwrap_or_default(),
+    })
+}
+
+/// A row of `SELECT rowid, action, attempt, ts_ms, stream, line FROM action_logs`.
+fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
+    Ok(LogRecord {
+        id: row.get(0)?,
+        action: row.get(1)?,
+        attempt: row.get(2)?,
+        ts_ms: row.get(3)?,
+        stream: row.get(4)?,
+        line: row.get(5)?,
     })
 }

@@ -248,3 +248,134 @@ fn a_log_flood_is_truncated_with_a_marker_not_a_trap() {
         "stored {stored} bytes of log for a 64 KiB limit"
     );
 }
+
+#[test]
+fn a_crashing_plugin_says_why_in_its_error() {
+    let workspace = Workspace::new();
+    let why = "the flux capacitor is empty";
+    let pipeline = hostile_pipeline(&format!(r#"mode = "panic", message = "{why}""#), "");
+    workspace.write("pipeline.toml", &pipeline);
+    // Quiet: the message must come through the error, not the live output.
+    let output = workspace.sluice(&["run", "--quiet", "pipeline.toml"]);
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let failed = &printed[printed.find("Failed: ").expect("a Failed: line")..];
+    assert!(
+        failed.contains("plugin crashed: ") && failed.contains(why),
+        "{printed}"
+    );
+    let execution = workspace.latest_execution();
+    let error = action(&execution, "attack")["error"].as_str().unwrap();
+    assert!(error.starts_with("plugin crashed: "), "{error}");
+    assert!(error.contains("[stderr] "), "{error}");
+    assert!(error.contains(&format!("hostile: {why}")), "{error}");
+    assert!(
+        error.contains("[stdout] hostile: about to panic"),
+        "the lines before the crash are quoted too: {error}"
+    );
+    let shown = workspace.sluice(&["executions", "show", "latest"]);
+    assert!(text(&shown).contains(why), "{}", text(&shown));
+}
+
+/// What the hostile plugin's `terminal-escape` mode sends, as it must be shown.
+const ESCAPED_ATTACK: &str = r"\x1b[2J\x1b[Hcleared \x1b]52;c;aGFja2Vk\x07clipboard \x1b]0;title\x07 \u{9b}31mred\r✓ stage Deploy Succeeded";
+
+/// Raw bytes that must never reach a terminal from guest text.
+fn assert_no_raw_controls(what: &str, bytes: &[u8]) {
+    let shown = String::from_utf8_lossy(bytes);
+    let raw = shown
+        .char_indices()
+        .find(|(_, c)| (c.is_control() && !matches!(c, '\n' | '\t')) || *c == '\u{202e}');
+    if let Some((at, c)) = raw {
+        panic!(
+            "{what} printed a raw {c:?} at byte {at}:\n{}",
+            shown.escape_debug()
+        );
+    }
+}
+
+#[test]
+fn terminal_control_sequences_from_a_plugin_are_printed_escaped() {
+    let workspace = Workspace::new();
+    for (fail, last_channel) in [("false", "summary"), ("true", "failure")] {
+        let pipeline =
+            hostile_pipeline(&format!(r#"mode = "terminal-escape", fail = "{fail}""#), "");
+        let output = workspace.run_pipeline(&pipeline);
+        assert_eq!(
+            output.status.success(),
+            fail == "false",
+            "{}",
+            text(&output)
+        );
+        assert_no_raw_controls("sluice run", &output.stdout);
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        for channel in ["log", "stdout", "stderr", "progress", last_channel] {
+            let shown = format!("{channel} {ESCAPED_ATTACK}");
+            assert!(printed.contains(&shown), "`{shown}` not in:\n{printed}");
+        }
+        if fail == "false" {
+            assert!(printed.contains(r"name\x1b[2J=value \x1b[2J"), "{printed}");
+        }
+
+        let logs = workspace.sluice(&["logs", "latest"]);
+        assert!(logs.status.success(), "{}", text(&logs));
+        assert_no_raw_controls("sluice logs", &logs.stdout);
+        let logged = String::from_utf8_lossy(&logs.stdout).into_owned();
+        for channel in ["log", "stdout", "stderr", "progress"] {
+            let shown = format!("{channel} {ESCAPED_ATTACK}");
+            assert!(logged.contains(&shown), "`{shown}` not in:\n{logged}");
+        }
+        let shown = workspace.sluice(&["executions", "show", "latest"]);
+        assert_no_raw_controls("sluice executions show", &shown.stdout);
+        assert!(
+            String::from_utf8_lossy(&shown.stdout).contains(ESCAPED_ATTACK),
+            "{}",
+            text(&shown)
+        );
+    }
+}
+
+#[test]
+fn terminal_control_sequences_are_escaped_by_the_server_client_too() {
+    use crate::server::{Server, token, wait_for_end};
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let pipeline = hostile_pipeline(r#"mode = "terminal-escape", fail = "true""#, "");
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/hostile",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/hostile/executions",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap();
+    wait_for_end(&server, &admin, id);
+    let url = format!("http://{}", server.addr);
+    for verb in [
+        vec!["logs", id],
+        vec!["logs", "-f", id],
+        vec!["executions", "show", id],
+        vec!["executions", "list"],
+        vec!["watch", id],
+    ] {
+        let mut args = vec!["--server", url.as_str(), "--token", admin.as_str()];
+        args.extend_from_slice(&verb);
+        let output = workspace.sluice(&args);
+        assert_no_raw_controls(&verb.join(" "), &output.stdout);
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            printed.contains(r"\x1b[2J"),
+            "{}: {}",
+            verb.join(" "),
+            text(&output)
+        );
+    }
+}

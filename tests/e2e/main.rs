@@ -8,6 +8,7 @@ mod execution;
 mod hostile;
 mod http;
 mod languages;
+mod live;
 mod plugins;
 mod projects;
 mod scaffolds;

@@ -62,7 +62,7 @@ pub fn executions(command: ExecutionsCommand, paths: &Paths) -> anyhow::Result<E
                     e.pipeline,
                     e.status,
                     duration,
-                    e.error.unwrap_or_default()
+                    super::report::escape_controls(&e.error.unwrap_or_default())
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -100,7 +100,7 @@ fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
         execution.id, execution.pipeline, execution.pipeline_file, execution.status
     );
     if let Some(error) = &execution.error {
-        println!("  error: {error}");
+        println!("  error: {}", super::report::escape_block(error, "    "));
     }
     println!("  variables: {}", execution.variables);
     super::report::print_details(state, &id)?;
@@ -116,9 +116,18 @@ fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn logs(paths: &Paths, execution: &str, action: Option<&str>) -> anyhow::Result<ExitCode> {
+/// `sluice logs ID [ACTION] [-f]`.
+pub fn logs(
+    paths: &Paths,
+    execution: &str,
+    action: Option<&str>,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
     let state = paths.state()?;
     let id = resolve_id(&state, execution)?;
+    if follow {
+        return follow_logs(&state, &id, action);
+    }
     let lines = state.logs(&id, action)?;
     if lines.is_empty() {
         eprintln!(
@@ -127,10 +136,48 @@ pub fn logs(paths: &Paths, execution: &str, action: Option<&str>) -> anyhow::Res
         );
     }
     for line in lines {
-        println!(
-            "[{} #{}] {:<7} {}",
-            line.action, line.attempt, line.stream, line.line
-        );
+        print_log_line(&line.action, line.attempt, &line.stream, &line.line);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One stored log line, as `sluice logs` prints it (guest text escaped).
+pub fn print_log_line(action: &str, attempt: impl std::fmt::Display, stream: &str, text: &str) {
+    println!(
+        "[{action} #{attempt}] {stream:<7} {}",
+        super::report::escape_controls(text)
+    );
+}
+
+/// How often `sluice logs -f` looks for new lines.
+pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Print lines as the running execution stores them; return once it has ended
+/// and every line is printed.
+fn follow_logs(state: &StateStore, id: &str, action: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut after = 0;
+    loop {
+        // Read the status first: once it is final, every line is already stored.
+        let status = state
+            .execution(id)?
+            .map(|e| e.status)
+            .ok_or_else(|| anyhow::anyhow!("execution {id} vanished"))?;
+        let lines = state.logs_after(id, action, after, 5000)?;
+        for line in &lines {
+            print_log_line(&line.action, line.attempt, &line.stream, &line.line);
+            after = line.id;
+        }
+        if lines.is_empty() && !is_running(&status) {
+            eprintln!("execution {id}: {status}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if lines.is_empty() {
+            std::thread::sleep(FOLLOW_POLL);
+        }
+    }
+}
+
+/// Whether an execution with this status may still produce log lines.
+pub fn is_running(status: &str) -> bool {
+    matches!(status, "InProgress" | "Stopping")
 }

@@ -71,6 +71,9 @@ enum Command {
         /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
         #[arg(long, value_name = "FILE")]
         secrets: Option<PathBuf>,
+        /// Do not show the actions' output as it happens (stages, actions and progress still show).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Check a pipeline file against the installed plugins without running it.
     Validate {
@@ -167,6 +170,9 @@ enum Command {
         execution: String,
         /// Only this action.
         action: Option<String>,
+        /// Keep printing lines as they are stored until the execution ends.
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 
@@ -272,7 +278,14 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             file,
             vars,
             secrets,
-        } => run(paths, &file, vars.into_iter().collect(), secrets.as_deref()),
+            quiet,
+        } => run(
+            paths,
+            &file,
+            vars.into_iter().collect(),
+            secrets.as_deref(),
+            quiet,
+        ),
         Command::Validate { file } => validate(paths, &file),
         Command::Plugin(command) => plugins::dispatch(command, paths),
         Command::Executions(command) => history::executions(command, paths),
@@ -347,7 +360,11 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { execution, action } => history::logs(paths, &execution, action.as_deref()),
+        Command::Logs {
+            execution,
+            action,
+            follow,
+        } => history::logs(paths, &execution, action.as_deref(), follow),
     }
 }
 
@@ -381,7 +398,11 @@ fn dispatch_remote(
         Command::Executions(history::ExecutionsCommand::Show { id, .. }) => {
             client.show_execution(&id)
         }
-        Command::Logs { execution, action } => client.logs(&execution, action.as_deref()),
+        Command::Logs {
+            execution,
+            action,
+            follow,
+        } => client.logs(&execution, action.as_deref(), follow),
         local => dispatch(local, paths),
     }
 }
@@ -410,6 +431,7 @@ fn run(
     file: &Path,
     overrides: BTreeMap<String, String>,
     secrets_file: Option<&Path>,
+    quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     let plan = match crate::pipeline::load(file, &paths.registry()?) {
         Ok(plan) => Arc::new(plan),
@@ -419,7 +441,7 @@ fn run(
         }
     };
     Executor::resolve_variables(&plan, &overrides)?;
-    let (state, executor) = executor(paths, secrets_file, report::live_printer())?;
+    let (state, executor) = executor(paths, secrets_file, report::live_printer(quiet))?;
     let runtime = tokio_runtime()?;
     let result = runtime.block_on(run_until_interrupted(&executor, plan, &overrides))?;
     report::summary(&state, &result.id)?;

@@ -1,7 +1,7 @@
 //! Client verbs against a running `sluice serve` (`--server URL --token T`).
 //! They mirror the API one to one; `--output json` prints the API's JSON.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -206,7 +206,7 @@ impl Client {
                     e["pipeline"].as_str().unwrap_or(""),
                     e["pipeline_version"],
                     e["status"].as_str().unwrap_or(""),
-                    e["error"].as_str().unwrap_or("")
+                    super::report::escape_controls(e["error"].as_str().unwrap_or(""))
                 );
             }
         });
@@ -220,22 +220,41 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// `sluice logs ID [ACTION]` against the server.
-    pub fn logs(&self, id: &str, action: Option<&str>) -> anyhow::Result<ExitCode> {
-        let query = action.map(|a| format!("?action={a}")).unwrap_or_default();
-        let answer = self.call("GET", &format!("/executions/{id}/logs{query}"), None)?;
-        self.print(&answer, |a| {
-            for l in a["lines"].as_array().into_iter().flatten() {
-                println!(
-                    "[{} #{}] {:<7} {}",
-                    l["action"].as_str().unwrap_or(""),
-                    l["attempt"],
-                    l["stream"].as_str().unwrap_or(""),
-                    l["line"].as_str().unwrap_or("")
-                );
-            }
-        });
+    /// `sluice logs ID [ACTION] [-f]` against the server.
+    pub fn logs(&self, id: &str, action: Option<&str>, follow: bool) -> anyhow::Result<ExitCode> {
+        let query = action.map(|a| format!("action={a}")).unwrap_or_default();
+        if follow {
+            return self.follow_logs(id, &query);
+        }
+        let answer = self.call("GET", &format!("/executions/{id}/logs?{query}"), None)?;
+        self.print(&answer, print_log_lines);
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Page through `?after=` until the execution has ended and no line is left.
+    fn follow_logs(&self, id: &str, query: &str) -> anyhow::Result<ExitCode> {
+        let mut after = 0;
+        loop {
+            let path = format!("/executions/{id}/logs?after={after}&{query}");
+            let answer = self.call("GET", &path, None)?;
+            let lines = answer["lines"].as_array().cloned().unwrap_or_default();
+            for line in &lines {
+                if self.json {
+                    println!("{line}");
+                } else {
+                    print_log_line(line);
+                }
+                after = line["id"].as_i64().unwrap_or(after);
+            }
+            let status = answer["status"].as_str().unwrap_or("");
+            if lines.is_empty() && !super::history::is_running(status) {
+                eprintln!("execution {id}: {status}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if lines.is_empty() {
+                std::thread::sleep(super::history::FOLLOW_POLL);
+            }
+        }
     }
 
     /// `sluice approve` against the server.
@@ -303,53 +322,162 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// `sluice watch ID`: print each action's transitions until the execution
+    /// `sluice watch ID`: print the execution's state changes as the server
+    /// streams them (`GET /events?execution=ID`, Server-Sent Events) until it
     /// ends; exit 0 if it succeeded, 1 if not.
     pub fn watch(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let mut seen: HashMap<String, String> = HashMap::new();
-        loop {
-            let answer = self.call("GET", &format!("/executions/{id}"), None)?;
-            for action in answer["actions"].as_array().into_iter().flatten() {
-                let name = action["action"].as_str().unwrap_or("").to_string();
-                let status = action["status"].as_str().unwrap_or("").to_string();
-                if seen.get(&name) != Some(&status) {
-                    let detail = action["error"]
-                        .as_str()
-                        .or(action["summary"].as_str())
-                        .unwrap_or("");
-                    if self.json {
-                        println!(
-                            "{}",
-                            json!({ "action": name, "status": status, "detail": detail })
-                        );
-                    } else {
-                        println!(
-                            "{:<10} {:<16} {:<11} {detail}",
-                            action["stage"].as_str().unwrap_or(""),
-                            name,
-                            status
-                        );
+        let execution = |id: &str| self.call("GET", &format!("/executions/{id}"), None);
+        // The stream filters on the full id; the argument may be a prefix.
+        let first = execution(id)?;
+        let id = first["execution"]["id"].as_str().unwrap_or(id).to_string();
+        // Subscribe before reading the current state, so no change falls between.
+        let mut stream = self.events(&id, None)?;
+        let mut current = execution(&id)?;
+        for action in current["actions"].as_array().into_iter().flatten() {
+            let record = json!({
+                "kind": "action",
+                "name": action["action"],
+                "state": action["status"],
+                "detail": action["error"].as_str().or(action["summary"].as_str()).unwrap_or(""),
+            });
+            self.print_event(&record);
+        }
+        let mut last_seq = None;
+        while !is_final(&current) {
+            match stream.next_event()? {
+                Some(event) => {
+                    last_seq = event["seq"].as_i64().or(last_seq);
+                    self.print_event(&event);
+                    // The execution's own transitions are recorded after its status.
+                    if event["kind"] == "pipeline" {
+                        current = execution(&id)?;
                     }
-                    seen.insert(name, status);
+                }
+                // The server closed the stream (it restarted, or this client lagged):
+                // pick up where it stopped, then make sure it did not end meanwhile.
+                None => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    stream = self.events(&id, last_seq)?;
+                    current = execution(&id)?;
                 }
             }
-            let status = answer["execution"]["status"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            if status != "InProgress" && status != "Stopping" {
-                if !self.json {
-                    println!("execution {id}: {status}");
-                }
-                return Ok(if status == "Succeeded" {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
+        }
+        Ok(self.watch_ended(&id, &current))
+    }
+
+    /// Open `GET /events?execution=ID` (from `after` when resuming).
+    fn events(&self, id: &str, after: Option<i64>) -> anyhow::Result<EventStream> {
+        let mut url = format!("{}/api/v1/events?execution={id}", self.base);
+        if let Some(after) = after {
+            url.push_str(&format!("&after={after}"));
+        }
+        // No overall deadline: the stream lasts as long as the execution. The
+        // server sends a keep-alive comment every 15 s, so a silent minute means
+        // the connection is dead.
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(30))
+            .timeout_read(Duration::from_secs(60))
+            .build();
+        let mut request = agent.get(&url).set("Accept", "text/event-stream");
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.call() {
+            Ok(response) => Ok(EventStream {
+                reader: std::io::BufReader::new(response.into_reader()),
+            }),
+            Err(ureq::Error::Status(code, response)) => {
+                let body: Value = response.into_json().unwrap_or(Value::Null);
+                let message = body["error"].as_str().unwrap_or("no details");
+                anyhow::bail!("GET {url} → {code}: {message}")
             }
-            std::thread::sleep(Duration::from_millis(300));
+            Err(e) => Err(e).with_context(|| format!("cannot reach {}", self.base)),
         }
     }
+
+    fn print_event(&self, event: &Value) {
+        if self.json {
+            println!("{event}");
+            return;
+        }
+        let detail = event["detail"].as_str().unwrap_or("");
+        println!(
+            "{:<8} {:<16} {:<11} {}",
+            event["kind"].as_str().unwrap_or(""),
+            super::report::escape_controls(event["name"].as_str().unwrap_or("")),
+            event["state"].as_str().unwrap_or(""),
+            super::report::escape_block(detail, "    ")
+        );
+    }
+
+    /// The final line of `watch`, and its exit code.
+    fn watch_ended(&self, id: &str, execution: &Value) -> ExitCode {
+        let status = execution["execution"]["status"].as_str().unwrap_or("");
+        if !self.json {
+            println!("execution {id}: {status}");
+        }
+        if status == "Succeeded" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Whether an execution document (`GET /executions/{id}`) is in a final state.
+fn is_final(execution: &Value) -> bool {
+    !super::history::is_running(execution["execution"]["status"].as_str().unwrap_or(""))
+}
+
+/// A Server-Sent Events stream, read line by line as it arrives.
+struct EventStream {
+    reader: std::io::BufReader<Box<dyn std::io::Read + Send + Sync + 'static>>,
+}
+
+impl EventStream {
+    /// The next event's `data:` as JSON; `None` when the server closed the stream.
+    fn next_event(&mut self) -> anyhow::Result<Option<Value>> {
+        use std::io::BufRead as _;
+        let mut data = String::new();
+        loop {
+            let mut line = String::new();
+            if self
+                .reader
+                .read_line(&mut line)
+                .context("reading the event stream")?
+                == 0
+            {
+                return Ok(None);
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(value) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            } else if line.is_empty() && !data.is_empty() {
+                // A blank line ends an event; comments (keep-alives) carry no data.
+                return Ok(Some(serde_json::from_str(&data).with_context(|| {
+                    format!("the server sent an event that is not JSON: {data}")
+                })?));
+            }
+        }
+    }
+}
+
+fn print_log_lines(answer: &Value) {
+    for line in answer["lines"].as_array().into_iter().flatten() {
+        print_log_line(line);
+    }
+}
+
+fn print_log_line(line: &Value) {
+    super::history::print_log_line(
+        line["action"].as_str().unwrap_or(""),
+        &line["attempt"],
+        line["stream"].as_str().unwrap_or(""),
+        line["line"].as_str().unwrap_or(""),
+    );
 }
 
 fn print_execution(answer: &Value) {
@@ -362,10 +490,11 @@ fn print_execution(answer: &Value) {
         e["status"].as_str().unwrap_or("")
     );
     if let Some(error) = e["error"].as_str() {
-        println!("  error: {error}");
+        println!("  error: {}", super::report::escape_block(error, "    "));
     }
     for a in answer["actions"].as_array().into_iter().flatten() {
         let detail = a["error"].as_str().or(a["summary"].as_str()).unwrap_or("");
+        let detail = super::report::escape_block(detail, "    ");
         println!(
             "  {:<10} {:<16} {:<11} {detail}",
             a["stage"].as_str().unwrap_or(""),

@@ -1,5 +1,6 @@
 //! What `sluice run` prints: live progress while it runs, a summary at the end.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +9,72 @@ use crate::executor::{Event, EventSink};
 use crate::state::{StateStore, Status};
 use crate::units::{format_bytes, format_duration};
 
-/// An event sink that prints one line per event to stdout.
-pub fn live_printer() -> EventSink {
-    Arc::new(|event| {
+/// Most characters of one live output line shown by `sluice run` (all of it is stored).
+const LIVE_LINE_CHARS: usize = 400;
+
+/// An event sink that prints one line per event to stdout; `quiet` leaves out
+/// the actions' own output lines (progress and stage lines stay).
+pub fn live_printer(quiet: bool) -> EventSink {
+    Arc::new(move |event| {
+        if quiet && matches!(event, Event::ActionLog { .. }) {
+            return;
+        }
         let line = describe(&event);
         // A closed stdout must not take the execution down with it.
         let _ = writeln!(std::io::stdout().lock(), "{line}");
     })
+}
+
+/// `text` safe to print to a terminal: control characters (ESC, CR, BEL, the
+/// other C0 and C1 controls, DEL, and so every escape and OSC sequence) and
+/// bidirectional overrides are shown escaped, as `\x1b` or `\u{202e}`, so guest
+/// text cannot clear the screen, set the clipboard, or rewrite a line. Tabs stay.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if needs_escape(c) && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Multi-line `text` (an error with a crash report) made safe to print: each
+/// line escaped as by [`escape_controls`], continuation lines indented by
+/// `indent`, so no line of guest text can pass for one of Sluice's own.
+pub fn escape_block(text: &str, indent: &str) -> String {
+    text.split('\n')
+        .map(escape_controls)
+        .collect::<Vec<_>>()
+        .join(&format!("\n{indent}"))
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// One live output line: escaped, then capped with a marker saying how much was cut.
+fn live_line(text: &str) -> String {
+    let total = text.chars().count();
+    if total <= LIVE_LINE_CHARS {
+        return escape_controls(text).into_owned();
+    }
+    let kept: String = text.chars().take(LIVE_LINE_CHARS).collect();
+    format!(
+        "{}… [{} more characters; `sluice logs` has the whole line]",
+        escape_controls(&kept),
+        total - LIVE_LINE_CHARS
+    )
 }
 
 fn mark(status: Status) -> &'static str {
@@ -61,7 +121,8 @@ fn describe(event: &Event) -> String {
             action,
             percent,
             message,
-        } => format!("│   {action} {percent:>3}% {message}"),
+        } => format!("│   {action} {percent:>3}% {}", live_line(message)),
+        Event::ActionLog { action, text, .. } => format!("│   [{action}] {}", live_line(text)),
         Event::ActionRetrying {
             action,
             attempt,
@@ -69,7 +130,8 @@ fn describe(event: &Event) -> String {
             wait,
         } => {
             format!(
-                "│ ↻ {action} attempt {attempt} failed: {error}; retrying in {}",
+                "│ ↻ {action} attempt {attempt} failed: {}; retrying in {}",
+                escape_block(error, "│     "),
                 humantime::format_duration(round(*wait))
             )
         }
@@ -80,10 +142,11 @@ fn describe(event: &Event) -> String {
             detail,
         } => {
             format!(
-                "│ {} {action} {} in {} — {detail}",
+                "│ {} {action} {} in {} — {}",
                 mark(*status),
                 status.name(),
-                format_duration(*duration)
+                format_duration(*duration),
+                escape_block(detail, "│     ")
             )
         }
     }
@@ -114,7 +177,7 @@ pub fn summary(state: &StateStore, id: &str) -> anyhow::Result<()> {
     );
     print_details(state, id)?;
     if let Some(error) = &execution.error {
-        println!("\nFailed: {error}");
+        println!("\nFailed: {}", escape_block(error, "  "));
         println!("Logs: sluice logs {} [action]", execution.id);
     }
     Ok(())
@@ -149,7 +212,7 @@ pub fn print_details(state: &StateStore, id: &str) -> anyhow::Result<()> {
                 .or(action.summary.as_deref())
                 .unwrap_or("");
             if !detail.is_empty() {
-                println!("      {detail}");
+                println!("      {}", escape_block(detail, "        "));
             }
         }
     }
@@ -177,7 +240,7 @@ pub fn print_details(state: &StateStore, id: &str) -> anyhow::Result<()> {
             let pairs: Vec<String> = action
                 .variables
                 .iter()
-                .map(|(k, v)| format!("{k}={}", one_line(v)))
+                .map(|(k, v)| format!("{}={}", escape_controls(k), one_line(v)))
                 .collect();
             println!("    {:<16} {}", action.action, pairs.join("  "));
         }
@@ -188,8 +251,43 @@ pub fn print_details(state: &StateStore, id: &str) -> anyhow::Result<()> {
 fn one_line(value: &str) -> String {
     let flat = value.replace('\n', "⏎");
     if flat.chars().count() > 60 {
-        format!("{}…", flat.chars().take(60).collect::<String>())
+        let kept: String = flat.chars().take(60).collect();
+        format!("{}…", escape_controls(&kept))
     } else {
-        flat
+        escape_controls(&flat).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_tabs_kept() {
+        let hostile =
+            "a\tb\x1b[2J\x1b]52;c;aGk=\x07\r✓ stage Deploy Succeeded\u{9b}31m\u{202e}x\x7f";
+        let shown = escape_controls(hostile);
+        assert_eq!(
+            shown,
+            "a\tb\\x1b[2J\\x1b]52;c;aGk=\\x07\\r✓ stage Deploy Succeeded\\u{9b}31m\\u{202e}x\\x7f"
+        );
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\t'));
+        assert!(matches!(escape_controls("plain ✓ text"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn blocks_keep_their_lines_indented_and_escaped() {
+        assert_eq!(
+            escape_block("crashed\n  [stderr] \x1b[31mboom", "    "),
+            "crashed\n      [stderr] \\x1b[31mboom"
+        );
+    }
+
+    #[test]
+    fn long_live_lines_are_capped_with_a_marker() {
+        let line = live_line(&"x".repeat(LIVE_LINE_CHARS + 25));
+        assert!(line.starts_with(&"x".repeat(LIVE_LINE_CHARS)));
+        assert!(line.ends_with("… [25 more characters; `sluice logs` has the whole line]"));
+        assert_eq!(live_line("short"), "short");
     }
 }

@@ -5,7 +5,7 @@
 //! marker line says so; the guest is never trapped for logging too much (a trap
 //! would turn a noisy plugin into a failed deploy).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,6 +20,17 @@ use crate::secrets::Masker;
 
 /// Called with (percent, message) whenever the action reports progress.
 pub type ProgressHook = Arc<dyn Fn(u8, &str) + Send + Sync>;
+
+/// Called with (stream name, masked text) for every kept line as it is captured,
+/// so output can be shown while the action runs.
+pub type LineHook = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
+
+/// How many of the guest's last stdout/stderr lines a crash report quotes.
+pub const CRASH_TAIL_LINES: usize = 15;
+/// Raw bytes of each line kept for the crash report (the rest cannot be shown anyway).
+const CRASH_LINE_KEEP: usize = 2048;
+/// Characters of each line a crash report shows.
+const CRASH_LINE_SHOW: usize = 300;
 
 /// Where a log line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +81,13 @@ struct Buffer {
     dropped_bytes: u64,
     /// Unterminated last line of each byte stream, by stream name.
     partial: HashMap<&'static str, Vec<u8>>,
+    /// The guest's last stdout/stderr lines, unmasked and shortened, kept even
+    /// past the log limit: a crash report quotes them (masked) to say why.
+    recent: VecDeque<(&'static str, String)>,
 }
+
+/// Kept lines waiting to be handed to the live hook once the buffer is unlocked.
+type Shown = Vec<(&'static str, String)>;
 
 /// A shared, bounded, masking collector of an action's log lines.
 #[derive(Clone)]
@@ -78,6 +95,7 @@ pub struct LogSink {
     buffer: Arc<Mutex<Buffer>>,
     masker: Arc<Masker>,
     progress: Option<ProgressHook>,
+    live: Option<LineHook>,
 }
 
 impl LogSink {
@@ -89,44 +107,101 @@ impl LogSink {
             limit,
             dropped_bytes: 0,
             partial: HashMap::new(),
+            recent: VecDeque::new(),
         };
         Self {
             buffer: Arc::new(Mutex::new(buffer)),
             masker,
             progress,
+            live: None,
         }
+    }
+
+    /// Also hand every kept line (masked) to `hook` as it is captured.
+    pub fn with_live(mut self, hook: LineHook) -> Self {
+        self.live = Some(hook);
+        self
     }
 
     /// Record one line (it may contain newlines; each becomes its own line).
     pub fn line(&self, stream: LogStream, text: &str) {
-        let mut buffer = self.lock();
-        for piece in text.split('\n') {
-            self.push(&mut buffer, stream, piece);
+        let mut shown = Shown::new();
+        {
+            let mut buffer = self.lock();
+            for piece in text.split('\n') {
+                self.push(&mut buffer, stream, piece, &mut shown);
+            }
         }
+        self.show(shown);
     }
 
     /// Record raw bytes from a stream, completing lines across calls.
     pub fn bytes(&self, stream: LogStream, data: &[u8]) {
-        let mut buffer = self.lock();
-        let mut pending = buffer.partial.remove(stream.name()).unwrap_or_default();
-        pending.extend_from_slice(data);
-        let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&pending[start..start + pos]).into_owned();
-            self.push(&mut buffer, stream, &line);
-            start += pos + 1;
+        let mut shown = Shown::new();
+        {
+            let mut buffer = self.lock();
+            let mut pending = buffer.partial.remove(stream.name()).unwrap_or_default();
+            pending.extend_from_slice(data);
+            let mut start = 0;
+            while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&pending[start..start + pos]).into_owned();
+                self.push(&mut buffer, stream, &line, &mut shown);
+                start += pos + 1;
+            }
+            let rest = pending.split_off(start);
+            // An unterminated line longer than the limit would never be flushed otherwise.
+            let rest = if rest.len() as u64 > buffer.limit {
+                self.push(
+                    &mut buffer,
+                    stream,
+                    &String::from_utf8_lossy(&rest),
+                    &mut shown,
+                );
+                Vec::new()
+            } else {
+                rest
+            };
+            if !rest.is_empty() {
+                buffer.partial.insert(stream.name(), rest);
+            }
         }
-        let rest = pending.split_off(start);
-        // An unterminated line longer than the limit would never be flushed otherwise.
-        let rest = if rest.len() as u64 > buffer.limit {
-            self.push(&mut buffer, stream, &String::from_utf8_lossy(&rest));
-            Vec::new()
-        } else {
-            rest
-        };
-        if !rest.is_empty() {
-            buffer.partial.insert(stream.name(), rest);
+        self.show(shown);
+    }
+
+    /// The complete lines captured since the last call (or since the start):
+    /// they are handed over, so the caller can store them while the action runs.
+    pub fn take_new(&self) -> Vec<LogLine> {
+        std::mem::take(&mut self.lock().lines)
+    }
+
+    /// The guest's last lines of stdout and stderr (unterminated ones included),
+    /// masked and shortened, oldest first, each prefixed by its stream: what a
+    /// crash report quotes.
+    pub fn crash_tail(&self) -> Vec<String> {
+        let buffer = self.lock();
+        let mut lines: Vec<(&str, String)> = buffer
+            .recent
+            .iter()
+            .map(|(stream, text)| (*stream, text.clone()))
+            .collect();
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            if let Some(rest) = buffer.partial.get(stream.name()) {
+                lines.push((stream.name(), String::from_utf8_lossy(rest).into_owned()));
+            }
         }
+        let skip = lines.len().saturating_sub(CRASH_TAIL_LINES);
+        lines
+            .into_iter()
+            .skip(skip)
+            .map(|(stream, text)| {
+                let masked = self.masker.mask(&text);
+                let mut shown: String = masked.chars().take(CRASH_LINE_SHOW).collect();
+                if shown.len() < masked.len() {
+                    shown.push('…');
+                }
+                format!("[{stream}] {shown}")
+            })
+            .collect()
     }
 
     /// Report progress to whoever is watching, and log it.
@@ -140,17 +215,22 @@ impl LogSink {
 
     /// Flush partial lines and take everything captured so far.
     pub fn finish(&self) -> CapturedLog {
-        let mut buffer = self.lock();
-        let mut partial: Vec<_> = buffer.partial.drain().collect();
-        partial.sort();
-        for (stream, rest) in partial {
-            let text = String::from_utf8_lossy(&rest).into_owned();
-            self.push_named(&mut buffer, stream, &text);
-        }
-        CapturedLog {
-            lines: std::mem::take(&mut buffer.lines),
-            dropped_bytes: buffer.dropped_bytes,
-        }
+        let mut shown = Shown::new();
+        let captured = {
+            let mut buffer = self.lock();
+            let mut partial: Vec<_> = buffer.partial.drain().collect();
+            partial.sort();
+            for (stream, rest) in partial {
+                let text = String::from_utf8_lossy(&rest).into_owned();
+                self.push_named(&mut buffer, stream, &text, &mut shown);
+            }
+            CapturedLog {
+                lines: std::mem::take(&mut buffer.lines),
+                dropped_bytes: buffer.dropped_bytes,
+            }
+        };
+        self.show(shown);
+        captured
     }
 
     /// The masker this sink applies (shared with the process capability).
@@ -163,33 +243,70 @@ impl LogSink {
         self.buffer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, buffer: &mut Buffer, stream: LogStream, text: &str) {
-        self.push_named(buffer, stream.name(), text);
+    fn push(&self, buffer: &mut Buffer, stream: LogStream, text: &str, shown: &mut Shown) {
+        if matches!(stream, LogStream::Stdout | LogStream::Stderr) {
+            remember(buffer, stream.name(), text);
+        }
+        self.push_named(buffer, stream.name(), text, shown);
     }
 
-    fn push_named(&self, buffer: &mut Buffer, stream: &'static str, text: &str) {
+    /// Hand kept lines to the live hook (outside the buffer's lock: the hook may
+    /// block on a slow terminal, and the guest's other stream must not wait on it).
+    fn show(&self, shown: Shown) {
+        if let Some(hook) = &self.live {
+            for (stream, text) in shown {
+                hook(stream, &text);
+            }
+        }
+    }
+
+    fn push_named(&self, buffer: &mut Buffer, stream: &'static str, text: &str, shown: &mut Shown) {
         let size = text.len() as u64 + 1;
         if buffer.dropped_bytes > 0 || buffer.bytes + size > buffer.limit {
             if buffer.dropped_bytes == 0 {
+                let text = format!(
+                    "log limit of {} reached: further output of this action is dropped",
+                    crate::units::format_bytes(buffer.limit)
+                );
+                if self.live.is_some() {
+                    shown.push((LogStream::Host.name(), text.clone()));
+                }
                 buffer.lines.push(LogLine {
                     timestamp_ms: now_ms(),
                     stream: LogStream::Host.name(),
-                    text: format!(
-                        "log limit of {} reached: further output of this action is dropped",
-                        crate::units::format_bytes(buffer.limit)
-                    ),
+                    text,
                 });
             }
             buffer.dropped_bytes += size;
             return;
         }
         buffer.bytes += size;
+        let text = self.masker.mask(text);
+        // Progress is shown by its own event; showing its log line too would repeat it.
+        if self.live.is_some() && stream != "progress" {
+            shown.push((stream, text.clone()));
+        }
         buffer.lines.push(LogLine {
             timestamp_ms: now_ms(),
             stream,
-            text: self.masker.mask(text),
+            text,
         });
     }
+}
+
+/// Keep `text` among the guest's last lines for a crash report.
+fn remember(buffer: &mut Buffer, stream: &'static str, text: &str) {
+    if text.trim().is_empty() {
+        return;
+    }
+    let mut end = text.len().min(CRASH_LINE_KEEP);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if buffer.recent.len() == CRASH_TAIL_LINES {
+        buffer.recent.pop_front();
+    }
+    buffer.recent.push_back((stream, text[..end].to_string()));
 }
 
 /// What a sink captured.
@@ -294,6 +411,57 @@ mod tests {
         let log = sink.finish();
         let texts: Vec<_> = log.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["token=***", "next"]);
+    }
+
+    #[test]
+    fn the_live_hook_sees_each_completed_masked_line_at_once() {
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let record = seen.clone();
+        let masker = Masker::new([&"topsecret".to_string()]);
+        let sink = LogSink::new(1 << 20, Arc::new(masker), None).with_live(Arc::new(
+            move |stream, text| record.lock().unwrap().push(format!("{stream}:{text}")),
+        ));
+        sink.bytes(LogStream::Process, b"first topsecret\nsec");
+        assert_eq!(*seen.lock().unwrap(), ["process:first ***"]);
+        sink.progress(50, "halfway");
+        sink.bytes(LogStream::Process, b"ond");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "progress and partial lines wait"
+        );
+        sink.finish();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["process:first ***", "process:second"]
+        );
+    }
+
+    #[test]
+    fn new_lines_are_handed_over_once() {
+        let sink = LogSink::new(1 << 20, Arc::new(Masker::default()), None);
+        sink.line(LogStream::Log("info"), "one");
+        sink.bytes(LogStream::Stdout, b"two\nthr");
+        let texts = |lines: Vec<LogLine>| lines.into_iter().map(|l| l.text).collect::<Vec<_>>();
+        assert_eq!(texts(sink.take_new()), ["one", "two"]);
+        assert!(sink.take_new().is_empty());
+        assert_eq!(texts(sink.finish().lines), ["thr"]);
+    }
+
+    #[test]
+    fn the_crash_tail_quotes_the_last_guest_lines_masked_even_past_the_limit() {
+        let masker = Masker::new([&"topsecret".to_string()]);
+        let sink = LogSink::new(64, Arc::new(masker), None);
+        for i in 0..20 {
+            sink.bytes(LogStream::Stdout, format!("out {i}\n").as_bytes());
+        }
+        sink.line(LogStream::Log("info"), "not guest output");
+        sink.bytes(LogStream::Stderr, b"panicked: key topsecret\nunterminated");
+        let tail = sink.crash_tail();
+        assert_eq!(tail.len(), CRASH_TAIL_LINES);
+        assert_eq!(tail[0], "[stdout] out 7");
+        assert_eq!(tail[13], "[stderr] panicked: key ***");
+        assert_eq!(tail[14], "[stderr] unterminated");
     }
 
     #[test]

@@ -537,7 +537,20 @@ fn settle<T>(
         Ok(Err(_)) if state.memory.hit => {
             return Err(ActionError::Limit(LimitHit::Memory(limits.memory_bytes)));
         }
-        Ok(Err(trap)) => return Err(ActionError::Trap(describe_trap(&trap))),
+        Ok(Err(trap)) => {
+            let mut crash = describe_trap(&trap);
+            // A guest prints why it dies (a panic message, a traceback) just before
+            // trapping; the trap alone ("unreachable") says nothing.
+            let tail = state.log.crash_tail();
+            if !tail.is_empty() {
+                crash.push_str("\n  last output of the plugin:");
+                for line in tail {
+                    crash.push_str("\n    ");
+                    crash.push_str(&line);
+                }
+            }
+            return Err(ActionError::Trap(crash));
+        }
         Ok(Ok(answer)) => answer,
     };
     match denials.first() {

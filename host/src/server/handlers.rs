@@ -753,7 +753,12 @@ async fn retry_stage(
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     action: Option<String>,
+    /// Only lines stored after the line with this id, in storage order (for following).
+    after: Option<i64>,
 }
+
+/// Most lines one `?after=` page returns.
+const LOG_PAGE: usize = 5000;
 
 async fn get_logs(
     State(app): State<AppState>,
@@ -762,12 +767,17 @@ async fn get_logs(
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    // The status is read before the lines: when it is final, every line is there.
     let execution = visible_execution(&app, &caller, &id)?;
-    let lines = app
-        .state
-        .logs(&execution.id, query.action.as_deref())
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "execution": execution.id, "lines": lines })))
+    let action = query.action.as_deref();
+    let lines = match query.after {
+        Some(after) => app.state.logs_after(&execution.id, action, after, LOG_PAGE),
+        None => app.state.logs(&execution.id, action),
+    }
+    .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "execution": execution.id, "status": execution.status, "lines": lines }),
+    ))
 }
 
 /// Query of `GET /events`.

@@ -52,8 +52,16 @@ pub async fn document() -> Json<Value> {
         query_param("limit", "integer"),
         query_param("offset", "integer")
     ]);
-    let mut logs = operation("Logs of an execution (masked)", "viewer", "200");
-    logs["parameters"] = json!([path_param("id"), query_param("action", "string")]);
+    let mut logs = operation(
+        "Logs of an execution (masked) and its status; ?after=<line id> follows it",
+        "viewer",
+        "200",
+    );
+    logs["parameters"] = json!([
+        path_param("id"),
+        query_param("action", "string"),
+        query_param("after", "integer")
+    ]);
     let mut audit = operation("The audit log of mutating calls", "admin", "200");
     audit["parameters"] = json!([
         query_param("after", "integer"),

@@ -51,6 +51,8 @@ impl Guest for Hostile {
             "log-flood" => log_flood(&inv),
             "noop" => Ok(outcome("noop".to_string())),
             "plant-symlink" => plant_symlink(&inv),
+            "panic" => panic_loudly(&inv),
+            "terminal-escape" => terminal_escape(&inv),
             other => Err(Failure {
                 kind: FailureKind::ConfigurationError,
                 message: format!("unknown mode {other:?}"),
@@ -349,4 +351,40 @@ fn plant_symlink(inv: &Inv) -> Result<Outcome, Failure> {
         }
     }
     Ok(outcome(format!("planted {}", planted.join(", "))))
+}
+
+/// Print a line of ordinary output, then panic: the panic message goes to
+/// stderr and the guest traps (`unreachable`). The host must quote the message.
+fn panic_loudly(inv: &Inv) -> Result<Outcome, Failure> {
+    let message = inv.config("message").unwrap_or("deliberate panic");
+    println!("hostile: about to panic");
+    panic!("hostile: {message}");
+}
+
+/// Text that would take over a terminal if printed raw: clear the screen, set
+/// the clipboard (OSC 52), set the window title, colour by a C1 CSI, and a
+/// carriage return that overwrites the line with a forged stage result.
+const TERMINAL_ATTACK: &str = "\x1b[2J\x1b[Hcleared \x1b]52;c;aGFja2Vk\x07clipboard \x1b]0;title\x07 \u{9b}31mred\r✓ stage Deploy Succeeded";
+
+/// Send [`TERMINAL_ATTACK`] through every channel a plugin prints through: the
+/// log, stdout, stderr, progress, the summary, a variable's name and value, and
+/// (with `fail = "true"`) the failure message.
+fn terminal_escape(inv: &Inv) -> Result<Outcome, Failure> {
+    log::write(Level::Warn, &format!("log {TERMINAL_ATTACK}"));
+    println!("stdout {TERMINAL_ATTACK}");
+    eprintln!("stderr {TERMINAL_ATTACK}");
+    log::progress(50, &format!("progress {TERMINAL_ATTACK}"));
+    if inv.config("fail") == Some("true") {
+        return Err(Failure {
+            kind: FailureKind::JobFailed,
+            message: format!("failure {TERMINAL_ATTACK}"),
+        });
+    }
+    Ok(Outcome {
+        summary: format!("summary {TERMINAL_ATTACK}"),
+        variables: vec![(
+            "name\x1b[2J".to_string(),
+            format!("value {TERMINAL_ATTACK}"),
+        )],
+    })
 }
