@@ -142,6 +142,7 @@ pub struct Executor {
     state: Arc<StateStore>,
     secrets: SecretSource,
     work_root: PathBuf,
+    caches: crate::cache::CacheStore,
     events: EventSink,
     gates: StageGates,
     running: Mutex<HashMap<String, Arc<ExecutionContext>>>,
@@ -193,7 +194,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Executor {
     /// An executor over these stores; scratch directories go under `work_root`,
-    /// which must be on the same filesystem as the artifact store.
+    /// which must be on the same filesystem as the artifact store. Its parent is
+    /// the data directory: pipeline caches live beside it, in `caches/`.
     pub fn new(
         runtime: Arc<Runtime>,
         artifacts: ArtifactStore,
@@ -202,7 +204,9 @@ impl Executor {
         work_root: PathBuf,
         events: EventSink,
     ) -> Arc<Self> {
+        let data_dir = work_root.parent().unwrap_or(&work_root);
         Arc::new(Self {
+            caches: crate::cache::CacheStore::under(data_dir),
             runtime,
             artifacts,
             state,
@@ -718,7 +722,7 @@ impl Executor {
         let masker = Arc::new(Masker::new(
             self.secrets.granted(&action.grants.secrets).values(),
         ));
-        let resolved = resolve_config(context, action);
+        let resolved = resolve_config(context, action, &self.caches);
         let recorded_config = match &resolved {
             Ok(config) => config.clone(),
             Err(_) => action.config.clone(),
@@ -957,6 +961,7 @@ impl Executor {
             outputs: sandbox.outputs,
             workspace: sandbox.workspace,
             mounts: action.grants.mounts.clone(),
+            caches: self.caches.granted(&context.plan, &action.grants.caches),
             secret_names: action.grants.secrets.clone(),
             secret_values: self.secrets.granted(&action.grants.secrets),
             hosts: action.grants.hosts.clone(),
@@ -986,7 +991,10 @@ impl Executor {
         };
         let context = side_context(&plan, format!("poll-{}", uuid::Uuid::new_v4()), "poll")?;
         let (call, spec) = self.side_call(&context, &action, installed)?;
+        let caches = self.caches.acquire(&plan, &action.grants.caches, &call.log);
+        let lease = caches.await.map_err(anyhow::Error::msg)?;
         let result = self.runtime.check(&call.plugin, spec, last).await;
+        lease.release(&call.log).await;
         call.finish(&format!("poll {}/{action_name}", plan.name));
         result.map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
     }
@@ -1031,7 +1039,7 @@ impl Executor {
         action: &ActionPlan,
         installed: &InstalledPlugin,
     ) -> anyhow::Result<(SideCall, SandboxSpec)> {
-        let config = resolve_config(context, action).map_err(anyhow::Error::msg)?;
+        let config = resolve_config(context, action, &self.caches).map_err(anyhow::Error::msg)?;
         let plugin = self.runtime.load(
             &installed.component_path(),
             &installed.precompiled_path(self.runtime.compatibility_key()),
@@ -1103,7 +1111,14 @@ impl Executor {
             log: log.clone(),
         };
         let spec = self.sandbox_spec(context, action, round, sandbox);
-        let result = self.runtime.invoke(plugin, spec).await;
+        let result = match self.caches.acquire(&context.plan, &action.grants.caches, &log).await {
+            Ok(lease) => {
+                let result = self.runtime.invoke(plugin, spec).await;
+                lease.release(&log).await;
+                result
+            }
+            Err(message) => Err(ActionError::Host(message)),
+        };
         if let Err(error) = &result {
             log.line(
                 LogStream::Host,
@@ -1317,16 +1332,24 @@ enum AttemptError {
     Host(String),
 }
 
-/// The action's configuration with every reference replaced.
+/// The action's configuration with every reference replaced; `#{cache.<name>}`
+/// is the host path of a cache granted to the action.
 fn resolve_config(
     context: &ExecutionContext,
     action: &ActionPlan,
+    caches: &crate::cache::CacheStore,
 ) -> Result<Vec<(String, String)>, String> {
+    let lookup = |ns: &str, k: &str| match ns {
+        "cache" if action.grants.caches.iter().any(|c| c == k) => {
+            Some(caches.dir(&context.plan.name, k).display().to_string())
+        }
+        _ => context.lookup(ns, k),
+    };
     action
         .config
         .iter()
         .map(|(key, value)| {
-            vars::resolve(value, |ns, k| context.lookup(ns, k))
+            vars::resolve(value, &lookup)
                 .map(|resolved| (key.clone(), resolved))
                 .map_err(|e| format!("config `{key}`: {e}"))
         })

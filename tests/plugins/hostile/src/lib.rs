@@ -51,6 +51,7 @@ impl Guest for Hostile {
             "log-flood" => log_flood(&inv),
             "noop" => Ok(outcome("noop".to_string())),
             "plant-symlink" => plant_symlink(&inv),
+            "cache-count" => cache_count(&inv),
             other => Err(Failure {
                 kind: FailureKind::ConfigurationError,
                 message: format!("unknown mode {other:?}"),
@@ -349,4 +350,25 @@ fn plant_symlink(inv: &Inv) -> Result<Outcome, Failure> {
         }
     }
     Ok(outcome(format!("planted {}", planted.join(", "))))
+}
+
+/// Not hostile: count runs in `/cache/<file>`, proving a granted cache is a
+/// writable directory that outlives the execution.
+fn cache_count(inv: &Inv) -> Result<Outcome, Failure> {
+    let path = format!("/cache/{}", inv.config("file").unwrap_or("data/count"));
+    let failed = |e: std::io::Error| Failure {
+        kind: FailureKind::JobFailed,
+        message: format!("{path}: {e}"),
+    };
+    let before: u64 = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(failed(e)),
+    };
+    let count = before + 1;
+    std::fs::write(&path, count.to_string()).map_err(failed)?;
+    Ok(Outcome {
+        summary: format!("count {count}"),
+        variables: vec![("count".to_string(), count.to_string())],
+    })
 }
