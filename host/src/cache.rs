@@ -114,11 +114,7 @@ impl CacheStore {
             held.push(Held {
                 name: name.clone(),
                 dir,
-                max_bytes: plan
-                    .caches
-                    .get(name)
-                    .copied()
-                    .unwrap_or(DEFAULT_MAX_BYTES),
+                max_bytes: plan.caches.get(name).copied().unwrap_or(DEFAULT_MAX_BYTES),
                 lock,
             });
         }
@@ -157,7 +153,10 @@ impl CacheStore {
             if !pipeline.is_dir() {
                 continue;
             }
-            for dir in sorted_entries(&pipeline)?.into_iter().filter(|d| d.is_dir()) {
+            for dir in sorted_entries(&pipeline)?
+                .into_iter()
+                .filter(|d| d.is_dir())
+            {
                 let (Some(pipeline), Some(cache)) = (file_name(&pipeline), file_name(&dir)) else {
                     continue;
                 };
@@ -179,7 +178,8 @@ impl CacheStore {
     /// then this blocks until it is free. Returns the bytes freed.
     pub fn clear(&self, pipeline: &str, name: &str, waiting: impl FnOnce()) -> anyhow::Result<u64> {
         let path = self.lock_path(pipeline, name);
-        let file = open_lock(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        let file =
+            open_lock(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -286,7 +286,11 @@ fn remove_tree(dir: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(_) => {}
     }
-    for entry in walkdir::WalkDir::new(dir).follow_links(false).into_iter().flatten() {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
         if entry.file_type().is_dir() {
             let mode = std::fs::Permissions::from_mode(0o700);
             std::fs::set_permissions(entry.path(), mode).ok();

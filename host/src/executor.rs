@@ -1111,7 +1111,11 @@ impl Executor {
             log: log.clone(),
         };
         let spec = self.sandbox_spec(context, action, round, sandbox);
-        let result = match self.caches.acquire(&context.plan, &action.grants.caches, &log).await {
+        let result = match self
+            .caches
+            .acquire(&context.plan, &action.grants.caches, &log)
+            .await
+        {
             Ok(lease) => {
                 let result = self.runtime.invoke(plugin, spec).await;
                 lease.release(&log).await;
@@ -1349,7 +1353,7 @@ fn resolve_config(
         .config
         .iter()
         .map(|(key, value)| {
-            vars::resolve(value, &lookup)
+            vars::resolve(value, lookup)
                 .map(|resolved| (key.clone(), resolved))
                 .map_err(|e| format!("config `{key}`: {e}"))
         })

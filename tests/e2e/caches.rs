@@ -108,11 +108,18 @@ fn concurrent_runs_take_turns_with_a_cache() {
 #[test]
 fn a_cache_above_its_max_size_is_cleared_with_a_warning() {
     let workspace = Workspace::new();
-    let small = cache_pipeline("capped", "{ max-size = \"1KiB\" }", "echo small > $CACHE/small");
+    let small = cache_pipeline(
+        "capped",
+        "{ max-size = \"1KiB\" }",
+        "echo small > $CACHE/small",
+    );
     let output = workspace.run_pipeline(&small);
     assert!(output.status.success(), "{}", text(&output));
     let dir = workspace.path(".sluice/caches/capped/data");
-    assert!(dir.join("small").exists(), "under the cap, the cache is kept");
+    assert!(
+        dir.join("small").exists(),
+        "under the cap, the cache is kept"
+    );
 
     let big = cache_pipeline(
         "capped",
@@ -154,7 +161,10 @@ fn cache_ls_and_clear() {
     assert_eq!(caches[0]["pipeline"], "listed");
     assert_eq!(caches[0]["cache"], "data");
     assert_eq!(caches[0]["bytes"], 5);
-    assert!(caches[0]["last_used_ms"].as_i64().unwrap() > 0, "{caches:#}");
+    assert!(
+        caches[0]["last_used_ms"].as_i64().unwrap() > 0,
+        "{caches:#}"
+    );
 
     let missing = workspace.sluice(&["cache", "clear", "nosuch"]);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
@@ -178,7 +188,11 @@ fn rejected_at(pipeline: &str, line: usize, column: usize, message: &str) {
     workspace.write("pipeline.toml", pipeline);
     let output = workspace.sluice(&["validate", "pipeline.toml"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "expected rejection:\n{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "expected rejection:\n{stderr}"
+    );
     let location = format!("pipeline.toml:{line}:{column}: error:");
     let hit = stderr
         .lines()
