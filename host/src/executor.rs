@@ -1111,18 +1111,7 @@ impl Executor {
             log: log.clone(),
         };
         let spec = self.sandbox_spec(context, action, round, sandbox);
-        let result = match self
-            .caches
-            .acquire(&context.plan, &action.grants.caches, &log)
-            .await
-        {
-            Ok(lease) => {
-                let result = self.runtime.invoke(plugin, spec).await;
-                lease.release(&log).await;
-                result
-            }
-            Err(message) => Err(ActionError::Host(message)),
-        };
+        let result = self.invoke_locked(context, action, plugin, spec, &log).await;
         if let Err(error) = &result {
             log.line(
                 LogStream::Host,
@@ -1142,6 +1131,27 @@ impl Executor {
         std::fs::remove_dir_all(&work).ok();
         stored.map_err(|e| AttemptError::Host(format!("storing logs: {e:#}")))?;
         ingested
+    }
+
+    /// Invoke with the action's caches locked for exactly as long as it runs
+    /// (see [`crate::cache`]); over-size caches are cleared after it.
+    async fn invoke_locked(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        plugin: &crate::sandbox::LoadedPlugin,
+        spec: SandboxSpec,
+        log: &LogSink,
+    ) -> Result<ActionOutcome, ActionError> {
+        let caches = &action.grants.caches;
+        let lease = self
+            .caches
+            .acquire(&context.plan, caches, log)
+            .await
+            .map_err(ActionError::Host)?;
+        let result = self.runtime.invoke(plugin, spec).await;
+        lease.release(log).await;
+        result
     }
 
     fn progress_hook(&self, context: &ExecutionContext, action: &ActionPlan) -> ProgressHook {
