@@ -1111,7 +1111,9 @@ impl Executor {
             log: log.clone(),
         };
         let spec = self.sandbox_spec(context, action, round, sandbox);
-        let result = self.invoke_locked(context, action, plugin, spec, &log).await;
+        let result = self
+            .invoke_locked(context, action, plugin, spec, &log)
+            .await;
         if let Err(error) = &result {
             log.line(
                 LogStream::Host,

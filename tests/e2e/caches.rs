@@ -182,6 +182,48 @@ fn cache_ls_and_clear() {
     assert_eq!(stdout(&listed).trim(), "no caches");
 }
 
+#[test]
+fn clearing_waits_for_the_action_using_the_cache() {
+    let workspace = Workspace::new();
+    workspace.write(
+        "pipeline.toml",
+        &cache_pipeline(
+            "busy",
+            "{}",
+            "echo start >> $CACHE/log; sleep 3; echo end >> $CACHE/log",
+        ),
+    );
+    let log = workspace.path(".sluice/caches/busy/data/log");
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| workspace.sluice(&["run", "pipeline.toml"]));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !log.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the action never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let cleared = workspace.sluice(&["cache", "clear", "data"]);
+        assert!(cleared.status.success(), "{}", text(&cleared));
+        let waited = "waiting for cache `data` of pipeline `busy` (in use by a running action)";
+        assert!(
+            String::from_utf8_lossy(&cleared.stderr).contains(waited),
+            "{}",
+            text(&cleared)
+        );
+        // Both markers were written before the clear: it waited for the action.
+        assert!(
+            stdout(&cleared).contains("cleared cache `data` of pipeline `busy` (10 B)"),
+            "{}",
+            text(&cleared)
+        );
+        let run = run.join().unwrap();
+        assert!(run.status.success(), "{}", text(&run));
+    });
+    assert!(!log.exists());
+}
+
 /// Validate `pipeline` and assert it is rejected at `line:column` with `message`.
 fn rejected_at(pipeline: &str, line: usize, column: usize, message: &str) {
     let workspace = Workspace::new();
