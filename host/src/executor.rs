@@ -991,12 +991,17 @@ impl Executor {
         };
         let context = side_context(&plan, format!("poll-{}", uuid::Uuid::new_v4()), "poll")?;
         let (call, spec) = self.side_call(&context, &action, installed)?;
-        let caches = self.caches.acquire(&plan, &action.grants.caches, &call.log);
-        let lease = caches.await.map_err(anyhow::Error::msg)?;
-        let result = self.runtime.check(&call.plugin, spec, last).await;
-        lease.release(&call.log).await;
+        let lease = self.caches.acquire(&plan, &action.grants.caches, &call.log);
+        let result = match lease.await {
+            Ok(lease) => {
+                let result = self.runtime.check(&call.plugin, spec, last).await;
+                lease.release(&call.log).await;
+                result.map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+            }
+            Err(message) => Err(anyhow::anyhow!(message)),
+        };
         call.finish(&format!("poll {}/{action_name}", plan.name));
-        result.map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+        result
     }
 
     /// Deliver one state-change event through the pipeline's `[notifications]`
