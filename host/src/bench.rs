@@ -410,6 +410,7 @@ fn plan(
         notifications: None,
         queue_depth: usize::MAX,
         variables: BTreeMap::new(),
+        caches: BTreeMap::new(),
         stages: (0..stages).map(stage).collect(),
     }
 }
@@ -432,6 +433,7 @@ fn noop_spec(inputs: Vec<(String, PathBuf)>, workspace: &Path) -> SandboxSpec {
         outputs: Vec::new(),
         workspace: workspace.to_path_buf(),
         mounts: Vec::new(),
+        caches: Vec::new(),
         secret_names: Vec::new(),
         secret_values: Default::default(),
         hosts: Vec::new(),

@@ -152,6 +152,7 @@ pub struct Executor {
     state: Arc<StateStore>,
     secrets: SecretSource,
     work_root: PathBuf,
+    caches: crate::cache::CacheStore,
     events: EventSink,
     gates: StageGates,
     running: Mutex<HashMap<String, Arc<ExecutionContext>>>,
@@ -205,7 +206,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Executor {
     /// An executor over these stores; scratch directories go under `work_root`,
-    /// which must be on the same filesystem as the artifact store.
+    /// which must be on the same filesystem as the artifact store. Its parent is
+    /// the data directory: pipeline caches live beside it, in `caches/`.
     pub fn new(
         runtime: Arc<Runtime>,
         artifacts: ArtifactStore,
@@ -214,7 +216,9 @@ impl Executor {
         work_root: PathBuf,
         events: EventSink,
     ) -> Arc<Self> {
+        let data_dir = work_root.parent().unwrap_or(&work_root);
         Arc::new(Self {
+            caches: crate::cache::CacheStore::under(data_dir),
             runtime,
             artifacts,
             state,
@@ -737,7 +741,7 @@ impl Executor {
         let masker = Arc::new(Masker::new(
             self.secrets.granted(&action.grants.secrets).values(),
         ));
-        let resolved = resolve_config(context, action);
+        let resolved = resolve_config(context, action, &self.caches);
         let recorded_config = match &resolved {
             Ok(config) => config.clone(),
             Err(_) => action.config.clone(),
@@ -976,6 +980,7 @@ impl Executor {
             outputs: sandbox.outputs,
             workspace: sandbox.workspace,
             mounts: action.grants.mounts.clone(),
+            caches: self.caches.granted(&context.plan, &action.grants.caches),
             secret_names: action.grants.secrets.clone(),
             secret_values: self.secrets.granted(&action.grants.secrets),
             hosts: action.grants.hosts.clone(),
@@ -1007,9 +1012,17 @@ impl Executor {
         };
         let context = side_context(&plan, format!("poll-{}", uuid::Uuid::new_v4()), "poll")?;
         let (call, spec) = self.side_call(&context, &action, installed)?;
-        let result = self.runtime.check(&call.plugin, spec, last).await;
+        let lease = self.caches.acquire(&plan, &action.grants.caches, &call.log);
+        let result = match lease.await {
+            Ok(lease) => {
+                let result = self.runtime.check(&call.plugin, spec, last).await;
+                lease.release(&call.log).await;
+                result.map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+            }
+            Err(message) => Err(anyhow::anyhow!(message)),
+        };
         call.finish(&format!("poll {}/{action_name}", plan.name));
-        result.map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+        result
     }
 
     /// Deliver one state-change event through the pipeline's `[notifications]`
@@ -1052,7 +1065,7 @@ impl Executor {
         action: &ActionPlan,
         installed: &InstalledPlugin,
     ) -> anyhow::Result<(SideCall, SandboxSpec)> {
-        let config = resolve_config(context, action).map_err(anyhow::Error::msg)?;
+        let config = resolve_config(context, action, &self.caches).map_err(anyhow::Error::msg)?;
         let plugin = self.runtime.load(
             &installed.component_path(),
             &installed.precompiled_path(self.runtime.compatibility_key()),
@@ -1133,7 +1146,7 @@ impl Executor {
                 action,
                 attempt,
                 &log,
-                self.runtime.invoke(plugin, spec),
+                self.invoke_locked(context, action, plugin, spec, &log),
             )
             .await;
         if let Err(error) = &result {
@@ -1220,6 +1233,27 @@ impl Executor {
                 text: text.to_string(),
             })
         })
+    }
+
+    /// Invoke with the action's caches locked for exactly as long as it runs
+    /// (see [`crate::cache`]); over-size caches are cleared after it.
+    async fn invoke_locked(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        plugin: &crate::sandbox::LoadedPlugin,
+        spec: SandboxSpec,
+        log: &LogSink,
+    ) -> Result<ActionOutcome, ActionError> {
+        let caches = &action.grants.caches;
+        let lease = self
+            .caches
+            .acquire(&context.plan, caches, log)
+            .await
+            .map_err(ActionError::Host)?;
+        let result = self.runtime.invoke(plugin, spec).await;
+        lease.release(log).await;
+        result
     }
 
     fn progress_hook(&self, context: &ExecutionContext, action: &ActionPlan) -> ProgressHook {
@@ -1417,16 +1451,24 @@ enum AttemptError {
     Host(String),
 }
 
-/// The action's configuration with every reference replaced.
+/// The action's configuration with every reference replaced; `#{cache.<name>}`
+/// is the host path of a cache granted to the action.
 fn resolve_config(
     context: &ExecutionContext,
     action: &ActionPlan,
+    caches: &crate::cache::CacheStore,
 ) -> Result<Vec<(String, String)>, String> {
+    let lookup = |ns: &str, k: &str| match ns {
+        "cache" if action.grants.caches.iter().any(|c| c == k) => {
+            Some(caches.dir(&context.plan.name, k).display().to_string())
+        }
+        _ => context.lookup(ns, k),
+    };
     action
         .config
         .iter()
         .map(|(key, value)| {
-            vars::resolve(value, |ns, k| context.lookup(ns, k))
+            vars::resolve(value, lookup)
                 .map(|resolved| (key.clone(), resolved))
                 .map_err(|e| format!("config `{key}`: {e}"))
         })

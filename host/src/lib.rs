@@ -9,6 +9,7 @@
 
 pub mod artifact;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod executor;
 pub mod gates;

@@ -424,6 +424,50 @@ pub struct ActionEnd<'a> {
     pub outputs: &'a [OutputRecord],
 }
 
+/// Switch to WAL, create and migrate the schema. Processes opening one new
+/// database at once (several `sluice run`) can get SQLITE_BUSY here without the
+/// busy timeout applying (the journal-mode switch does not wait): try again.
+fn set_up(connection: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match set_up_once(connection) {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn set_up_once(connection: &Connection) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.execute_batch(SCHEMA)?;
+    for migration in MIGRATIONS {
+        // "duplicate column" means the database already has it.
+        if let Err(e) = connection.execute(migration, [])
+            && !e.to_string().contains("duplicate column")
+        {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// A transaction that takes the write lock up front. A deferred one that reads
+/// and then writes gets SQLITE_BUSY at once, without the busy timeout, when
+/// another process (a second `sluice run` on the data directory) wrote meanwhile.
+fn write_transaction(db: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 impl StateStore {
     /// Open (and create or migrate) the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
@@ -433,19 +477,7 @@ impl StateStore {
         let connection = Connection::open(path)
             .with_context(|| format!("opening state database {}", path.display()))?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
-        connection
-            .execute_batch(SCHEMA)
-            .context("creating the state schema")?;
-        for migration in MIGRATIONS {
-            // "duplicate column" means the database already has it.
-            if let Err(e) = connection.execute(migration, [])
-                && !e.to_string().contains("duplicate column")
-            {
-                return Err(e).context("migrating the state schema");
-            }
-        }
+        set_up(&connection).context("creating or migrating the state schema")?;
         Ok(Self {
             connection: Mutex::new(connection),
         })
@@ -581,7 +613,7 @@ impl StateStore {
             return Ok(());
         }
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = write_transaction(&mut db)?;
         let next: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq) + 1, 0) FROM action_logs WHERE execution_id = ?1 AND action = ?2",
             params![execution, action],
@@ -735,7 +767,7 @@ impl StateStore {
     /// Register a new version of a pipeline; returns the version number.
     pub fn put_pipeline(&self, name: &str, source: &str, now_ms: i64) -> anyhow::Result<i64> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = write_transaction(&mut db)?;
         let version: i64 = tx.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM pipelines WHERE name = ?1",
             params![name],
@@ -800,7 +832,7 @@ impl StateStore {
     /// Mark an execution and whatever of it is still InProgress as Failed.
     pub fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = write_transaction(&mut db)?;
         for table in ["action_runs", "stage_runs"] {
             tx.execute(
                 &format!("UPDATE {table} SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE execution_id = ?1 AND status = 'InProgress'"),

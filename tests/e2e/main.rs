@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod caches;
 mod control;
 mod example;
 mod execution;

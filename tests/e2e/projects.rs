@@ -171,3 +171,27 @@ fn cargo_test_runs_a_real_crate_with_only_documented_grants() {
     let logs = workspace.latest_logs();
     assert!(logs.contains("test tests::adds ... ok"), "{logs}");
 }
+
+#[test]
+fn a_second_cargo_test_run_reuses_the_build_from_the_cache() {
+    let workspace = Workspace::new();
+    rust_crate(&workspace);
+    let pipeline = rust_pipeline("[caches]\ncargo = { max-size = \"2GiB\" }\n")
+        .replace("CARGO_ENV", ",CARGO_TARGET_DIR=#{cache.cargo}")
+        .replace("CACHE_GRANT", ", caches = [\"cargo\"]");
+    let first = workspace.run_pipeline(&pipeline);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        workspace.latest_logs().contains("Compiling tiny-math"),
+        "{}",
+        workspace.latest_logs()
+    );
+    let second = workspace.sluice(&["run", "pipeline.toml"]);
+    assert!(second.status.success(), "{}", text(&second));
+    let logs = workspace.latest_logs();
+    assert!(logs.contains("test tests::adds ... ok"), "{logs}");
+    assert!(
+        !logs.contains("Compiling tiny-math"),
+        "the second run recompiled the crate:\n{logs}"
+    );
+}

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 an execution failed, 2 bad input (an invalid pipeline,
 //! an unknown plugin, a refused install...).
 
+mod caches;
 mod history;
 mod plugins;
 mod remote;
@@ -164,6 +165,9 @@ enum Command {
     /// Measure this host: per-action overhead, throughput, plugin load, artifact
     /// handoff and memory (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Pipeline caches in the data directory: list and clear them.
+    #[command(subcommand)]
+    Cache(caches::CacheCommand),
     /// Print the logs of an execution, or of one of its actions.
     Logs {
         /// Execution id (or a unique prefix, or `latest`).
@@ -224,6 +228,8 @@ fn parse_assignment(text: &str) -> Result<(String, String), String> {
 struct Paths {
     data_dir: PathBuf,
     plugins: PathBuf,
+    /// `--output`, for local verbs that honour it.
+    output: OutputFormat,
 }
 
 impl Paths {
@@ -246,6 +252,7 @@ pub fn main() -> ExitCode {
             .clone()
             .unwrap_or_else(|| cli.data_dir.join("plugins")),
         data_dir: cli.data_dir,
+        output: cli.output,
     };
     let client = cli.server.as_deref().map(|server| {
         remote::Client::new(server, cli.token.clone(), cli.output == OutputFormat::Json)
@@ -365,6 +372,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             action,
             follow,
         } => history::logs(paths, &execution, action.as_deref(), follow),
+        Command::Cache(command) => caches::dispatch(command, paths),
     }
 }
 

@@ -117,6 +117,8 @@ pub struct Plan {
     pub notifications: Option<Notifications>,
     /// Pipeline variables and their defaults.
     pub variables: BTreeMap<String, Option<String>>,
+    /// Declared caches: name → max-size in bytes.
+    pub caches: BTreeMap<String, u64>,
     /// Stages, in order.
     pub stages: Vec<StagePlan>,
 }
@@ -265,6 +267,8 @@ pub struct Grants {
     pub toolchains: Vec<PathBuf>,
     /// Host directories, paths made absolute.
     pub mounts: Vec<Mount>,
+    /// Names of the pipeline caches this action may use.
+    pub caches: Vec<String>,
 }
 
 /// When to try a failed action again.

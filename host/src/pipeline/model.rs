@@ -21,6 +21,18 @@ pub struct PipelineFile {
     pub triggers: Option<TriggersDecl>,
     /// `[notifications]`: deliver state-change events to a plugin (used by `sluice serve`).
     pub notifications: Option<NotificationsDecl>,
+    /// `[caches]`: directories kept between executions, by name.
+    #[serde(default)]
+    pub caches: BTreeMap<String, Spanned<CacheDecl>>,
+}
+
+/// `cargo = { max-size = "2GiB" }` under `[caches]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDecl {
+    /// Above this size after an action, the cache is cleared; default 10GiB.
+    #[serde(rename = "max-size", alias = "max_size")]
+    pub max_size: Option<Spanned<String>>,
 }
 
 /// `[notifications]`: which events, and the action that delivers them.
@@ -177,6 +189,9 @@ pub struct GrantsDecl {
     /// Host directories, by mount name.
     #[serde(default)]
     pub mounts: BTreeMap<String, Spanned<MountDecl>>,
+    /// Names of the pipeline's `[caches]` this action may use.
+    #[serde(default)]
+    pub caches: Vec<Spanned<String>>,
 }
 
 /// One granted host directory.

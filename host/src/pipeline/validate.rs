@@ -21,7 +21,7 @@ use crate::sandbox::limits::Limits;
 use crate::units::{parse_bytes, parse_duration};
 
 /// Namespaces that actions may not claim.
-const RESERVED_NAMESPACES: [&str; 3] = ["variables", "execution", "trigger"];
+const RESERVED_NAMESPACES: [&str; 4] = ["variables", "execution", "trigger", "cache"];
 /// Keys of the built-in `execution` namespace.
 const EXECUTION_KEYS: [&str; 2] = ["id", "pipeline"];
 
@@ -83,6 +83,7 @@ impl Validator<'_> {
             );
         }
         self.collect_producers(file);
+        let caches = self.caches(file);
         let mut stage_names = HashSet::new();
         let mut action_names = HashSet::new();
         let mut stages = Vec::new();
@@ -121,6 +122,7 @@ impl Validator<'_> {
                 actions,
             });
         }
+        self.check_unused_caches(file);
         Plan {
             name: file.pipeline.name.get_ref().clone(),
             file: self.source.path.clone(),
@@ -134,6 +136,7 @@ impl Validator<'_> {
                 .iter()
                 .map(|(name, decl)| (name.clone(), decl.get_ref().default.clone()))
                 .collect(),
+            caches,
             stages,
         }
     }
@@ -322,7 +325,8 @@ impl Validator<'_> {
             let plugin = self.plugin(action)?;
             self.check_polled_world(file, action, &plugin.manifest);
             self.check_config_schema(action, &plugin.manifest, &config);
-            let grants = self.grants(action, &plugin.manifest);
+            let mut grants = self.grants(action, &plugin.manifest);
+            grants.caches = self.cache_grants(file, action, &plugin.manifest);
             (ActionKind::Plugin(Box::new(plugin)), grants)
         };
         let limits = self.limits(action);
@@ -456,7 +460,7 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            self.check_references(file, value, &text, position);
+            self.check_references(file, action, value, &text, position);
             config.insert(key.clone(), (value.span().start, text));
         }
         config
@@ -465,6 +469,7 @@ impl Validator<'_> {
     fn check_references(
         &mut self,
         file: &PipelineFile,
+        action: &ActionDecl,
         at: &Spanned<toml::Value>,
         text: &str,
         position: Position,
@@ -481,6 +486,10 @@ impl Validator<'_> {
                     reference.name()
                 ),
                 "execution" if EXECUTION_KEYS.contains(&reference.key.as_str()) => continue,
+                "cache" => match cache_reference(file, action, &reference.key) {
+                    Some(message) => message,
+                    None => continue,
+                },
                 "trigger" if TRIGGER_KEYS.contains(&reference.key.as_str()) => continue,
                 "event"
                     if self.in_notifications && EVENT_KEYS.contains(&reference.key.as_str()) =>
@@ -597,6 +606,7 @@ impl Validator<'_> {
                 .map(|t| PathBuf::from(t.get_ref()))
                 .collect(),
             mounts,
+            ..Grants::default()
         }
     }
 
@@ -640,6 +650,100 @@ impl Validator<'_> {
                 self.error(dir, format!("grants.toolchains: `{}` is granted but no command is (grants.commands is empty)", dir.get_ref()));
             }
         }
+    }
+
+    /// `[caches]`: names usable as a directory and a `#{cache.<name>}` key, sizes
+    /// parsed (default [`crate::cache::DEFAULT_MAX_BYTES`]).
+    fn caches(&mut self, file: &PipelineFile) -> BTreeMap<String, u64> {
+        let pipeline = &file.pipeline.name;
+        if !file.caches.is_empty() && !crate::cache::is_path_component(pipeline.get_ref()) {
+            let message = format!(
+                "pipeline name `{}` cannot name its cache directory; drop `/` and do not use `.` or `..`",
+                pipeline.get_ref()
+            );
+            self.error(pipeline, message);
+        }
+        let mut caches = BTreeMap::new();
+        for (name, decl) in &file.caches {
+            if !crate::cache::is_cache_name(name) {
+                let message = format!("cache name `{name}` must be letters, digits, - or _");
+                self.error(decl, message);
+                continue;
+            }
+            let max = match &decl.get_ref().max_size {
+                None => crate::cache::DEFAULT_MAX_BYTES,
+                Some(size) => match parse_bytes(size.get_ref()) {
+                    Ok(0) => {
+                        self.error(size, format!("cache `{name}`: max-size must be above 0"));
+                        continue;
+                    }
+                    Ok(bytes) => bytes,
+                    Err(message) => {
+                        self.error(size, format!("cache `{name}`: {message}"));
+                        continue;
+                    }
+                },
+            };
+            caches.insert(name.clone(), max);
+        }
+        caches
+    }
+
+    /// A declared cache that no action is granted is an error rather than a
+    /// warning: it is almost always a misspelt grant, and this way it is caught.
+    fn check_unused_caches(&mut self, file: &PipelineFile) {
+        let used: HashSet<&String> = file
+            .stages
+            .iter()
+            .flat_map(|s| &s.actions)
+            .filter_map(|a| a.grants.as_ref())
+            .flat_map(|g| &g.get_ref().caches)
+            .map(|c| c.get_ref())
+            .collect();
+        for (name, decl) in &file.caches {
+            if !used.contains(name) {
+                let message = format!(
+                    "cache `{name}` is declared but no action is granted it; add `caches = [\"{name}\"]` to an action's grants, or remove it"
+                );
+                self.error(decl, message);
+            }
+        }
+    }
+
+    /// `grants.caches`: each declared under `[caches]` and within the manifest.
+    fn cache_grants(
+        &mut self,
+        file: &PipelineFile,
+        action: &ActionDecl,
+        manifest: &Manifest,
+    ) -> Vec<String> {
+        let Some(grants) = &action.grants else {
+            return Vec::new();
+        };
+        let mut granted = Vec::new();
+        for cache in &grants.get_ref().caches {
+            let name = cache.get_ref();
+            let problem = if self.in_notifications {
+                "a notification action cannot use caches (it runs outside any execution)"
+                    .to_string()
+            } else if !file.caches.contains_key(name) {
+                format!(
+                    "cache `{name}` is not declared; declare it under [caches], e.g. `{name} = {{ max-size = \"2GiB\" }}`"
+                )
+            } else if !manifest.capabilities.caches {
+                format!(
+                    "grant of cache `{name}` exceeds the manifest of {}, which allows no caches",
+                    manifest.id()
+                )
+            } else {
+                if !granted.contains(name) {
+                    granted.push(name.clone());
+                }
+                continue;
+            };
+            self.error(cache, problem);
+        }
+        granted
     }
 
     fn mounts(&mut self, decl: &GrantsDecl, manifest: &Manifest) -> Vec<Mount> {
@@ -779,6 +883,25 @@ fn limit(value: &Option<Spanned<u32>>, default: usize) -> usize {
 
 fn run_order(action: &ActionDecl) -> u32 {
     action.run_order.as_ref().map(|r| *r.get_ref()).unwrap_or(1)
+}
+
+/// Why `#{cache.<name>}` may not be used by `action`, if it may not.
+fn cache_reference(file: &PipelineFile, action: &ActionDecl, name: &str) -> Option<String> {
+    let granted = action
+        .grants
+        .as_ref()
+        .is_some_and(|g| g.get_ref().caches.iter().any(|c| c.get_ref() == name));
+    if !file.caches.contains_key(name) {
+        Some(format!(
+            "`#{{cache.{name}}}` refers to cache `{name}`, which [caches] does not declare"
+        ))
+    } else if !granted {
+        Some(format!(
+            "`#{{cache.{name}}}` refers to cache `{name}`, which is not granted to this action; add `caches = [\"{name}\"]` to its grants"
+        ))
+    } else {
+        None
+    }
 }
 
 fn article(word: &str) -> &'static str {

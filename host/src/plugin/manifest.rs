@@ -104,6 +104,9 @@ pub struct Capabilities {
     /// Whether host directories may be mounted.
     #[serde(default)]
     pub mounts: bool,
+    /// Whether the pipeline's caches (`/cache/<name>`, `#{cache.<name>}`) may be granted.
+    #[serde(default)]
+    pub caches: bool,
 }
 
 impl Capabilities {
@@ -142,6 +145,7 @@ impl Capabilities {
             format!("outbound HTTP: {}", list(&self.hosts)),
             format!("commands:      {}", list(&self.commands)),
             format!("host mounts:   {}", if self.mounts { "yes" } else { "no" }),
+            format!("caches:        {}", if self.caches { "yes" } else { "no" }),
         ]
     }
 
@@ -159,6 +163,9 @@ impl Capabilities {
         }
         if newer.mounts && !self.mounts {
             added.push("+ host mounts".to_string());
+        }
+        if newer.caches && !self.caches {
+            added.push("+ caches".to_string());
         }
         added
     }
@@ -238,6 +245,7 @@ mod tests {
             hosts: vec!["*.example.com".into()],
             commands: vec!["*".into()],
             mounts: false,
+            caches: false,
         };
         assert!(caps.allows_secret("TOKEN"));
         assert!(!caps.allows_secret("OTHER"));

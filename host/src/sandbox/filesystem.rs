@@ -2,7 +2,8 @@
 //!
 //! Input artifacts are preopened read-only straight from the artifact store (no
 //! copy, so handing over a 1 GiB artifact costs the same as 1 KiB). Outputs and the
-//! workspace are fresh writable directories. Granted mounts appear under `/mnt`.
+//! workspace are fresh writable directories. Granted mounts appear under `/mnt`,
+//! granted caches (kept between executions, see [`crate::cache`]) under `/cache`.
 //! wasmtime-wasi resolves every guest path beneath a preopen with cap-std, so `..`,
 //! absolute paths and symlinks cannot leave these directories.
 
@@ -38,12 +39,13 @@ pub struct FilesystemCapability {
 }
 
 impl FilesystemCapability {
-    /// The layout for these inputs, outputs, workspace and mounts.
+    /// The layout for these inputs, outputs, workspace, mounts and caches.
     pub fn from_grant(
         inputs: &[(String, PathBuf)],
         outputs: &[(String, PathBuf)],
         workspace: &std::path::Path,
         mounts: &[Mount],
+        caches: &[(String, PathBuf)],
     ) -> Self {
         let mut preopens = Vec::new();
         for (name, host) in inputs {
@@ -70,6 +72,13 @@ impl FilesystemCapability {
                 host: mount.host.clone(),
                 guest: format!("/mnt/{}", mount.name),
                 writable: mount.writable,
+            });
+        }
+        for (name, host) in caches {
+            preopens.push(Preopen {
+                host: host.clone(),
+                guest: format!("/cache/{name}"),
+                writable: true,
             });
         }
         Self { preopens }

@@ -88,6 +88,8 @@ pub struct SandboxSpec {
     pub workspace: PathBuf,
     /// Granted host directories.
     pub mounts: Vec<Mount>,
+    /// Granted caches: name → directory (locked by the caller), at `/cache/<name>`.
+    pub caches: Vec<(String, PathBuf)>,
     /// Granted secret names.
     pub secret_names: Vec<String>,
     /// Values the host holds for the granted names.
@@ -449,6 +451,7 @@ impl Runtime {
             &spec.outputs,
             &spec.workspace,
             &spec.mounts,
+            &spec.caches,
         );
         let mut builder = WasiCtxBuilder::new();
         builder

@@ -53,6 +53,7 @@ impl Guest for Hostile {
             "plant-symlink" => plant_symlink(&inv),
             "panic" => panic_loudly(&inv),
             "terminal-escape" => terminal_escape(&inv),
+            "cache-count" => cache_count(&inv),
             other => Err(Failure {
                 kind: FailureKind::ConfigurationError,
                 message: format!("unknown mode {other:?}"),
@@ -386,5 +387,26 @@ fn terminal_escape(inv: &Inv) -> Result<Outcome, Failure> {
             "name\x1b[2J".to_string(),
             format!("value {TERMINAL_ATTACK}"),
         )],
+    })
+}
+
+/// Not hostile: count runs in `/cache/<file>`, proving a granted cache is a
+/// writable directory that outlives the execution.
+fn cache_count(inv: &Inv) -> Result<Outcome, Failure> {
+    let path = format!("/cache/{}", inv.config("file").unwrap_or("data/count"));
+    let failed = |e: std::io::Error| Failure {
+        kind: FailureKind::JobFailed,
+        message: format!("{path}: {e}"),
+    };
+    let before: u64 = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(failed(e)),
+    };
+    let count = before + 1;
+    std::fs::write(&path, count.to_string()).map_err(failed)?;
+    Ok(Outcome {
+        summary: format!("count {count}"),
+        variables: vec![("count".to_string(), count.to_string())],
     })
 }
