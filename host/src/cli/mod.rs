@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 an execution failed, 2 bad input (an invalid pipeline,
 //! an unknown plugin, a refused install...).
 
+mod artifacts;
 mod history;
 mod plugins;
 mod remote;
@@ -94,6 +95,9 @@ enum Command {
         /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
         #[arg(long, value_name = "FILE")]
         secrets: Option<PathBuf>,
+        /// Run `sluice gc --older-than` with this age at start and then hourly (e.g. 30d).
+        #[arg(long, value_name = "AGE", value_parser = crate::units::parse_duration)]
+        retention: Option<std::time::Duration>,
     },
     /// Registered pipelines on a server (needs --server).
     #[command(subcommand)]
@@ -157,6 +161,16 @@ enum Command {
     /// Measure this host: per-action overhead, throughput, plugin load, artifact
     /// handoff and memory (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// An execution's output artifacts: list them, or write one into a directory.
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
+    /// Remove finished executions (with their runs and logs), events and audit
+    /// rows older than an age, and the artifacts nothing remaining refers to.
+    Gc {
+        /// Age, e.g. 30d, 12h, 0s.
+        #[arg(long, value_name = "AGE", value_parser = crate::units::parse_duration)]
+        older_than: std::time::Duration,
+    },
     /// Print the logs of an execution, or of one of its actions.
     Logs {
         /// Execution id (or a unique prefix, or `latest`).
@@ -214,6 +228,8 @@ fn parse_assignment(text: &str) -> Result<(String, String), String> {
 struct Paths {
     data_dir: PathBuf,
     plugins: PathBuf,
+    /// `--output json`: verbs print the API's JSON documents.
+    json: bool,
 }
 
 impl Paths {
@@ -230,7 +246,11 @@ impl Paths {
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) {
+        quiet_broken_pipe();
+    }
     let paths = Paths {
+        json: cli.output == OutputFormat::Json,
         plugins: cli
             .plugins
             .clone()
@@ -253,6 +273,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `sluice … | head` closes stdout early: end quietly, as other tools do,
+/// instead of panicking in `println!`. Not for `run` and `serve`, whose work
+/// must not die with their output.
+fn quiet_broken_pipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -271,13 +301,21 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
         } => run(paths, &file, vars.into_iter().collect(), secrets.as_deref()),
         Command::Validate { file } => validate(paths, &file),
         Command::Plugin(command) => plugins::dispatch(command, paths),
-        Command::Executions(command) => history::executions(command, paths),
+        Command::Executions(command) => history::executions(command, paths, paths.json),
+        Command::Artifacts(command) => artifacts::local(command, paths, paths.json),
+        Command::Gc { older_than } => artifacts::gc(paths, older_than, paths.json),
         Command::Bench(args) => bench(paths, args),
         Command::Serve {
             listen,
             pipelines_root,
             secrets,
-        } => serve(paths, listen, pipelines_root, secrets.as_deref()),
+            retention,
+        } => {
+            if let Some(keep) = retention {
+                artifacts::spawn_retention(paths, keep)?;
+            }
+            serve(paths, listen, pipelines_root, secrets.as_deref())
+        }
         Command::Approve {
             execution,
             action,
@@ -286,6 +324,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             comment,
         } => {
             let state = paths.state()?;
+            let execution = history::resolve_id(&state, &execution)?;
             let by = format!(
                 "local:{}",
                 std::env::var("USER").unwrap_or_else(|_| "user".into())
@@ -336,7 +375,9 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { execution, action } => history::logs(paths, &execution, action.as_deref()),
+        Command::Logs { execution, action } => {
+            history::logs(paths, &execution, action.as_deref(), paths.json)
+        }
     }
 }
 
@@ -371,6 +412,10 @@ fn dispatch_remote(
             client.show_execution(&id)
         }
         Command::Logs { execution, action } => client.logs(&execution, action.as_deref()),
+        Command::Artifacts(command) => artifacts::remote(command, client, paths.json),
+        Command::Gc { .. } => anyhow::bail!(
+            "gc works on a local data directory; a server sweeps with `sluice serve --retention AGE`"
+        ),
         local => dispatch(local, paths),
     }
 }
