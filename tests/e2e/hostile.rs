@@ -128,7 +128,7 @@ fn escape_by_symlink_in_an_input_artifact_is_denied() {
     // absolute ones, so the relative one is the real attack).
     let output = workspace.sluice(&["executions", "list", "--json"]);
     let executions: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let attack_id = executions[1]["id"].as_str().unwrap();
+    let attack_id = executions["executions"][1]["id"].as_str().unwrap();
     let shown = workspace.sluice(&["executions", "show", attack_id, "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert!(

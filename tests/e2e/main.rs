@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod artifacts;
 mod control;
 mod example;
 mod execution;
