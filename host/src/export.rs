@@ -77,7 +77,11 @@ pub fn pack(dir: &Path, out: impl Write) -> anyhow::Result<()> {
         } else if kind.is_file() {
             let executable = metadata.permissions().mode() & 0o111 != 0;
             header.set_entry_type(tar::EntryType::Regular);
-            header.set_mode(if executable { EXECUTABLE_MODE } else { FILE_MODE });
+            header.set_mode(if executable {
+                EXECUTABLE_MODE
+            } else {
+                FILE_MODE
+            });
             header.set_size(metadata.len());
             let file = std::fs::File::open(entry.path())
                 .with_context(|| format!("opening {}", entry.path().display()))?;
@@ -301,7 +305,11 @@ fn safe_relative(path: &Path) -> anyhow::Result<PathBuf> {
 fn make_parents(root: &Path, relative: &Path) -> anyhow::Result<()> {
     let mut current = root.to_path_buf();
     let mut shown = PathBuf::new();
-    let parents: Vec<_> = relative.parent().into_iter().flat_map(Path::components).collect();
+    let parents: Vec<_> = relative
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .collect();
     for component in parents {
         current.push(component);
         shown.push(component);
@@ -345,7 +353,11 @@ fn write_file(
         .open(path)
         .with_context(|| format!("creating `{}` (does it appear twice?)", shown.display()))?;
     std::io::copy(content, &mut file).with_context(|| format!("writing `{}`", shown.display()))?;
-    let mode = if executable { EXECUTABLE_MODE } else { FILE_MODE };
+    let mode = if executable {
+        EXECUTABLE_MODE
+    } else {
+        FILE_MODE
+    };
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
@@ -374,7 +386,11 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn mode(path: &Path) -> u32 {
-        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
     }
 
     /// A stored-looking tree: nested dirs, an executable, a relative symlink,
@@ -383,8 +399,11 @@ mod tests {
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("lib/deep/er")).unwrap();
         std::fs::write(root.join("bin/tool"), "#!/bin/sh\necho hi\n").unwrap();
-        std::fs::set_permissions(root.join("bin/tool"), std::fs::Permissions::from_mode(0o555))
-            .unwrap();
+        std::fs::set_permissions(
+            root.join("bin/tool"),
+            std::fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
         std::fs::write(root.join("lib/deep/er/data.txt"), "data").unwrap();
         std::fs::set_permissions(
             root.join("lib/deep/er/data.txt"),
@@ -519,10 +538,7 @@ mod tests {
         for (name, tar) in cases {
             let dest = temp.path().join(format!("dest-{}", name.replace(' ', "-")));
             let error = unpack_new(tar.as_slice(), &dest, None).unwrap_err();
-            assert!(
-                error.to_string().contains("refusing"),
-                "{name}: {error:#}"
-            );
+            assert!(error.to_string().contains("refusing"), "{name}: {error:#}");
             assert!(!dest.exists(), "{name}: a partial tree was left");
         }
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
@@ -542,9 +558,10 @@ mod tests {
         std::fs::write(&file, "tampered").unwrap();
         let error = verified_path(&store, "site", &info.digest).unwrap_err();
         assert!(
-            error
-                .to_string()
-                .starts_with(&format!("artifact `site` is corrupt: stored digest {}", info.digest)),
+            error.to_string().starts_with(&format!(
+                "artifact `site` is corrupt: stored digest {}",
+                info.digest
+            )),
             "{error:#}"
         );
     }

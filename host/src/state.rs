@@ -1194,7 +1194,8 @@ impl StateStore {
             &format!("DELETE FROM executions WHERE id IN ({GC_DOOMED})"),
             params![cutoff_ms],
         )? as u64;
-        counts.events = tx.execute("DELETE FROM events WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
+        counts.events =
+            tx.execute("DELETE FROM events WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
         counts.audit_rows =
             tx.execute("DELETE FROM audit WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
         tx.commit()?;

@@ -65,6 +65,17 @@ pub fn artifacts(execution: &str, entries: &[ArtifactEntry]) -> Value {
     json!({ "execution": execution, "artifacts": entries })
 }
 
+/// Validation problems, each located by line and column (the API's 400
+/// `diagnostics` and `sluice validate --output json`).
+pub fn diagnostics(diagnostics: &crate::pipeline::Diagnostics) -> Value {
+    let located: Vec<Value> = diagnostics
+        .0
+        .iter()
+        .map(|d| json!({ "line": d.line, "column": d.column, "message": d.message }))
+        .collect();
+    Value::Array(located)
+}
+
 /// A pipeline version for people: `v3`, or `-` for an execution of a file
 /// (`sluice run`), which has no registered version.
 pub fn version_label(version: &Value) -> String {

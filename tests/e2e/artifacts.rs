@@ -57,7 +57,11 @@ fn run_ok(workspace: &Workspace) {
 
 fn sluice_ok(workspace: &Workspace, args: &[&str]) -> String {
     let output = workspace.sluice(args);
-    assert!(output.status.success(), "sluice {args:?}: {}", text(&output));
+    assert!(
+        output.status.success(),
+        "sluice {args:?}: {}",
+        text(&output)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -142,8 +146,15 @@ fn artifacts_ls_and_get_give_the_stored_tree_locally_and_through_the_server() {
     // A non-empty target is refused; the source artifact goes where --to says.
     let again = workspace.sluice(&["artifacts", "get", "latest", "site"]);
     assert_eq!(again.status.code(), Some(2));
-    assert!(text(&again).contains("already exists and is not empty"), "{}", text(&again));
-    sluice_ok(&workspace, &["artifacts", "get", "latest", "source", "--to", "out/src"]);
+    assert!(
+        text(&again).contains("already exists and is not empty"),
+        "{}",
+        text(&again)
+    );
+    sluice_ok(
+        &workspace,
+        &["artifacts", "get", "latest", "source", "--to", "out/src"],
+    );
     let source_digest = artifact(&list, "source")["digest"].as_str().unwrap();
     assert_eq!(
         snapshot(&workspace.path("out/src")),
@@ -157,11 +168,18 @@ fn artifacts_ls_and_get_give_the_stored_tree_locally_and_through_the_server() {
     let remote = ["--server", url.as_str(), "--token", viewer.as_str()];
     let id = list["execution"].as_str().unwrap();
     let prefix = &id[..8];
-    let remote_list = json_ok(&workspace, &[&remote[..], &["artifacts", "ls", prefix][..]].concat());
+    let remote_list = json_ok(
+        &workspace,
+        &[&remote[..], &["artifacts", "ls", prefix][..]].concat(),
+    );
     assert_eq!(remote_list, list);
     sluice_ok(
         &workspace,
-        &[&remote[..], &["artifacts", "get", "latest", "site", "--to", "remote-site"][..]].concat(),
+        &[
+            &remote[..],
+            &["artifacts", "get", "latest", "site", "--to", "remote-site"][..],
+        ]
+        .concat(),
     );
     assert_eq!(snapshot(&workspace.path("remote-site")), snapshot(&local));
 
@@ -181,12 +199,17 @@ fn artifacts_ls_and_get_give_the_stored_tree_locally_and_through_the_server() {
         None,
     );
     assert_eq!(status, 403);
-    let head = raw_head(&server, &format!("/api/v1/executions/{id}/artifacts/site"), &viewer);
+    let head = raw_head(
+        &server,
+        &format!("/api/v1/executions/{id}/artifacts/site"),
+        &viewer,
+    );
     assert!(
         head.starts_with("http/1.1 200") && head.contains("content-type: application/x-tar"),
         "{head}"
     );
-    let missing = workspace.sluice(&[&remote[..], &["artifacts", "get", id, "nothing"][..]].concat());
+    let missing =
+        workspace.sluice(&[&remote[..], &["artifacts", "get", id, "nothing"][..]].concat());
     assert!(
         text(&missing).contains("no artifact `nothing`; it has: source, site"),
         "{}",
@@ -218,7 +241,10 @@ fn a_stored_artifact_edited_on_disk_is_refused_as_corrupt() {
     project(&workspace);
     run_ok(&workspace);
     let list = json_ok(&workspace, &["artifacts", "ls", "latest"]);
-    let digest = artifact(&list, "site")["digest"].as_str().unwrap().to_string();
+    let digest = artifact(&list, "site")["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let page = workspace.path(&format!(".sluice/artifacts/{digest}/dist/index.html"));
     std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&page, "<h1>defaced</h1>\n").unwrap();
@@ -233,7 +259,14 @@ fn a_stored_artifact_edited_on_disk_is_refused_as_corrupt() {
     let server = Server::start(&workspace);
     let url = format!("http://{}", server.addr);
     let remote = workspace.sluice(&[
-        "--server", &url, "--token", &viewer, "artifacts", "get", "latest", "site",
+        "--server",
+        &url,
+        "--token",
+        &viewer,
+        "artifacts",
+        "get",
+        "latest",
+        "site",
     ]);
     assert_eq!(remote.status.code(), Some(2));
     assert!(text(&remote).contains(&expected), "{}", text(&remote));
@@ -293,7 +326,10 @@ fn gc_removes_finished_executions_and_their_artifacts_but_never_a_running_one() 
         .spawn()
         .unwrap();
     let pending = wait_until_waiting(&workspace);
-    let fresh = artifact(&json_ok(&workspace, &["artifacts", "ls", &pending]), "fresh")["digest"]
+    let fresh = artifact(
+        &json_ok(&workspace, &["artifacts", "ls", &pending]),
+        "fresh",
+    )["digest"]
         .as_str()
         .unwrap()
         .to_string();
@@ -306,7 +342,11 @@ fn gc_removes_finished_executions_and_their_artifacts_but_never_a_running_one() 
     assert_eq!(swept["artifacts"], 2, "{swept:#}");
     assert!(swept["log_lines"].as_u64().unwrap() > 0, "{swept:#}");
     assert!(swept["artifact_bytes"].as_u64().unwrap() > 0, "{swept:#}");
-    assert_eq!(stored_artifacts(&workspace), vec![fresh], "only the running one's");
+    assert_eq!(
+        stored_artifacts(&workspace),
+        vec![fresh],
+        "only the running one's"
+    );
 
     let list = json_ok(&workspace, &["executions", "list"]);
     let ids: Vec<&str> = list["executions"]
@@ -401,11 +441,21 @@ fn local_and_server_json_have_one_shape_and_latest_works_remotely() {
         let through_server = json_ok(&workspace, &[&remote[..], &args[..]].concat());
         assert_eq!(local, through_server, "sluice {args:?}");
     }
-    let shown = json_ok(&workspace, &[&remote[..], &["executions", "show", "latest"][..]].concat());
-    assert_eq!(shown["execution"]["id"], id.as_str(), "latest is the newest");
+    let shown = json_ok(
+        &workspace,
+        &[&remote[..], &["executions", "show", "latest"][..]].concat(),
+    );
+    assert_eq!(
+        shown["execution"]["id"],
+        id.as_str(),
+        "latest is the newest"
+    );
 
     // Text: a `sluice run` execution has no registered version; never `vnull`.
-    for args in [vec!["executions", "list"], vec!["executions", "show", "latest"]] {
+    for args in [
+        vec!["executions", "list"],
+        vec!["executions", "show", "latest"],
+    ] {
         let printed = sluice_ok(&workspace, &[&remote[..], &args[..]].concat());
         assert!(!printed.contains("vnull"), "{printed}");
         assert!(printed.contains(&id), "{printed}");
@@ -474,4 +524,50 @@ grants = { commands = ["sh"] }
         );
         assert_ne!(output.status.code(), Some(101), "sluice {args:?} panicked");
     }
+}
+
+#[test]
+fn output_json_is_json_on_local_verbs_too() {
+    let workspace = Workspace::new();
+    project(&workspace);
+    let valid = json_ok(&workspace, &["validate", "pipeline.toml"]);
+    assert_eq!(
+        (valid["valid"].clone(), valid["actions"].clone()),
+        (true.into(), 2.into())
+    );
+    let ran = json_ok(&workspace, &["run", "pipeline.toml"]);
+    assert_eq!(ran["execution"]["status"], "Succeeded", "{ran:#}");
+    assert_eq!(ran, json_ok(&workspace, &["executions", "show", "latest"]));
+    let logs = json_ok(&workspace, &["logs", "latest"]);
+    assert_eq!(logs["execution"], ran["execution"]["id"]);
+    let plugins = json_ok(&workspace, &["plugin", "list"]);
+    assert!(
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["manifest"]["name"] == "command"),
+        "{plugins:#}"
+    );
+    let inspected = json_ok(&workspace, &["plugin", "inspect", "command"]);
+    assert_eq!(inspected["manifest"]["name"], "command");
+    let token = json_ok(&workspace, &["token", "create", "--role", "viewer"]);
+    assert_eq!(token["token"]["role"], "viewer");
+    assert!(
+        token["secret"].as_str().unwrap().starts_with("sluice_"),
+        "{token:#}"
+    );
+
+    workspace.write(
+        "broken.toml",
+        "[pipeline]\nname = \"broken\"\n[[stages]]\nname = 3\n",
+    );
+    let output = workspace.sluice(&["--output", "json", "validate", "broken.toml"]);
+    assert_eq!(output.status.code(), Some(2));
+    let invalid: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(invalid["valid"], false);
+    assert!(
+        invalid["diagnostics"][0]["line"].as_u64().is_some(),
+        "{invalid:#}"
+    );
 }

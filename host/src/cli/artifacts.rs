@@ -75,10 +75,12 @@ pub fn remote(command: ArtifactsCommand, client: &Client, json: bool) -> anyhow:
             to,
         } => {
             let answer = client.get_json(&format!("/executions/{execution}/artifacts"))?;
-            let id = answer["execution"].as_str().unwrap_or(&execution).to_string();
-            let entries: Vec<ArtifactEntry> =
-                serde_json::from_value(answer["artifacts"].clone())
-                    .context("the server's artifact list")?;
+            let id = answer["execution"]
+                .as_str()
+                .unwrap_or(&execution)
+                .to_string();
+            let entries: Vec<ArtifactEntry> = serde_json::from_value(answer["artifacts"].clone())
+                .context("the server's artifact list")?;
             let entry = find(entries, &id, &name)?;
             let dest = to.unwrap_or_else(|| PathBuf::from(&name));
             let tar = client.download(&format!("/executions/{id}/artifacts/{name}"))?;
@@ -105,10 +107,16 @@ fn find(entries: Vec<ArtifactEntry>, id: &str, name: &str) -> anyhow::Result<Art
 
 fn print_list(document: &Value, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(document).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(document).unwrap_or_default()
+        );
         return;
     }
-    let artifacts = document["artifacts"].as_array().cloned().unwrap_or_default();
+    let artifacts = document["artifacts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if artifacts.is_empty() {
         eprintln!(
             "execution {} has no artifacts",
@@ -130,7 +138,10 @@ fn print_list(document: &Value, json: bool) {
 fn print_written(id: &str, entry: &ArtifactEntry, dest: &Path, json: bool) {
     if json {
         let document = json!({ "execution": id, "artifact": entry, "path": dest });
-        println!("{}", serde_json::to_string_pretty(&document).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        );
     } else {
         println!(
             "wrote artifact `{}` (blake3:{}, {} files, {}) of execution {id} to {}",
@@ -234,7 +245,11 @@ fn describe(swept: &Swept) -> String {
 
 /// `sluice gc --older-than D`.
 pub fn gc(paths: &Paths, older_than: Duration, json: bool) -> anyhow::Result<ExitCode> {
-    let swept = sweep(&paths.state()?, &paths.data_dir.join("artifacts"), older_than)?;
+    let swept = sweep(
+        &paths.state()?,
+        &paths.data_dir.join("artifacts"),
+        older_than,
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&swept)?);
     } else {

@@ -33,7 +33,11 @@ pub enum ExecutionsCommand {
 }
 
 /// `sluice executions …` on the local data directory; `json` is `--output json`.
-pub fn executions(command: ExecutionsCommand, paths: &Paths, json: bool) -> anyhow::Result<ExitCode> {
+pub fn executions(
+    command: ExecutionsCommand,
+    paths: &Paths,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let state = paths.state()?;
     match command {
         ExecutionsCommand::List {

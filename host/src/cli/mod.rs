@@ -344,10 +344,13 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
                 )?,
                 "no pending approval `{action}` with that token in execution {execution}"
             );
-            println!(
-                "{} {action} of {execution}",
-                if reject { "rejected" } else { "approved" }
-            );
+            let status = if reject { "rejected" } else { "approved" };
+            if paths.json {
+                let document = serde_json::json!({ "execution": execution, "action": action, "status": status, "by": by });
+                println!("{}", serde_json::to_string_pretty(&document)?);
+            } else {
+                println!("{status} {action} of {execution}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Pipelines(_)
@@ -368,6 +371,11 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             let state = paths.state()?;
             let (token, secret) =
                 crate::server::auth::create_token(&state, role, pipelines, description)?;
+            if paths.json {
+                let document = serde_json::json!({ "token": token, "secret": secret });
+                println!("{}", serde_json::to_string_pretty(&document)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             eprintln!(
                 "created {} ({}); the secret is shown only now:",
                 token.id, token.role
@@ -421,7 +429,18 @@ fn dispatch_remote(
 }
 
 fn validate(paths: &Paths, file: &Path) -> anyhow::Result<ExitCode> {
-    match crate::pipeline::load(file, &paths.registry()?) {
+    let loaded = crate::pipeline::load(file, &paths.registry()?);
+    if paths.json {
+        let document = match &loaded {
+            Ok(plan) => serde_json::json!({ "file": file, "valid": true, "pipeline": plan.name,
+                "stages": plan.stages.len(), "actions": plan.stages.iter().map(|s| s.actions.len()).sum::<usize>() }),
+            Err(d) => serde_json::json!({ "file": file, "valid": false, "error": d.to_string(),
+                "diagnostics": crate::views::diagnostics(d) }),
+        };
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::from(if loaded.is_ok() { 0 } else { 2 }));
+    }
+    match loaded {
         Ok(plan) => {
             let actions: usize = plan.stages.iter().map(|s| s.actions.len()).sum();
             println!(
@@ -453,9 +472,20 @@ fn run(
         }
     };
     Executor::resolve_variables(&plan, &overrides)?;
-    let (state, executor) = executor(paths, secrets_file, report::live_printer())?;
+    // With --output json, stdout carries only the execution document at the end.
+    let live = match paths.json {
+        true => Arc::new(|_| {}),
+        false => report::live_printer(),
+    };
+    let (state, executor) = executor(paths, secrets_file, live)?;
     let result = tokio_runtime()?.block_on(executor.run(plan, &overrides))?;
-    report::summary(&state, &result.id)?;
+    match state.execution(&result.id)? {
+        Some(record) if paths.json => println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::views::execution(&state, &record)?)?
+        ),
+        _ => report::summary(&state, &result.id)?,
+    }
     Ok(match result.status {
         Status::Succeeded => ExitCode::SUCCESS,
         _ => ExitCode::from(1),

@@ -54,6 +54,14 @@ pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCod
     let registry = paths.registry()?;
     match command {
         PluginCommand::Install { dirs, yes } => install(&registry, &dirs, yes),
+        PluginCommand::List if paths.json => {
+            let plugins: Vec<_> = registry.list()?.iter().map(plugin_json).collect();
+            print_json(&serde_json::json!({ "plugins": plugins }))
+        }
+        PluginCommand::Inspect { plugin } if paths.json => {
+            let reference = PluginRef::parse(&plugin).map_err(anyhow::Error::msg)?;
+            print_json(&plugin_json(&registry.resolve(&reference)??))
+        }
         PluginCommand::List => list(&registry),
         PluginCommand::New {
             name,
@@ -62,7 +70,7 @@ pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCod
             sdk,
         } => new(&name, lang, dir, sdk),
         PluginCommand::Inspect { plugin } => inspect(&registry, &plugin),
-        PluginCommand::Remove { plugin } => remove(&registry, &plugin),
+        PluginCommand::Remove { plugin } => remove(&registry, &plugin, paths.json),
     }
 }
 
@@ -129,6 +137,16 @@ fn ask_consent(id: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
 }
 
+/// An installed plugin for `--output json`: its manifest and where it lives.
+fn plugin_json(plugin: &crate::plugin::InstalledPlugin) -> serde_json::Value {
+    serde_json::json!({ "manifest": plugin.manifest, "dir": plugin.dir })
+}
+
+fn print_json(document: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(document)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn list(registry: &Registry) -> anyhow::Result<ExitCode> {
     let plugins = registry.list()?;
     if plugins.is_empty() {
@@ -180,13 +198,18 @@ fn inspect(registry: &Registry, text: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn remove(registry: &Registry, text: &str) -> anyhow::Result<ExitCode> {
+fn remove(registry: &Registry, text: &str, json: bool) -> anyhow::Result<ExitCode> {
     let (name, version) = text
         .split_once('@')
         .ok_or_else(|| anyhow::anyhow!("give the exact version to remove: name@x.y.z"))?;
     let version = semver::Version::parse(version)
         .map_err(|e| anyhow::anyhow!("`{version}` is not an exact version: {e}"))?;
     let dir = registry.remove(name, &version)?;
+    if json {
+        return print_json(
+            &serde_json::json!({ "removed": format!("{name}@{version}"), "dir": dir }),
+        );
+    }
     println!("removed {name}@{version} ({})", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -324,7 +324,10 @@ impl Client {
             Some(body),
         )?;
         self.print(&answer, |a| {
-            println!("retrying stage {stage} of {}", a["id"].as_str().unwrap_or(id))
+            println!(
+                "retrying stage {stage} of {}",
+                a["id"].as_str().unwrap_or(id)
+            )
         });
         Ok(ExitCode::SUCCESS)
     }

@@ -122,13 +122,8 @@ fn plan_from_source(app: &AppState, name: &str, source: &str) -> ApiResult<Plan>
         &app.pipelines_root,
     )
     .map_err(|diagnostics| {
-        let located: Vec<Value> = diagnostics
-            .0
-            .iter()
-            .map(|d| json!({ "line": d.line, "column": d.column, "message": d.message }))
-            .collect();
         ApiError::bad_request("source", diagnostics.to_string())
-            .with("diagnostics", Value::Array(located))
+            .with("diagnostics", crate::views::diagnostics(&diagnostics))
     })
 }
 
@@ -837,12 +832,11 @@ async fn get_artifact(
         })?;
     let store = app.executor.artifacts().clone();
     let (digest, label) = (entry.digest.clone(), entry.name.clone());
-    let path = tokio::task::spawn_blocking(move || {
-        crate::export::verified_path(&store, &label, &digest)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let path =
+        tokio::task::spawn_blocking(move || crate::export::verified_path(&store, &label, &digest))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let body = tar_body(path);
     Ok(axum::response::Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
