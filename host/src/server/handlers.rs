@@ -838,11 +838,11 @@ async fn get_artifact(
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let body = tar_body(path);
-    Ok(axum::response::Response::builder()
+    axum::response::Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
         .header("X-Sluice-Digest", format!("blake3:{}", entry.digest))
         .body(body)
-        .map_err(ApiError::internal)?)
+        .map_err(ApiError::internal)
 }
 
 /// Pack `dir` on a blocking thread, streaming the tar to the response as it
