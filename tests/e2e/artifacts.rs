@@ -208,6 +208,13 @@ fn artifacts_ls_and_get_give_the_stored_tree_locally_and_through_the_server() {
         head.starts_with("http/1.1 200") && head.contains("content-type: application/x-tar"),
         "{head}"
     );
+    let (_, openapi) = server.call("GET", "/openapi.json", None, None);
+    let documented = &openapi["paths"]["/api/v1/executions/{id}/artifacts/{name}"]["get"];
+    assert!(
+        documented["responses"]["200"]["content"]["application/x-tar"].is_object(),
+        "{openapi:#}"
+    );
+    assert!(openapi["paths"]["/api/v1/executions/{id}/artifacts"]["get"].is_object());
     let missing =
         workspace.sluice(&[&remote[..], &["artifacts", "get", id, "nothing"][..]].concat());
     assert!(
@@ -297,6 +304,7 @@ fn stored_artifacts(workspace: &Workspace) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(workspace.path(".sluice/artifacts"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
     names.sort();
     names

@@ -479,6 +479,8 @@ fn run(
     };
     let (state, executor) = executor(paths, secrets_file, live)?;
     let result = tokio_runtime()?.block_on(executor.run(plan, &overrides))?;
+    // The execution is recorded and its work is over: `run | head` may now end quietly.
+    quiet_broken_pipe();
     match state.execution(&result.id)? {
         Some(record) if paths.json => println!(
             "{}",
