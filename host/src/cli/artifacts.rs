@@ -83,7 +83,9 @@ pub fn remote(command: ArtifactsCommand, client: &Client, json: bool) -> anyhow:
                 .context("the server's artifact list")?;
             let entry = find(entries, &id, &name)?;
             let dest = to.unwrap_or_else(|| PathBuf::from(&name));
-            let tar = client.download(&format!("/executions/{id}/artifacts/{name}"))?;
+            let segment =
+                percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
+            let tar = client.download(&format!("/executions/{id}/artifacts/{segment}"))?;
             crate::export::unpack_new(tar, &dest, Some(&entry.digest))?;
             print_written(&id, &entry, &dest, json);
         }

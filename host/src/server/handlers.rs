@@ -831,6 +831,12 @@ async fn get_artifact(
             ))
         })?;
     let store = app.executor.artifacts().clone();
+    if !store.path_of(&entry.digest).is_dir() {
+        return Err(ApiError::not_found(format!(
+            "artifact `{name}` of execution {} is no longer in the artifact store",
+            execution.id
+        )));
+    }
     let (digest, label) = (entry.digest.clone(), entry.name.clone());
     let path =
         tokio::task::spawn_blocking(move || crate::export::verified_path(&store, &label, &digest))
