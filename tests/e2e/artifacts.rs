@@ -578,4 +578,24 @@ fn output_json_is_json_on_local_verbs_too() {
         invalid["diagnostics"][0]["line"].as_u64().is_some(),
         "{invalid:#}"
     );
+
+    let private = Workspace::with_private_registry();
+    let noop = crate::harness::packaged_plugins().join("noop");
+    let output = private.sluice(&[
+        "--output",
+        "json",
+        "plugin",
+        "install",
+        "--yes",
+        noop.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let installed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        installed["installed"][0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("noop@"),
+        "{installed:#}"
+    );
 }

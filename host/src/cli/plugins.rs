@@ -53,7 +53,7 @@ pub enum PluginCommand {
 pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
     let registry = paths.registry()?;
     match command {
-        PluginCommand::Install { dirs, yes } => install(&registry, &dirs, yes),
+        PluginCommand::Install { dirs, yes } => install(&registry, &dirs, yes, paths.json),
         PluginCommand::List if paths.json => {
             let plugins: Vec<_> = registry.list()?.iter().map(plugin_json).collect();
             print_json(&serde_json::json!({ "plugins": plugins }))
@@ -74,7 +74,18 @@ pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCod
     }
 }
 
-fn install(registry: &Registry, dirs: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
+fn install(
+    registry: &Registry,
+    dirs: &[PathBuf],
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // With --output json, stdout carries only the final document.
+    let say = |line: String| match json {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
+    };
+    let (mut installed_json, mut skipped_json) = (Vec::new(), Vec::new());
     let runtime = Runtime::new()?;
     let mut refused = false;
     let mut sources = Vec::new();
@@ -84,19 +95,24 @@ fn install(registry: &Registry, dirs: &[PathBuf], yes: bool) -> anyhow::Result<E
     for source in sources {
         let plan = registry.plan(&source)?;
         for line in plan.describe() {
-            println!("{line}");
+            say(line);
         }
         if !yes && !ask_consent(&plan.manifest.id())? {
-            println!("  skipped {}", plan.manifest.id());
+            say(format!("  skipped {}", plan.manifest.id()));
+            skipped_json.push(plan.manifest.id());
             refused = true;
             continue;
         }
         let installed = registry.install(&source, &plan, &runtime)?;
-        println!(
+        say(format!(
             "  installed {} (digest verified, precompiled) → {}",
             installed.id(),
             installed.dir.display()
-        );
+        ));
+        installed_json.push(serde_json::json!({ "id": installed.id(), "dir": installed.dir }));
+    }
+    if json {
+        print_json(&serde_json::json!({ "installed": installed_json, "skipped": skipped_json }))?;
     }
     Ok(if refused {
         ExitCode::from(2)
@@ -130,8 +146,8 @@ fn ask_consent(id: &str) -> anyhow::Result<bool> {
         stdin.is_terminal(),
         "installing {id} needs consent to its capabilities; run interactively or pass --yes"
     );
-    print!("Grant these capabilities to {id}? [y/N] ");
-    std::io::stdout().flush()?;
+    eprint!("Grant these capabilities to {id}? [y/N] ");
+    std::io::stderr().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
