@@ -277,7 +277,8 @@ pub fn main() -> ExitCode {
 /// instead of panicking in `println!`. Not for `run` and `serve`, whose work
 /// must not die with their output.
 fn quiet_broken_pipe() {
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    // SAFETY: `signal` only sets the process-wide disposition; no handler runs.
+    // Sockets are unaffected (std sends with MSG_NOSIGNAL).
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
