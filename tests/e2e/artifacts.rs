@@ -459,6 +459,15 @@ fn local_and_server_json_have_one_shape_and_latest_works_remotely() {
         "latest is the newest"
     );
 
+    let watched = sluice_ok(
+        &workspace,
+        &[&remote[..], &["watch", "latest"][..]].concat(),
+    );
+    assert!(
+        watched.contains(&format!("execution {id}: Succeeded")),
+        "{watched}"
+    );
+
     // Text: a `sluice run` execution has no registered version; never `vnull`.
     for args in [
         vec!["executions", "list"],
