@@ -242,6 +242,11 @@ impl Executor {
         &self.runtime
     }
 
+    /// The artifact store outputs are ingested into (downloads read from it).
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
     /// Pipeline variables for a start: defaults, then `overrides`.
     pub fn resolve_variables(
         plan: &Plan,

@@ -1191,6 +1191,89 @@ impl StateStore {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Retention (`sluice gc`, `sluice serve --retention`): rows older than a cutoff
+// go, except those of executions still running or stopping.
+// ---------------------------------------------------------------------------
+
+/// Which executions a retention sweep removes: finished before the cutoff (?1).
+const GC_DOOMED: &str = "SELECT id FROM executions WHERE status NOT IN ('InProgress', 'Stopping') AND ended_ms IS NOT NULL AND ended_ms < ?1";
+
+/// Rows a retention sweep removed from the state store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcCounts {
+    /// Finished executions.
+    pub executions: u64,
+    /// Their stage runs.
+    pub stage_runs: u64,
+    /// Their action runs.
+    pub action_runs: u64,
+    /// Their log lines.
+    pub log_lines: u64,
+    /// Their approvals.
+    pub approvals: u64,
+    /// Events older than the cutoff.
+    pub events: u64,
+    /// Audit rows older than the cutoff.
+    pub audit_rows: u64,
+}
+
+impl StateStore {
+    /// Delete executions that finished before `cutoff_ms` with their stage and
+    /// action runs, logs and approvals, and events and audit rows older than
+    /// it, in one transaction. Running or stopping executions always stay.
+    pub fn gc(&self, cutoff_ms: i64) -> anyhow::Result<GcCounts> {
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let children = |table: &str| -> rusqlite::Result<u64> {
+            let sql = format!("DELETE FROM {table} WHERE execution_id IN ({GC_DOOMED})");
+            Ok(tx.execute(&sql, params![cutoff_ms])? as u64)
+        };
+        let mut counts = GcCounts {
+            log_lines: children("action_logs")?,
+            action_runs: children("action_runs")?,
+            stage_runs: children("stage_runs")?,
+            approvals: children("approvals")?,
+            ..GcCounts::default()
+        };
+        counts.executions = tx.execute(
+            &format!("DELETE FROM executions WHERE id IN ({GC_DOOMED})"),
+            params![cutoff_ms],
+        )? as u64;
+        counts.events =
+            tx.execute("DELETE FROM events WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
+        counts.audit_rows =
+            tx.execute("DELETE FROM audit WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    /// Digests of every artifact an action run of a remaining execution records.
+    pub fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let db = self.db();
+        let mut statement = db.prepare("SELECT outputs FROM action_runs")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        let mut digests = std::collections::HashSet::new();
+        for outputs in rows {
+            let outputs: Vec<OutputRecord> = serde_json::from_str(&outputs?).unwrap_or_default();
+            digests.extend(outputs.into_iter().map(|o| o.digest));
+        }
+        Ok(digests)
+    }
+
+    /// When the oldest execution still running or stopping started: artifacts
+    /// stored since then may belong to it before its action run records them.
+    pub fn oldest_running_start(&self) -> anyhow::Result<Option<i64>> {
+        Ok(self.db().query_row(
+            "SELECT MIN(started_ms) FROM executions WHERE status IN ('InProgress', 'Stopping')",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+}
+
+// ---------------------------------------------------------------------------
+
 fn pipeline_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PipelineRecord> {
     Ok(PipelineRecord {
         name: row.get(0)?,

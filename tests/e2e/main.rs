@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod artifacts;
 mod caches;
 mod control;
 mod example;

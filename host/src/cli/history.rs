@@ -32,13 +32,18 @@ pub enum ExecutionsCommand {
     },
 }
 
-pub fn executions(command: ExecutionsCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
+/// `sluice executions …` on the local data directory; `json` is `--output json`.
+pub fn executions(
+    command: ExecutionsCommand,
+    paths: &Paths,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let state = paths.state()?;
     match command {
         ExecutionsCommand::List {
             pipeline,
             limit,
-            json,
+            json: json_flag,
         } => {
             let filter = crate::state::ExecutionFilter {
                 pipeline: pipeline.as_deref(),
@@ -47,8 +52,10 @@ pub fn executions(command: ExecutionsCommand, paths: &Paths) -> anyhow::Result<E
                 offset: 0,
             };
             let executions = state.list_executions(&filter)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&executions)?);
+            if json || json_flag {
+                let all: Vec<_> = executions.iter().collect();
+                let document = crate::views::execution_list(&all, limit, 0);
+                println!("{}", serde_json::to_string_pretty(&document)?);
                 return Ok(ExitCode::SUCCESS);
             }
             for e in executions {
@@ -67,11 +74,12 @@ pub fn executions(command: ExecutionsCommand, paths: &Paths) -> anyhow::Result<E
             }
             Ok(ExitCode::SUCCESS)
         }
-        ExecutionsCommand::Show { id, json } => show(&state, &id, json),
+        ExecutionsCommand::Show { id, json: flag } => show(&state, &id, json || flag),
     }
 }
 
-fn resolve_id(state: &StateStore, id: &str) -> anyhow::Result<String> {
+/// The full id of an execution named by id, unique prefix or `latest`.
+pub(super) fn resolve_id(state: &StateStore, id: &str) -> anyhow::Result<String> {
     let found = if id == "latest" {
         state.latest_execution()?
     } else {
@@ -85,13 +93,8 @@ fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let execution = state
         .execution(&id)?
         .ok_or_else(|| anyhow::anyhow!("execution vanished"))?;
-    let actions = state.actions(&id)?;
     if json {
-        let document = serde_json::json!({
-            "execution": execution,
-            "stages": state.stages(&id)?,
-            "actions": actions,
-        });
+        let document = crate::views::execution(state, &execution)?;
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -105,7 +108,7 @@ fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     println!("  variables: {}", execution.variables);
     super::report::print_details(state, &id)?;
     println!("  Resolved configuration:");
-    for action in &actions {
+    for action in &state.actions(&id)? {
         let pairs: Vec<String> = action
             .resolved_config
             .iter()
@@ -116,19 +119,27 @@ fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sluice logs ID [ACTION] [-f]`.
+/// `sluice logs ID [ACTION] [-f]` on the local data directory; `json` is `--output json`.
 pub fn logs(
     paths: &Paths,
     execution: &str,
     action: Option<&str>,
     follow: bool,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let state = paths.state()?;
     let id = resolve_id(&state, execution)?;
     if follow {
         return follow_logs(&state, &id, action);
     }
+    // Read before the lines, as the server does: a final status means all lines.
+    let status = state.execution(&id)?.map(|record| record.status);
     let lines = state.logs(&id, action)?;
+    if json {
+        let document = crate::views::logs(&id, status, &lines);
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if lines.is_empty() {
         eprintln!(
             "no log lines for execution {id}{}",

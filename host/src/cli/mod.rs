@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 an execution failed, 2 bad input (an invalid pipeline,
 //! an unknown plugin, a refused install...).
 
+mod artifacts;
 mod caches;
 mod history;
 mod plugins;
@@ -102,6 +103,9 @@ enum Command {
         /// the server exits; what is left is resumed at the next start.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         drain_timeout: std::time::Duration,
+        /// Run `sluice gc --older-than` with this age at start and then hourly (e.g. 30d).
+        #[arg(long, value_name = "AGE", value_parser = crate::units::parse_duration)]
+        retention: Option<std::time::Duration>,
     },
     /// Registered pipelines on a server (needs --server).
     #[command(subcommand)]
@@ -168,6 +172,16 @@ enum Command {
     /// Pipeline caches in the data directory: list and clear them.
     #[command(subcommand)]
     Cache(caches::CacheCommand),
+    /// An execution's output artifacts: list them, or write one into a directory.
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
+    /// Remove finished executions (with their runs and logs), events and audit
+    /// rows older than an age, and the artifacts nothing remaining refers to.
+    Gc {
+        /// Age, e.g. 30d, 12h, 0s.
+        #[arg(long, value_name = "AGE", value_parser = crate::units::parse_duration)]
+        older_than: std::time::Duration,
+    },
     /// Print the logs of an execution, or of one of its actions.
     Logs {
         /// Execution id (or a unique prefix, or `latest`).
@@ -230,6 +244,8 @@ struct Paths {
     plugins: PathBuf,
     /// `--output`, for local verbs that honour it.
     output: OutputFormat,
+    /// `--output json`: verbs print the API's JSON documents.
+    json: bool,
 }
 
 impl Paths {
@@ -246,7 +262,11 @@ impl Paths {
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) {
+        quiet_broken_pipe();
+    }
     let paths = Paths {
+        json: cli.output == OutputFormat::Json,
         plugins: cli
             .plugins
             .clone()
@@ -267,6 +287,17 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `sluice … | head` closes stdout early: end quietly, as other tools do,
+/// instead of panicking in `println!`. Not for `run` and `serve`, whose work
+/// must not die with their output.
+fn quiet_broken_pipe() {
+    // SAFETY: `signal` only sets the process-wide disposition; no handler runs.
+    // Sockets are unaffected (std sends with MSG_NOSIGNAL).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -295,20 +326,28 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
         ),
         Command::Validate { file } => validate(paths, &file),
         Command::Plugin(command) => plugins::dispatch(command, paths),
-        Command::Executions(command) => history::executions(command, paths),
+        Command::Executions(command) => history::executions(command, paths, paths.json),
+        Command::Artifacts(command) => artifacts::local(command, paths, paths.json),
+        Command::Gc { older_than } => artifacts::gc(paths, older_than, paths.json),
         Command::Bench(args) => bench(paths, args),
         Command::Serve {
             listen,
             pipelines_root,
             secrets,
             drain_timeout,
-        } => serve(
-            paths,
-            listen,
-            pipelines_root,
-            secrets.as_deref(),
-            drain_timeout,
-        ),
+            retention,
+        } => {
+            if let Some(keep) = retention {
+                artifacts::spawn_retention(paths, keep)?;
+            }
+            serve(
+                paths,
+                listen,
+                pipelines_root,
+                secrets.as_deref(),
+                drain_timeout,
+            )
+        }
         Command::Approve {
             execution,
             action,
@@ -317,6 +356,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             comment,
         } => {
             let state = paths.state()?;
+            let execution = history::resolve_id(&state, &execution)?;
             let by = format!(
                 "local:{}",
                 std::env::var("USER").unwrap_or_else(|_| "user".into())
@@ -336,10 +376,13 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
                 )?,
                 "no pending approval `{action}` with that token in execution {execution}"
             );
-            println!(
-                "{} {action} of {execution}",
-                if reject { "rejected" } else { "approved" }
-            );
+            let status = if reject { "rejected" } else { "approved" };
+            if paths.json {
+                let document = serde_json::json!({ "execution": execution, "action": action, "status": status, "by": by });
+                println!("{}", serde_json::to_string_pretty(&document)?);
+            } else {
+                println!("{status} {action} of {execution}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Pipelines(_)
@@ -360,6 +403,11 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             let state = paths.state()?;
             let (token, secret) =
                 crate::server::auth::create_token(&state, role, pipelines, description)?;
+            if paths.json {
+                let document = serde_json::json!({ "token": token, "secret": secret });
+                println!("{}", serde_json::to_string_pretty(&document)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             eprintln!(
                 "created {} ({}); the secret is shown only now:",
                 token.id, token.role
@@ -371,7 +419,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             execution,
             action,
             follow,
-        } => history::logs(paths, &execution, action.as_deref(), follow),
+        } => history::logs(paths, &execution, action.as_deref(), follow, paths.json),
         Command::Cache(command) => caches::dispatch(command, paths),
     }
 }
@@ -411,12 +459,27 @@ fn dispatch_remote(
             action,
             follow,
         } => client.logs(&execution, action.as_deref(), follow),
+        Command::Artifacts(command) => artifacts::remote(command, client, paths.json),
+        Command::Gc { .. } => anyhow::bail!(
+            "gc works on a local data directory; a server sweeps with `sluice serve --retention AGE`"
+        ),
         local => dispatch(local, paths),
     }
 }
 
 fn validate(paths: &Paths, file: &Path) -> anyhow::Result<ExitCode> {
-    match crate::pipeline::load(file, &paths.registry()?) {
+    let loaded = crate::pipeline::load(file, &paths.registry()?);
+    if paths.json {
+        let document = match &loaded {
+            Ok(plan) => serde_json::json!({ "file": file, "valid": true, "pipeline": plan.name,
+                "stages": plan.stages.len(), "actions": plan.stages.iter().map(|s| s.actions.len()).sum::<usize>() }),
+            Err(d) => serde_json::json!({ "file": file, "valid": false, "error": d.to_string(),
+                "diagnostics": crate::views::diagnostics(d) }),
+        };
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::from(if loaded.is_ok() { 0 } else { 2 }));
+    }
+    match loaded {
         Ok(plan) => {
             let actions: usize = plan.stages.iter().map(|s| s.actions.len()).sum();
             println!(
@@ -449,10 +512,23 @@ fn run(
         }
     };
     Executor::resolve_variables(&plan, &overrides)?;
-    let (state, executor) = executor(paths, secrets_file, report::live_printer(quiet))?;
+    // With --output json, stdout carries only the execution document at the end.
+    let live = match paths.json {
+        true => Arc::new(|_| {}),
+        false => report::live_printer(quiet),
+    };
+    let (state, executor) = executor(paths, secrets_file, live)?;
     let runtime = tokio_runtime()?;
     let result = runtime.block_on(run_until_interrupted(&executor, plan, &overrides))?;
-    report::summary(&state, &result.id)?;
+    // The execution is recorded and its work is over: `run | head` may now end quietly.
+    quiet_broken_pipe();
+    match state.execution(&result.id)? {
+        Some(record) if paths.json => println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::views::execution(&state, &record)?)?
+        ),
+        _ => report::summary(&state, &result.id)?,
+    }
     Ok(match result.status {
         Status::Succeeded => ExitCode::SUCCESS,
         Status::Stopped => ExitCode::from(130),

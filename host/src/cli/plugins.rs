@@ -55,7 +55,15 @@ pub enum PluginCommand {
 pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
     let registry = paths.registry()?;
     match command {
-        PluginCommand::Install { dirs, yes } => install(&registry, &dirs, yes),
+        PluginCommand::Install { dirs, yes } => install(&registry, &dirs, yes, paths.json),
+        PluginCommand::List if paths.json => {
+            let plugins: Vec<_> = registry.list()?.iter().map(plugin_json).collect();
+            print_json(&serde_json::json!({ "plugins": plugins }))
+        }
+        PluginCommand::Inspect { plugin } if paths.json => {
+            let reference = PluginRef::parse(&plugin).map_err(anyhow::Error::msg)?;
+            print_json(&plugin_json(&registry.resolve(&reference)??))
+        }
         PluginCommand::List => list(&registry),
         PluginCommand::New {
             name,
@@ -64,11 +72,22 @@ pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCod
             sdk,
         } => new(&name, lang, dir, sdk),
         PluginCommand::Inspect { plugin } => inspect(&registry, &plugin),
-        PluginCommand::Remove { plugin } => remove(&registry, &plugin),
+        PluginCommand::Remove { plugin } => remove(&registry, &plugin, paths.json),
     }
 }
 
-fn install(registry: &Registry, dirs: &[PathBuf], yes: bool) -> anyhow::Result<ExitCode> {
+fn install(
+    registry: &Registry,
+    dirs: &[PathBuf],
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // With --output json, stdout carries only the final document.
+    let say = |line: String| match json {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
+    };
+    let (mut installed_json, mut skipped_json) = (Vec::new(), Vec::new());
     let runtime = Runtime::new()?;
     let mut refused = false;
     let mut sources = Vec::new();
@@ -78,19 +97,24 @@ fn install(registry: &Registry, dirs: &[PathBuf], yes: bool) -> anyhow::Result<E
     for source in sources {
         let plan = registry.plan(&source)?;
         for line in plan.describe() {
-            println!("{line}");
+            say(line);
         }
         if !yes && !ask_consent(&plan.manifest.id())? {
-            println!("  skipped {}", plan.manifest.id());
+            say(format!("  skipped {}", plan.manifest.id()));
+            skipped_json.push(plan.manifest.id());
             refused = true;
             continue;
         }
         let installed = registry.install(&source, &plan, &runtime)?;
-        println!(
+        say(format!(
             "  installed {} (digest verified, precompiled) → {}",
             installed.id(),
             installed.dir.display()
-        );
+        ));
+        installed_json.push(serde_json::json!({ "id": installed.id(), "dir": installed.dir }));
+    }
+    if json {
+        print_json(&serde_json::json!({ "installed": installed_json, "skipped": skipped_json }))?;
     }
     Ok(if refused {
         ExitCode::from(2)
@@ -135,11 +159,21 @@ fn ask_consent(id: &str) -> anyhow::Result<bool> {
         stdin.is_terminal(),
         "installing {id} needs consent to its capabilities; run interactively or pass --yes"
     );
-    print!("Grant these capabilities to {id}? [y/N] ");
-    std::io::stdout().flush()?;
+    eprint!("Grant these capabilities to {id}? [y/N] ");
+    std::io::stderr().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
+/// An installed plugin for `--output json`: its manifest and where it lives.
+fn plugin_json(plugin: &crate::plugin::InstalledPlugin) -> serde_json::Value {
+    serde_json::json!({ "manifest": plugin.manifest, "dir": plugin.dir })
+}
+
+fn print_json(document: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(document)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list(registry: &Registry) -> anyhow::Result<ExitCode> {
@@ -193,13 +227,18 @@ fn inspect(registry: &Registry, text: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn remove(registry: &Registry, text: &str) -> anyhow::Result<ExitCode> {
+fn remove(registry: &Registry, text: &str, json: bool) -> anyhow::Result<ExitCode> {
     let (name, version) = text
         .split_once('@')
         .ok_or_else(|| anyhow::anyhow!("give the exact version to remove: name@x.y.z"))?;
     let version = semver::Version::parse(version)
         .map_err(|e| anyhow::anyhow!("`{version}` is not an exact version: {e}"))?;
     let dir = registry.remove(name, &version)?;
+    if json {
+        return print_json(
+            &serde_json::json!({ "removed": format!("{name}@{version}"), "dir": dir }),
+        );
+    }
     println!("removed {name}@{version} ({})", dir.display());
     Ok(ExitCode::SUCCESS)
 }

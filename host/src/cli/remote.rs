@@ -101,6 +101,41 @@ impl Client {
         }
     }
 
+    /// A GET of `path` (below `/api/v1`), as JSON.
+    pub(super) fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("GET", path, None)
+    }
+
+    /// A GET of `path` (below `/api/v1`) whose body is streamed, not parsed
+    /// (an artifact's tar). No overall deadline: a large artifact takes time;
+    /// only a stalled connection times out.
+    pub(super) fn download(&self, path: &str) -> anyhow::Result<impl std::io::Read + use<>> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(30))
+            .timeout_read(Duration::from_secs(120))
+            .build();
+        let mut request = agent.get(&url);
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.call() {
+            Ok(response) => Ok(response.into_reader()),
+            Err(ureq::Error::Status(code, response)) => {
+                let body: Value = response.into_json().unwrap_or(Value::Null);
+                let message = body["error"].as_str().unwrap_or("no details");
+                anyhow::bail!("GET {url} → {code}: {message}")
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot reach {}", self.base)),
+        }
+    }
+
+    /// The full id of an execution named by id, unique prefix or `latest`.
+    fn resolve(&self, id: &str) -> anyhow::Result<String> {
+        let answer = self.call("GET", &format!("/executions/{id}"), None)?;
+        Ok(answer["execution"]["id"].as_str().unwrap_or(id).to_string())
+    }
+
     fn print(&self, value: &Value, text: impl FnOnce(&Value)) {
         if self.json {
             println!(
@@ -201,10 +236,10 @@ impl Client {
         self.print(&answer, |a| {
             for e in a["executions"].as_array().into_iter().flatten() {
                 println!(
-                    "{}  {:<16} v{:<3} {:<11} {}",
+                    "{}  {:<16} {:<4} {:<11} {}",
                     e["id"].as_str().unwrap_or(""),
                     e["pipeline"].as_str().unwrap_or(""),
-                    e["pipeline_version"],
+                    crate::views::version_label(&e["pipeline_version"]),
                     e["status"].as_str().unwrap_or(""),
                     super::report::escape_controls(e["error"].as_str().unwrap_or(""))
                 );
@@ -274,7 +309,11 @@ impl Client {
             Some(body),
         )?;
         self.print(&answer, |a| {
-            println!("{} {action} of {id}", a["status"].as_str().unwrap_or(""))
+            println!(
+                "{} {action} of {}",
+                a["status"].as_str().unwrap_or(""),
+                a["execution"].as_str().unwrap_or(id)
+            )
         });
         Ok(ExitCode::SUCCESS)
     }
@@ -289,7 +328,9 @@ impl Client {
         let mode = if abandon { "abandon" } else { "finish" };
         let body = json!({ "mode": mode, "reason": reason }).to_string();
         let answer = self.call("POST", &format!("/executions/{id}/stop"), Some(body))?;
-        self.print(&answer, |_| println!("stopping {id} ({mode})"));
+        self.print(&answer, |a| {
+            println!("stopping {} ({mode})", a["id"].as_str().unwrap_or(id))
+        });
         Ok(ExitCode::SUCCESS)
     }
 
@@ -301,7 +342,12 @@ impl Client {
             &format!("/executions/{id}/stages/{stage}/retry"),
             Some(body),
         )?;
-        self.print(&answer, |_| println!("retrying stage {stage} of {id}"));
+        self.print(&answer, |a| {
+            println!(
+                "retrying stage {stage} of {}",
+                a["id"].as_str().unwrap_or(id)
+            )
+        });
         Ok(ExitCode::SUCCESS)
     }
 
@@ -327,9 +373,9 @@ impl Client {
     /// ends; exit 0 if it succeeded, 1 if not.
     pub fn watch(&self, id: &str) -> anyhow::Result<ExitCode> {
         let execution = |id: &str| self.call("GET", &format!("/executions/{id}"), None);
-        // The stream filters on the full id; the argument may be a prefix.
-        let first = execution(id)?;
-        let id = first["execution"]["id"].as_str().unwrap_or(id).to_string();
+        // The stream filters on the full id; the argument may be a prefix or
+        // `latest`, resolved once so that a newer execution cannot take over.
+        let id = self.resolve(id)?;
         // Subscribe before reading the current state, so no change falls between.
         let mut stream = self.events(&id, None)?;
         let mut current = execution(&id)?;
@@ -483,10 +529,10 @@ fn print_log_line(line: &Value) {
 fn print_execution(answer: &Value) {
     let e = &answer["execution"];
     println!(
-        "Execution {} of {} v{}: {}",
+        "Execution {} of {} {}: {}",
         e["id"].as_str().unwrap_or(""),
         e["pipeline"].as_str().unwrap_or(""),
-        e["pipeline_version"],
+        crate::views::version_label(&e["pipeline_version"]),
         e["status"].as_str().unwrap_or("")
     );
     if let Some(error) = e["error"].as_str() {

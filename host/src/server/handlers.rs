@@ -40,6 +40,8 @@ pub fn routes() -> Router<AppState> {
         .route("/executions", get(list_executions))
         .route("/executions/{id}", get(get_execution))
         .route("/executions/{id}/logs", get(get_logs))
+        .route("/executions/{id}/artifacts", get(list_artifacts))
+        .route("/executions/{id}/artifacts/{name}", get(get_artifact))
         .route(
             "/executions/{id}/stages/{stage}/retry",
             axum::routing::post(retry_stage),
@@ -120,13 +122,8 @@ fn plan_from_source(app: &AppState, name: &str, source: &str) -> ApiResult<Plan>
         &app.pipelines_root,
     )
     .map_err(|diagnostics| {
-        let located: Vec<Value> = diagnostics
-            .0
-            .iter()
-            .map(|d| json!({ "line": d.line, "column": d.column, "message": d.message }))
-            .collect();
         ApiError::bad_request("source", diagnostics.to_string())
-            .with("diagnostics", Value::Array(located))
+            .with("diagnostics", crate::views::diagnostics(&diagnostics))
     })
 }
 
@@ -619,19 +616,51 @@ async fn list_executions(
         .iter()
         .filter(|e| caller.may_see(&e.pipeline))
         .collect();
-    Ok(Json(
-        json!({ "executions": visible, "limit": limit, "offset": filter.offset }),
-    ))
+    Ok(Json(crate::views::execution_list(
+        &visible,
+        limit,
+        filter.offset,
+    )))
 }
 
+/// The execution named by `id`: a full id, a unique prefix, or `latest` (the
+/// newest execution this caller may see), as the local CLI accepts them.
 fn visible_execution(app: &AppState, caller: &Caller, id: &str) -> ApiResult<ExecutionRecord> {
-    let execution = app
-        .state
-        .execution(id)
-        .map_err(|e| ApiError::bad_request("id", format!("{e:#}")))?
-        .ok_or_else(|| ApiError::not_found(format!("no execution `{id}`")))?;
+    let found = if id == "latest" {
+        latest_visible(app, caller)?
+    } else {
+        app.state
+            .execution(id)
+            .map_err(|e| ApiError::bad_request("id", format!("{e:#}")))?
+    };
+    let execution = found.ok_or_else(|| ApiError::not_found(format!("no execution `{id}`")))?;
     caller.require(Role::Viewer, Some(&execution.pipeline))?;
     Ok(execution)
+}
+
+/// The newest execution of a pipeline the caller may see.
+fn latest_visible(app: &AppState, caller: &Caller) -> ApiResult<Option<ExecutionRecord>> {
+    const PAGE: usize = 200;
+    for page in 0.. {
+        let filter = ExecutionFilter {
+            pipeline: None,
+            status: None,
+            limit: PAGE,
+            offset: page * PAGE,
+        };
+        let executions = app
+            .state
+            .list_executions(&filter)
+            .map_err(ApiError::internal)?;
+        let done = executions.len() < PAGE;
+        if let Some(found) = executions.into_iter().find(|e| caller.may_see(&e.pipeline)) {
+            return Ok(Some(found));
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(None)
 }
 
 async fn get_execution(
@@ -640,17 +669,8 @@ async fn get_execution(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Value>> {
     let execution = visible_execution(&app, &caller, &id)?;
-    let stages = app
-        .state
-        .stages(&execution.id)
-        .map_err(ApiError::internal)?;
-    let actions = app
-        .state
-        .actions(&execution.id)
-        .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({ "execution": execution, "stages": stages, "actions": actions }),
-    ))
+    let document = crate::views::execution(&app.state, &execution).map_err(ApiError::internal)?;
+    Ok(Json(document))
 }
 
 /// Body of a stage retry.
@@ -775,9 +795,109 @@ async fn get_logs(
         None => app.state.logs(&execution.id, action),
     }
     .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({ "execution": execution.id, "status": execution.status, "lines": lines }),
-    ))
+    Ok(Json(crate::views::logs(
+        &execution.id,
+        execution.status,
+        &lines,
+    )))
+}
+
+/// The output artifacts of a visible execution.
+fn execution_artifacts(
+    app: &AppState,
+    execution: &ExecutionRecord,
+) -> ApiResult<Vec<crate::views::ArtifactEntry>> {
+    let actions = app
+        .state
+        .actions(&execution.id)
+        .map_err(ApiError::internal)?;
+    Ok(crate::views::artifact_entries(&actions))
+}
+
+async fn list_artifacts(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let entries = execution_artifacts(&app, &execution)?;
+    Ok(Json(crate::views::artifacts(&execution.id, &entries)))
+}
+
+/// `GET /executions/{id}/artifacts/{name}`: the artifact's tree as a tar
+/// stream. Its digest is checked first; a corrupt artifact is refused (500,
+/// naming both digests) rather than served under its recorded digest.
+async fn get_artifact(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+) -> ApiResult<axum::response::Response> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let entry = execution_artifacts(&app, &execution)?
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "execution {} has no artifact `{name}`",
+                execution.id
+            ))
+        })?;
+    let store = app.executor.artifacts().clone();
+    if !store.path_of(&entry.digest).is_dir() {
+        return Err(ApiError::not_found(format!(
+            "artifact `{name}` of execution {} is no longer in the artifact store",
+            execution.id
+        )));
+    }
+    let (digest, label) = (entry.digest.clone(), entry.name.clone());
+    let path =
+        tokio::task::spawn_blocking(move || crate::export::verified_path(&store, &label, &digest))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let body = tar_body(path);
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
+        .header("X-Sluice-Digest", format!("blake3:{}", entry.digest))
+        .body(body)
+        .map_err(ApiError::internal)
+}
+
+/// Pack `dir` on a blocking thread, streaming the tar to the response as it
+/// is written (memory stays flat whatever the artifact's size). A failure
+/// midway ends the body with an error, so the client sees a broken download
+/// rather than a short, valid-looking one.
+fn tar_body(dir: std::path::PathBuf) -> axum::body::Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter(sender.clone());
+        let out = std::io::BufWriter::with_capacity(64 * 1024, writer);
+        if let Err(e) = crate::export::pack(&dir, out) {
+            tracing::warn!("streaming artifact {} failed: {e:#}", dir.display());
+            let _ = sender.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        let chunk = receiver.recv().await?;
+        Some((chunk, receiver))
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+/// `Write` into the response body's channel (from a blocking thread).
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Query of `GET /events`.

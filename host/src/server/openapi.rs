@@ -133,11 +133,29 @@ pub async fn document() -> Json<Value> {
     webhook["parameters"] = json!([path_param("name")]);
     webhook["security"] = json!([]);
     let mut execution = operation(
-        "An execution: stages, actions with resolved configuration, artifacts, variables",
+        "An execution: stages, actions with resolved configuration, artifacts, variables ({id}: an id, a unique prefix or `latest`)",
         "viewer",
         "200",
     );
     execution["parameters"] = json!([path_param("id")]);
+    let mut artifacts = operation(
+        "Output artifacts of an execution: name, producing action, digest, files, bytes",
+        "viewer",
+        "200",
+    );
+    artifacts["parameters"] = json!([path_param("id")]);
+    let mut artifact = operation(
+        "One artifact's tree as a tar stream (files, executable bits, symlinks); its digest is verified first and a corrupt artifact is refused with 500",
+        "viewer",
+        "200",
+    );
+    artifact["parameters"] = json!([path_param("id"), path_param("name")]);
+    artifact["responses"]["200"] = json!({
+        "description": "The tree as a tar archive; X-Sluice-Digest names its blake3 digest",
+        "headers": { "X-Sluice-Digest": { "schema": { "type": "string" } } },
+        "content": { "application/x-tar": { "schema": { "type": "string", "format": "binary" } } }
+    });
+    artifact["responses"]["500"] = json!({ "description": "The stored artifact no longer matches its digest", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
     Json(json!({
         "openapi": "3.0.3",
         "info": { "title": "Sluice API", "version": env!("CARGO_PKG_VERSION") },
@@ -161,6 +179,8 @@ pub async fn document() -> Json<Value> {
             "/api/v1/executions": { "get": list },
             "/api/v1/executions/{id}": { "get": execution },
             "/api/v1/executions/{id}/logs": { "get": logs },
+            "/api/v1/executions/{id}/artifacts": { "get": artifacts },
+            "/api/v1/executions/{id}/artifacts/{name}": { "get": artifact },
             "/api/v1/audit": { "get": audit },
             "/api/v1/executions/{id}/stop": { "post": stop },
             "/api/v1/executions/{id}/stages/{stage}/retry": { "post": retry },
