@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub max_artifact: u64,
     /// Concurrent sleeping actions for the memory figure.
     pub sleepers: usize,
+    /// Measure only the native-command sandbox (no plugins needed).
+    pub native_only: bool,
 }
 
 /// One measured figure.
@@ -60,6 +62,9 @@ struct Bench {
 /// Run every benchmark and return the figures in report order.
 pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
     std::fs::create_dir_all(&options.scratch)?;
+    if options.native_only {
+        return native_sandbox(&options.scratch, options.actions.min(500));
+    }
     let mut bench = Bench {
         runtime: Arc::new(Runtime::new()?),
         registry: Registry::open(&options.scratch.join("plugins"))?,
@@ -77,6 +82,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
     bench.throughput(&noop, options.executions).await?;
     bench.plugin_loads()?;
     bench.handoff(&noop, options.max_artifact).await?;
+    bench
+        .figures
+        .extend(native_sandbox(&options.scratch, options.actions.min(500))?);
     Ok(bench.figures)
 }
 
@@ -461,6 +469,97 @@ fn write_tree(dir: &Path, size: u64) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// What the native-command sandbox adds per command: `/bin/true` through the
+/// launcher (namespaces, `/proc`, Landlock), through the launcher with the
+/// sandbox off (the re-exec alone), and plain fork+exec, in the same run.
+fn native_sandbox(scratch: &Path, n: usize) -> anyhow::Result<Vec<Figure>> {
+    let workspace = scratch.join("native-workspace");
+    std::fs::create_dir_all(&workspace)?;
+    let mut floor = fork_exec_floor(n)?;
+    let mut sandboxed = launcher_runs(&workspace, n, true)?;
+    let mut unsandboxed = launcher_runs(&workspace, n, false)?;
+    let (floor_p50, floor_p99) = percentiles(&mut floor);
+    let (sandboxed_p50, sandboxed_p99) = percentiles(&mut sandboxed);
+    let (plain_p50, plain_p99) = percentiles(&mut unsandboxed);
+    let figure = |name: String, value: String, target: &str| {
+        println!("{name:<58} {value:<44} target: {target}");
+        Figure {
+            name,
+            value,
+            target: target.to_string(),
+        }
+    };
+    let ratio = sandboxed_p50.as_secs_f64() / floor_p50.as_secs_f64().max(1e-9);
+    Ok(vec![
+        figure(
+            format!("floor: fork+exec /bin/true (n={n})"),
+            format!("p50 {} / p99 {}", micros(floor_p50), micros(floor_p99)),
+            "-",
+        ),
+        figure(
+            format!("native command, launcher, sandbox off (n={n})"),
+            format!("p50 {} / p99 {}", micros(plain_p50), micros(plain_p99)),
+            "-",
+        ),
+        figure(
+            format!("native command, sandboxed: namespaces + Landlock (n={n})"),
+            format!(
+                "p50 {} / p99 {}",
+                micros(sandboxed_p50),
+                micros(sandboxed_p99)
+            ),
+            "-",
+        ),
+        figure(
+            "ratio: sandboxed command p50 / fork+exec p50".to_string(),
+            format!("{ratio:.1}x"),
+            "measured, not a target",
+        ),
+    ])
+}
+
+/// Run `/bin/true` `n` times through `sluice __sandbox-exec`, as the process
+/// capability does.
+fn launcher_runs(workspace: &Path, n: usize, sandboxed: bool) -> anyhow::Result<Vec<Duration>> {
+    use crate::sandbox::launcher::{LAUNCHER_ARG, LaunchSpec};
+    use std::io::Write as _;
+    let spec = LaunchSpec {
+        program: PathBuf::from("/bin/true"),
+        argv0: "true".into(),
+        args: Vec::new(),
+        cwd: workspace.to_path_buf(),
+        env: Vec::new(),
+        host_pid: std::process::id(),
+        share_network: false,
+        max_processes: 4096,
+        max_open_files: 4096,
+        max_address_space: None,
+        read_only: Vec::new(),
+        read_write: vec![workspace.to_path_buf()],
+        sandboxed,
+    };
+    let json = serde_json::to_vec(&spec)?;
+    let exe = std::env::current_exe()?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .arg(LAUNCHER_ARG)
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("launcher stdin")?
+            .write_all(&json)?;
+        let status = child.wait()?;
+        times.push(started.elapsed());
+        anyhow::ensure!(status.success(), "the launcher failed: {status}");
+    }
+    Ok(times)
 }
 
 fn fork_exec_floor(n: usize) -> anyhow::Result<Vec<Duration>> {

@@ -182,12 +182,13 @@ fn ctrl_c_stops_the_run_records_stopped_and_leaves_no_process() {
     assert!(!workspace.path(&format!(".sluice/work/{id}")).exists());
 }
 
-#[test]
-fn a_killed_server_never_runs_two_copies_of_an_action() {
+/// A server running LONG_COMMAND (with `marker` as its sleeps' argument),
+/// once the command is running: (workspace, admin token, server, execution id).
+fn long_command_on_a_server(marker: &str) -> (Workspace, String, Server, String) {
     let workspace = Workspace::new();
     let admin = token(&workspace, &["--role", "admin"]);
-    let mut server = Server::start(&workspace);
-    let pipeline = LONG_COMMAND.replace("MARKER", "3.5531");
+    let server = Server::start(&workspace);
+    let pipeline = LONG_COMMAND.replace("MARKER", marker);
     let put = server.call(
         "PUT",
         "/api/v1/pipelines/long",
@@ -203,9 +204,15 @@ fn a_killed_server_never_runs_two_copies_of_an_action() {
     );
     let id = started["id"].as_str().unwrap().to_string();
     assert!(
-        eventually(60, || sleeps("3.5531") > 0),
+        eventually(60, || sleeps(marker) > 0),
         "the command never started"
     );
+    (workspace, admin, server, id)
+}
+
+#[test]
+fn a_killed_server_never_runs_two_copies_of_an_action() {
+    let (workspace, admin, mut server, id) = long_command_on_a_server("3.5531");
     server.kill9();
     // The command dies with its host: nothing is left for a restart to race.
     assert!(
@@ -338,28 +345,7 @@ grants = {{ commands = ["sh"] }}
 
 #[test]
 fn sigterm_drains_running_executions_before_the_server_exits() {
-    let workspace = Workspace::new();
-    let admin = token(&workspace, &["--role", "admin"]);
-    let mut server = Server::start(&workspace);
-    let pipeline = LONG_COMMAND.replace("MARKER", "2.5541");
-    let put = server.call(
-        "PUT",
-        "/api/v1/pipelines/long",
-        Some(&admin),
-        Some(&pipeline),
-    );
-    assert_eq!(put.0, 201, "{:?}", put.1);
-    let (_, started) = server.call(
-        "POST",
-        "/api/v1/pipelines/long/executions",
-        Some(&admin),
-        None,
-    );
-    let id = started["id"].as_str().unwrap().to_string();
-    assert!(
-        eventually(60, || sleeps("2.5541") > 0),
-        "the command never started"
-    );
+    let (workspace, admin, mut server, id) = long_command_on_a_server("2.5541");
     assert_eq!(server.signal_and_wait(libc::SIGTERM), Some(0));
     let server = Server::start(&workspace);
     let (_, body) = server.call(
@@ -407,4 +393,56 @@ grants = { commands = ["sh"] }
     assert_eq!(outputs.len(), 1, "{test:#}");
     assert_eq!(outputs[0]["name"], "reports");
     assert_eq!(outputs[0]["files"], 1);
+}
+
+#[test]
+fn an_action_granted_only_true_cannot_run_another_program_by_a_path_trick() {
+    let workspace = Workspace::new();
+    // Stage one (granted sh) leaves a copy of the shell named `true`, and a
+    // link to it, in an artifact; stage two is granted only `true`.
+    let pipeline = |run: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "tricks"
+[[stages]]
+name = "Plant"
+[[stages.actions]]
+name = "plant"
+plugin = "command@0.1"
+outputs = ["tools"]
+config = {{ script = "mkdir -p bin && cp /bin/sh bin/true && ln -s true bin/link", outputs = "tools=bin/**" }}
+grants = {{ commands = ["sh"] }}
+[[stages]]
+name = "Trick"
+[[stages.actions]]
+name = "trick"
+plugin = "command@0.1"
+inputs = ["tools"]
+config = {{ run = "{run}" }}
+grants = {{ commands = ["true"] }}
+"#
+        )
+    };
+    for trick in [
+        "./bin/true -c 'echo pwned'",
+        "bin/link -c 'echo pwned'",
+        "/bin/sh -c 'echo pwned'",
+        "/proc/self/root/bin/sh -c 'echo pwned'",
+    ] {
+        let output = workspace.run_pipeline(&pipeline(trick));
+        assert_eq!(output.status.code(), Some(1), "{trick}: {}", text(&output));
+        let error = action(&workspace.latest_execution(), "trick")["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains("allow-list"), "{trick}: {error}");
+        assert!(
+            !workspace.latest_logs().contains("process pwned"),
+            "{trick}"
+        );
+    }
+    // The granted program itself still runs.
+    let output = workspace.run_pipeline(&pipeline("true"));
+    assert!(output.status.success(), "{}", text(&output));
 }

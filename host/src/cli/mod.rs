@@ -229,6 +229,9 @@ struct BenchArgs {
     /// Concurrent sleeping actions for the memory figure.
     #[arg(long, default_value_t = 100)]
     sleepers: usize,
+    /// Only measure what the native-command sandbox adds per command.
+    #[arg(long)]
+    native_only: bool,
 }
 
 fn parse_assignment(text: &str) -> Result<(String, String), String> {
@@ -607,6 +610,7 @@ fn bench(paths: &Paths, args: BenchArgs) -> anyhow::Result<ExitCode> {
         executions: args.executions,
         max_artifact: args.max_artifact,
         sleepers: args.sleepers,
+        native_only: args.native_only,
     };
     println!("sluice bench on {}", crate::bench::machine());
     let result = tokio_runtime()?.block_on(crate::bench::run(&options));
