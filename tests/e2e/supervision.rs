@@ -319,6 +319,8 @@ try find {data}/work -name secret.txt
 try ls /root
 try sh -c 'echo escaped > {outside}'
 try sh -c 'echo fine > own-file.txt'
+grep CapEff /proc/self/status
+grep 'Max processes' /proc/self/limits
 cat {data}/work/*/*/workspace/secret.txt 2>/dev/null || true
 """ }}
 grants = {{ commands = ["sh"] }}
@@ -341,6 +343,13 @@ grants = {{ commands = ["sh"] }}
     assert_eq!(logs.matches("process denied:").count(), 6, "{logs}");
     assert!(!logs.contains("process victim-data-8841"), "{logs}");
     assert!(!outside.exists());
+    // Root without root's powers: no capability, and a process limit that holds.
+    assert!(logs.contains("process CapEff:\t0000000000000000"), "{logs}");
+    let limit = logs
+        .lines()
+        .find(|l| l.contains("process Max processes"))
+        .unwrap_or("");
+    assert_eq!(limit.matches("4096").count(), 2, "{logs}");
 }
 
 #[test]

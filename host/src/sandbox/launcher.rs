@@ -18,7 +18,10 @@
 //!    mounts, granted toolchain directories and the system's (`/usr`, `/lib`,
 //!    a few files of `/etc`...); nothing else (not the data directory, the
 //!    state database, other actions' directories, `/root` or `/etc/shadow`);
-//! 5. execs the command.
+//! 5. drops every capability, for good (bounding set, `SECBIT_NOROOT`): a
+//!    command run by a root host is root without root's powers (no mounts,
+//!    no bypassing file modes, no raw sockets, and `RLIMIT_NPROC` applies);
+//! 6. execs the command.
 //!
 //! Exit status: the command's code, `128 + signal` when it was killed, and
 //! [`SETUP_FAILED`] with a message on stderr when the sandbox could not be set up.
@@ -268,6 +271,11 @@ fn exec(spec: &LaunchSpec) -> String {
     if let Err(e) = std::env::set_current_dir(&spec.cwd) {
         return format!("cd {}: {e}", spec.cwd.display());
     }
+    if spec.sandboxed
+        && let Err(e) = drop_capabilities()
+    {
+        return format!("dropping capabilities: {e}");
+    }
     let program = match CString::new(spec.program.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(_) => return "program path has a NUL byte".into(),
@@ -292,6 +300,39 @@ fn exec(spec: &LaunchSpec) -> String {
         spec.program.display(),
         std::io::Error::last_os_error()
     )
+}
+
+/// Empty every capability set, empty the bounding set so that no exec can
+/// bring one back, and lock "root is not special" (`SECBIT_NOROOT`).
+fn drop_capabilities() -> Result<(), std::io::Error> {
+    use rustix::io::Errno;
+    use rustix::thread::{
+        CapabilitiesSecureBits as Bits, CapabilitySet, CapabilitySets,
+        remove_capability_from_bounding_set,
+    };
+    for bit in 0..64 {
+        match remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << bit)) {
+            Ok(()) | Err(Errno::INVAL) => {} // past the kernel's last capability
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::thread::set_capabilities_secure_bits(
+        Bits::NO_ROOT
+            | Bits::NO_ROOT_LOCKED
+            | Bits::NO_SETUID_FIXUP_LOCKED
+            | Bits::KEEP_CAPS_LOCKED,
+    )?;
+    rustix::thread::clear_ambient_capability_set()?;
+    let none = CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )?;
+    Ok(())
 }
 
 fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
