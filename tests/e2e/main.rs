@@ -5,6 +5,7 @@ mod harness;
 mod control;
 mod example;
 mod execution;
+mod hardening;
 mod hostile;
 mod http;
 mod languages;
