@@ -580,4 +580,15 @@ fn unknown_routes_wrong_methods_and_bad_tokens_answer_json() {
         assert_eq!(status, expected, "{method} {path}: {body}");
         assert!(body["error"].is_string(), "{method} {path}: {body:?}");
     }
+    let (_, openapi) = server.call("GET", "/openapi.json", None, None);
+    let webhook = &openapi["paths"]["/api/v1/webhooks/{name}"]["post"];
+    assert!(
+        webhook["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "X-Sluice-Timestamp"),
+        "{webhook:#}"
+    );
+    assert!(webhook["responses"]["413"].is_object(), "{webhook:#}");
 }
