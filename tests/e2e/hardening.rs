@@ -478,6 +478,7 @@ fn token_with_id(workspace: &Workspace, args: &[&str]) -> (String, String) {
 #[test]
 fn tokens_expire_are_revoked_and_are_listed() {
     let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
     let server = Server::start(&workspace);
     let (brief_id, brief) = token_with_id(&workspace, &["--role", "viewer", "--expires", "3s"]);
     let created = Instant::now();
@@ -522,6 +523,22 @@ fn tokens_expire_are_revoked_and_are_listed() {
     assert!(
         refused["error"].as_str().unwrap().contains("revoked"),
         "{refused}"
+    );
+    let (status, _) = server.call("PUT", "/api/v1/pipelines/web", Some(&revoked), Some("x"));
+    assert_eq!(status, 401);
+    let (_, audit) = server.call("GET", "/api/v1/audit", Some(&admin), None);
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["actor"] == "refused-token"
+            && e["action"] == "PUT /api/v1/pipelines/web"
+            && e["result"] == "401"),
+        "a refused token's attempt is audited: {audit:#}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == format!("token revoke {revoked_id}") && e["pipeline"].is_null()),
+        "{audit:#}"
     );
     let output = workspace.sluice(&["token", "revoke", "tok_nosuchtoken"]);
     assert!(!output.status.success());

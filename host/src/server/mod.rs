@@ -668,10 +668,9 @@ async fn authenticate_and_audit(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
-    let caller = match Caller::from_header(&app.state, header.as_deref()) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
+    // A refused token (unknown, expired, revoked) is answered here, and its
+    // mutating attempts are audited too.
+    let resolved = Caller::from_header(&app.state, header.as_deref());
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -690,17 +689,23 @@ async fn authenticate_and_audit(
         .unwrap_or("")
         .to_string();
     let action = format!("{} {path}", request.method());
-    let actor = match (&caller, path.contains("/webhooks/")) {
-        (Some(caller), _) => caller.id.clone(),
-        (None, true) => "webhook".to_string(),
-        (None, false) => "anonymous".to_string(),
+    let actor = match (&resolved, path.contains("/webhooks/")) {
+        (Ok(Some(caller)), _) => caller.id.clone(),
+        (Err(_), _) => "refused-token".to_string(),
+        (Ok(None), true) => "webhook".to_string(),
+        (Ok(None), false) => "anonymous".to_string(),
     };
     let pipeline = match mutating {
         true => audited_pipeline(&app, request.uri().path()),
         false => None,
     };
-    request.extensions_mut().insert(caller);
-    let response = next.run(request).await;
+    let response = match resolved {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    };
     if mutating {
         let entry = crate::state::AuditRecord {
             seq: 0,
