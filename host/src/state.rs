@@ -127,16 +127,29 @@ CREATE TABLE IF NOT EXISTS audit (
     target TEXT NOT NULL,
     result TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    pipeline TEXT NOT NULL,
+    delivery TEXT NOT NULL,
+    execution_id TEXT,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, delivery)
+);
 "#;
 
 /// Columns added after the first release, for databases created before them.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 9] = [
     "ALTER TABLE action_runs ADD COLUMN continuation TEXT",
     "ALTER TABLE action_runs ADD COLUMN continue_at_ms INTEGER",
     "ALTER TABLE executions ADD COLUMN trigger TEXT NOT NULL DEFAULT '{}'",
     "ALTER TABLE executions ADD COLUMN pipeline_version INTEGER",
     "ALTER TABLE action_runs ADD COLUMN percent INTEGER",
     "ALTER TABLE action_runs ADD COLUMN progress TEXT",
+    // 7-9: the pipeline an audit row concerns (NULL: global, e.g. token
+    // management; rows from before this column count as global), and token
+    // expiry and revocation.
+    "ALTER TABLE audit ADD COLUMN pipeline TEXT",
+    "ALTER TABLE tokens ADD COLUMN expires_ms INTEGER",
+    "ALTER TABLE tokens ADD COLUMN revoked_ms INTEGER",
 ];
 
 /// Status of an execution, stage or action, named as CodePipeline names them.
@@ -322,6 +335,10 @@ pub struct TokenRecord {
     pub pipelines: Vec<String>,
     /// Free text.
     pub description: String,
+    /// When it stops being accepted, ms since the epoch; None: never.
+    pub expires_ms: Option<i64>,
+    /// When it was revoked, ms since the epoch.
+    pub revoked_ms: Option<i64>,
 }
 
 /// A manual approval and its decision.
@@ -401,6 +418,8 @@ pub struct AuditRecord {
     pub target: String,
     /// How it ended: the HTTP status.
     pub result: String,
+    /// The pipeline it concerns; None for global entries (token management).
+    pub pipeline: Option<String>,
 }
 
 /// The SQLite-backed store.
@@ -1110,52 +1129,66 @@ impl StateStore {
         now_ms: i64,
     ) -> anyhow::Result<()> {
         self.write(
-            "INSERT INTO tokens (id, secret_hash, role, pipelines, description, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![token.id, secret_hash, token.role, serde_json::to_string(&token.pipelines)?, token.description, now_ms],
+            "INSERT INTO tokens (id, secret_hash, role, pipelines, description, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![token.id, secret_hash, token.role, serde_json::to_string(&token.pipelines)?, token.description, now_ms, token.expires_ms],
         )
     }
 
-    /// The token whose secret hashes to `secret_hash`.
-    pub fn token_by_hash(&self, secret_hash: &str) -> anyhow::Result<Option<TokenRecord>> {
+    /// Every token with its secret's hash, oldest first (callers compare the
+    /// hashes in constant time rather than letting SQL look one up).
+    pub fn tokens(&self) -> anyhow::Result<Vec<(TokenRecord, String)>> {
         let db = self.db();
         let mut statement = db.prepare_cached(
-            "SELECT id, role, pipelines, description FROM tokens WHERE secret_hash = ?1",
+            "SELECT id, role, pipelines, description, expires_ms, revoked_ms, secret_hash FROM tokens ORDER BY created_ms, id",
         )?;
-        Ok(statement
-            .query_row(params![secret_hash], |row| {
-                let pipelines: String = row.get(2)?;
-                Ok(TokenRecord {
-                    id: row.get(0)?,
-                    role: row.get(1)?,
-                    pipelines: serde_json::from_str(&pipelines).unwrap_or_default(),
-                    description: row.get(3)?,
-                })
-            })
-            .optional()?)
+        let rows = statement.query_map([], |row| {
+            let pipelines: String = row.get(2)?;
+            let record = TokenRecord {
+                id: row.get(0)?,
+                role: row.get(1)?,
+                pipelines: serde_json::from_str(&pipelines).unwrap_or_default(),
+                description: row.get(3)?,
+                expires_ms: row.get(4)?,
+                revoked_ms: row.get(5)?,
+            };
+            Ok((record, row.get(6)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Append to the audit log.
-    pub fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        result: &str,
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
+    /// Revoke a token; false when there is no token with this id.
+    pub fn revoke_token(&self, id: &str, now_ms: i64) -> anyhow::Result<bool> {
+        let changed = self.db().execute(
+            "UPDATE tokens SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Append to the audit log; `pipeline` is None for global entries.
+    pub fn audit(&self, entry: &AuditRecord) -> anyhow::Result<()> {
         self.write(
-            "INSERT INTO audit (ts_ms, actor, action, target, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now_ms, actor, action, target, result],
+            "INSERT INTO audit (ts_ms, actor, action, target, result, pipeline) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![entry.ts_ms, entry.actor, entry.action, entry.target, entry.result, entry.pipeline],
         )
     }
 
-    /// Audit entries, oldest first, after `after_seq`.
-    pub fn audit_log(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
+    /// Audit entries, oldest first, after `after_seq`; with `scope`, only the
+    /// entries of those pipelines (global entries are left out).
+    pub fn audit_log(
+        &self,
+        after_seq: i64,
+        limit: usize,
+        scope: Option<&[String]>,
+    ) -> anyhow::Result<Vec<AuditRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT seq, ts_ms, actor, action, target, result FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, ts_ms, actor, action, target, result, pipeline FROM audit
+             WHERE seq > ?1 AND (?3 IS NULL OR pipeline IN (SELECT value FROM json_each(?3)))
+             ORDER BY seq LIMIT ?2",
         )?;
-        let rows = statement.query_map(params![after_seq, limit as i64], |row| {
+        let scope = scope.map(serde_json::to_string).transpose()?;
+        let rows = statement.query_map(params![after_seq, limit as i64, scope], |row| {
             Ok(AuditRecord {
                 seq: row.get(0)?,
                 ts_ms: row.get(1)?,
@@ -1163,9 +1196,57 @@ impl StateStore {
                 action: row.get(3)?,
                 target: row.get(4)?,
                 result: row.get(5)?,
+                pipeline: row.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Claim a webhook delivery id for `pipeline`. None when it is new (the
+    /// caller goes on to handle it); otherwise the execution the first
+    /// delivery started, if it started one.
+    pub fn claim_delivery(
+        &self,
+        pipeline: &str,
+        delivery: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<Option<Option<String>>> {
+        let db = self.db();
+        let inserted = db.execute(
+            "INSERT OR IGNORE INTO webhook_deliveries (pipeline, delivery, received_ms) VALUES (?1, ?2, ?3)",
+            params![pipeline, delivery, now_ms],
+        )?;
+        if inserted > 0 {
+            return Ok(None);
+        }
+        let execution = db.query_row(
+            "SELECT execution_id FROM webhook_deliveries WHERE pipeline = ?1 AND delivery = ?2",
+            params![pipeline, delivery],
+            |row| row.get(0),
+        )?;
+        Ok(Some(execution))
+    }
+
+    /// Record the execution a claimed delivery started.
+    pub fn set_delivery_execution(
+        &self,
+        pipeline: &str,
+        delivery: &str,
+        execution: &str,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE webhook_deliveries SET execution_id = ?3 WHERE pipeline = ?1 AND delivery = ?2",
+            params![pipeline, delivery, execution],
+        )
+    }
+
+    /// Forget a claimed delivery that failed before it was handled, so that
+    /// the sender's redelivery is handled instead of answered as a duplicate.
+    pub fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()> {
+        self.write(
+            "DELETE FROM webhook_deliveries WHERE pipeline = ?1 AND delivery = ?2 AND execution_id IS NULL",
+            params![pipeline, delivery],
+        )
     }
 
     /// How many executions are recorded in each status.

@@ -150,16 +150,62 @@ impl WebhookTrigger {
     }
 }
 
+/// The header of the timestamped signing scheme: Unix seconds when the
+/// delivery was signed. With it, X-Hub-Signature-256 is the HMAC-SHA256 of
+/// `<timestamp>.<body>`, so an old delivery cannot be replayed with a fresh
+/// timestamp.
+pub const TIMESTAMP_HEADER: &str = "x-sluice-timestamp";
+
 /// Check `X-Hub-Signature-256: sha256=<hex>` against HMAC-SHA256(key, body), in
 /// constant time.
 pub fn verify_signature(key: &[u8], body: &[u8], header: Option<&str>) -> Result<(), String> {
+    verify_mac(key, &[body], header)
+}
+
+/// Verify a delivery: GitHub's plain scheme (HMAC of the body) without a
+/// timestamp header; with `X-Sluice-Timestamp: <unix seconds>`, the HMAC of
+/// `<timestamp>.<body>`, and the timestamp no further than `max_age` from now
+/// (either way: a clock far ahead is refused too).
+pub fn verify_delivery(
+    key: &[u8],
+    body: &[u8],
+    signature: Option<&str>,
+    timestamp: Option<&str>,
+    max_age: std::time::Duration,
+) -> Result<(), String> {
+    let Some(timestamp) = timestamp else {
+        return verify_signature(key, body, signature);
+    };
+    let signed_at: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| format!("X-Sluice-Timestamp `{timestamp}` is not Unix seconds"))?;
+    verify_mac(key, &[timestamp.trim().as_bytes(), b".", body], signature)?;
+    let now = chrono::Utc::now().timestamp();
+    let age = now.saturating_sub(signed_at);
+    if age.unsigned_abs() > max_age.as_secs() {
+        let when = match age > 0 {
+            true => format!("{age}s old"),
+            false => format!("{}s in the future", -age),
+        };
+        return Err(format!(
+            "delivery signed at {signed_at} is {when}; the window is {} (--webhook-max-age)",
+            humantime::format_duration(max_age)
+        ));
+    }
+    Ok(())
+}
+
+fn verify_mac(key: &[u8], parts: &[&[u8]], header: Option<&str>) -> Result<(), String> {
     let header = header.ok_or("missing X-Hub-Signature-256 header")?;
     let hex_digest = header
         .strip_prefix("sha256=")
         .ok_or("X-Hub-Signature-256 must start with sha256=")?;
     let expected = hex::decode(hex_digest.trim()).map_err(|_| "X-Hub-Signature-256 is not hex")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|e| e.to_string())?;
-    mac.update(body);
+    for part in parts {
+        mac.update(part);
+    }
     mac.verify_slice(&expected)
         .map_err(|_| "signature mismatch".to_string())
 }
@@ -217,7 +263,7 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> Result<Delivery, String> {
             })
         }
         other => Err(format!(
-            "event `{other}` is not handled; send push or pull_request"
+            "event `{other}` is not handled; send push, pull_request or ping"
         )),
     }
 }
@@ -246,6 +292,25 @@ mod tests {
         assert!(verify_signature(b"other", b"body", Some(&header)).is_err());
         assert!(verify_signature(b"k", b"tampered", Some(&header)).is_err());
         assert!(verify_signature(b"k", b"body", None).is_err());
+    }
+
+    #[test]
+    fn timestamped_signatures_cover_the_timestamp_and_keep_a_window() {
+        let window = std::time::Duration::from_secs(300);
+        let now = chrono::Utc::now().timestamp().to_string();
+        let signed = sign("k", &format!("{now}.body"));
+        assert!(verify_delivery(b"k", b"body", Some(&signed), Some(&now), window).is_ok());
+        let plain = sign("k", "body");
+        assert!(
+            verify_delivery(b"k", b"body", Some(&plain), Some(&now), window).is_err(),
+            "a plain signature does not cover the timestamp"
+        );
+        assert!(verify_delivery(b"k", b"body", Some(&plain), None, window).is_ok());
+        let old = (chrono::Utc::now().timestamp() - 301).to_string();
+        let signed_old = sign("k", &format!("{old}.body"));
+        let refused =
+            verify_delivery(b"k", b"body", Some(&signed_old), Some(&old), window).unwrap_err();
+        assert!(refused.contains("301s old"), "{refused}");
     }
 
     #[test]

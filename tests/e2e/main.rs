@@ -7,6 +7,7 @@ mod caches;
 mod control;
 mod example;
 mod execution;
+mod hardening;
 mod hostile;
 mod http;
 mod languages;

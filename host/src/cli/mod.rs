@@ -106,6 +106,8 @@ enum Command {
         /// Run `sluice gc --older-than` with this age at start and then hourly (e.g. 30d).
         #[arg(long, value_name = "AGE", value_parser = crate::units::parse_duration)]
         retention: Option<std::time::Duration>,
+        #[command(flatten)]
+        limits: crate::server::Limits,
     },
     /// Registered pipelines on a server (needs --server).
     #[command(subcommand)]
@@ -208,7 +210,17 @@ enum TokenCommand {
         /// What the token is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// Stop accepting the token after this long (e.g. 30d, 12h); never when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
     },
+    /// Revoke a token by id: it is refused (401) from then on.
+    Revoke {
+        /// Token id (tok_...), as `sluice token list` shows.
+        id: String,
+    },
+    /// Token ids, roles, scopes, expiry and revocation (never the secrets).
+    List,
 }
 
 /// Options of `sluice bench`.
@@ -339,6 +351,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             secrets,
             drain_timeout,
             retention,
+            limits,
         } => {
             if let Some(keep) = retention {
                 artifacts::spawn_retention(paths, keep)?;
@@ -348,7 +361,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
                 listen,
                 pipelines_root,
                 secrets.as_deref(),
-                drain_timeout,
+                (drain_timeout, limits),
             )
         }
         Command::Approve {
@@ -402,10 +415,11 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             role,
             pipelines,
             description,
+            expires,
         }) => {
             let state = paths.state()?;
             let (token, secret) =
-                crate::server::auth::create_token(&state, role, pipelines, description)?;
+                crate::server::auth::create_token(&state, role, pipelines, description, expires)?;
             if paths.json {
                 let document = serde_json::json!({ "token": token, "secret": secret });
                 println!("{}", serde_json::to_string_pretty(&document)?);
@@ -416,6 +430,15 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
                 token.id, token.role
             );
             println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            crate::server::auth::revoke_token(&paths.state()?, &id)?;
+            eprintln!("revoked {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::List) => {
+            print!("{}", crate::server::auth::list_tokens(&paths.state()?)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {
@@ -577,7 +600,7 @@ fn serve(
     listen: std::net::SocketAddr,
     pipelines_root: Option<PathBuf>,
     secrets_file: Option<&Path>,
-    drain_timeout: std::time::Duration,
+    (drain_timeout, limits): (std::time::Duration, crate::server::Limits),
 ) -> anyhow::Result<ExitCode> {
     let action_durations = Arc::new(crate::metrics::Histogram::default());
     let (state, executor) = executor(paths, secrets_file, metrics_sink(action_durations.clone()))?;
@@ -585,7 +608,8 @@ fn serve(
         .map(Ok)
         .unwrap_or_else(std::env::current_dir)?;
     let app =
-        crate::server::AppState::new(state, paths.registry()?, executor, root, action_durations);
+        crate::server::AppState::new(state, paths.registry()?, executor, root, action_durations)
+            .with_limits(limits);
     tokio_runtime()?.block_on(crate::server::serve(app, listen, drain_timeout))?;
     Ok(ExitCode::SUCCESS)
 }

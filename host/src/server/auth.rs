@@ -1,9 +1,11 @@
 //! Bearer API tokens with roles (viewer < operator < admin), optionally scoped
-//! to pipelines. Only a hash of each token's secret is stored.
+//! to pipelines, optionally expiring, revocable. Only a SHA-256 hash of each
+//! token's secret is stored, and hashes are compared in constant time.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::Digest as _;
+use subtle::ConstantTimeEq as _;
 
 use super::ApiError;
 use crate::state::{StateStore, TokenRecord};
@@ -40,13 +42,16 @@ impl Role {
     }
 }
 
-/// Create a token; returns its record and the secret, shown once.
+/// Create a token that expires after `lifetime` (never when None); returns
+/// its record and the secret, shown once.
 pub fn create_token(
     state: &StateStore,
     role: Role,
     pipelines: Vec<String>,
     description: String,
+    lifetime: Option<std::time::Duration>,
 ) -> anyhow::Result<(TokenRecord, String)> {
+    let now = crate::sandbox::log::now_ms();
     let id = format!("tok_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let secret = format!(
         "sluice_{}{}",
@@ -58,9 +63,77 @@ pub fn create_token(
         role: role.name().to_string(),
         pipelines,
         description,
+        expires_ms: lifetime.map(|d| now.saturating_add(d.as_millis() as i64)),
+        revoked_ms: None,
     };
-    state.add_token(&record, &hash(&secret), crate::sandbox::log::now_ms())?;
+    state.add_token(&record, &hash(&secret), now)?;
+    audit_local(state, &format!("token create {}", record.id), &record.id)?;
     Ok((record, secret))
+}
+
+/// Revoke a token by id: it gets 401 from then on.
+pub fn revoke_token(state: &StateStore, id: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        state.revoke_token(id, crate::sandbox::log::now_ms())?,
+        "no token `{id}`; `sluice token list` shows the ids"
+    );
+    audit_local(state, &format!("token revoke {id}"), id)
+}
+
+/// `sluice token list`: one line per token (never its secret).
+pub fn list_tokens(state: &StateStore) -> anyhow::Result<String> {
+    let now = crate::sandbox::log::now_ms();
+    let mut out = format!(
+        "{:<17} {:<9} {:<20} {:<28} {:<28} DESCRIPTION\n",
+        "ID", "ROLE", "PIPELINES", "EXPIRES", "REVOKED"
+    );
+    for (token, _) in state.tokens()? {
+        let scope = match token.pipelines.is_empty() {
+            true => "(all)".to_string(),
+            false => token.pipelines.join(","),
+        };
+        let expires = match token.expires_ms {
+            None => "never".to_string(),
+            Some(ms) if ms <= now => format!("{} (expired)", show_time(ms)),
+            Some(ms) => show_time(ms),
+        };
+        let revoked = token
+            .revoked_ms
+            .map(show_time)
+            .unwrap_or_else(|| "no".into());
+        out.push_str(&format!(
+            "{:<17} {:<9} {:<20} {:<28} {:<28} {}\n",
+            token.id,
+            token.role,
+            scope,
+            expires,
+            revoked,
+            token.description.escape_debug()
+        ));
+    }
+    Ok(out)
+}
+
+/// Token management is global: its audit entries concern no pipeline, so
+/// only unscoped admins read them.
+fn audit_local(state: &StateStore, action: &str, target: &str) -> anyhow::Result<()> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    state.audit(&crate::state::AuditRecord {
+        seq: 0,
+        ts_ms: crate::sandbox::log::now_ms(),
+        actor: format!("local:{user}"),
+        action: action.to_string(),
+        target: target.to_string(),
+        result: "ok".to_string(),
+        pipeline: None,
+    })
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC time, for people.
+pub fn show_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 fn hash(secret: &str) -> String {
@@ -77,21 +150,61 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Resolve a bearer token; None when missing or unknown.
+    /// Resolve a bearer token: None without an Authorization header; 401 for
+    /// an unknown, expired or revoked token.
     pub fn from_header(state: &StateStore, header: Option<&str>) -> Result<Option<Self>, ApiError> {
-        let Some(secret) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        let Some(header) = header else {
             return Ok(None);
         };
-        let record = state
-            .token_by_hash(&hash(secret.trim()))
-            .map_err(ApiError::internal)?;
-        Ok(record.and_then(|token| {
-            Some(Caller {
-                role: Role::from_name(&token.role)?,
-                id: token.id,
-                pipelines: token.pipelines,
-            })
+        let secret = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+        let wanted = hash(secret.trim());
+        // Compare with every stored hash, in constant time and without an
+        // early exit, so timing says nothing about how close a guess was.
+        let mut found = None;
+        for (token, stored) in state.tokens().map_err(ApiError::internal)? {
+            if bool::from(stored.as_bytes().ct_eq(wanted.as_bytes())) {
+                found = Some(token);
+            }
+        }
+        let token = found.ok_or_else(|| {
+            ApiError::unauthorized("unknown bearer token").with("reason", "unknown".into())
+        })?;
+        if let Some(revoked) = token.revoked_ms {
+            return Err(ApiError::unauthorized(format!(
+                "token {} was revoked at {}",
+                token.id,
+                show_time(revoked)
+            ))
+            .with("reason", "revoked".into()));
+        }
+        if let Some(expires) = token.expires_ms
+            && expires <= crate::sandbox::log::now_ms()
+        {
+            return Err(ApiError::unauthorized(format!(
+                "token {} expired at {}",
+                token.id,
+                show_time(expires)
+            ))
+            .with("reason", "expired".into()));
+        }
+        let role = Role::from_name(&token.role).ok_or_else(|| {
+            ApiError::internal(format!(
+                "token {} has unknown role {}",
+                token.id, token.role
+            ))
+        })?;
+        Ok(Some(Caller {
+            role,
+            id: token.id,
+            pipelines: token.pipelines,
         }))
+    }
+
+    /// The pipelines this token is limited to; None when it sees all.
+    pub fn scope(&self) -> Option<&[String]> {
+        (!self.pipelines.is_empty()).then_some(self.pipelines.as_slice())
     }
 
     /// Fail with 403 unless this caller has `role` (for `pipeline`, if given).

@@ -57,7 +57,12 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/pipelines/{name}/state", get(pipeline_state))
         .route("/events", get(stream_events))
-        .route("/webhooks/{name}", axum::routing::post(webhook))
+        .route(
+            "/webhooks/{name}",
+            axum::routing::post(webhook).layer(axum::extract::DefaultBodyLimit::max(
+                super::WEBHOOK_BODY_LIMIT,
+            )),
+        )
         .route("/audit", get(get_audit))
 }
 
@@ -515,8 +520,10 @@ async fn pipeline_state(
 }
 
 /// `POST /webhooks/{name}`: a GitHub-style delivery, authenticated by its
-/// X-Hub-Signature-256 only. The execution it starts is recorded before the
-/// answer (202); a delivery the filters reject gets 200 with the reason.
+/// X-Hub-Signature-256 only (over `timestamp.body` when X-Sluice-Timestamp is
+/// sent, which must then be within `--webhook-max-age`). The execution it
+/// starts is recorded before the answer (202); a delivery the filters reject,
+/// a `ping`, or a repeated X-GitHub-Delivery id gets 200.
 async fn webhook(
     State(app): State<AppState>,
     UrlPath(name): UrlPath<String>,
@@ -540,21 +547,70 @@ async fn webhook(
             ))
         })?;
     let header = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
-    crate::triggers::verify_signature(key.as_bytes(), &body, header("x-hub-signature-256"))
-        .map_err(|why| ApiError::unauthorized(format!("webhook rejected: {why}")))?;
+    crate::triggers::verify_delivery(
+        key.as_bytes(),
+        &body,
+        header("x-hub-signature-256"),
+        header(crate::triggers::TIMESTAMP_HEADER),
+        app.limits.webhook_max_age,
+    )
+    .map_err(|why| ApiError::unauthorized(format!("webhook rejected: {why}")))?;
     let event = header("x-github-event")
         .ok_or_else(|| ApiError::bad_request("X-GitHub-Event", "missing X-GitHub-Event header"))?;
-    let delivery = crate::triggers::parse_delivery(event, &body)
+    if event == "ping" {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "pong": true, "pipeline": name })),
+        ));
+    }
+    let Some(delivery_id) = header("x-github-delivery") else {
+        return start_delivery(&app, &name, &record, plan, &trigger, event, &body);
+    };
+    if let Some(first) = app
+        .state
+        .claim_delivery(&name, delivery_id, now_ms())
+        .map_err(ApiError::internal)?
+    {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "duplicate": delivery_id, "id": first, "pipeline": name })),
+        ));
+    }
+    let answer = start_delivery(&app, &name, &record, plan, &trigger, event, &body);
+    let stored = match &answer {
+        Ok((_, Json(started))) => match started["id"].as_str() {
+            Some(id) => app.state.set_delivery_execution(&name, delivery_id, id),
+            None => Ok(()),
+        },
+        // Not handled: the sender's redelivery should be tried afresh.
+        Err(_) => app.state.release_delivery(&name, delivery_id),
+    };
+    stored.map_err(ApiError::internal)?;
+    answer
+}
+
+/// Start the execution a verified delivery asks for, unless the filters or
+/// the pipeline's limits refuse it.
+fn start_delivery(
+    app: &AppState,
+    name: &str,
+    record: &PipelineRecord,
+    plan: Arc<Plan>,
+    trigger: &crate::triggers::WebhookTrigger,
+    event: &str,
+    body: &[u8],
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let delivery = crate::triggers::parse_delivery(event, body)
         .map_err(|why| ApiError::bad_request("body", why))?;
     if let Err(why) = trigger.accepts(&delivery) {
         return Ok((StatusCode::OK, Json(json!({ "ignored": why }))));
     }
-    check_limits(&app, &plan)?;
+    check_limits(app, &plan)?;
     let started = app
         .executor
         .begin_triggered(plan, &BTreeMap::new(), delivery.variables())
         .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
-    let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
+    let id = super::launch(app, started, record.version).map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "pipeline": name, "revision": delivery.revision })),
@@ -996,11 +1052,13 @@ async fn get_audit(
 ) -> ApiResult<Json<Value>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     caller.require(Role::Admin, None)?;
+    // A scoped admin reads its pipelines' entries only, not global ones.
     let entries = app
         .state
         .audit_log(
             query.after.unwrap_or(0),
             query.limit.unwrap_or(500).min(5000),
+            caller.scope(),
         )
         .map_err(ApiError::internal)?;
     Ok(Json(json!({ "entries": entries })))

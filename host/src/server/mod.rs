@@ -3,7 +3,11 @@
 //!
 //! Every `/api/v1` request passes through one middleware that resolves its bearer
 //! token and, for mutating methods, appends (who, what, when, result) to the
-//! audit log once the response is known.
+//! audit log once the response is known, with the pipeline it concerns.
+//!
+//! Connections are served by hyper directly (not `axum::serve`) for the knobs
+//! slow clients need: a header read timeout, a body read timeout and a cap on
+//! concurrent connections. Every error answer is JSON.
 
 pub mod auth;
 mod handlers;
@@ -16,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -41,6 +46,45 @@ pub struct AppState {
     pipelines_root: PathBuf,
     /// Durations of finished actions (fed by the executor's events).
     action_durations: Arc<Histogram>,
+    /// Timeouts, caps and windows of `sluice serve`.
+    limits: Limits,
+}
+
+/// Most bytes a request body may have, except webhook deliveries (axum's default).
+pub const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Most bytes a webhook delivery may have: GitHub caps payloads at 25 MB.
+pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// What `sluice serve` allows slow or many clients, and old webhook deliveries.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct Limits {
+    /// Close a connection whose request headers are not complete this long
+    /// after it opened (or after its previous response, when kept alive).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Answer 408 and close the connection when a request body sends nothing
+    /// for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Serve at most this many connections at once; more wait to be accepted
+    /// until one closes.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Refuse a webhook delivery whose signed timestamp (X-Sluice-Timestamp)
+    /// is further than this from now.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub webhook_max_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            webhook_max_age: Duration::from_secs(300),
+        }
+    }
 }
 
 impl AppState {
@@ -58,7 +102,14 @@ impl AppState {
             executor,
             pipelines_root,
             action_durations,
+            limits: Limits::default(),
         }
+    }
+
+    /// The same, with these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -73,7 +124,111 @@ pub fn router(app: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), read_body))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
+}
+
+/// Read the whole request body before routing, with a per-route size limit
+/// (413) and a timeout between chunks (408, and the connection closes), so a
+/// client that stops sending mid-body does not hold its connection forever.
+async fn read_body(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    use http_body_util::BodyExt as _;
+    let limit = if request.uri().path().starts_with("/api/v1/webhooks/") {
+        WEBHOOK_BODY_LIMIT
+    } else {
+        API_BODY_LIMIT
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return closing(too_large(limit));
+    }
+    let (parts, mut body) = request.into_parts();
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(app.limits.body_timeout, body.frame()).await {
+            Err(_) => {
+                return closing(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body sent nothing for {}; closing the connection",
+                        humantime::format_duration(app.limits.body_timeout)
+                    ),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return closing(ApiError::bad_request(
+                    "body",
+                    format!("reading the request body failed: {e}"),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                return closing(too_large(limit));
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(collected.freeze())))
+        .await
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than this route's limit of {} MiB",
+            limit / (1024 * 1024)
+        ),
+    )
+    .with("limit_bytes", limit.into())
+}
+
+/// An error answer after which the connection closes (its request was not
+/// read to the end).
+fn closing(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Make every error answer JSON, including the ones axum writes itself
+/// (unknown route, wrong method, unreadable body): `{"error": "..."}`.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        false => text,
+    };
+    let mut json = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
 }
 
 /// Record which pipeline version a begun execution runs, then run it to its end
@@ -112,17 +267,71 @@ pub async fn serve(app: AppState, listen: SocketAddr, drain: Duration) -> anyhow
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the real address (the port may have been 0).
     println!("listening on http://{}", listener.local_addr()?);
-    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async {
-        let _ = stopped.await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(accept_connections(
+        listener,
+        router(app.clone()),
+        app.limits,
+        stopped,
+    ));
     let signal = termination_signal().await?;
-    let _ = stop_accepting.send(());
+    let _ = stop_accepting.send(true);
     drain_executions(&app, signal, drain).await;
     // Open streams (SSE) would hold a graceful shutdown forever: stop here.
     server.abort();
     Ok(())
+}
+
+/// Accept and serve connections until `stop` turns true, then let each open
+/// connection finish its current request and close. At most
+/// `max_connections` are served at once: beyond that, the next connection
+/// waits in the listen backlog until one closes.
+async fn accept_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or the peer left: retry shortly.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stop.changed() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+    }
 }
 
 /// Wait for SIGTERM or SIGINT; returns its name.
@@ -459,10 +668,9 @@ async fn authenticate_and_audit(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
-    let caller = match Caller::from_header(&app.state, header.as_deref()) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
+    // A refused token (unknown, expired, revoked) is answered here, and its
+    // mutating attempts are audited too.
+    let resolved = Caller::from_header(&app.state, header.as_deref());
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -481,21 +689,55 @@ async fn authenticate_and_audit(
         .unwrap_or("")
         .to_string();
     let action = format!("{} {path}", request.method());
-    let actor = match (&caller, path.contains("/webhooks/")) {
-        (Some(caller), _) => caller.id.clone(),
-        (None, true) => "webhook".to_string(),
-        (None, false) => "anonymous".to_string(),
+    let actor = match (&resolved, path.contains("/webhooks/")) {
+        (Ok(Some(caller)), _) => caller.id.clone(),
+        (Err(_), _) => "refused-token".to_string(),
+        (Ok(None), true) => "webhook".to_string(),
+        (Ok(None), false) => "anonymous".to_string(),
     };
-    request.extensions_mut().insert(caller);
-    let response = next.run(request).await;
+    let pipeline = match mutating {
+        true => audited_pipeline(&app, request.uri().path()),
+        false => None,
+    };
+    let response = match resolved {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    };
     if mutating {
-        let result = response.status().as_u16().to_string();
-        if let Err(e) = app.state.audit(&actor, &action, &target, &result, now_ms()) {
+        let entry = crate::state::AuditRecord {
+            seq: 0,
+            ts_ms: now_ms(),
+            actor,
+            action,
+            target,
+            result: response.status().as_u16().to_string(),
+            pipeline,
+        };
+        if let Err(e) = app.state.audit(&entry) {
             tracing::error!("writing the audit log failed: {e:#}");
             return ApiError::internal(e).into_response();
         }
     }
     response
+}
+
+/// The pipeline a request (path inside `/api/v1`) concerns, for the audit
+/// log's scope: named in the path, or the pipeline of the named execution.
+fn audited_pipeline(app: &AppState, path: &str) -> Option<String> {
+    let mut segments = path.trim_start_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some("pipelines" | "webhooks"), Some(name)) if !name.is_empty() => Some(name.to_string()),
+        (Some("executions"), Some(id)) => app
+            .state
+            .execution(id)
+            .ok()
+            .flatten()
+            .map(|execution| execution.pipeline),
+        _ => None,
+    }
 }
 
 /// An error answer: a status and a JSON body naming the problem (and the field,

@@ -6,9 +6,11 @@ use serde_json::{Value, json};
 fn error_responses() -> Value {
     json!({
         "400": { "description": "Bad request; `field` names what is wrong", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
-        "401": { "description": "No valid bearer token", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+        "401": { "description": "No bearer token, or an unknown, expired or revoked one (`reason`: unknown, expired or revoked)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
         "403": { "description": "The token's role or pipeline scope is insufficient", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
-        "404": { "description": "Not found", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+        "404": { "description": "Not found", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+        "408": { "description": "The request body sent nothing for --body-timeout; the connection closes", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+        "413": { "description": "The body is over the route's limit (2 MiB; 25 MiB for webhooks); `limit_bytes` says which", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
     })
 }
 
@@ -28,6 +30,10 @@ fn path_param(name: &str) -> Value {
 
 fn query_param(name: &str, kind: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "schema": { "type": kind } })
+}
+
+fn header_param(name: &str, required: bool) -> Value {
+    json!({ "name": name, "in": "header", "required": required, "schema": { "type": "string" } })
 }
 
 /// `GET /openapi.json`.
@@ -62,7 +68,11 @@ pub async fn document() -> Json<Value> {
         query_param("action", "string"),
         query_param("after", "integer")
     ]);
-    let mut audit = operation("The audit log of mutating calls", "admin", "200");
+    let mut audit = operation(
+        "The audit log of mutating calls and token management; an admin token scoped to pipelines reads only those pipelines' entries",
+        "admin",
+        "200",
+    );
     audit["parameters"] = json!([
         query_param("after", "integer"),
         query_param("limit", "integer")
@@ -126,11 +136,21 @@ pub async fn document() -> Json<Value> {
         query_param("after", "integer")
     ]);
     let mut webhook = operation(
-        "GitHub-style push/pull_request delivery, authenticated by X-Hub-Signature-256 only",
+        "GitHub-style push/pull_request/ping delivery (up to 25 MiB), authenticated by X-Hub-Signature-256 only: \
+         the HMAC-SHA256 of the body, or of `<X-Sluice-Timestamp>.<body>` when that header (Unix seconds) is sent, \
+         which must then be within --webhook-max-age of now. A repeated X-GitHub-Delivery id gets 200 with the first \
+         execution's id and starts nothing; a ping gets 200; a delivery the filters reject gets 200 with `ignored`",
         "none (signature)",
         "202",
     );
-    webhook["parameters"] = json!([path_param("name")]);
+    webhook["parameters"] = json!([
+        path_param("name"),
+        header_param("X-GitHub-Event", true),
+        header_param("X-Hub-Signature-256", true),
+        header_param("X-GitHub-Delivery", false),
+        header_param("X-Sluice-Timestamp", false)
+    ]);
+    webhook["responses"]["200"] = json!({ "description": "A ping (`pong`), a repeated delivery (`duplicate`, `id`) or a delivery the filters reject (`ignored`)", "content": { "application/json": {} } });
     webhook["security"] = json!([]);
     let mut execution = operation(
         "An execution: stages, actions with resolved configuration, artifacts, variables ({id}: an id, a unique prefix or `latest`)",
@@ -164,6 +184,7 @@ pub async fn document() -> Json<Value> {
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": {
                     "error": { "type": "string" }, "field": { "type": "string" },
+                    "reason": { "type": "string" }, "limit_bytes": { "type": "integer" },
                     "diagnostics": { "type": "array", "items": { "type": "object" } } } },
                 "StartRequest": { "type": "object", "additionalProperties": false, "properties": {
                     "variables": { "type": "object", "additionalProperties": { "type": "string" } },
