@@ -151,6 +151,8 @@ pub struct Executor {
     artifacts: ArtifactStore,
     state: Arc<StateStore>,
     secrets: SecretSource,
+    /// Every secret the host holds, masked in everything stored or shown.
+    masker: Arc<Masker>,
     work_root: PathBuf,
     events: EventSink,
     gates: StageGates,
@@ -214,11 +216,14 @@ impl Executor {
         work_root: PathBuf,
         events: EventSink,
     ) -> Arc<Self> {
+        let masker = Arc::new(secrets.masker());
+        state.mask_with(masker.clone());
         Arc::new(Self {
             runtime,
             artifacts,
             state,
             secrets,
+            masker,
             work_root,
             events,
             gates: StageGates::default(),
@@ -403,7 +408,8 @@ impl Executor {
                 }
                 "InProgress" if record.continuation.is_some() => {
                     // Between rounds: resume the rounds, whatever on-restart says.
-                    let token = record.continuation.clone().unwrap_or_default();
+                    let stored = record.continuation.as_deref().unwrap_or_default();
+                    let token = self.state.open_continuation(stored)?;
                     context.continuations.insert(record.action.clone(), token);
                 }
                 "InProgress" if action.on_restart == OnRestart::Fail => {
@@ -467,6 +473,7 @@ impl Executor {
                 return Err(error);
             }
         };
+        let error = error.map(|e| self.masker.mask(&e));
         self.state
             .finish_execution(&id, status, error.as_deref(), now_ms())?;
         self.record(
@@ -734,9 +741,7 @@ impl Executor {
         action: &ActionPlan,
     ) -> Result<(), String> {
         let started = Instant::now();
-        let masker = Arc::new(Masker::new(
-            self.secrets.granted(&action.grants.secrets).values(),
-        ));
+        let masker = self.masker.clone();
         let resolved = resolve_config(context, action);
         let recorded_config = match &resolved {
             Ok(config) => config.clone(),
@@ -1061,9 +1066,7 @@ impl Executor {
             .work_root
             .join(format!("side-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&workspace)?;
-        let masker = Arc::new(Masker::new(
-            self.secrets.granted(&action.grants.secrets).values(),
-        ));
+        let masker = self.masker.clone();
         let log = LogSink::new(action.limits.log_bytes, masker.clone(), None);
         let sandbox = Sandbox {
             config: &config,
@@ -1288,7 +1291,7 @@ impl Executor {
                 let variables: Vec<(String, String)> = outcome
                     .variables
                     .iter()
-                    .map(|(k, v)| (k.clone(), masker.mask(v)))
+                    .map(|(k, v)| (masker.mask(k), masker.mask(v)))
                     .collect();
                 if let Some(namespace) = &action.namespace {
                     lock(&context.namespaces)
@@ -1307,7 +1310,7 @@ impl Executor {
                 Status::Failed,
                 attempts,
                 None,
-                Some(error),
+                Some(masker.mask(&error)),
                 Vec::new(),
                 lock(&context.failed_outputs)
                     .remove(&action.name)

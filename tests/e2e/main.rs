@@ -12,6 +12,7 @@ mod live;
 mod plugins;
 mod projects;
 mod scaffolds;
+mod secrets;
 mod server;
 mod supervision;
 mod triggers;
