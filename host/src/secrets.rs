@@ -256,7 +256,10 @@ impl TokenSealer {
         let blob = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .context("a sealed continuation token is not valid base64")?;
-        anyhow::ensure!(blob.len() > NONCE_LEN, "a sealed continuation token is truncated");
+        anyhow::ensure!(
+            blob.len() > NONCE_LEN,
+            "a sealed continuation token is truncated"
+        );
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
         let cipher = XChaCha20Poly1305::new(self.key()?);
         let plain = cipher.decrypt(XNonce::from_slice(nonce), sealed).map_err(|_| {
@@ -425,7 +428,10 @@ mod tests {
         // Another process (a new sealer) reads the same key.
         let again = TokenSealer::new(key);
         assert_eq!(again.open(&sealed).unwrap(), "token with hunter2");
-        assert_eq!(again.open("legacy clear token").unwrap(), "legacy clear token");
+        assert_eq!(
+            again.open("legacy clear token").unwrap(),
+            "legacy clear token"
+        );
         let mut tampered = sealed.clone();
         tampered.pop();
         tampered.push(if sealed.ends_with('A') { 'B' } else { 'A' });

@@ -111,11 +111,20 @@ fn a_secret_read_from_an_artifact_by_an_ungranted_action_is_masked_everywhere() 
     assert_eq!(launder["status"], "Succeeded", "{execution:#}");
     let variables = launder["variables"].to_string();
     assert!(variables.contains(r#"["***","***"]"#), "{variables}");
-    assert!(launder["summary"].as_str().unwrap().starts_with("laundered ***"));
+    assert!(
+        launder["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("laundered ***")
+    );
     assert_sealed("executions show --json", &execution.to_string(), LEAKY);
 
     let logs = workspace.latest_logs();
     assert!(logs.contains("hostile: laundered ***"), "{logs}");
+    assert!(
+        logs.contains("secret `LEAKY` handed to the action (secrets.get)"),
+        "{logs}"
+    );
     assert!(logs.contains("hostile: percent ***"), "{logs}");
     assert!(logs.contains("hostile: hex ***"), "{logs}");
     assert_sealed("sluice logs", &logs, LEAKY);
@@ -190,5 +199,8 @@ fn a_continuation_token_holding_a_secret_is_encrypted_while_the_action_waits() {
     assert!(output.status.success(), "{}", text(&output));
     let execution = workspace.latest_execution();
     let waiter = action(&execution, "waiter");
-    assert_eq!(waiter["summary"], "the token came back intact", "{execution:#}");
+    assert_eq!(
+        waiter["summary"], "the token came back intact",
+        "{execution:#}"
+    );
 }

@@ -17,7 +17,11 @@ const LEAK_FILE: &str = "leak.txt";
 /// output, for a later action that was not granted it.
 pub fn to_artifact(inv: &Inv) -> Result<Outcome, Failure> {
     let value = granted(inv)?;
-    let output = inv.0.outputs.first().ok_or_else(|| config("needs an output"))?;
+    let output = inv
+        .0
+        .outputs
+        .first()
+        .ok_or_else(|| config("needs an output"))?;
     std::fs::write(format!("/out/{output}/{LEAK_FILE}"), &value)
         .map_err(|e| config(format!("writing the leak: {e}")))?;
     Ok(outcome("planted".to_string()))
@@ -28,8 +32,8 @@ pub fn to_artifact(inv: &Inv) -> Result<Outcome, Failure> {
 /// the summary; literally and lower-case percent- and upper-case hex-encoded.
 pub fn launder(inv: &Inv) -> Result<Outcome, Failure> {
     let path = format!("{}/{LEAK_FILE}", inv.first_input_dir());
-    let value = std::fs::read_to_string(&path)
-        .map_err(|e| config(format!("reading {path}: {e}")))?;
+    let value =
+        std::fs::read_to_string(&path).map_err(|e| config(format!("reading {path}: {e}")))?;
     let (percent, hex) = (percent_lower(&value), hex_upper(&value));
     log::write(Level::Warn, &format!("hostile: laundered {value}"));
     log::progress(50, &format!("laundering {value}"));
