@@ -439,6 +439,34 @@ mod tests {
     }
 
     #[test]
+    fn the_state_store_masks_audit_rows_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::state::StateStore::open(&dir.path().join("state.db")).unwrap();
+        let source = SecretSource::from_map(HashMap::from([(
+            "K".to_string(),
+            "audit-secret-77".to_string(),
+        )]));
+        state.mask_with(std::sync::Arc::new(source.masker()));
+        state
+            .audit("t1", "GET /x?k=audit-secret-77", "p", "200", 1)
+            .unwrap();
+        let row = &state.audit_log(0, 10).unwrap()[0];
+        assert_eq!(row.action, "GET /x?k=***");
+        let event = crate::state::EventRecord {
+            seq: 0,
+            ts_ms: 1,
+            execution: "e".into(),
+            pipeline: "p".into(),
+            kind: "action".into(),
+            name: "a".into(),
+            state: "FAILED".into(),
+            detail: "token audit%2Dsecret%2d77".into(),
+        };
+        assert_eq!(state.append_event(event).unwrap().detail, "token ***");
+        assert_eq!(state.events_after(0, 10).unwrap()[0].detail, "token ***");
+    }
+
+    #[test]
     fn ungranted_names_are_not_handed_out() {
         let source = SecretSource::from_map(HashMap::from([
             ("A".to_string(), "1".to_string()),
