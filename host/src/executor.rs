@@ -151,6 +151,8 @@ pub struct Executor {
     artifacts: ArtifactStore,
     state: Arc<StateStore>,
     secrets: SecretSource,
+    /// Every secret the host holds, masked in everything stored or shown.
+    masker: Arc<Masker>,
     work_root: PathBuf,
     caches: crate::cache::CacheStore,
     events: EventSink,
@@ -217,12 +219,15 @@ impl Executor {
         events: EventSink,
     ) -> Arc<Self> {
         let data_dir = work_root.parent().unwrap_or(&work_root);
+        let masker = Arc::new(secrets.masker());
+        state.mask_with(masker.clone());
         Arc::new(Self {
             caches: crate::cache::CacheStore::under(data_dir),
             runtime,
             artifacts,
             state,
             secrets,
+            masker,
             work_root,
             events,
             gates: StageGates::default(),
@@ -331,6 +336,9 @@ impl Executor {
             stop: tokio::sync::watch::Sender::new(None),
         });
         self.record(&context, "pipeline", &context.plan.name, "STARTED", "");
+        if let Some(gate) = self.first_gate(&context.plan) {
+            gate.join(&context.id);
+        }
         Ok(Started(context))
     }
 
@@ -412,7 +420,8 @@ impl Executor {
                 }
                 "InProgress" if record.continuation.is_some() => {
                     // Between rounds: resume the rounds, whatever on-restart says.
-                    let token = record.continuation.clone().unwrap_or_default();
+                    let stored = record.continuation.as_deref().unwrap_or_default();
+                    let token = self.state.open_continuation(stored)?;
                     context.continuations.insert(record.action.clone(), token);
                 }
                 "InProgress" if action.on_restart == OnRestart::Fail => {
@@ -459,6 +468,10 @@ impl Executor {
         lock(&self.running).insert(id.clone(), context.clone());
         let outcome = self.run_stages(&context).await;
         lock(&self.running).remove(&id);
+        // A place taken at `begin` that was never used must not block the line.
+        if let Some(gate) = self.first_gate(&context.plan) {
+            gate.withdraw(&id);
+        }
         let (status, error) = match outcome {
             Ok(Outcome::Succeeded) => (Status::Succeeded, None),
             Ok(Outcome::Failed(reason)) => (Status::Failed, Some(reason)),
@@ -476,6 +489,7 @@ impl Executor {
                 return Err(error);
             }
         };
+        let error = error.map(|e| self.masker.mask(&e));
         self.state
             .finish_execution(&id, status, error.as_deref(), now_ms())?;
         self.record(
@@ -487,6 +501,15 @@ impl Executor {
         );
         std::fs::remove_dir_all(self.work_root.join(&id)).ok();
         Ok(ExecutionResult { id, status, error })
+    }
+
+    /// The gate of the plan's first stage, where `begin` queues an execution.
+    fn first_gate(&self, plan: &Plan) -> Option<Arc<crate::gates::Gate>> {
+        let stage = plan.stages.first()?;
+        Some(
+            self.gates
+                .gate(&plan.name, &stage.name, plan.execution_mode),
+        )
     }
 
     /// How many executions this process is running now.
@@ -743,9 +766,7 @@ impl Executor {
         action: &ActionPlan,
     ) -> Result<(), String> {
         let started = Instant::now();
-        let masker = Arc::new(Masker::new(
-            self.secrets.granted(&action.grants.secrets).values(),
-        ));
+        let masker = self.masker.clone();
         let resolved = resolve_config(context, action, &self.caches);
         let recorded_config = match &resolved {
             Ok(config) => config.clone(),
@@ -1079,9 +1100,7 @@ impl Executor {
             .work_root
             .join(format!("side-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&workspace)?;
-        let masker = Arc::new(Masker::new(
-            self.secrets.granted(&action.grants.secrets).values(),
-        ));
+        let masker = self.masker.clone();
         let log = LogSink::new(action.limits.log_bytes, masker.clone(), None);
         let sandbox = Sandbox {
             config: &config,
@@ -1327,7 +1346,7 @@ impl Executor {
                 let variables: Vec<(String, String)> = outcome
                     .variables
                     .iter()
-                    .map(|(k, v)| (k.clone(), masker.mask(v)))
+                    .map(|(k, v)| (masker.mask(k), masker.mask(v)))
                     .collect();
                 if let Some(namespace) = &action.namespace {
                     lock(&context.namespaces)
@@ -1346,7 +1365,7 @@ impl Executor {
                 Status::Failed,
                 attempts,
                 None,
-                Some(error),
+                Some(masker.mask(&error)),
                 Vec::new(),
                 lock(&context.failed_outputs)
                     .remove(&action.name)

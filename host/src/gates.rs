@@ -101,15 +101,7 @@ impl Gate {
 
     /// Wait until execution `id` may enter the stage.
     pub async fn enter(self: &Arc<Self>, id: &str) -> Entry {
-        {
-            let mut state = self.lock();
-            if state.mode == ExecutionMode::Superseded {
-                let older: Vec<String> = state.waiting.drain(..).collect();
-                state.superseded.extend(older);
-            }
-            state.waiting.push_back(id.to_string());
-        }
-        self.changed.notify_waiters();
+        self.join(id);
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -121,9 +113,37 @@ impl Gate {
         }
     }
 
-    /// Leave the queue without entering (the execution was stopped while waiting).
+    /// Take a place in line without waiting yet. The executor joins the first
+    /// stage's gate when an execution is started, so executions queue in the
+    /// order they were started, not in the order their tasks happen to run.
+    /// Joining again (or after being superseded) changes nothing.
+    pub fn join(&self, id: &str) {
+        {
+            let mut state = self.lock();
+            let known = state
+                .waiting
+                .iter()
+                .chain(&state.superseded)
+                .any(|w| w == id);
+            if known {
+                return;
+            }
+            if state.mode == ExecutionMode::Superseded {
+                let older: Vec<String> = state.waiting.drain(..).collect();
+                state.superseded.extend(older);
+            }
+            state.waiting.push_back(id.to_string());
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Leave the queue without entering (the execution was stopped while
+    /// waiting, or ended before it reached the gate). Idempotent.
     pub fn withdraw(&self, id: &str) {
-        self.lock().waiting.retain(|w| w != id);
+        let mut state = self.lock();
+        state.waiting.retain(|w| w != id);
+        state.superseded.retain(|w| w != id);
+        drop(state);
         self.changed.notify_waiters();
     }
 
@@ -156,6 +176,34 @@ mod tests {
 
     async fn settle() {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn queued_executions_enter_in_the_order_they_joined_not_called_enter() {
+        let gates = StageGates::default();
+        let gate = gates.gate("p", "s", ExecutionMode::Queued);
+        for id in ["a", "b", "c"] {
+            gate.join(id);
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // Their tasks reach `enter` in reverse order, as under load they may.
+        for id in ["c", "b", "a"] {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let Entry::Entered(pass) = gate.enter(id).await else {
+                    panic!("{id} should enter")
+                };
+                order.lock().unwrap().push(id);
+                settle().await;
+                drop(pass);
+            }));
+            settle().await;
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["a", "b", "c"]);
     }
 
     #[tokio::test]

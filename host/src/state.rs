@@ -288,7 +288,8 @@ pub struct ActionRecord {
     pub percent: Option<u8>,
     /// Latest progress report: message.
     pub progress: Option<String>,
-    /// Token of the next round, while a continuing action waits.
+    /// Token of the next round, while a continuing action waits: encrypted
+    /// ([`StateStore::open_continuation`] decrypts it).
     pub continuation: Option<String>,
     /// When the next round is due.
     pub continue_at_ms: Option<i64>,
@@ -425,6 +426,10 @@ pub struct AuditRecord {
 /// The SQLite-backed store.
 pub struct StateStore {
     connection: Mutex<Connection>,
+    /// Encrypts continuation tokens (they may carry secrets) while stored.
+    sealer: crate::secrets::TokenSealer,
+    /// Masks the host's secrets in events and audit rows (see [`StateStore::mask_with`]).
+    masker: std::sync::OnceLock<std::sync::Arc<crate::secrets::Masker>>,
 }
 
 /// How an action run ended, for [`StateStore::finish_action`].
@@ -497,9 +502,31 @@ impl StateStore {
             .with_context(|| format!("opening state database {}", path.display()))?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
         set_up(&connection).context("creating or migrating the state schema")?;
+        let key = path.with_file_name("continuation.key");
         Ok(Self {
             connection: Mutex::new(connection),
+            sealer: crate::secrets::TokenSealer::new(key),
+            masker: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Mask the host's secrets in every event and audit row stored from now on
+    /// (the first masker set stays).
+    pub fn mask_with(&self, masker: std::sync::Arc<crate::secrets::Masker>) {
+        let _ = self.masker.set(masker);
+    }
+
+    fn mask(&self, text: &str) -> String {
+        match self.masker.get() {
+            Some(masker) => masker.mask(text),
+            None => text.to_string(),
+        }
+    }
+
+    /// The plaintext of a continuation token as [`StateStore::actions`] returns
+    /// it (stored encrypted).
+    pub fn open_continuation(&self, stored: &str) -> anyhow::Result<String> {
+        self.sealer.open(stored)
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
@@ -957,6 +984,7 @@ impl StateStore {
 
     /// Append an event; returns it with its sequence number.
     pub fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
+        event.detail = self.mask(&event.detail);
         let db = self.db();
         db.prepare_cached(
             "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1024,6 +1052,7 @@ impl StateStore {
         due_ms: i64,
         summary: &str,
     ) -> anyhow::Result<()> {
+        let token = self.sealer.seal(token)?;
         self.write(
             "UPDATE action_runs SET continuation = ?3, continue_at_ms = ?4, summary = ?5 WHERE execution_id = ?1 AND action = ?2",
             params![execution, action, token, due_ms, summary],
@@ -1167,9 +1196,14 @@ impl StateStore {
 
     /// Append to the audit log; `pipeline` is None for global entries.
     pub fn audit(&self, entry: &AuditRecord) -> anyhow::Result<()> {
+        let (action, target, result) = (
+            self.mask(&entry.action),
+            self.mask(&entry.target),
+            self.mask(&entry.result),
+        );
         self.write(
             "INSERT INTO audit (ts_ms, actor, action, target, result, pipeline) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![entry.ts_ms, entry.actor, entry.action, entry.target, entry.result, entry.pipeline],
+            params![entry.ts_ms, entry.actor, action, target, result, entry.pipeline],
         )
     }
 

@@ -107,7 +107,34 @@ fn http_calls_a_granted_endpoint_with_a_secret_header() {
         variables.contains(r#"["status","200"]"#) && variables.contains("deployed"),
         "{variables}"
     );
-    assert!(!workspace.latest_logs().contains("hook-secret-4321"));
+    let logs = workspace.latest_logs();
+    assert!(!logs.contains("hook-secret-4321"), "{logs}");
+    // The host filled the header from a handle: the plugin never read the value.
+    assert!(!logs.contains("secrets.get"), "{logs}");
+}
+
+#[test]
+fn http_naming_an_ungranted_secret_in_a_header_is_denied() {
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_SECRET_API_TOKEN", "never-sent-777");
+    let (port, received) = one_shot_server(200);
+    let pipeline = pipeline(port).replace(r#", secrets = ["API_TOKEN"]"#, "");
+    let output = workspace.run_pipeline(&pipeline);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let hook = action(&workspace.latest_execution(), "hook").clone();
+    assert_eq!(hook["status"], "Failed", "{hook:#}");
+    let error = hook["error"].as_str().unwrap();
+    assert!(
+        error.contains("secret `API_TOKEN` is not granted")
+            && error.contains("named in HTTP header `authorization`"),
+        "{error}"
+    );
+    assert!(
+        received
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "the request was sent"
+    );
 }
 
 #[test]

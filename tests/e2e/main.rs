@@ -15,6 +15,7 @@ mod live;
 mod plugins;
 mod projects;
 mod scaffolds;
+mod secrets;
 mod server;
 mod supervision;
 mod triggers;

@@ -464,7 +464,12 @@ impl Runtime {
         Ok(SandboxState {
             wasi: builder.build(),
             http_ctx: WasiHttpCtx::new(),
-            http: HttpCapability::from_grant(&spec.hosts, denials.clone(), spec.log.clone()),
+            http: HttpCapability::from_grant(
+                &spec.hosts,
+                SecretsCapability::from_grant(&spec.secret_names, spec.secret_values.clone()),
+                denials.clone(),
+                spec.log.clone(),
+            ),
             table: ResourceTable::new(),
             memory: MemoryLimiter::new(spec.limits.memory_bytes),
             cpu: CpuBudget::new(spec.limits.cpu),

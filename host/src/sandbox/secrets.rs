@@ -9,7 +9,7 @@ use super::SandboxState;
 use super::bindings::sluice::action::secrets::Host;
 
 /// The secrets one action may read, by name.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct SecretsCapability {
     granted: HashMap<String, String>,
     granted_names: Vec<String>,
@@ -53,7 +53,13 @@ pub enum SecretError {
 impl Host for SandboxState {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, String>> {
         match self.secrets.value(&name) {
-            Ok(value) => Ok(Ok(value.to_string())),
+            Ok(value) => {
+                // Said in the log, so a reader knows the guest held the value
+                // (header handles and `secret-env` never hand it over).
+                let note = format!("secret `{name}` handed to the action (secrets.get)");
+                self.log.line(super::log::LogStream::Host, &note);
+                Ok(Ok(value.to_string()))
+            }
             Err(err @ SecretError::NotGranted(_)) => {
                 self.denials
                     .record(&self.log, format!("permission denied: {err}"));

@@ -1,7 +1,7 @@
 //! Sluice action `http`: make one HTTP request and check its status.
 //!
-//! See README.md for the configuration. Secret values are never logged: only the
-//! names of the headers they fill are.
+//! See README.md for the configuration. Secret values never enter this action:
+//! secret headers carry a handle the host fills in as the request is sent.
 
 mod parse;
 
@@ -25,8 +25,8 @@ fn run(ctx: &Context) -> Result<Outcome, Failure> {
     let body = ctx.config("body").map(str::as_bytes);
 
     for sh in &secret_headers {
-        let value = ctx.secret(&sh.secret)?;
-        headers.push((sh.header.clone(), format!("{}{value}", sh.prefix)));
+        let handle = sluice_sdk::http::secret_handle(&sh.secret);
+        headers.push((sh.header.clone(), format!("{}{handle}", sh.prefix)));
     }
 
     let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();

@@ -1,5 +1,10 @@
 //! Outbound HTTP over `wasi:http/outgoing-handler`. Only hosts granted to the
 //! action are reachable; others fail with a `permission-error`.
+//!
+//! To send a secret in a header without ever holding its value, put a
+//! [`secret_handle`] in the header value: the host replaces it with the granted
+//! secret's value after the request leaves the guest. Naming a secret that is
+//! not granted to the action fails the request and the action.
 
 use crate::Failure;
 use wasi::http::outgoing_handler;
@@ -8,6 +13,14 @@ use wasi::http::types::{
     Scheme,
 };
 use wasi::io::streams::StreamError;
+
+/// A placeholder for the granted secret `name` in a header value (for example
+/// `format!("Bearer {}", secret_handle("TOKEN"))`): the host fills in the value
+/// as the request is sent, so the action never reads it (`secrets.get` is not
+/// called) and cannot log or store it. Only header values are filled.
+pub fn secret_handle(name: &str) -> String {
+    format!("{{{{sluice-secret:{name}}}}}")
+}
 
 /// A complete HTTP response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

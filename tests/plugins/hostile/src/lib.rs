@@ -15,6 +15,9 @@ wit_bindgen::generate!({
 
 use std::io::Write as _;
 
+#[path = "secrets.rs"]
+mod secrets_modes;
+
 use sluice::action::log::{self, Level};
 use sluice::action::process::{self, Command, ProcessError};
 use sluice::action::secrets;
@@ -54,6 +57,9 @@ impl Guest for Hostile {
             "panic" => panic_loudly(&inv),
             "terminal-escape" => terminal_escape(&inv),
             "cache-count" => cache_count(&inv),
+            "secret-to-artifact" => secrets_modes::to_artifact(&inv),
+            "launder-secret" => secrets_modes::launder(&inv),
+            "continue-with-secret" => secrets_modes::continue_with(&inv),
             other => Err(Failure {
                 kind: FailureKind::ConfigurationError,
                 message: format!("unknown mode {other:?}"),
