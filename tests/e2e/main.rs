@@ -11,6 +11,7 @@ mod languages;
 mod live;
 mod plugins;
 mod projects;
+mod quotas;
 mod scaffolds;
 mod server;
 mod supervision;
