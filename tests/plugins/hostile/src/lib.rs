@@ -58,7 +58,7 @@ impl Guest for Hostile {
             "many-files" => many_files(&inv),
             "big-file" => big_file(&inv),
             "open-files" => open_files(&inv),
-            "stack-overflow" => Ok(outcome(format!("depth {}", recurse(&inv, 0)))),
+            "stack-overflow" => stack_overflow(&inv),
             "mount-symlink" => mount_symlink(&inv),
             other => Err(Failure {
                 kind: FailureKind::ConfigurationError,
@@ -482,23 +482,41 @@ fn open_files(inv: &Inv) -> Result<Outcome, Failure> {
     escaped(format!("held {} open files", held.len()).as_bytes())
 }
 
-/// Recurse without end; `frame` (default 0) bytes of locals live on the stack
-/// in linear memory, so it runs out before (or after) wasmtime's native stack.
-fn recurse(inv: &Inv, depth: u64) -> u64 {
+/// Recurse without end. With `frame` 0 (the default) nothing lives in linear
+/// memory, so wasmtime's own stack runs out; with `frame` > 0 (up to 1024)
+/// bytes of each frame live on the guest's stack in linear memory, which runs
+/// out first.
+fn stack_overflow(inv: &Inv) -> Result<Outcome, Failure> {
+    let frame = number(inv, "frame", 0)?.min(1024) as usize;
+    let depth = if frame == 0 {
+        recurse_in_registers(0)
+    } else {
+        recurse_in_memory(frame, 0)
+    };
+    Ok(outcome(format!("depth {depth}")))
+}
+
+#[inline(never)]
+fn recurse_in_registers(depth: u64) -> u64 {
     // Never true; it only tells the compiler the recursion could end.
     if depth == u64::MAX {
         return 0;
     }
-    let frame = inv
-        .config("frame")
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0usize);
-    if frame > 0 {
-        let mut local = [0u8; 1024];
-        local[depth as usize % 1024] = depth as u8;
-        std::hint::black_box(&mut local[..frame.min(1024)]);
+    // Two different operations on the result, so it cannot become a loop.
+    recurse_in_registers(depth + 1)
+        .wrapping_mul(3)
+        .wrapping_add(depth)
+}
+
+#[inline(never)]
+fn recurse_in_memory(frame: usize, depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
     }
-    std::hint::black_box(recurse(inv, depth + 1)) + 1
+    let mut local = [0u8; 1024];
+    local[depth as usize % 1024] = depth as u8;
+    std::hint::black_box(&mut local[..frame]);
+    std::hint::black_box(recurse_in_memory(frame, depth + 1)) + 1
 }
 
 /// Create a symlink in mount `mount` (default `data`) to `target` (default
