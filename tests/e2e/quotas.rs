@@ -234,3 +234,53 @@ fn walk_count(dir: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn ingest_memory_does_not_grow_with_output_size() {
+    let workspace = Workspace::new();
+    let peak = |mb: u64| {
+        let pipeline = beside_bystander(
+            &format!(r#"mode = "big-file", mb = "{mb}""#),
+            "outputs = [\"blob\"]",
+        );
+        workspace.write("pipeline.toml", &pipeline);
+        peak_rss_of_run(&workspace)
+    };
+    let small = peak(1);
+    let large = peak(256);
+    assert!(
+        large < small + (64 << 10),
+        "peak memory grew from {small} KiB to {large} KiB for a 256 MiB output"
+    );
+}
+
+/// Run `sluice run pipeline.toml` in `workspace`; it must succeed. Returns its
+/// peak resident memory in KiB, as the kernel measured it.
+fn peak_rss_of_run(workspace: &Workspace) -> u64 {
+    use std::process::{Command, Stdio};
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(workspace.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_remove("SLUICE_DATA_DIR")
+        .env_remove("SLUICE_PLUGINS")
+        .arg("--data-dir")
+        .arg(workspace.path(".sluice"))
+        .arg("--plugins")
+        .arg(workspace.registry())
+        .args(["run", "pipeline.toml"])
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: reaps our own child, which `child` never waits for afterwards.
+    let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, child.id() as libc::pid_t);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the run failed: {status}"
+    );
+    usage.ru_maxrss as u64
+}
