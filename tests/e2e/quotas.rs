@@ -256,6 +256,8 @@ fn ingest_memory_does_not_grow_with_output_size() {
 
 /// Run `sluice run pipeline.toml` in `workspace`; it must succeed. Returns its
 /// peak resident memory in KiB, as the kernel measured it.
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn peak_rss_of_run(workspace: &Workspace) -> u64 {
     use std::process::{Command, Stdio};
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
