@@ -76,6 +76,61 @@ impl ArtifactStore {
     }
 }
 
+/// An action's output quota (`limits.output-files`, `limits.output-size`) and
+/// what its outputs used so far.
+#[derive(Clone, Debug)]
+pub struct OutputBudget {
+    max_files: u64,
+    max_bytes: u64,
+    files: u64,
+    bytes: u64,
+}
+
+impl OutputBudget {
+    /// A budget from an action's limits.
+    pub fn new(limits: &crate::sandbox::limits::Limits) -> Self {
+        Self {
+            max_files: limits.output_files,
+            max_bytes: limits.output_bytes,
+            files: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Count `dir`'s entries and file sizes against the budget, from metadata
+    /// only (no file is read), stopping at the first entry over it. Entries
+    /// that cannot be read are left for ingest to report.
+    pub fn charge(&mut self, dir: &Path) -> Result<(), crate::sandbox::limits::LimitHit> {
+        use crate::sandbox::limits::LimitHit;
+        use crate::units::format_bytes;
+        let walker = walkdir::WalkDir::new(dir).min_depth(1).follow_links(false);
+        for entry in walker.into_iter().filter_map(Result::ok) {
+            self.files += 1;
+            if self.files > self.max_files {
+                return Err(LimitHit::quota(
+                    "output-files",
+                    self.max_files.to_string(),
+                    format!("the outputs hold more than {} entries", self.max_files),
+                ));
+            }
+            if entry.file_type().is_file() {
+                self.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                if self.bytes > self.max_bytes {
+                    return Err(LimitHit::quota(
+                        "output-size",
+                        format_bytes(self.max_bytes),
+                        format!(
+                            "the outputs hold more than {} of files",
+                            format_bytes(self.max_bytes)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a symlink at `path` (relative to an artifact's root) with `target` would
 /// reach outside the artifact, if it would.
 pub fn check_link(path: &Path, target: &Path) -> Result<(), String> {
@@ -295,6 +350,34 @@ mod tests {
             0,
             "ingest must not change the outside file's mode"
         );
+    }
+
+    #[test]
+    fn the_output_budget_counts_across_outputs_and_stops_at_the_first_excess() {
+        use crate::sandbox::limits::Limits;
+        let temp = tempfile::tempdir().unwrap();
+        let (a, b) = (temp.path().join("a"), temp.path().join("b"));
+        tree(&a, &[("1", "12345"), ("2", "12345")]);
+        tree(&b, &[("3", "12345")]);
+        let limits = Limits {
+            output_files: 3,
+            output_bytes: 12,
+            ..Limits::default()
+        };
+        let mut budget = OutputBudget::new(&limits);
+        budget.charge(&a).unwrap();
+        let hit = budget.charge(&b).unwrap_err().to_string();
+        assert!(
+            hit.starts_with("limit output-size (12 B) exceeded"),
+            "{hit}"
+        );
+        let mut budget = OutputBudget::new(&Limits {
+            output_files: 2,
+            ..limits
+        });
+        budget.charge(&a).unwrap();
+        let hit = budget.charge(&b).unwrap_err().to_string();
+        assert!(hit.starts_with("limit output-files (2) exceeded"), "{hit}");
     }
 
     #[test]

@@ -1186,7 +1186,7 @@ impl Executor {
         });
         let ingested = match result {
             Ok(outcome) => self
-                .ingest(context, &outputs)
+                .ingest(context, action, &outputs)
                 .map(|records| (outcome, records)),
             Err(error) => {
                 self.keep_failed_outputs(context, action, &error, &outputs);
@@ -1216,7 +1216,7 @@ impl Executor {
             .filter(|(_, dir)| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()))
             .cloned()
             .collect();
-        let records = self.ingest(context, &filled).unwrap_or_default();
+        let records = self.ingest(context, action, &filled).unwrap_or_default();
         lock(&context.failed_outputs).insert(action.name.clone(), records);
     }
 
@@ -1314,8 +1314,17 @@ impl Executor {
     fn ingest(
         &self,
         context: &ExecutionContext,
+        action: &ActionPlan,
         outputs: &[(String, PathBuf)],
     ) -> Result<Vec<OutputRecord>, AttemptError> {
+        // Counted from metadata before anything is hashed or stored, so an
+        // action over its output quota costs no more than a directory walk.
+        let mut budget = crate::artifact::OutputBudget::new(&action.limits);
+        for (_, dir) in outputs {
+            budget
+                .charge(dir)
+                .map_err(|hit| AttemptError::Action(ActionError::Limit(hit)))?;
+        }
         let mut records = Vec::new();
         for (name, dir) in outputs {
             let info = self.artifacts.ingest(dir).map_err(|e| {

@@ -14,6 +14,7 @@ mod languages;
 mod live;
 mod plugins;
 mod projects;
+mod quotas;
 mod scaffolds;
 mod secrets;
 mod server;

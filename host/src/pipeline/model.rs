@@ -214,7 +214,7 @@ pub struct RetryDecl {
     pub backoff: Option<String>,
 }
 
-/// `limits = { memory = "256MiB", cpu = "60s", log = "4MiB" }`.
+/// `limits = { memory = "256MiB", cpu = "60s", log = "4MiB", summary = "64KiB", ... }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsDecl {
@@ -224,4 +224,20 @@ pub struct LimitsDecl {
     pub cpu: Option<String>,
     /// Maximum log bytes kept.
     pub log: Option<String>,
+    /// Maximum summary size.
+    pub summary: Option<String>,
+    /// Maximum number of output variables.
+    pub variables: Option<u64>,
+    /// Maximum total size of output variables.
+    #[serde(rename = "variables-size")]
+    pub variables_size: Option<String>,
+    /// Maximum number of output entries, across all outputs.
+    #[serde(rename = "output-files")]
+    pub output_files: Option<u64>,
+    /// Maximum total size of output files, across all outputs.
+    #[serde(rename = "output-size")]
+    pub output_size: Option<String>,
+    /// Maximum files, directories and streams open at once.
+    #[serde(rename = "open-files")]
+    pub open_files: Option<u64>,
 }

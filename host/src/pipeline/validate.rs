@@ -18,10 +18,13 @@ use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
 use crate::sandbox::MAX_MEMORY_BYTES;
 use crate::sandbox::filesystem::Mount;
 use crate::sandbox::limits::Limits;
+
 use crate::units::{parse_bytes, parse_duration};
 
 /// Namespaces that actions may not claim.
 const RESERVED_NAMESPACES: [&str; 4] = ["variables", "execution", "trigger", "cache"];
+/// The smallest `limits.open-files` accepted: a guest needs some handles to start.
+const MIN_OPEN_FILES: u64 = 16;
 /// Keys of the built-in `execution` namespace.
 const EXECUTION_KEYS: [&str; 2] = ["id", "pipeline"];
 
@@ -828,6 +831,36 @@ impl Validator<'_> {
                 .as_deref()
                 .map(|c| parse_duration(c).map(|d| limits.cpu = d)),
         );
+        let size = |name: &str, text: &Option<String>, into: &mut u64| {
+            text.as_deref().map(|t| {
+                parse_bytes(t)
+                    .map_err(|e| format!("limit `{name}`: {e}"))
+                    .map(|b| *into = b)
+            })
+        };
+        apply(size("summary", &inner.summary, &mut limits.summary_bytes));
+        apply(size(
+            "variables-size",
+            &inner.variables_size,
+            &mut limits.variables_bytes,
+        ));
+        apply(size(
+            "output-size",
+            &inner.output_size,
+            &mut limits.output_bytes,
+        ));
+        limits.variables = inner.variables.unwrap_or(limits.variables);
+        limits.output_files = inner.output_files.unwrap_or(limits.output_files);
+        apply(inner.open_files.map(|n| match n {
+            // The guest's own stdio and preopens need a few handles to start at all.
+            0..MIN_OPEN_FILES => Err(format!(
+                "limit `open-files` must be at least {MIN_OPEN_FILES}, not {n}"
+            )),
+            n => {
+                limits.open_files = n;
+                Ok(())
+            }
+        }));
         limits
     }
 

@@ -1,4 +1,6 @@
-//! Limits capability: memory, CPU time, wall-clock time and log volume.
+//! Limits capability: memory, CPU time, wall-clock time, log volume, and the
+//! quotas on what an action leaves behind (summary, variables, output files)
+//! and on the handles it may hold open.
 //!
 //! Each limit that stops an action is reported by name ([`LimitHit`]), so a user
 //! reads "memory limit of 64.0 MiB exceeded", not "wasm trap: unreachable".
@@ -21,6 +23,18 @@ pub struct Limits {
     pub timeout: Duration,
     /// Maximum bytes of log text kept.
     pub log_bytes: u64,
+    /// Maximum bytes of the summary an action returns.
+    pub summary_bytes: u64,
+    /// Maximum number of output variables.
+    pub variables: u64,
+    /// Maximum total bytes of output variables (names and values).
+    pub variables_bytes: u64,
+    /// Maximum number of entries (files, directories, links) across all outputs.
+    pub output_files: u64,
+    /// Maximum total bytes of the regular files across all outputs.
+    pub output_bytes: u64,
+    /// Maximum WASI handles (open files, directories, streams) held at once.
+    pub open_files: u64,
 }
 
 impl Default for Limits {
@@ -30,7 +44,50 @@ impl Default for Limits {
             cpu: Duration::from_secs(600),
             timeout: Duration::from_secs(600),
             log_bytes: 4 << 20,
+            summary_bytes: 64 << 10,
+            variables: 1000,
+            variables_bytes: 1 << 20,
+            output_files: 100_000,
+            output_bytes: 10 << 30,
+            open_files: 1024,
         }
+    }
+}
+
+impl Limits {
+    /// Refuse a summary or a set of variables larger than the limits allow.
+    pub fn check_outcome(
+        &self,
+        summary: &str,
+        variables: &[(String, String)],
+    ) -> Result<(), LimitHit> {
+        let bytes = crate::units::format_bytes;
+        if summary.len() as u64 > self.summary_bytes {
+            return Err(LimitHit::quota(
+                "summary",
+                bytes(self.summary_bytes),
+                format!("the summary is {}", bytes(summary.len() as u64)),
+            ));
+        }
+        if variables.len() as u64 > self.variables {
+            return Err(LimitHit::quota(
+                "variables",
+                self.variables.to_string(),
+                format!("the action set {} output variables", variables.len()),
+            ));
+        }
+        let total: u64 = variables
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        if total > self.variables_bytes {
+            return Err(LimitHit::quota(
+                "variables-size",
+                bytes(self.variables_bytes),
+                format!("the output variables take {}", bytes(total)),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -46,6 +103,28 @@ pub enum LimitHit {
     /// The invocation took longer than its wall-clock timeout.
     #[error("timeout of {} exceeded", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// A quota on what the action produced or held (summary, variables,
+    /// output files, open handles), named as in the `limits` table.
+    #[error("limit {name} ({limit}) exceeded: {detail}")]
+    Quota {
+        /// The key in `limits`, e.g. `summary`.
+        name: &'static str,
+        /// The limit, as a person reads it (`64.0 KiB`, `1000`).
+        limit: String,
+        /// What the action did.
+        detail: String,
+    },
+}
+
+impl LimitHit {
+    /// A quota named `name` with `limit`, exceeded as `detail` says.
+    pub fn quota(name: &'static str, limit: String, detail: String) -> Self {
+        LimitHit::Quota {
+            name,
+            limit,
+            detail,
+        }
+    }
 }
 
 /// Memory limiter that remembers whether it refused anything, so a later trap
@@ -132,6 +211,29 @@ mod tests {
         assert!(!limiter.hit);
         assert!(!limiter.memory_growing(0, 2 << 20, None).unwrap());
         assert!(limiter.hit);
+    }
+
+    #[test]
+    fn oversized_summaries_and_variables_are_named() {
+        let limits = Limits {
+            summary_bytes: 4,
+            variables: 2,
+            variables_bytes: 10,
+            ..Limits::default()
+        };
+        let vars = |n: usize, size: usize| -> Vec<(String, String)> {
+            (0..n).map(|i| (i.to_string(), "v".repeat(size))).collect()
+        };
+        assert!(limits.check_outcome("1234", &vars(2, 4)).is_ok());
+        let hit = limits.check_outcome("12345", &[]).unwrap_err();
+        assert_eq!(
+            hit.to_string(),
+            "limit summary (4 B) exceeded: the summary is 5 B"
+        );
+        let hit = limits.check_outcome("", &vars(3, 0)).unwrap_err();
+        assert!(hit.to_string().starts_with("limit variables (2) exceeded"));
+        let hit = limits.check_outcome("", &vars(2, 5)).unwrap_err();
+        assert!(hit.to_string().starts_with("limit variables-size (10 B)"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod log;
 pub mod process;
 pub mod secrets;
+pub mod symlinks;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -37,6 +38,7 @@ use self::limits::{CpuBudget, EPOCH_TICK, LimitHit, Limits, MemoryLimiter};
 use self::log::{LogSink, LogStream};
 use self::process::{ProcessCapability, ProcessGrant};
 use self::secrets::SecretsCapability;
+use self::symlinks::SymlinkGuard;
 
 /// Host bindings generated from `wit/action.wit`.
 pub mod bindings {
@@ -210,6 +212,7 @@ pub struct SandboxState {
     secrets: SecretsCapability,
     process: ProcessCapability,
     files: FilesCapability,
+    symlinks: SymlinkGuard,
     denials: Denials,
     /// What `continuation.resume-later` asked for.
     continuation: Option<(String, u64)>,
@@ -277,6 +280,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        symlinks::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
         Action::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
@@ -378,6 +382,11 @@ impl Runtime {
             .continuation
             .clone()
             .map(|(token, ms)| (token, std::time::Duration::from_millis(ms)));
+        if let Ok(outcome) = &outcome {
+            limits
+                .check_outcome(&outcome.summary, &outcome.variables)
+                .map_err(ActionError::Limit)?;
+        }
         match outcome {
             Ok(outcome) => Ok(ActionOutcome {
                 summary: outcome.summary,
@@ -470,7 +479,9 @@ impl Runtime {
                 denials.clone(),
                 spec.log.clone(),
             ),
-            table: ResourceTable::new(),
+            // Every open file, directory and stream is a table entry holding
+            // host resources: capping the table caps the host descriptors.
+            table: handle_table(spec.limits.open_files),
             memory: MemoryLimiter::new(spec.limits.memory_bytes),
             cpu: CpuBudget::new(spec.limits.cpu),
             secrets: SecretsCapability::from_grant(&spec.secret_names, spec.secret_values),
@@ -488,11 +499,19 @@ impl Runtime {
                 spec.limits.timeout,
             ),
             files: FilesCapability::from_grant(filesystem.preopens().to_vec()),
+            symlinks: SymlinkGuard::from_preopens(filesystem.preopens()),
             log: spec.log,
             denials,
             continuation: None,
         })
     }
+}
+
+/// A resource table that holds at most `max` entries at once.
+fn handle_table(max: u64) -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(usize::try_from(max).unwrap_or(usize::MAX));
+    table
 }
 
 /// The host directories of the preopens that are (or are not) writable.
@@ -545,6 +564,13 @@ fn settle<T>(
         Ok(Err(_)) if state.memory.hit => {
             return Err(ActionError::Limit(LimitHit::Memory(limits.memory_bytes)));
         }
+        Ok(Err(trap)) if table_full(&trap) => {
+            return Err(ActionError::Limit(LimitHit::quota(
+                "open-files",
+                limits.open_files.to_string(),
+                "the plugin held too many files, directories and streams open at once".into(),
+            )));
+        }
         Ok(Err(trap)) => {
             let mut crash = describe_trap(&trap);
             // A guest prints why it dies (a panic message, a traceback) just before
@@ -574,16 +600,53 @@ fn failure_error(failure: bindings::sluice::action::types::Failure) -> ActionErr
     }
 }
 
+/// Whether a trap came from a full resource table (the `open-files` limit).
+fn table_full(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        )
+    })
+}
+
 /// One line saying how the guest crashed.
 fn describe_trap(error: &wasmtime::Error) -> String {
     let text = format!("{error:#}");
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let first = lines.next().unwrap_or("unknown trap").trim().to_string();
     match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => "stack overflow".to_string(),
+        Some(wasmtime::Trap::MemoryOutOfBounds) if deep_recursion(error) => {
+            // Compilers keep large locals on a stack in linear memory; running off
+            // its end reads below address 0, which wasmtime reports as an
+            // out-of-bounds access. The backtrace shows what really happened.
+            "stack overflow (the plugin's stack in linear memory ran out)".to_string()
+        }
         Some(trap) if !first.contains(&trap.to_string()) => format!("{first}: {trap}"),
         _ => first,
     }
 }
+
+/// Whether the trap's backtrace is a full one made mostly of one function:
+/// unbounded recursion.
+fn deep_recursion(error: &wasmtime::Error) -> bool {
+    let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return false;
+    };
+    let frames = backtrace.frames();
+    if frames.len() < RECURSION_FRAMES {
+        return false;
+    }
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for frame in frames {
+        *counts.entry(frame.func_index()).or_default() += 1;
+    }
+    counts.values().any(|&n| n * 2 >= frames.len())
+}
+
+/// How many frames a backtrace needs to count as deep recursion (wasmtime keeps 20).
+const RECURSION_FRAMES: usize = 16;
 
 /// Advance the engine's epoch every tick for as long as the engine lives.
 fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {

@@ -60,6 +60,13 @@ impl Guest for Hostile {
             "secret-to-artifact" => secrets_modes::to_artifact(&inv),
             "launder-secret" => secrets_modes::launder(&inv),
             "continue-with-secret" => secrets_modes::continue_with(&inv),
+            "big-summary" => big_summary(&inv),
+            "many-variables" => many_variables(&inv),
+            "many-files" => many_files(&inv),
+            "big-file" => big_file(&inv),
+            "open-files" => open_files(&inv),
+            "stack-overflow" => stack_overflow(&inv),
+            "mount-symlink" => mount_symlink(&inv),
             other => Err(Failure {
                 kind: FailureKind::ConfigurationError,
                 message: format!("unknown mode {other:?}"),
@@ -415,4 +422,142 @@ fn cache_count(inv: &Inv) -> Result<Outcome, Failure> {
         summary: format!("count {count}"),
         variables: vec![("count".to_string(), count.to_string())],
     })
+}
+
+/// A whole number from config `key`, or `default`.
+fn number(inv: &Inv, key: &str, default: u64) -> Result<u64, Failure> {
+    match inv.config(key) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| Failure {
+            kind: FailureKind::ConfigurationError,
+            message: format!("{key} must be a whole number, got {v:?}"),
+        }),
+    }
+}
+
+/// `/out/<first output>`, or a configuration error.
+fn first_output_dir(inv: &Inv) -> Result<String, Failure> {
+    inv.0
+        .outputs
+        .first()
+        .map(|name| format!("/out/{name}"))
+        .ok_or_else(|| Failure {
+            kind: FailureKind::ConfigurationError,
+            message: "this mode needs an output artifact".into(),
+        })
+}
+
+fn io_failure(what: &str, error: std::io::Error) -> Failure {
+    Failure {
+        kind: FailureKind::JobFailed,
+        message: format!("{what}: {error}"),
+    }
+}
+
+/// Return a summary of `kib` KiB (default 1024).
+fn big_summary(inv: &Inv) -> Result<Outcome, Failure> {
+    let kib = number(inv, "kib", 1024)? as usize;
+    Ok(outcome("s".repeat(kib << 10)))
+}
+
+/// Return `count` variables (default 5000) of `size` bytes each (default 8).
+fn many_variables(inv: &Inv) -> Result<Outcome, Failure> {
+    let count = number(inv, "count", 5000)?;
+    let size = number(inv, "size", 8)? as usize;
+    Ok(Outcome {
+        summary: format!("{count} variables"),
+        variables: (0..count)
+            .map(|i| (format!("v{i}"), "x".repeat(size)))
+            .collect(),
+    })
+}
+
+/// Write `count` empty files (default 2000) into the first output.
+fn many_files(inv: &Inv) -> Result<Outcome, Failure> {
+    let count = number(inv, "count", 2000)?;
+    let dir = first_output_dir(inv)?;
+    for i in 0..count {
+        std::fs::write(format!("{dir}/f{i}"), b"").map_err(|e| io_failure("writing", e))?;
+    }
+    Ok(outcome(format!("wrote {count} files")))
+}
+
+/// Write one file of `mb` MiB (default 64) into the first output, 1 MiB at a time.
+fn big_file(inv: &Inv) -> Result<Outcome, Failure> {
+    let mb = number(inv, "mb", 64)?;
+    let path = format!("{}/big.bin", first_output_dir(inv)?);
+    let mut file = std::fs::File::create(&path).map_err(|e| io_failure("creating", e))?;
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..mb {
+        file.write_all(&chunk)
+            .map_err(|e| io_failure("writing", e))?;
+    }
+    Ok(outcome(format!("wrote {mb} MiB")))
+}
+
+/// Open files in the workspace and hold them all, up to `max` (default 100,000).
+/// Reaching `max` is a breach: the host let one action hold that many.
+fn open_files(inv: &Inv) -> Result<Outcome, Failure> {
+    let max = number(inv, "max", 100_000)?;
+    std::fs::write("/workspace/held", b"x").map_err(|e| io_failure("writing", e))?;
+    let mut held = Vec::new();
+    for i in 0..max {
+        match std::fs::File::open("/workspace/held") {
+            Ok(file) => held.push(file),
+            Err(e) => return Err(denied(&format!("opening file {i}"), e)),
+        }
+    }
+    escaped(format!("held {} open files", held.len()).as_bytes())
+}
+
+/// Recurse without end. With `frame` 0 (the default) nothing lives in linear
+/// memory, so wasmtime's own stack runs out; with `frame` > 0 (up to 1024)
+/// bytes of each frame live on the guest's stack in linear memory, which runs
+/// out first.
+fn stack_overflow(inv: &Inv) -> Result<Outcome, Failure> {
+    let frame = number(inv, "frame", 0)?.min(1024) as usize;
+    let depth = if frame == 0 {
+        recurse_in_registers(0)
+    } else {
+        recurse_in_memory(frame, 0)
+    };
+    Ok(outcome(format!("depth {depth}")))
+}
+
+#[inline(never)]
+fn recurse_in_registers(depth: u64) -> u64 {
+    // Never true; it only tells the compiler the recursion could end.
+    if depth == u64::MAX {
+        return 0;
+    }
+    // Two different operations on the result, so it cannot become a loop.
+    recurse_in_registers(depth + 1)
+        .wrapping_mul(3)
+        .wrapping_add(depth)
+}
+
+#[inline(never)]
+fn recurse_in_memory(frame: usize, depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    let mut local = [0u8; 1024];
+    local[depth as usize % 1024] = depth as u8;
+    std::hint::black_box(&mut local[..frame]);
+    std::hint::black_box(recurse_in_memory(frame, depth + 1)) + 1
+}
+
+/// Create a symlink in mount `mount` (default `data`) to `target` (default
+/// `../../../../etc/passwd`), then read through it.
+fn mount_symlink(inv: &Inv) -> Result<Outcome, Failure> {
+    let mount = inv.config("mount").unwrap_or("data");
+    let target = inv.config("target").unwrap_or("../../../../etc/passwd");
+    let guest_dir = format!("/mnt/{mount}");
+    let (dir, _) = wasi::filesystem::preopens::get_directories()
+        .into_iter()
+        .find(|(_, path)| *path == guest_dir)
+        .ok_or_else(|| denied("mount-symlink", format!("{guest_dir} is not preopened")))?;
+    dir.symlink_at(target, "escape")
+        .map_err(|e| denied(&format!("symlink {guest_dir}/escape -> {target}"), e))?;
+    Ok(outcome(format!("created {guest_dir}/escape -> {target}")))
 }
