@@ -535,7 +535,7 @@ fn launcher_runs(workspace: &Path, n: usize, sandboxed: bool) -> anyhow::Result<
         share_network: false,
         max_processes: 4096,
         max_open_files: 4096,
-        max_address_space: None,
+        max_memory: None,
         read_only: Vec::new(),
         read_write: vec![workspace.to_path_buf()],
         sandboxed,

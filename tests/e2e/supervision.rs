@@ -455,3 +455,37 @@ grants = {{ commands = ["true"] }}
     let output = workspace.run_pipeline(&pipeline("true"));
     assert!(output.status.success(), "{}", text(&output));
 }
+
+#[test]
+fn a_command_over_its_memory_limit_is_killed_and_the_limit_named() {
+    let workspace = Workspace::new();
+    let pipeline = |limit: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "hungry"
+[[stages]]
+name = "Eat"
+[[stages.actions]]
+name = "eat"
+plugin = "command@0.1"
+config = {{ run = "dd if=/dev/zero of=/dev/null bs=256M count=1" }}
+grants = {{ commands = ["dd"] }}
+limits = {{ command-memory = "{limit}" }}
+"#
+        )
+    };
+    let output = workspace.run_pipeline(&pipeline("64MiB"));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let error = action(&workspace.latest_execution(), "eat")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("command-memory") || error.contains("memory exhausted"),
+        "the memory limit must be named: {error}"
+    );
+    // The same command fits under a larger limit.
+    let output = workspace.run_pipeline(&pipeline("1GiB"));
+    assert!(output.status.success(), "{}", text(&output));
+}

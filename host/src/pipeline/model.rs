@@ -240,4 +240,7 @@ pub struct LimitsDecl {
     /// Maximum files, directories and streams open at once.
     #[serde(rename = "open-files")]
     pub open_files: Option<u64>,
+    /// Memory limit of each native command (and what it starts).
+    #[serde(rename = "command-memory")]
+    pub command_memory: Option<String>,
 }

@@ -849,6 +849,11 @@ impl Validator<'_> {
             &inner.output_size,
             &mut limits.output_bytes,
         ));
+        apply(inner.command_memory.as_deref().map(|m| {
+            parse_bytes(m)
+                .map_err(|e| format!("limit `command-memory`: {e}"))
+                .map(|b| limits.command_memory = Some(b))
+        }));
         limits.variables = inner.variables.unwrap_or(limits.variables);
         limits.output_files = inner.output_files.unwrap_or(limits.output_files);
         apply(inner.open_files.map(|n| match n {

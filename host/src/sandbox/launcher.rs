@@ -61,8 +61,9 @@ pub struct LaunchSpec {
     pub max_processes: u64,
     /// Most open files (RLIMIT_NOFILE).
     pub max_open_files: u64,
-    /// Most address space in bytes (RLIMIT_AS), if limited.
-    pub max_address_space: Option<u64>,
+    /// Most memory in bytes for the command and everything it starts
+    /// (`limits.command-memory`; see [`super::memory`]), if limited.
+    pub max_memory: Option<u64>,
     /// Directories (or files) the command may read and execute.
     pub read_only: Vec<PathBuf>,
     /// Directories the command may read, write and execute in.
@@ -173,12 +174,30 @@ fn map_own_ids(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
 
 /// Fork the namespace's init and relay its exit status.
 fn run(spec: &LaunchSpec) -> i32 {
+    let memory = match spec.max_memory.map(super::memory::MemoryLimit::apply) {
+        None => None,
+        Some(Ok(limit)) => Some(limit),
+        Some(Err(message)) => {
+            eprintln!("sluice sandbox: limit command-memory: {message}");
+            return SETUP_FAILED;
+        }
+    };
     // SAFETY: this process is single-threaded (a fresh exec of the binary).
-    match unsafe { libc::fork() } {
+    let code = match unsafe { libc::fork() } {
         -1 => fail("fork"),
         0 => std::process::exit(init(spec)),
         child => wait_for(child),
+    };
+    if let (Some(limit), Some(bytes)) = (&memory, spec.max_memory) {
+        if limit.hit() {
+            eprintln!(
+                "sluice sandbox: limit command-memory ({}) exceeded: the command was killed",
+                crate::units::format_bytes(bytes)
+            );
+        }
+        limit.release();
     }
+    code
 }
 
 /// PID 1 of the namespace: set it up, fork the command, reap everything, and
@@ -395,9 +414,6 @@ fn set_limits(spec: &LaunchSpec) {
     limit(libc::RLIMIT_FSIZE, 8 << 30);
     limit(libc::RLIMIT_NOFILE, spec.max_open_files);
     limit(libc::RLIMIT_NPROC, spec.max_processes);
-    if let Some(bytes) = spec.max_address_space {
-        limit(libc::RLIMIT_AS, bytes);
-    }
 }
 
 fn redirect_stdin_to_null() -> Result<(), String> {

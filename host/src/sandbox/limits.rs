@@ -35,6 +35,8 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Maximum WASI handles (open files, directories, streams) held at once.
     pub open_files: u64,
+    /// Memory limit of each native command and everything it starts; none by default.
+    pub command_memory: Option<u64>,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             output_files: 100_000,
             output_bytes: 10 << 30,
             open_files: 1024,
+            command_memory: None,
         }
     }
 }

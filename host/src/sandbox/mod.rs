@@ -13,6 +13,7 @@ pub mod http;
 pub mod launcher;
 pub mod limits;
 pub mod log;
+pub mod memory;
 pub mod process;
 pub mod secrets;
 pub mod symlinks;
@@ -494,6 +495,7 @@ impl Runtime {
                         .chain(spec.toolchains)
                         .collect(),
                     read_write: readable(filesystem.preopens(), true).collect(),
+                    memory: spec.limits.command_memory,
                 },
                 spec.workspace.clone(),
                 spec.limits.timeout,

@@ -56,6 +56,8 @@ pub struct ProcessGrant {
     pub read_only: Vec<PathBuf>,
     /// Where commands may also write: workspace, outputs, caches, read-write mounts.
     pub read_write: Vec<PathBuf>,
+    /// Memory limit of each command and what it starts (`limits.command-memory`).
+    pub memory: Option<u64>,
 }
 
 /// What one action may run, and where.
@@ -272,7 +274,7 @@ impl Host for SandboxState {
             share_network: self.process.grant.network,
             max_processes: 4096,
             max_open_files: 4096,
-            max_address_space: None,
+            max_memory: self.process.grant.memory,
             read_only: self.process.grant.read_only.clone(),
             read_write: self.process.grant.read_write.clone(),
             sandboxed,
