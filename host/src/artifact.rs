@@ -246,6 +246,30 @@ fn make_read_only(dir: &Path) -> anyhow::Result<()> {
     set_write_bits(dir, false)
 }
 
+/// Delete a tree whose directories may be read-only (a stored artifact, a
+/// scratch store, Go's module cache in a pipeline cache): directories are made
+/// writable first, since entries can only be unlinked from a writable one.
+/// Returns the bytes of the regular files removed; a missing tree is 0.
+pub fn remove_tree(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let mut bytes = 0;
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry?;
+        let metadata = entry.metadata()?;
+        if entry.file_type().is_dir() {
+            let mode = metadata.permissions().mode() | 0o700;
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+        } else if entry.file_type().is_file() {
+            bytes += metadata.len();
+        }
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(bytes)
+}
+
 fn make_writable(dir: &Path) -> anyhow::Result<()> {
     set_write_bits(dir, true)
 }

@@ -277,26 +277,9 @@ fn size_of(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Delete a tree. Tools such as Go's module cache leave read-only directories,
-/// whose entries cannot be removed; make directories writable and try again.
+/// Delete a tree (tools such as Go's module cache leave read-only directories).
 fn remove_tree(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {}
-    }
-    for entry in walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-    {
-        if entry.file_type().is_dir() {
-            let mode = std::fs::Permissions::from_mode(0o700);
-            std::fs::set_permissions(entry.path(), mode).ok();
-        }
-    }
-    std::fs::remove_dir_all(dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))
+    crate::artifact::remove_tree(dir).map(|_| ())
 }
 
 fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -318,14 +318,8 @@ fn gc_removes_finished_executions_and_their_artifacts_but_never_a_running_one() 
     // A second execution waits on an approval, holding its `fresh` artifact.
     workspace.write("fresh/note.txt", "still needed\n");
     workspace.write("waiting.toml", WAITING);
-    let mut waiting = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(workspace.dir.path())
-        .arg("--data-dir")
-        .arg(workspace.path(".sluice"))
-        .arg("--plugins")
-        .arg(workspace.registry())
-        .args(["run", "waiting.toml"])
-        .stdin(Stdio::null())
+    let mut waiting = workspace
+        .command(&["run", "waiting.toml"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

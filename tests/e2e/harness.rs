@@ -123,7 +123,14 @@ impl Workspace {
     /// Run `sluice` with this workspace's data directory and registry. Stdin is
     /// not a terminal, as in CI.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
+        self.command(args).output().unwrap()
+    }
+
+    /// `sluice` with this workspace's data directory and registry, not yet
+    /// started (for tests that signal it or read it while it runs).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
             .current_dir(self.dir.path())
             .stdin(std::process::Stdio::null())
             .env_remove("SLUICE_DATA_DIR")
@@ -134,9 +141,8 @@ impl Workspace {
             .arg(self.path(".sluice"))
             .arg("--plugins")
             .arg(&self.registry)
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args);
+        command
     }
 
     /// Write `pipeline.toml` and run it.

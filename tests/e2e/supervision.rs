@@ -143,13 +143,8 @@ grants = { commands = ["sh"] }
 fn ctrl_c_stops_the_run_records_stopped_and_leaves_no_process() {
     let workspace = Workspace::new();
     workspace.write("pipeline.toml", &LONG_COMMAND.replace("MARKER", "300.5521"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .current_dir(workspace.dir.path())
-        .arg("--data-dir")
-        .arg(workspace.path(".sluice"))
-        .arg("--plugins")
-        .arg(workspace.registry())
-        .args(["run", "pipeline.toml"])
+    let mut child = workspace
+        .command(&["run", "pipeline.toml"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

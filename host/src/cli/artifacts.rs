@@ -212,21 +212,7 @@ fn stored_at_ms(path: &Path) -> i64 {
 
 /// Delete a stored (read-only) tree; returns the bytes of its regular files.
 fn remove_artifact(dir: &Path) -> anyhow::Result<u64> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mut bytes = 0;
-    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
-        let entry = entry?;
-        let metadata = entry.metadata()?;
-        if entry.file_type().is_dir() {
-            // Entries can only be unlinked from a writable directory.
-            let mode = metadata.permissions().mode() | 0o700;
-            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
-        } else if entry.file_type().is_file() {
-            bytes += metadata.len();
-        }
-    }
-    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    Ok(bytes)
+    crate::artifact::remove_tree(dir)
 }
 
 fn describe(swept: &Swept) -> String {

@@ -645,13 +645,7 @@ fn bench(paths: &Paths, args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Stored artifacts are read-only: make them writable again before deleting.
 fn remove_scratch(dir: &Path) {
-    for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
-        use std::os::unix::fs::PermissionsExt;
-        if entry.file_type().is_dir() {
-            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o755));
-        }
-    }
-    std::fs::remove_dir_all(dir).ok();
+    let _ = crate::artifact::remove_tree(dir);
 }
 
 /// The state store and an executor over this data directory's stores.
