@@ -67,8 +67,7 @@ impl ArtifactStore {
             Ok(()) => Ok(info),
             Err(_) if target.exists() => {
                 // Another action stored the same tree at the same moment.
-                make_writable(dir).ok();
-                std::fs::remove_dir_all(dir).ok();
+                remove_tree(dir).ok();
                 Ok(info)
             }
             Err(e) => Err(e).with_context(|| format!("moving {} into the store", dir.display())),
@@ -240,10 +239,35 @@ fn is_executable(metadata: &std::fs::Metadata) -> bool {
     metadata.permissions().mode() & 0o111 != 0
 }
 
-/// Drop write permission from every file and directory in the tree, so that
-/// native commands (which are only confined) cannot edit a stored artifact.
+/// Make the tree the host's and read-only: every directory 0555, every file
+/// 0555 or 0444 by its executable bit (the only mode bit in the digest). A
+/// command user may have made its outputs; it keeps neither ownership (an
+/// owner could `chmod` them back) nor modes that hide them from later actions.
 fn make_read_only(dir: &Path) -> anyhow::Result<()> {
-    set_write_bits(dir, false)
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // Children first: a read-only directory could not be walked into after.
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .contents_first(true)
+    {
+        let entry = entry?;
+        if uid == 0 {
+            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+        }
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        let metadata = entry.metadata()?;
+        let mode = if metadata.is_dir() || is_executable(&metadata) {
+            0o555
+        } else {
+            0o444
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Delete a tree whose directories may be read-only (a stored artifact, a
@@ -268,33 +292,6 @@ pub fn remove_tree(dir: &Path) -> anyhow::Result<u64> {
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(bytes)
-}
-
-fn make_writable(dir: &Path) -> anyhow::Result<()> {
-    set_write_bits(dir, true)
-}
-
-fn set_write_bits(dir: &Path, writable: bool) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // Children first on the way to read-only, parents first on the way back.
-    let walker = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .contents_first(!writable);
-    for entry in walker {
-        let entry = entry?;
-        if entry.file_type().is_symlink() {
-            continue;
-        }
-        let mut permissions = entry.metadata()?.permissions();
-        let mode = permissions.mode();
-        permissions.set_mode(if writable {
-            mode | 0o200
-        } else {
-            mode & !0o222
-        });
-        std::fs::set_permissions(entry.path(), permissions)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -437,5 +434,24 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&stored).unwrap(), "hello");
         let mode = std::fs::metadata(&stored).unwrap().permissions();
         assert!(mode.readonly());
+    }
+
+    #[test]
+    fn ingest_makes_private_files_readable_by_later_actions() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let temp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(&temp.path().join("store")).unwrap();
+        let out = temp.path().join("out");
+        tree(&out, &[("private.txt", "p"), ("run.sh", "#!/bin/sh\n")]);
+        let mode = std::fs::Permissions::from_mode;
+        std::fs::set_permissions(out.join("private.txt"), mode(0o600)).unwrap();
+        std::fs::set_permissions(out.join("run.sh"), mode(0o700)).unwrap();
+        std::fs::set_permissions(&out, mode(0o700)).unwrap();
+        let stored = store.path_of(&store.ingest(&out).unwrap().digest);
+        let stored_mode =
+            |name: &str| std::fs::metadata(stored.join(name)).unwrap().mode() & 0o7777;
+        assert_eq!(stored_mode("private.txt"), 0o444);
+        assert_eq!(stored_mode("run.sh"), 0o555);
+        assert_eq!(stored_mode(""), 0o555);
     }
 }

@@ -448,6 +448,7 @@ fn noop_spec(inputs: Vec<(String, PathBuf)>, workspace: &Path) -> SandboxSpec {
         commands: Vec::new(),
         inherit_env: Vec::new(),
         toolchains: Vec::new(),
+        run_as_root: false,
         limits: Limits::default(),
         log: LogSink::new(1 << 20, Arc::new(Masker::default()), None),
     }
@@ -523,8 +524,14 @@ fn native_sandbox(scratch: &Path, n: usize) -> anyhow::Result<Vec<Figure>> {
 /// Run `/bin/true` `n` times through `sluice __sandbox-exec`, as the process
 /// capability does.
 fn launcher_runs(workspace: &Path, n: usize, sandboxed: bool) -> anyhow::Result<Vec<Duration>> {
+    use crate::sandbox::identity::{CommandUser, hand_over};
     use crate::sandbox::launcher::{LAUNCHER_ARG, LaunchSpec};
     use std::io::Write as _;
+    // As in an action: a root host drops to a command user, handed the workspace.
+    let user = sandboxed.then(|| CommandUser::for_action(false)).flatten();
+    if let Some(user) = &user {
+        hand_over(user.uid(), &[workspace.to_path_buf()])?;
+    }
     let spec = LaunchSpec {
         program: PathBuf::from("/bin/true"),
         argv0: "true".into(),
@@ -535,9 +542,11 @@ fn launcher_runs(workspace: &Path, n: usize, sandboxed: bool) -> anyhow::Result<
         share_network: false,
         max_processes: 4096,
         max_open_files: 4096,
-        max_memory: None,
+        max_memory: crate::sandbox::limits::DEFAULT_COMMAND_MEMORY,
+        max_memory_set: false,
         read_only: Vec::new(),
         read_write: vec![workspace.to_path_buf()],
+        user: user.as_ref().map(CommandUser::uid),
         sandboxed,
     };
     let json = serde_json::to_vec(&spec)?;

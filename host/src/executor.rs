@@ -1013,6 +1013,7 @@ impl Executor {
             commands: action.grants.commands.clone(),
             inherit_env: action.grants.env.clone(),
             toolchains: action.grants.toolchains.clone(),
+            run_as_root: action.grants.run_as_root,
             limits: action.limits,
             log: sandbox.log,
         }

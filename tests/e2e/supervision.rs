@@ -484,3 +484,130 @@ limits = {{ command-memory = "{limit}" }}
     let output = workspace.run_pipeline(&pipeline("1GiB"));
     assert!(output.status.success(), "{}", text(&output));
 }
+
+/// Whether the tests run as root (as CI does): only then do commands drop to
+/// a command user.
+fn running_as_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_root_host_runs_each_actions_commands_as_a_user_of_its_own() {
+    if !running_as_root() {
+        eprintln!("skipped: commands keep the host's uid when it is not root");
+        return;
+    }
+    let workspace = Workspace::new();
+    // A toolchain inside a directory closed to others, like one under /root.
+    let closed = workspace.path("closed");
+    std::fs::create_dir_all(closed.join("tool/bin")).unwrap();
+    std::fs::write(closed.join("secret.txt"), "closed-secret-2291").unwrap();
+    let tool = closed.join("tool/bin/hello-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho hello from the closed toolchain\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let who = r#"echo "ACTION uid=$(id -u) name=$(id -un) groups=$(id -G)""#;
+    let output = workspace.run_pipeline(&format!(
+        r#"
+[pipeline]
+name = "users"
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "a"
+plugin = "command@0.1"
+outputs = ["private"]
+config = {{ script = """
+{who_a}
+umask 077
+echo only-mine > private.txt
+sleep 1
+""", outputs = "private=private.txt" }}
+grants = {{ commands = ["sh"] }}
+[[stages.actions]]
+name = "b"
+plugin = "command@0.1"
+config = {{ script = """
+{who_b}
+{tool}
+cat {closed}/secret.txt || echo secret-denied
+sleep 1
+""" }}
+grants = {{ commands = ["sh"], toolchains = ["{toolchain}"] }}
+
+[[stages]]
+name = "Use"
+[[stages.actions]]
+name = "reader"
+plugin = "command@0.1"
+inputs = ["private"]
+config = {{ script = "{who_c}; cat private.txt" }}
+grants = {{ commands = ["sh"] }}
+[[stages.actions]]
+name = "root"
+plugin = "command@0.1"
+config = {{ script = "{who_d}" }}
+grants = {{ commands = ["sh"], run-as-root = true }}
+"#,
+        who_a = who.replace("ACTION", "A"),
+        who_b = who.replace("ACTION", "B"),
+        who_c = who.replace("ACTION", "C").replace('"', "\\\""),
+        who_d = who.replace("ACTION", "D").replace('"', "\\\""),
+        tool = tool.display(),
+        closed = closed.display(),
+        toolchain = closed.join("tool").display(),
+    ));
+    assert!(output.status.success(), "{}", text(&output));
+    let logs = workspace.latest_logs();
+    let uid_of = |who: &str| -> u32 {
+        logs.lines()
+            .find_map(|l| l.split(&format!("process {who} uid=")).nth(1))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no uid for {who} in {logs}"))
+    };
+    let (a, b, c) = (uid_of("A"), uid_of("B"), uid_of("C"));
+    assert!(
+        a >= 1_900_000_001 && b >= 1_900_000_001 && c >= 1_900_000_001,
+        "{logs}"
+    );
+    assert_ne!(a, b, "two parallel actions shared a uid:\n{logs}");
+    assert_eq!(uid_of("D"), 0, "run-as-root kept root:\n{logs}");
+    // The user database names the command user, in the shared sandbox group.
+    assert!(
+        logs.contains(&format!("A uid={a} name=sluice groups={a} 1900000000")),
+        "{logs}"
+    );
+    // The granted toolchain runs; the rest of its closed parent stays closed.
+    assert!(logs.contains("hello from the closed toolchain"), "{logs}");
+    assert!(
+        logs.contains("secret-denied") && !logs.contains("closed-secret-2291"),
+        "{logs}"
+    );
+    // What one command user wrote privately, another action reads from the store.
+    assert!(logs.contains("process only-mine"), "{logs}");
+}
+
+#[test]
+fn a_hard_link_into_the_workspace_never_hands_the_hosts_file_to_a_command() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !running_as_root() {
+        eprintln!("skipped: commands keep the host's uid when it is not root");
+        return;
+    }
+    let workspace = Workspace::new();
+    let host_file = workspace.write("data/host.txt", "original\n");
+    let pipeline = crate::harness::hostile_pipeline(
+        r#"mode = "link-then-command""#,
+        r#"grants = { commands = ["sh"], mounts = { data = { host = "data", mode = "rw" } } }"#,
+    );
+    let output = workspace.run_pipeline(&pipeline);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "original\n");
+    let metadata = std::fs::metadata(&host_file).unwrap();
+    assert_eq!(
+        (metadata.uid(), metadata.gid()),
+        (0, 0),
+        "the host's file changed owner"
+    );
+}

@@ -154,6 +154,27 @@ fn grant_beyond_the_plugin_manifest() {
 }
 
 #[test]
+fn command_grants_without_a_command() {
+    let root = VALID.replacen(
+        r#"grants = { commands = ["sh"] }"#,
+        r#"grants = { run-as-root = true }"#,
+        1,
+    );
+    rejected_at(
+        &root,
+        15,
+        26,
+        "grants.run-as-root is granted but no command is",
+    );
+    let typo = VALID.replacen(
+        r#"grants = { commands = ["sh"] }"#,
+        r#"grants = { commands = ["sh"], run-as-root = "yes" }"#,
+        1,
+    );
+    rejected_at(&typo, 15, 45, "invalid type");
+}
+
+#[test]
 fn missing_and_unknown_config_keys() {
     let missing = VALID
         .replace(

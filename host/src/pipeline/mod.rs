@@ -269,6 +269,8 @@ pub struct Grants {
     pub mounts: Vec<Mount>,
     /// Names of the pipeline caches this action may use.
     pub caches: Vec<String>,
+    /// Native commands keep the host's uid even when it is root.
+    pub run_as_root: bool,
 }
 
 /// When to try a failed action again.

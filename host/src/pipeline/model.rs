@@ -192,6 +192,10 @@ pub struct GrantsDecl {
     /// Names of the pipeline's `[caches]` this action may use.
     #[serde(default)]
     pub caches: Vec<Spanned<String>>,
+    /// Native commands keep root when the host runs as root (they still
+    /// lose every capability); by default they run as a user of their own.
+    #[serde(default, rename = "run-as-root")]
+    pub run_as_root: Option<Spanned<bool>>,
 }
 
 /// One granted host directory.

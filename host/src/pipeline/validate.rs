@@ -609,6 +609,7 @@ impl Validator<'_> {
                 .map(|t| PathBuf::from(t.get_ref()))
                 .collect(),
             mounts,
+            run_as_root: decl.run_as_root.as_ref().is_some_and(|r| *r.get_ref()),
             ..Grants::default()
         }
     }
@@ -630,6 +631,15 @@ impl Validator<'_> {
             } else if decl.commands.is_empty() {
                 self.error(name, format!("grants.env: `{text}` is granted but no command is (grants.commands is empty)"));
             }
+        }
+        if let Some(root) = &decl.run_as_root
+            && decl.commands.is_empty()
+        {
+            self.error(
+                root,
+                "grants.run-as-root is granted but no command is (grants.commands is empty)"
+                    .to_string(),
+            );
         }
         for dir in &decl.toolchains {
             let path = Path::new(dir.get_ref());

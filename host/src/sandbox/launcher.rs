@@ -13,15 +13,19 @@
 //!    and no orphan holds the output pipes open;
 //! 3. mounts a fresh `/proc` (the command sees only its own processes, never
 //!    the host's `environ`), sets resource limits;
-//! 4. confines the filesystem with Landlock: read-write only the workspace,
+//! 4. when a root host drops root ([`super::identity`]), hides what the
+//!    command user may not see and binds back what it was granted, so a
+//!    toolchain under a closed `/root` stays reachable ([`super::mount_view`]);
+//! 5. confines the filesystem with Landlock: read-write only the workspace,
 //!    outputs, caches and read-write mounts; read-only the inputs, read-only
 //!    mounts, granted toolchain directories and the system's (`/usr`, `/lib`,
 //!    a few files of `/etc`...); nothing else (not the data directory, the
 //!    state database, other actions' directories, `/root` or `/etc/shadow`);
-//! 5. drops every capability, for good (bounding set, `SECBIT_NOROOT`): a
-//!    command run by a root host is root without root's powers (no mounts,
-//!    no bypassing file modes, no raw sockets, and `RLIMIT_NPROC` applies);
-//! 6. execs the command.
+//! 6. drops every capability, for good (bounding set, `SECBIT_NOROOT`), and
+//!    becomes the command user; with `grants.run-as-root` a command run by a
+//!    root host is root without root's powers (no mounts, no bypassing file
+//!    modes, no raw sockets, and `RLIMIT_NPROC` applies);
+//! 7. execs the command.
 //!
 //! Exit status: the command's code, `128 + signal` when it was killed, and
 //! [`SETUP_FAILED`] with a message on stderr when the sandbox could not be set up.
@@ -29,9 +33,11 @@
 use std::ffi::CString;
 use std::io::Read as _;
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::mount_view::{expose_only_granted, mount};
 
 /// The hidden first argument that turns `sluice` into the launcher.
 pub const LAUNCHER_ARG: &str = "__sandbox-exec";
@@ -62,12 +68,17 @@ pub struct LaunchSpec {
     /// Most open files (RLIMIT_NOFILE).
     pub max_open_files: u64,
     /// Most memory in bytes for the command and everything it starts
-    /// (`limits.command-memory`; see [`super::memory`]), if limited.
-    pub max_memory: Option<u64>,
+    /// (`limits.command-memory`; see [`super::memory`]).
+    pub max_memory: u64,
+    /// Whether the action set `max_memory` itself (rather than the default).
+    pub max_memory_set: bool,
     /// Directories (or files) the command may read and execute.
     pub read_only: Vec<PathBuf>,
     /// Directories the command may read, write and execute in.
     pub read_write: Vec<PathBuf>,
+    /// The command user's uid, when a root host drops root for the command
+    /// ([`super::identity`]); `None` keeps the host's uid.
+    pub user: Option<u32>,
     /// False only when the host is configured with `SLUICE_NATIVE_SANDBOX=off`:
     /// no namespaces and no Landlock, just limits and death with the host.
     pub sandboxed: bool,
@@ -174,10 +185,9 @@ fn map_own_ids(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
 
 /// Fork the namespace's init and relay its exit status.
 fn run(spec: &LaunchSpec) -> i32 {
-    let memory = match spec.max_memory.map(super::memory::MemoryLimit::apply) {
-        None => None,
-        Some(Ok(limit)) => Some(limit),
-        Some(Err(message)) => {
+    let memory = match super::memory::MemoryLimit::apply(spec.max_memory, spec.max_memory_set) {
+        Ok(limit) => limit,
+        Err(message) => {
             eprintln!("sluice sandbox: limit command-memory: {message}");
             return SETUP_FAILED;
         }
@@ -188,15 +198,13 @@ fn run(spec: &LaunchSpec) -> i32 {
         0 => std::process::exit(init(spec)),
         child => wait_for(child),
     };
-    if let (Some(limit), Some(bytes)) = (&memory, spec.max_memory) {
-        if limit.hit() {
-            eprintln!(
-                "sluice sandbox: limit command-memory ({}) exceeded: the command was killed",
-                crate::units::format_bytes(bytes)
-            );
-        }
-        limit.release();
+    if memory.hit() {
+        eprintln!(
+            "sluice sandbox: limit command-memory ({}) exceeded: the command was killed",
+            crate::units::format_bytes(spec.max_memory)
+        );
     }
+    memory.release();
     code
 }
 
@@ -227,15 +235,30 @@ fn set_up_namespace(spec: &LaunchSpec) -> Result<(), String> {
         return Ok(());
     }
     // Mounts made here must not propagate back to the host.
-    mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE)?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
     mount(
         Some("proc"),
-        "/proc",
+        Path::new("/proc"),
         Some("proc"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
     )?;
     if !spec.share_network {
         bring_up_loopback()?;
+    }
+    if let Some(uid) = spec.user {
+        let home = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "HOME")
+            .map_or("/", |(_, v)| v.as_str());
+        expose_only_granted(&granted_paths(spec).collect::<Vec<_>>(), uid, home)?;
     }
     confine_filesystem(spec)
 }
@@ -251,14 +274,7 @@ fn confine_filesystem(spec: &LaunchSpec) -> Result<(), String> {
     let abi = ABI::V5;
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
-    let read_only = SYSTEM_READ_ONLY
-        .iter()
-        .map(PathBuf::from)
-        .chain(spec.read_only.iter().cloned());
-    let read_write = SYSTEM_READ_WRITE
-        .iter()
-        .map(PathBuf::from)
-        .chain(spec.read_write.iter().cloned());
+    let (read_only, read_write) = (read_only_paths(spec), read_write_paths(spec));
     let status = Ruleset::default()
         .handle_access(all)
         .and_then(|r| r.create())
@@ -276,6 +292,25 @@ fn confine_filesystem(spec: &LaunchSpec) -> Result<(), String> {
     Ok(())
 }
 
+fn read_only_paths(spec: &LaunchSpec) -> impl Iterator<Item = PathBuf> + '_ {
+    SYSTEM_READ_ONLY
+        .iter()
+        .map(PathBuf::from)
+        .chain(spec.read_only.iter().cloned())
+}
+
+fn read_write_paths(spec: &LaunchSpec) -> impl Iterator<Item = PathBuf> + '_ {
+    SYSTEM_READ_WRITE
+        .iter()
+        .map(PathBuf::from)
+        .chain(spec.read_write.iter().cloned())
+}
+
+/// Everything the command may reach, read-only or not.
+fn granted_paths(spec: &LaunchSpec) -> impl Iterator<Item = PathBuf> + '_ {
+    read_only_paths(spec).chain(read_write_paths(spec))
+}
+
 fn exec_command(spec: &LaunchSpec) -> ! {
     // SAFETY: setsid in the child; a new session keeps the terminal's signals away.
     unsafe {
@@ -291,7 +326,7 @@ fn exec(spec: &LaunchSpec) -> String {
         return format!("cd {}: {e}", spec.cwd.display());
     }
     if spec.sandboxed
-        && let Err(e) = drop_capabilities()
+        && let Err(e) = drop_capabilities(spec.user)
     {
         return format!("dropping capabilities: {e}");
     }
@@ -322,8 +357,9 @@ fn exec(spec: &LaunchSpec) -> String {
 }
 
 /// Empty every capability set, empty the bounding set so that no exec can
-/// bring one back, and lock "root is not special" (`SECBIT_NOROOT`).
-fn drop_capabilities() -> Result<(), std::io::Error> {
+/// bring one back, lock "root is not special" (`SECBIT_NOROOT`), and become
+/// the command user if there is one.
+fn drop_capabilities(user: Option<u32>) -> Result<(), std::io::Error> {
     use rustix::io::Errno;
     use rustix::thread::{
         CapabilitiesSecureBits as Bits, CapabilitySet, CapabilitySets,
@@ -342,6 +378,9 @@ fn drop_capabilities() -> Result<(), std::io::Error> {
             | Bits::KEEP_CAPS_LOCKED,
     )?;
     rustix::thread::clear_ambient_capability_set()?;
+    if let Some(uid) = user {
+        become_user(uid)?;
+    }
     let none = CapabilitySet::empty();
     rustix::thread::set_capabilities(
         None,
@@ -352,6 +391,25 @@ fn drop_capabilities() -> Result<(), std::io::Error> {
         },
     )?;
     Ok(())
+}
+
+/// Groups first: once the uid changes, the right to change them is gone.
+fn become_user(uid: u32) -> Result<(), std::io::Error> {
+    let groups = [super::identity::SANDBOX_GROUP];
+    // SAFETY: plain id syscalls; the process is single-threaded.
+    let status = unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setresgid(uid, uid, uid) != 0
+        {
+            -1
+        } else {
+            libc::setresuid(uid, uid, uid)
+        }
+    };
+    match status {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
@@ -421,30 +479,6 @@ fn redirect_stdin_to_null() -> Result<(), String> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: dup2 of a valid descriptor onto stdin.
     check(unsafe { libc::dup2(null.as_raw_fd(), 0) }, "dup2(stdin)")
-}
-
-fn mount(
-    source: Option<&str>,
-    target: &str,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-) -> Result<(), String> {
-    let c = |s: &str| CString::new(s).map_err(|_| format!("NUL in `{s}`"));
-    let source = source.map(c).transpose()?;
-    let fstype = fstype.map(c).transpose()?;
-    let target_c = c(target)?;
-    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-    // SAFETY: valid C strings (or null where mount(2) allows it).
-    let result = unsafe {
-        libc::mount(
-            ptr(&source),
-            target_c.as_ptr(),
-            ptr(&fstype),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    check(result, &format!("mount {target}"))
 }
 
 /// A new network namespace starts with `lo` down; tests that serve on

@@ -35,9 +35,15 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Maximum WASI handles (open files, directories, streams) held at once.
     pub open_files: u64,
-    /// Memory limit of each native command and everything it starts; none by default.
+    /// Memory limit of each native command and everything it starts, if the
+    /// action set one; [`DEFAULT_COMMAND_MEMORY`] otherwise.
     pub command_memory: Option<u64>,
 }
+
+/// `limits.command-memory` when an action sets none: room for a parallel
+/// `cargo build` or webpack, not for a fork bomb of allocations. Where no
+/// cgroup can be made this default is not enforced (see [`super::memory`]).
+pub const DEFAULT_COMMAND_MEMORY: u64 = 8 << 30;
 
 impl Default for Limits {
     fn default() -> Self {

@@ -5,8 +5,9 @@
 //! A cgroup of its own is the real limit (the kernel counts every page and
 //! kills on excess): cgroup v2 where this process may make a child cgroup with
 //! the memory controller, else cgroup v1's memory controller. Where neither is
-//! writable, RLIMIT_AS is the fallback: it counts address space, not memory,
-//! so programs that reserve large ranges (V8, rustc) may fail under it.
+//! writable, RLIMIT_AS is the fallback for a limit the action set: it counts
+//! address space, not memory, so programs that reserve large ranges (V8,
+//! rustc) may fail under it. The default limit is never applied that way.
 
 use std::path::{Path, PathBuf};
 
@@ -16,17 +17,23 @@ pub enum MemoryLimit {
     Cgroup { dir: PathBuf, parent: PathBuf },
     /// RLIMIT_AS, inherited by the command.
     AddressSpace,
+    /// No cgroup could be made and the limit is only the default.
+    Unenforced,
 }
 
 impl MemoryLimit {
-    /// Limit this process (and its future children) to `bytes`.
-    pub fn apply(bytes: u64) -> Result<Self, String> {
+    /// Limit this process (and its future children) to `bytes`; through
+    /// RLIMIT_AS only if `address_space_fallback` (the action set the limit).
+    pub fn apply(bytes: u64, address_space_fallback: bool) -> Result<Self, String> {
         let pid = std::process::id();
         for (base, limit_file) in cgroup_candidates() {
             let dir = base.join(format!("sluice-command-{pid}"));
             if let Ok(limit) = make_cgroup(&base, &dir, limit_file, bytes, pid) {
                 return Ok(limit);
             }
+        }
+        if !address_space_fallback {
+            return Ok(MemoryLimit::Unenforced);
         }
         let rlimit = libc::rlimit {
             rlim_cur: bytes as libc::rlim_t,

@@ -10,10 +10,12 @@
 pub mod files;
 pub mod filesystem;
 pub mod http;
+pub mod identity;
 pub mod launcher;
 pub mod limits;
 pub mod log;
 pub mod memory;
+pub mod mount_view;
 pub mod process;
 pub mod secrets;
 pub mod symlinks;
@@ -105,6 +107,8 @@ pub struct SandboxSpec {
     pub inherit_env: Vec<String>,
     /// Host directories native commands may read and execute (toolchains).
     pub toolchains: Vec<PathBuf>,
+    /// Native commands keep the host's uid even when it is root.
+    pub run_as_root: bool,
     /// Resource limits.
     pub limits: Limits,
     /// Where logs go.
@@ -463,6 +467,7 @@ impl Runtime {
             &spec.mounts,
             &spec.caches,
         );
+        let owned = owned_by_commands(&spec);
         let mut builder = WasiCtxBuilder::new();
         builder
             .stdout(log::GuestOutput::new(spec.log.clone(), LogStream::Stdout))
@@ -495,6 +500,8 @@ impl Runtime {
                         .chain(spec.toolchains)
                         .collect(),
                     read_write: readable(filesystem.preopens(), true).collect(),
+                    owned,
+                    run_as_root: spec.run_as_root,
                     memory: spec.limits.command_memory,
                 },
                 spec.workspace.clone(),
@@ -507,6 +514,15 @@ impl Runtime {
             continuation: None,
         })
     }
+}
+
+/// What an action's command user owns: its workspace, outputs and caches.
+/// Read-write mounts are the host's own directories and keep their owner.
+fn owned_by_commands(spec: &SandboxSpec) -> Vec<PathBuf> {
+    std::iter::once(spec.workspace.clone())
+        .chain(spec.outputs.iter().map(|(_, dir)| dir.clone()))
+        .chain(spec.caches.iter().map(|(_, dir)| dir.clone()))
+        .collect()
 }
 
 /// A resource table that holds at most `max` entries at once.

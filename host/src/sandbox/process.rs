@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::SandboxState;
 use super::bindings::sluice::action::process::{Command, CommandOutput, Host, ProcessError};
+use super::identity::{self, CommandUser};
 use super::launcher::{LAUNCHER_ARG, LaunchSpec, SETUP_FAILED};
 use super::log::{LogSink, LogStream};
 
@@ -56,6 +57,11 @@ pub struct ProcessGrant {
     pub read_only: Vec<PathBuf>,
     /// Where commands may also write: workspace, outputs, caches, read-write mounts.
     pub read_write: Vec<PathBuf>,
+    /// The part of `read_write` the command user is handed before each
+    /// command: workspace, outputs and caches (never a read-write mount).
+    pub owned: Vec<PathBuf>,
+    /// Keep the host's uid even when it is root (`grants.run-as-root`).
+    pub run_as_root: bool,
     /// Memory limit of each command and what it starts (`limits.command-memory`).
     pub memory: Option<u64>,
 }
@@ -65,6 +71,8 @@ pub struct ProcessCapability {
     grant: ProcessGrant,
     workspace: PathBuf,
     default_timeout: Duration,
+    /// Taken at the action's first command, released with the capability.
+    user: Option<CommandUser>,
 }
 
 impl ProcessCapability {
@@ -74,7 +82,27 @@ impl ProcessCapability {
             grant,
             workspace,
             default_timeout,
+            user: None,
         }
+    }
+
+    /// The uid this action's commands run as, handed its directories; `None`
+    /// when they keep the host's (a host that is not root, `run-as-root`).
+    async fn command_user(&mut self) -> Result<Option<u32>, ProcessError> {
+        if self.user.is_none() {
+            self.user = CommandUser::for_action(self.grant.run_as_root);
+        }
+        let Some(uid) = self.user.as_ref().map(CommandUser::uid) else {
+            return Ok(None);
+        };
+        let owned = self.grant.owned.clone();
+        tokio::task::spawn_blocking(move || identity::hand_over(uid, &owned))
+            .await
+            .map_err(|e| ProcessError::SpawnFailed(e.to_string()))?
+            .map_err(|e| {
+                ProcessError::SpawnFailed(format!("handing the workspace to uid {uid}: {e}"))
+            })?;
+        Ok(Some(uid))
     }
 
     /// The canonical file `program` names, if the allow-list grants that file.
@@ -264,19 +292,33 @@ impl Host for SandboxState {
                 "warning: the native sandbox is OFF (SLUICE_NATIVE_SANDBOX=off): this command runs unconfined as the host user",
             );
         }
+        let env = self.process.environment(env);
+        let user = match sandboxed {
+            true => match self.process.command_user().await {
+                Ok(user) => user,
+                Err(error) => return Ok(Err(error)),
+            },
+            false => None,
+        };
         let spec = LaunchSpec {
             program,
             argv0: command.program.clone(),
             args: command.args,
             cwd,
-            env: self.process.environment(env),
+            env,
             host_pid: std::process::id(),
             share_network: self.process.grant.network,
             max_processes: 4096,
             max_open_files: 4096,
-            max_memory: self.process.grant.memory,
+            max_memory: self
+                .process
+                .grant
+                .memory
+                .unwrap_or(super::limits::DEFAULT_COMMAND_MEMORY),
+            max_memory_set: self.process.grant.memory.is_some(),
             read_only: self.process.grant.read_only.clone(),
             read_write: self.process.grant.read_write.clone(),
+            user,
             sandboxed,
         };
         Ok(spawn_and_capture(spec, timeout, self.log.clone()).await)

@@ -4,6 +4,17 @@
 
 use sluice_sdk::{Context, Failure, Outcome};
 
+/// Git refuses a repository owned by another user ("dubious ownership"), and
+/// on a root host the command runs as a user of its own while the repository
+/// belongs to its owner. The check protects a user from a hostile repository's
+/// hooks; here the command is already confined by the sandbox, and the
+/// repository was granted read-only by the pipeline.
+const TRUST_GRANTED_REPOSITORY: [&str; 2] = ["-c", "safe.directory=*"];
+
+/// The same for the `upload-pack` that serves a clone or `ls-remote` from a
+/// local path: git clears `-c` settings from its environment.
+const TRUSTING_UPLOAD_PACK: &str = "--upload-pack=git -c safe.directory=* upload-pack";
+
 fn run(ctx: &Context) -> Result<Outcome, Failure> {
     let repo = ctx.require("repo")?;
     let branch = ctx.config_or("branch", "main");
@@ -14,7 +25,15 @@ fn run(ctx: &Context) -> Result<Outcome, Failure> {
     ctx.progress(10, format!("cloning {branch}"));
     git(
         ctx,
-        &["clone", "--quiet", "--branch", branch, repo, "checkout"],
+        &[
+            "clone",
+            "--quiet",
+            TRUSTING_UPLOAD_PACK,
+            "--branch",
+            branch,
+            repo,
+            "checkout",
+        ],
         "",
     )?;
     let revision = ctx.config("revision").unwrap_or("").trim();
@@ -57,7 +76,8 @@ fn check(config: &[(String, String)], last: Option<&str>) -> Result<Vec<String>,
     let branch = get("branch").unwrap_or("main");
     let reference = format!("refs/heads/{branch}");
     let output = sluice_sdk::Command::new("git")
-        .args(["ls-remote", repo, reference.as_str()])
+        .args(TRUST_GRANTED_REPOSITORY)
+        .args(["ls-remote", TRUSTING_UPLOAD_PACK, repo, reference.as_str()])
         .run()?;
     if !output.success() {
         return Err(Failure::revision(format!(
@@ -85,6 +105,7 @@ fn check(config: &[(String, String)], last: Option<&str>) -> Result<Vec<String>,
 fn git(ctx: &Context, args: &[&str], cwd: &str) -> Result<String, Failure> {
     let output = ctx
         .command("git")
+        .args(TRUST_GRANTED_REPOSITORY)
         .args(args.iter().copied())
         .cwd(cwd)
         .run()?;

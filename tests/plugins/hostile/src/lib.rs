@@ -67,6 +67,7 @@ impl Guest for Hostile {
             "open-files" => open_files(&inv),
             "stack-overflow" => stack_overflow(&inv),
             "mount-symlink" => mount_symlink(&inv),
+            "link-then-command" => link_then_command(&inv),
             other => Err(Failure {
                 kind: FailureKind::ConfigurationError,
                 message: format!("unknown mode {other:?}"),
@@ -560,4 +561,46 @@ fn mount_symlink(inv: &Inv) -> Result<Outcome, Failure> {
     dir.symlink_at(target, "escape")
         .map_err(|e| denied(&format!("symlink {guest_dir}/escape -> {target}"), e))?;
     Ok(outcome(format!("created {guest_dir}/escape -> {target}")))
+}
+
+/// Hard-link `file` of the read-write mount into the workspace, then have a
+/// granted `sh` append to the link: a command user that was handed the shared
+/// inode would own, and change, the host's file.
+fn link_then_command(inv: &Inv) -> Result<Outcome, Failure> {
+    let mount = inv.config("mount").unwrap_or("data");
+    let file = inv.config("file").unwrap_or("host.txt");
+    let preopen = |wanted: &str| {
+        wasi::filesystem::preopens::get_directories()
+            .into_iter()
+            .find(|(_, path)| path == wanted)
+            .map(|(dir, _)| dir)
+            .ok_or_else(|| denied("link-then-command", format!("{wanted} is not preopened")))
+    };
+    let (source, workspace) = (preopen(&format!("/mnt/{mount}"))?, preopen("/workspace")?);
+    source
+        .link_at(
+            wasi::filesystem::types::PathFlags::empty(),
+            file,
+            &workspace,
+            "linked",
+        )
+        .map_err(|e| denied(&format!("link /mnt/{mount}/{file} into /workspace"), e))?;
+    let command = Command {
+        program: "sh".to_string(),
+        args: vec![
+            "-c".into(),
+            "echo TAMPERED >> linked && ls -ln linked".into(),
+        ],
+        cwd: String::new(),
+        env: Vec::new(),
+        secret_env: Vec::new(),
+        timeout_ms: 0,
+    };
+    match process::run(&command) {
+        Ok(output) => Ok(outcome(format!(
+            "command exit {:?}: {}{}",
+            output.exit_code, output.stdout, output.stderr
+        ))),
+        Err(e) => Err(denied("process.run(sh)", format!("{e:?}"))),
+    }
 }
