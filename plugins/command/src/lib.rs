@@ -25,7 +25,7 @@ fn run(ctx: &Context) -> Result<Outcome, Failure> {
         outcome.set_variable(k, v);
     }
     let allow_failure = ctx.config_bool("allow-failure", false)?;
-    if !out.success() && !(allow_failure && !out.timed_out) {
+    if !out.success() && (out.timed_out || !allow_failure) {
         let why = if out.timed_out {
             "timed out".to_string()
         } else {
