@@ -38,11 +38,6 @@ pub fn is_cache_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Whether `name` (a pipeline name) is usable as one directory name.
-pub fn is_path_component(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
-}
-
 /// Every pipeline's caches under one data directory.
 #[derive(Clone, Debug)]
 pub struct CacheStore {
@@ -314,9 +309,6 @@ mod tests {
         assert!(!is_cache_name("../x"));
         assert!(!is_cache_name("a.b"));
         assert!(!is_cache_name(""));
-        assert!(is_path_component("my pipeline"));
-        assert!(!is_path_component(".."));
-        assert!(!is_path_component("a/b"));
     }
 
     #[test]

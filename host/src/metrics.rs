@@ -50,6 +50,22 @@ impl Histogram {
     }
 }
 
+/// A label value as the Prometheus text format writes it between double
+/// quotes: backslash, double quote and line feed escaped, so a value cannot
+/// end its label or its line early.
+pub fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +80,11 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"0.0001\"} 1"), "{out}");
         assert!(out.contains("x_bucket{le=\"0.005\"} 2"), "{out}");
         assert!(out.contains("x_count 2"), "{out}");
+    }
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_newline() {
+        assert_eq!(escape_label_value("demo-1.0_x"), "demo-1.0_x");
+        assert_eq!(escape_label_value("a\\b\"c\nd}e"), r#"a\\b\"c\nd}e"#);
     }
 }

@@ -700,8 +700,8 @@ impl StateStore {
             params![
                 filter.pipeline,
                 filter.status,
-                filter.limit as i64,
-                filter.offset as i64
+                sql_count(filter.limit),
+                sql_count(filter.offset)
             ],
             execution_from_row,
         )?;
@@ -805,8 +805,10 @@ impl StateStore {
              WHERE execution_id = ?1 AND (?2 IS NULL OR action = ?2) AND rowid > ?3
              ORDER BY rowid LIMIT ?4",
         )?;
-        let rows =
-            statement.query_map(params![execution, action, after, limit as i64], log_record)?;
+        let rows = statement.query_map(
+            params![execution, action, after, sql_count(limit)],
+            log_record,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1000,7 +1002,7 @@ impl StateStore {
         let mut statement = db.prepare_cached(
             "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = statement.query_map(params![after_seq, limit as i64], |row| {
+        let rows = statement.query_map(params![after_seq, sql_count(limit)], |row| {
             Ok(EventRecord {
                 seq: row.get(0)?,
                 ts_ms: row.get(1)?,
@@ -1222,7 +1224,7 @@ impl StateStore {
              ORDER BY seq LIMIT ?2",
         )?;
         let scope = scope.map(serde_json::to_string).transpose()?;
-        let rows = statement.query_map(params![after_seq, limit as i64, scope], |row| {
+        let rows = statement.query_map(params![after_seq, sql_count(limit), scope], |row| {
             Ok(AuditRecord {
                 seq: row.get(0)?,
                 ts_ms: row.get(1)?,
@@ -1414,6 +1416,13 @@ fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionReco
     })
 }
 
+/// A count or position for SQLite's `LIMIT` and `OFFSET`, which are signed:
+/// `as i64` turns one above `i64::MAX` negative, and SQLite reads a negative
+/// offset as none (the first page) and a negative limit as no limit.
+fn sql_count(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
 /// A row of `SELECT rowid, action, attempt, ts_ms, stream, line FROM action_logs`.
 fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
     Ok(LogRecord {
@@ -1424,4 +1433,46 @@ fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
         stream: row.get(4)?,
         line: row.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holding `count` executions of pipeline `p`, started 1 ms apart.
+    fn store_with_executions(count: usize) -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.db")).unwrap();
+        for i in 0..count {
+            let id = format!("e{i}");
+            let none = serde_json::json!({});
+            let file = Path::new("p.toml");
+            store
+                .start_execution(&id, "p", file, &none, &none, i as i64)
+                .unwrap();
+        }
+        (dir, store)
+    }
+
+    fn listed(store: &StateStore, limit: usize, offset: usize) -> Vec<String> {
+        let filter = ExecutionFilter {
+            pipeline: None,
+            status: None,
+            limit,
+            offset,
+        };
+        let executions = store.list_executions(&filter).unwrap();
+        executions.into_iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn an_offset_beyond_the_executions_lists_none_not_the_first_page() {
+        let (_dir, store) = store_with_executions(3);
+        assert_eq!(listed(&store, 2, 0), ["e2", "e1"]);
+        assert_eq!(listed(&store, 2, 2), ["e0"]);
+        assert!(listed(&store, 2, 3).is_empty());
+        assert!(listed(&store, 2, i64::MAX as usize + 1).is_empty());
+        assert!(listed(&store, 2, usize::MAX).is_empty());
+        assert_eq!(listed(&store, usize::MAX, 1), ["e1", "e0"]);
+    }
 }

@@ -380,8 +380,8 @@ fn executions_start_run_and_are_queryable_with_clear_errors() {
         "GET",
         "/api/v1/executions?limit=lots",
         None,
-        "query",
         "limit",
+        "invalid digit",
     );
     assert_eq!(
         server
@@ -726,5 +726,319 @@ grants = {{ commands = ["echo"] }}
     assert_eq!(
         wait_for_end(&server, &admin, &third_id)["execution"]["status"],
         "Succeeded"
+    );
+}
+
+/// Each call's (status, `field`) when it is refused.
+fn refusal(server: &Server, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, error) = server.call(method, path, Some(token), Some(body));
+    assert!(
+        error["error"].is_string(),
+        "{method} {path}: not a JSON error: {error}"
+    );
+    (status, error["field"].clone())
+}
+
+#[test]
+fn pipeline_names_are_checked_where_a_pipeline_is_registered() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let named = |name: &str| {
+        let toml_name = format!("name = \"{}\"", name.replace('\0', "\\u0000"));
+        DEMO.replacen("name = \"demo\"", &toml_name, 1)
+    };
+    let long = "x".repeat(10_000);
+    for (name, in_url) in [
+        ("../../etc/passwd", "..%2F..%2Fetc%2Fpasswd"),
+        ("/", "%2F"),
+        ("a\0b", "a%00b"),
+        ("..", "%2E%2E"),
+        (".", "."),
+        (long.as_str(), long.as_str()),
+    ] {
+        let path = format!("/api/v1/pipelines/{in_url}");
+        let (status, error) = server.call("PUT", &path, Some(&admin), Some(&named(name)));
+        assert_eq!(
+            (status, error["field"].as_str()),
+            (400, Some("name")),
+            "{name:.40}: {error}"
+        );
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("ASCII letters, digits"),
+            "{error}"
+        );
+    }
+    // A good URL name with a bad name in the file: the file's line and column.
+    let (status, error) = server.call(
+        "PUT",
+        "/api/v1/pipelines/demo",
+        Some(&admin),
+        Some(&named("../demo")),
+    );
+    assert_eq!((status, error["field"].as_str()), (400, Some("source")));
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("demo.toml:3:8: error: pipeline name `../demo` contains '/'"),
+        "{error}"
+    );
+    let (status, listed) = server.call("GET", "/api/v1/pipelines", Some(&admin), None);
+    assert_eq!((status, &listed["pipelines"]), (200, &json!([])));
+    let dotted = named("my-app_2.0");
+    let path = "/api/v1/pipelines/my-app_2.0";
+    assert_eq!(server.call("PUT", path, Some(&admin), Some(&dotted)).0, 201);
+}
+
+#[test]
+fn paging_past_the_end_lists_nothing_and_bad_numbers_name_their_parameter() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    server.call("PUT", "/api/v1/pipelines/demo", Some(&admin), Some(DEMO));
+    let (_, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/demo/executions",
+        Some(&admin),
+        None,
+    );
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for_end(&server, &admin, &id);
+    let page = |query: &str| {
+        let (status, page) = server.call(
+            "GET",
+            &format!("/api/v1/executions?{query}"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(status, 200, "{query}: {page}");
+        page
+    };
+    assert_eq!(page("offset=0")["executions"][0]["id"], id.as_str());
+    assert_eq!(page("offset=1")["executions"], json!([]));
+    let last = page("offset=18446744073709551615");
+    assert_eq!(last["executions"], json!([]), "not the first page again");
+    assert_eq!(last["offset"], json!(u64::MAX));
+    assert_eq!(page("offset=9223372036854775808")["executions"], json!([]));
+    for (query, parameter) in [
+        ("offset=-1", "offset"),
+        ("offset=18446744073709551616", "offset"),
+        ("offset=1e3", "offset"),
+        ("limit=", "limit"),
+        ("limit=0", "limit"),
+        ("colour=red", "colour"),
+    ] {
+        let path = format!("/api/v1/executions?{query}");
+        assert_eq!(
+            refusal(&server, &admin, "GET", &path, ""),
+            (400, json!(parameter)),
+            "{query}"
+        );
+    }
+    let logs = format!("/api/v1/executions/{id}/logs?after=soon");
+    assert_eq!(
+        refusal(&server, &admin, "GET", &logs, ""),
+        (400, json!("after"))
+    );
+    assert_eq!(
+        refusal(&server, &admin, "GET", "/api/v1/audit?limit=-5", ""),
+        (400, json!("limit"))
+    );
+}
+
+#[test]
+fn request_bodies_must_be_json_objects_and_a_misfit_names_its_field() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    server.call("PUT", "/api/v1/pipelines/demo", Some(&admin), Some(DEMO));
+    let start = "/api/v1/pipelines/demo/executions";
+    for body in ["[]", "null", "\"go\"", "5", "{", r#"{"variables": {}} x"#] {
+        assert_eq!(
+            refusal(&server, &admin, "POST", start, body),
+            (400, json!("body")),
+            "{body}"
+        );
+    }
+    for (body, field) in [
+        (r#"{"variables": {"who": 5}}"#, "variables.who"),
+        (r#"{"variables": ["who"]}"#, "variables"),
+        (r#"{"revision": 7}"#, "revision"),
+        (r#"{"colour": "red"}"#, "colour"),
+    ] {
+        assert_eq!(
+            refusal(&server, &admin, "POST", start, body),
+            (400, json!(field)),
+            "{body}"
+        );
+    }
+    let (_, listed) = server.call("GET", "/api/v1/executions", Some(&admin), None);
+    assert_eq!(listed["executions"], json!([]), "no refused start ran");
+
+    let (_, started) = server.call("POST", start, Some(&admin), Some("{}"));
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for_end(&server, &admin, &id);
+    let transition = "/api/v1/pipelines/demo/stages/Say/transition";
+    let execution = |rest: &str| format!("/api/v1/executions/{id}/{rest}");
+    for (method, path, body, field) in [
+        ("PUT", transition.to_string(), "", "enabled"),
+        (
+            "PUT",
+            transition.to_string(),
+            r#"{"enabled": "no"}"#,
+            "enabled",
+        ),
+        (
+            "PUT",
+            transition.to_string(),
+            r#"{"enabled": false, "why": "x"}"#,
+            "why",
+        ),
+        ("POST", execution("stop"), r#"{"mode": 3}"#, "mode"),
+        ("POST", execution("stop"), "[]", "body"),
+        (
+            "POST",
+            execution("stages/Say/retry"),
+            r#"{"mode": true}"#,
+            "mode",
+        ),
+        (
+            "POST",
+            execution("approvals/say"),
+            r#"{"decision": "approve"}"#,
+            "token",
+        ),
+        (
+            "POST",
+            execution("approvals/say"),
+            r#"{"token": "t"}"#,
+            "decision",
+        ),
+    ] {
+        assert_eq!(
+            refusal(&server, &admin, method, &path, body),
+            (400, json!(field)),
+            "{method} {path} {body}"
+        );
+    }
+    assert_eq!(
+        refusal(&server, &admin, "GET", "/api/v1/pipelines/%FF", ""),
+        (400, json!("path"))
+    );
+}
+
+#[test]
+fn unknown_routes_and_wrong_methods_say_which_in_json() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    for (method, path, status, words) in [
+        (
+            "GET",
+            "/api/v1/nothing-here",
+            404,
+            "no route GET /api/v1/nothing-here",
+        ),
+        ("GET", "/nowhere", 404, "no route GET /nowhere"),
+        (
+            "DELETE",
+            "/api/v1/executions",
+            405,
+            "/api/v1/executions does not take DELETE",
+        ),
+        ("POST", "/metrics", 405, "/metrics does not take POST"),
+        (
+            "PATCH",
+            "/api/v1/pipelines/demo",
+            405,
+            "does not take PATCH",
+        ),
+    ] {
+        let (got, error) = server.call(method, path, Some(&admin), None);
+        assert_eq!(got, status, "{method} {path}: {error}");
+        assert!(
+            error["error"].as_str().is_some_and(|e| e.contains(words)),
+            "{method} {path}: {error}"
+        );
+    }
+}
+
+#[test]
+fn metrics_escape_label_values() {
+    let workspace = Workspace::new();
+    token(&workspace, &["--role", "admin"]);
+    // A name from before names were checked, stored as an older server did.
+    let state = sluice::state::StateStore::open(&workspace.path(".sluice/state.db")).unwrap();
+    state.put_pipeline("old\"one\\\nx", DEMO, 0).unwrap();
+    drop(state);
+    let server = Server::start(&workspace);
+    let metrics = raw_get(&server, "/metrics");
+    assert!(
+        metrics.contains("sluice_queue_depth{pipeline=\"old\\\"one\\\\\\nx\"} 0\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_cli_encodes_names_in_urls() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let url = format!("http://{}", server.addr);
+    let client = |args: &[&str]| {
+        let mut full = vec!["--server", url.as_str(), "--token", admin.as_str()];
+        full.extend_from_slice(args);
+        workspace.sluice(&full)
+    };
+    let marker = workspace.path("fixed");
+    workspace.write(
+        "encoded.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "encoded"
+[[stages]]
+name = "Test/1?x"
+[[stages.actions]]
+name = "a&b c#d"
+plugin = "command@0.1"
+config = {{ run = "sh -c 'echo checking; test -f {marker}'" }}
+grants = {{ commands = ["sh"] }}
+"#,
+            marker = marker.display()
+        ),
+    );
+    let put = client(&["pipelines", "put", "encoded.toml"]);
+    assert!(put.status.success(), "{}", text(&put));
+    let started = client(&["start", "encoded"]);
+    assert!(started.status.success(), "{}", text(&started));
+    let id = String::from_utf8(started.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let watched = client(&["watch", &id]);
+    assert_eq!(watched.status.code(), Some(1), "{}", text(&watched));
+    let logs = client(&["logs", &id, "a&b c#d"]);
+    assert!(
+        logs.status.success() && text(&logs).contains("checking"),
+        "{}",
+        text(&logs)
+    );
+    std::fs::write(&marker, "").unwrap();
+    let retried = client(&["retry", &id, "Test/1?x"]);
+    assert!(retried.status.success(), "{}", text(&retried));
+    let watched = client(&["watch", &id]);
+    assert!(watched.status.success(), "{}", text(&watched));
+    // `..` would climb out of the path: refused before anything is sent.
+    let climbing = client(&["logs", ".."]);
+    assert_eq!(climbing.status.code(), Some(2));
+    assert!(
+        text(&climbing).contains("`..` cannot be sent as a name in a URL path"),
+        "{}",
+        text(&climbing)
     );
 }

@@ -229,3 +229,55 @@ fn run_refuses_an_invalid_pipeline_too() {
         text(&output)
     );
 }
+
+#[test]
+fn pipeline_names_are_plain_and_short() {
+    let named = |name: &str| VALID.replacen(r#"name = "checks""#, &format!("name = {name}"), 1);
+    let long = format!("\"{}\"", "x".repeat(10_000));
+    for (name, message) in [
+        (
+            r#""../../etc/passwd""#,
+            "pipeline name `../../etc/passwd` contains '/'",
+        ),
+        (r#""/""#, "pipeline name `/` contains '/'"),
+        (r#""a\u0000b""#, r"pipeline name `a\0b` contains '\0'"),
+        (r#""..""#, "pipeline name `..` is not allowed"),
+        (r#""""#, "the pipeline name is empty"),
+        (&long, "is 10000 characters long"),
+    ] {
+        rejected_at(&named(name), 2, 8, message);
+    }
+    let (code, stderr) = validate(&named(r#""..""#));
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("use 1 to 100 ASCII letters, digits, `-`, `_` and `.`"),
+        "{stderr}"
+    );
+    let (code, stderr) = validate(&named(r#""my-app_2.0""#));
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // `run` refuses it before anything runs; `pipelines put` before sending it.
+    let workspace = Workspace::new();
+    workspace.write("pipeline.toml", &named(r#""../../etc/passwd""#));
+    let output = workspace.sluice(&["run", "pipeline.toml"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("pipeline.toml:2:8: error: pipeline name `../../etc/passwd`"),
+        "{}",
+        text(&output)
+    );
+    assert!(!workspace.path(".sluice/state.db").exists(), "nothing ran");
+    let output = workspace.sluice(&[
+        "--server",
+        "http://127.0.0.1:9",
+        "pipelines",
+        "put",
+        "pipeline.toml",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("pipeline.toml: pipeline name `../../etc/passwd` contains '/'"),
+        "{}",
+        text(&output)
+    );
+}

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::Paths;
-use super::remote::Client;
+use super::remote::{self, Client};
 use crate::artifact::ArtifactStore;
 use crate::state::{GcCounts, StateStore};
 use crate::units::format_bytes;
@@ -66,7 +66,8 @@ pub fn local(command: ArtifactsCommand, paths: &Paths, json: bool) -> anyhow::Re
 pub fn remote(command: ArtifactsCommand, client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     match command {
         ArtifactsCommand::Ls { execution } => {
-            let answer = client.get_json(&format!("/executions/{execution}/artifacts"))?;
+            let path = format!("/executions/{}/artifacts", remote::segment(&execution)?);
+            let answer = client.get_json(&path)?;
             print_list(&answer, json);
         }
         ArtifactsCommand::Get {
@@ -74,7 +75,8 @@ pub fn remote(command: ArtifactsCommand, client: &Client, json: bool) -> anyhow:
             name,
             to,
         } => {
-            let answer = client.get_json(&format!("/executions/{execution}/artifacts"))?;
+            let path = format!("/executions/{}/artifacts", remote::segment(&execution)?);
+            let answer = client.get_json(&path)?;
             let id = answer["execution"]
                 .as_str()
                 .unwrap_or(&execution)
@@ -83,9 +85,12 @@ pub fn remote(command: ArtifactsCommand, client: &Client, json: bool) -> anyhow:
                 .context("the server's artifact list")?;
             let entry = find(entries, &id, &name)?;
             let dest = to.unwrap_or_else(|| PathBuf::from(&name));
-            let segment =
-                percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
-            let tar = client.download(&format!("/executions/{id}/artifacts/{segment}"))?;
+            let path = format!(
+                "/executions/{}/artifacts/{}",
+                remote::segment(&id)?,
+                remote::segment(&name)?
+            );
+            let tar = client.download(&path)?;
             crate::export::unpack_new(tar, &dest, Some(&entry.digest))?;
             print_written(&id, &entry, &dest, json);
         }

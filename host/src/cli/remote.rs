@@ -8,7 +8,32 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
+
+/// What a URL path segment or query value keeps as it is: RFC 3986's
+/// unreserved characters. Everything else is percent-encoded.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `value` (a name or id) as one URL path segment, so it cannot add segments,
+/// a query or a fragment. Empty, `.` and `..` are refused: URL parsing would
+/// drop or climb over them, and no pipeline, execution or stage is named so.
+pub(super) fn segment(value: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !matches!(value, "" | "." | ".."),
+        "`{value}` cannot be sent as a name in a URL path"
+    );
+    Ok(utf8_percent_encode(value, UNRESERVED).to_string())
+}
+
+/// `value` as a query string value.
+fn query_value(value: &str) -> String {
+    utf8_percent_encode(value, UNRESERVED).to_string()
+}
 
 /// A connection to the API.
 pub struct Client {
@@ -132,7 +157,7 @@ impl Client {
 
     /// The full id of an execution named by id, unique prefix or `latest`.
     fn resolve(&self, id: &str) -> anyhow::Result<String> {
-        let answer = self.call("GET", &format!("/executions/{id}"), None)?;
+        let answer = self.call("GET", &format!("/executions/{}", segment(id)?), None)?;
         Ok(answer["execution"]["id"].as_str().unwrap_or(id).to_string())
     }
 
@@ -155,7 +180,10 @@ impl Client {
                     .with_context(|| format!("reading {}", file.display()))?;
                 let name = pipeline_name(&source)
                     .with_context(|| format!("{}: no [pipeline] name", file.display()))?;
-                let answer = self.call("PUT", &format!("/pipelines/{name}"), Some(source))?;
+                crate::pipeline::check_name(&name)
+                    .map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))?;
+                let path = format!("/pipelines/{}", segment(&name)?);
+                let answer = self.call("PUT", &path, Some(source))?;
                 self.print(&answer, |a| {
                     println!("registered {} version {}", a["name"], a["version"])
                 });
@@ -169,9 +197,10 @@ impl Client {
                 });
             }
             PipelinesCommand::Get { name, version } => {
+                let pipeline = segment(&name)?;
                 let path = match version {
-                    Some(v) => format!("/pipelines/{name}/versions/{v}"),
-                    None => format!("/pipelines/{name}"),
+                    Some(v) => format!("/pipelines/{pipeline}/versions/{v}"),
+                    None => format!("/pipelines/{pipeline}"),
                 };
                 let answer = self.call("GET", &path, None)?;
                 self.print(&answer, |a| {
@@ -184,7 +213,8 @@ impl Client {
                 });
             }
             PipelinesCommand::State { name } => {
-                let answer = self.call("GET", &format!("/pipelines/{name}/state"), None)?;
+                let path = format!("/pipelines/{}/state", segment(&name)?);
+                let answer = self.call("GET", &path, None)?;
                 self.print(&answer, print_state);
             }
             PipelinesCommand::Transition {
@@ -193,17 +223,18 @@ impl Client {
                 disable,
             } => {
                 let body = json!({ "enabled": disable.is_none(), "reason": disable }).to_string();
-                let answer = self.call(
-                    "PUT",
-                    &format!("/pipelines/{name}/stages/{stage}/transition"),
-                    Some(body),
-                )?;
+                let path = format!(
+                    "/pipelines/{}/stages/{}/transition",
+                    segment(&name)?,
+                    segment(&stage)?
+                );
+                let answer = self.call("PUT", &path, Some(body))?;
                 self.print(&answer, |a| {
                     println!("{name}/{stage}: transition enabled = {}", a["enabled"])
                 });
             }
             PipelinesCommand::Delete { name } => {
-                self.call("DELETE", &format!("/pipelines/{name}"), None)?;
+                self.call("DELETE", &format!("/pipelines/{}", segment(&name)?), None)?;
                 self.print(&json!({ "deleted": name }), |_| println!("deleted {name}"));
             }
         }
@@ -217,7 +248,8 @@ impl Client {
         variables: BTreeMap<String, String>,
     ) -> anyhow::Result<ExitCode> {
         let body = json!({ "variables": variables }).to_string();
-        let answer = self.call("POST", &format!("/pipelines/{name}/executions"), Some(body))?;
+        let path = format!("/pipelines/{}/executions", segment(name)?);
+        let answer = self.call("POST", &path, Some(body))?;
         self.print(&answer, |a| println!("{}", a["id"].as_str().unwrap_or("")));
         Ok(ExitCode::SUCCESS)
     }
@@ -230,7 +262,7 @@ impl Client {
     ) -> anyhow::Result<ExitCode> {
         let mut path = format!("/executions?limit={limit}");
         if let Some(pipeline) = pipeline {
-            path.push_str(&format!("&pipeline={pipeline}"));
+            path.push_str(&format!("&pipeline={}", query_value(pipeline)));
         }
         let answer = self.call("GET", &path, None)?;
         self.print(&answer, |a| {
@@ -250,18 +282,21 @@ impl Client {
 
     /// `sluice executions show ID` against the server.
     pub fn show_execution(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let answer = self.call("GET", &format!("/executions/{id}"), None)?;
+        let answer = self.call("GET", &format!("/executions/{}", segment(id)?), None)?;
         self.print(&answer, print_execution);
         Ok(ExitCode::SUCCESS)
     }
 
     /// `sluice logs ID [ACTION] [-f]` against the server.
     pub fn logs(&self, id: &str, action: Option<&str>, follow: bool) -> anyhow::Result<ExitCode> {
-        let query = action.map(|a| format!("action={a}")).unwrap_or_default();
+        let query = action
+            .map(|a| format!("action={}", query_value(a)))
+            .unwrap_or_default();
         if follow {
             return self.follow_logs(id, &query);
         }
-        let answer = self.call("GET", &format!("/executions/{id}/logs?{query}"), None)?;
+        let path = format!("/executions/{}/logs?{query}", segment(id)?);
+        let answer = self.call("GET", &path, None)?;
         self.print(&answer, print_log_lines);
         Ok(ExitCode::SUCCESS)
     }
@@ -269,8 +304,9 @@ impl Client {
     /// Page through `?after=` until the execution has ended and no line is left.
     fn follow_logs(&self, id: &str, query: &str) -> anyhow::Result<ExitCode> {
         let mut after = 0;
+        let execution = segment(id)?;
         loop {
-            let path = format!("/executions/{id}/logs?after={after}&{query}");
+            let path = format!("/executions/{execution}/logs?after={after}&{query}");
             let answer = self.call("GET", &path, None)?;
             let lines = answer["lines"].as_array().cloned().unwrap_or_default();
             for line in &lines {
@@ -303,11 +339,12 @@ impl Client {
     ) -> anyhow::Result<ExitCode> {
         let decision = if approve { "approve" } else { "reject" };
         let body = json!({ "decision": decision, "token": token, "comment": comment }).to_string();
-        let answer = self.call(
-            "POST",
-            &format!("/executions/{id}/approvals/{action}"),
-            Some(body),
-        )?;
+        let path = format!(
+            "/executions/{}/approvals/{}",
+            segment(id)?,
+            segment(action)?
+        );
+        let answer = self.call("POST", &path, Some(body))?;
         self.print(&answer, |a| {
             println!(
                 "{} {action} of {}",
@@ -327,7 +364,8 @@ impl Client {
     ) -> anyhow::Result<ExitCode> {
         let mode = if abandon { "abandon" } else { "finish" };
         let body = json!({ "mode": mode, "reason": reason }).to_string();
-        let answer = self.call("POST", &format!("/executions/{id}/stop"), Some(body))?;
+        let path = format!("/executions/{}/stop", segment(id)?);
+        let answer = self.call("POST", &path, Some(body))?;
         self.print(&answer, |a| {
             println!("stopping {} ({mode})", a["id"].as_str().unwrap_or(id))
         });
@@ -337,11 +375,12 @@ impl Client {
     /// `sluice retry`.
     pub fn retry(&self, id: &str, stage: &str, all: bool) -> anyhow::Result<ExitCode> {
         let body = json!({ "mode": if all { "all" } else { "failed" } }).to_string();
-        let answer = self.call(
-            "POST",
-            &format!("/executions/{id}/stages/{stage}/retry"),
-            Some(body),
-        )?;
+        let path = format!(
+            "/executions/{}/stages/{}/retry",
+            segment(id)?,
+            segment(stage)?
+        );
+        let answer = self.call("POST", &path, Some(body))?;
         self.print(&answer, |a| {
             println!(
                 "retrying stage {stage} of {}",
@@ -372,7 +411,7 @@ impl Client {
     /// streams them (`GET /events?execution=ID`, Server-Sent Events) until it
     /// ends; exit 0 if it succeeded, 1 if not.
     pub fn watch(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let execution = |id: &str| self.call("GET", &format!("/executions/{id}"), None);
+        let execution = |id: &str| self.call("GET", &format!("/executions/{}", segment(id)?), None);
         // The stream filters on the full id; the argument may be a prefix or
         // `latest`, resolved once so that a newer execution cannot take over.
         let id = self.resolve(id)?;
@@ -413,7 +452,7 @@ impl Client {
 
     /// Open `GET /events?execution=ID` (from `after` when resuming).
     fn events(&self, id: &str, after: Option<i64>) -> anyhow::Result<EventStream> {
-        let mut url = format!("{}/api/v1/events?execution={id}", self.base);
+        let mut url = format!("{}/api/v1/events?execution={}", self.base, query_value(id));
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
         }

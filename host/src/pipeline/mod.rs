@@ -291,6 +291,53 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Most characters a pipeline name may have.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// Check a pipeline name: 1 to [`MAX_NAME_CHARS`] ASCII letters, digits, `-`,
+/// `_` and `.`, and not `.` or `..`. A name becomes a URL path segment, a
+/// directory name (its caches) and a metrics label, so nothing else may pass.
+/// The error says what is wrong, quoting the name with controls escaped and
+/// a long name shortened.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let problem = if name.is_empty() {
+        "the pipeline name is empty".to_string()
+    } else if let Some(bad) = name.chars().find(|c| !is_name_char(*c)) {
+        format!("pipeline name {} contains {bad:?}", quoted_name(name))
+    } else if name.len() > MAX_NAME_CHARS {
+        format!(
+            "pipeline name {} is {} characters long",
+            quoted_name(name),
+            name.len()
+        )
+    } else if name == "." || name == ".." {
+        format!("pipeline name `{name}` is not allowed")
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{problem}; use 1 to {MAX_NAME_CHARS} ASCII letters, digits, `-`, `_` and `.` (not `.` or `..`)"
+    ))
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// A name for an error message: controls escaped, at most 40 characters shown.
+fn quoted_name(name: &str) -> String {
+    const SHOWN: usize = 40;
+    let escaped: String = name
+        .chars()
+        .take(SHOWN)
+        .flat_map(char::escape_debug)
+        .collect();
+    match name.chars().count() > SHOWN {
+        true => format!("`{escaped}…`"),
+        false => format!("`{escaped}`"),
+    }
+}
+
 /// Read, parse and validate a pipeline file against the installed plugins.
 /// Relative host paths (mounts) are resolved against the file's directory.
 pub fn load(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
@@ -399,6 +446,32 @@ config = { k = "#{n.key}" }
             }
         }
         chars.into_iter().collect()
+    }
+
+    #[test]
+    fn pipeline_names_are_short_plain_path_segments() {
+        let longest = "x".repeat(MAX_NAME_CHARS);
+        for good in ["a", "hello", "my-app_2.0", "..a", "a..", &longest] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        let long = "x".repeat(10_000);
+        for (bad, why) in [
+            ("", "is empty"),
+            (".", "`.` is not allowed"),
+            ("..", "`..` is not allowed"),
+            ("../../etc/passwd", "contains '/'"),
+            ("/", "contains '/'"),
+            ("a\0b", r"contains '\0'"),
+            ("my pipeline", "contains ' '"),
+            ("café", "contains 'é'"),
+            ("a\nb", r"`a\nb` contains '\n'"),
+            (&long[..101], "is 101 characters long"),
+            (&long, "is 10000 characters long"),
+        ] {
+            let error = check_name(bad).expect_err(bad);
+            assert!(error.contains(why), "{bad:?}: {error}");
+            assert!(error.len() < 300, "the name is shortened: {error}");
+        }
     }
 
     #[test]

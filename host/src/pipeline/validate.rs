@@ -78,6 +78,9 @@ impl Validator<'_> {
     }
 
     fn pipeline(&mut self, file: &PipelineFile) -> Plan {
+        if let Err(message) = super::check_name(file.pipeline.name.get_ref()) {
+            self.error(&file.pipeline.name, message);
+        }
         let execution_mode = self.execution_mode(file);
         if file.stages.is_empty() {
             self.error(
@@ -668,14 +671,6 @@ impl Validator<'_> {
     /// `[caches]`: names usable as a directory and a `#{cache.<name>}` key, sizes
     /// parsed (default [`crate::cache::DEFAULT_MAX_BYTES`]).
     fn caches(&mut self, file: &PipelineFile) -> BTreeMap<String, u64> {
-        let pipeline = &file.pipeline.name;
-        if !file.caches.is_empty() && !crate::cache::is_path_component(pipeline.get_ref()) {
-            let message = format!(
-                "pipeline name `{}` cannot name its cache directory; drop `/` and do not use `.` or `..`",
-                pipeline.get_ref()
-            );
-            self.error(pipeline, message);
-        }
         let mut caches = BTreeMap::new();
         for (name, decl) in &file.caches {
             if !crate::cache::is_cache_name(name) {

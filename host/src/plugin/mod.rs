@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use sha2::Digest as _;
 
-pub use manifest::{Capabilities, ConfigKey, ConfigType, Manifest};
+pub use manifest::Manifest;
 
 use crate::sandbox::{Runtime, write_atomically};
 

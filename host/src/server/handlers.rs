@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -13,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{Caller, Role};
+use super::extract::{JsonBody, QueryParams, RawBody, UrlPath};
 use super::{ApiError, AppState};
 use crate::executor::StopMode;
 use crate::pipeline::Plan;
@@ -137,9 +137,13 @@ async fn put_pipeline(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(name): UrlPath<String>,
-    body: String,
+    RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Admin, Some(&name))?;
+    crate::pipeline::check_name(&name).map_err(|why| ApiError::bad_request("name", why))?;
+    let body = String::from_utf8(body.to_vec()).map_err(|e| {
+        ApiError::bad_request("source", format!("the pipeline file is not UTF-8: {e}"))
+    })?;
     let plan = plan_from_source(&app, &name, &body)?;
     if plan.name != name {
         return Err(ApiError::bad_request(
@@ -179,7 +183,7 @@ async fn delete_pipeline(
 }
 
 /// Body of a start request.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StartRequest {
     /// Pipeline variable overrides.
@@ -194,17 +198,9 @@ async fn start_execution(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(name): UrlPath<String>,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<StartRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Operator, Some(&name))?;
-    let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        StartRequest::default()
-    } else {
-        // serde's message names the offending field (`variables.x: invalid type...`).
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(field_of(&e), format!("invalid start request: {e}"))
-        })?
-    };
     let record = stored_pipeline(&app, &name, None)?;
     // Plugins may have changed since registration: validate again.
     let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
@@ -225,16 +221,6 @@ async fn start_execution(
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "pipeline": name, "version": record.version })),
     ))
-}
-
-/// The request field a JSON error is about, as well as serde says.
-fn field_of(error: &serde_json::Error) -> &'static str {
-    let text = error.to_string();
-    if text.contains("variables") || error.classify() == serde_json::error::Category::Data {
-        "variables"
-    } else {
-        "body"
-    }
 }
 
 /// Refuse a start beyond the pipeline's limits, loudly (never drop silently).
@@ -281,19 +267,10 @@ async fn stop_execution(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<StopBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
-    let request: StopBody = if body.iter().all(u8::is_ascii_whitespace) {
-        StopBody {
-            mode: None,
-            reason: None,
-        }
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("body", format!("invalid stop request: {e}")))?
-    };
     let mode = match request.mode.as_deref().unwrap_or("finish") {
         "finish" => StopMode::Finish,
         "abandon" => StopMode::Abandon,
@@ -327,10 +304,10 @@ async fn stop_execution(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
-    /// `approve` or `reject`.
-    decision: String,
-    /// The approval's token (from the pipeline state).
-    token: String,
+    /// `approve` or `reject` (required).
+    decision: Option<String>,
+    /// The approval's token, from the pipeline state (required).
+    token: Option<String>,
     #[serde(default)]
     comment: String,
 }
@@ -339,13 +316,12 @@ async fn decide_approval(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((id, action)): UrlPath<(String, String)>,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<DecisionBody>,
 ) -> ApiResult<Json<Value>> {
     let execution = visible_execution(&app, &caller, &id)?;
-    let request: DecisionBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(field_of_decision(&e), format!("invalid decision: {e}"))
-    })?;
-    let approve = match request.decision.as_str() {
+    let decision = required("decision", request.decision)?;
+    let token = required("token", request.token)?;
+    let approve = match decision.as_str() {
         "approve" => true,
         "reject" => false,
         other => {
@@ -362,7 +338,7 @@ async fn decide_approval(
         .ok_or_else(|| ApiError::not_found(format!("execution {id} has no approval `{action}`")))?;
     let role = Role::from_name(&approval.approvers).unwrap_or(Role::Admin);
     caller.require(role, Some(&execution.pipeline))?;
-    if approval.token != request.token {
+    if approval.token != token {
         return Err(ApiError::bad_request(
             "token",
             "the token does not match this approval (it changes when the approval is asked again)",
@@ -374,7 +350,7 @@ async fn decide_approval(
             &execution.id,
             &action,
             &crate::state::Decision {
-                token: &request.token,
+                token: &token,
                 approve,
                 by: &caller.id,
                 comment: &request.comment,
@@ -395,19 +371,17 @@ async fn decide_approval(
     ))
 }
 
-fn field_of_decision(error: &serde_json::Error) -> &'static str {
-    let text = error.to_string();
-    ["decision", "token", "comment"]
-        .into_iter()
-        .find(|f| text.contains(f))
-        .unwrap_or("body")
+/// A field a request may not leave out.
+fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
+    value.ok_or_else(|| ApiError::bad_request(field, format!("`{field}` is required")))
 }
 
 /// Body of a transition change.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
-    enabled: bool,
+    /// Required.
+    enabled: Option<bool>,
     #[serde(default)]
     reason: Option<String>,
 }
@@ -416,12 +390,10 @@ async fn set_transition(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((name, stage)): UrlPath<(String, String)>,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<TransitionBody>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Operator, Some(&name))?;
-    let request: TransitionBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("enabled", format!("invalid transition request: {e}"))
-    })?;
+    let enabled = required("enabled", request.enabled)?;
     let record = stored_pipeline(&app, &name, None)?;
     let plan = plan_from_source(&app, &name, &record.source)?;
     if !plan.stages.iter().any(|s| s.name == stage) {
@@ -429,7 +401,7 @@ async fn set_transition(
             "pipeline `{name}` has no stage `{stage}`"
         )));
     }
-    let disabled = match (request.enabled, request.reason) {
+    let disabled = match (enabled, request.reason) {
         (true, _) => None,
         (false, Some(reason)) if !reason.trim().is_empty() => Some(reason),
         (false, _) => {
@@ -528,7 +500,7 @@ async fn webhook(
     State(app): State<AppState>,
     UrlPath(name): UrlPath<String>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let record = stored_pipeline(&app, &name, None)?;
     let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
@@ -639,9 +611,8 @@ const STATUSES: [&str; 6] = [
 async fn list_executions(
     State(app): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     caller.require(Role::Viewer, query.pipeline.as_deref())?;
     if let Some(status) = &query.status
         && !STATUSES.contains(&status.as_str())
@@ -750,18 +721,10 @@ async fn retry_stage(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((id, stage)): UrlPath<(String, String)>,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<RetryRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
-    let request: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RetryRequest {
-            mode: failed_mode(),
-        }
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("mode", format!("invalid retry request: {e}")))?
-    };
     let all = match request.mode.as_str() {
         "failed" => false,
         "all" => true,
@@ -840,9 +803,8 @@ async fn get_logs(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-    query: Result<Query<LogsQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<LogsQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     // The status is read before the lines: when it is final, every line is there.
     let execution = visible_execution(&app, &caller, &id)?;
     let action = query.action.as_deref();
@@ -899,7 +861,7 @@ async fn get_artifact(
             ))
         })?;
     let store = app.executor.artifacts().clone();
-    if !store.path_of(&entry.digest).is_dir() {
+    if !store.contains(&entry.digest) {
         return Err(ApiError::not_found(format!(
             "artifact `{name}` of execution {} is no longer in the artifact store",
             execution.id
@@ -924,7 +886,7 @@ async fn get_artifact(
 /// midway ends the body with an error, so the client sees a broken download
 /// rather than a short, valid-looking one.
 fn tar_body(dir: std::path::PathBuf) -> axum::body::Body {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(8);
     tokio::task::spawn_blocking(move || {
         let writer = ChannelWriter(sender.clone());
         let out = std::io::BufWriter::with_capacity(64 * 1024, writer);
@@ -941,12 +903,12 @@ fn tar_body(dir: std::path::PathBuf) -> axum::body::Body {
 }
 
 /// `Write` into the response body's channel (from a blocking thread).
-struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>);
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0
-            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .blocking_send(Ok(axum::body::Bytes::copy_from_slice(buf)))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
         Ok(buf.len())
     }
@@ -975,13 +937,12 @@ async fn stream_events(
     State(app): State<AppState>,
     caller: Caller,
     headers: axum::http::HeaderMap,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<EventsQuery>,
 ) -> ApiResult<
     axum::response::sse::Sse<
         impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
     >,
 > {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     caller.require(Role::Viewer, query.pipeline.as_deref())?;
     let header = headers.get("last-event-id").and_then(|h| h.to_str().ok());
     let after = match (query.after, header) {
@@ -1048,9 +1009,8 @@ struct AuditQuery {
 async fn get_audit(
     State(app): State<AppState>,
     caller: Caller,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
     caller.require(Role::Admin, None)?;
     // A scoped admin reads its pipelines' entries only, not global ones.
     let entries = app

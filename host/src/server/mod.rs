@@ -10,6 +10,7 @@
 //! concurrent connections. Every error answer is JSON.
 
 pub mod auth;
+mod extract;
 mod handlers;
 mod openapi;
 
@@ -21,14 +22,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::executor::{Executor, Reopened, Started};
-use crate::metrics::Histogram;
+use crate::metrics::{Histogram, escape_label_value};
 use crate::pipeline::Plan;
 use crate::plugin::Registry;
 use crate::sandbox::log::now_ms;
@@ -115,18 +116,41 @@ impl AppState {
 
 /// The router: `/api/v1/...`, `/openapi.json` and `/health`.
 pub fn router(app: AppState) -> Router {
-    let api = handlers::routes().layer(axum::middleware::from_fn_with_state(
-        app.clone(),
-        authenticate_and_audit,
-    ));
+    let api = handlers::routes()
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate_and_audit,
+        ));
     Router::new()
         .nest("/api/v1", api)
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), read_body))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
+}
+
+/// 404 for a path no route serves, naming it.
+async fn no_route(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {method} {}; the API is described at /openapi.json",
+        uri.path()
+    ))
+}
+
+/// 405 for a method a route does not take (axum adds the `Allow` header).
+async fn wrong_method(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} does not take {method}; the Allow header lists the methods it takes",
+            uri.path()
+        ),
+    )
 }
 
 /// Read the whole request body before routing, with a per-route size limit
@@ -147,7 +171,7 @@ async fn read_body(State(app): State<AppState>, request: Request, next: Next) ->
         return closing(too_large(limit));
     }
     let (parts, mut body) = request.into_parts();
-    let mut collected = bytes::BytesMut::new();
+    let mut collected = Vec::new();
     loop {
         let frame = match tokio::time::timeout(app.limits.body_timeout, body.frame()).await {
             Err(_) => {
@@ -175,7 +199,7 @@ async fn read_body(State(app): State<AppState>, request: Request, next: Next) ->
             collected.extend_from_slice(&data);
         }
     }
-    next.run(Request::from_parts(parts, Body::from(collected.freeze())))
+    next.run(Request::from_parts(parts, Body::from(collected)))
         .await
 }
 
@@ -200,8 +224,9 @@ fn closing(error: ApiError) -> Response {
     response
 }
 
-/// Make every error answer JSON, including the ones axum writes itself
-/// (unknown route, wrong method, unreadable body): `{"error": "..."}`.
+/// Make every error answer JSON, as a net under the handlers, fallbacks and
+/// extractors (which answer with [`ApiError`] themselves) for anything axum
+/// or a layer may still write as text: `{"error": "..."}`.
 async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -375,7 +400,8 @@ async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
     );
     for (status, count) in app.state.execution_counts().map_err(ApiError::internal)? {
         out.push_str(&format!(
-            "sluice_executions{{status=\"{status}\"}} {count}\n"
+            "sluice_executions{{status=\"{}\"}} {count}\n",
+            escape_label_value(&status)
         ));
     }
     out.push_str("# HELP sluice_queue_depth Executions waiting at stage boundaries, by pipeline.\n# TYPE sluice_queue_depth gauge\n");
@@ -383,7 +409,7 @@ async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
         let waiting = app.executor.gates().waiting(&pipeline.name);
         out.push_str(&format!(
             "sluice_queue_depth{{pipeline=\"{}\"}} {waiting}\n",
-            pipeline.name
+            escape_label_value(&pipeline.name)
         ));
     }
     app.action_durations.render(
