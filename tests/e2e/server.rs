@@ -369,6 +369,14 @@ fn executions_start_run_and_are_queryable_with_clear_errors() {
         "source",
         "demo.toml:4:8",
     );
+    // A name with a dot keeps it in the file named by errors.
+    bad(
+        "PUT",
+        "/api/v1/pipelines/app_2.0",
+        Some("[pipeline]\nname = \"app_2.0\"\n[[stages]]\nname = 1\n"),
+        "source",
+        "app_2.0.toml:4:8",
+    );
     bad(
         "GET",
         "/api/v1/executions?status=Bogus",

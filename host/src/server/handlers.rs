@@ -1,7 +1,6 @@
 //! `/api/v1` handlers. Each checks the caller's role and pipeline scope first.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -119,14 +118,7 @@ async fn get_pipeline_version(
 
 /// Validate pipeline text against the installed plugins.
 fn plan_from_source(app: &AppState, name: &str, source: &str) -> ApiResult<Plan> {
-    let label = Path::new(name).with_extension("toml");
-    crate::pipeline::parse(
-        &label,
-        source.to_string(),
-        &app.registry,
-        &app.pipelines_root,
-    )
-    .map_err(|diagnostics| {
+    super::plans::parse_registered(app, name, source).map_err(|diagnostics| {
         ApiError::bad_request("source", diagnostics.to_string())
             .with("diagnostics", crate::views::diagnostics(&diagnostics))
     })

@@ -13,6 +13,7 @@ pub mod auth;
 mod extract;
 mod handlers;
 mod openapi;
+mod plans;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub struct AppState {
     action_durations: Arc<Histogram>,
     /// Timeouts, caps and windows of `sluice serve`.
     limits: Limits,
+    /// Registered versions' plans for the background loops.
+    plans: Arc<plans::PlanCache>,
 }
 
 /// Most bytes a request body may have, except webhook deliveries (axum's default).
@@ -104,6 +107,7 @@ impl AppState {
             pipelines_root,
             action_durations,
             limits: Limits::default(),
+            plans: Arc::default(),
         }
     }
 
@@ -467,7 +471,6 @@ async fn run_cron(app: AppState) {
 /// Poll each registered pipeline's source action (`[triggers] poll`) on its
 /// interval; a new revision starts an execution with `#{trigger.revision}`.
 async fn run_polls(app: AppState) {
-    let mut plans: HashMap<(String, i64), Option<Arc<Plan>>> = HashMap::new();
     let mut next_due: HashMap<String, std::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -475,11 +478,9 @@ async fn run_polls(app: AppState) {
             continue;
         };
         for record in pipelines {
-            let plan = plans
-                .entry((record.name.clone(), record.version))
-                .or_insert_with(|| registered_plan(&app, &record).ok().map(Arc::new))
-                .clone();
-            let Some(plan) = plan else { continue };
+            let Some(plan) = app.plans.get(&app, &record) else {
+                continue;
+            };
             let Some((action, interval)) = plan.triggers.poll.clone() else {
                 continue;
             };
@@ -499,7 +500,6 @@ async fn run_polls(app: AppState) {
 /// The cursor only moves past an event once it was delivered (or not wanted),
 /// so delivery is at least once, across restarts too.
 async fn run_notifications(app: AppState) {
-    let mut plans: HashMap<(String, i64), Option<Arc<Plan>>> = HashMap::new();
     let mut backoff = std::time::Duration::from_millis(300);
     loop {
         tokio::time::sleep(backoff).await;
@@ -512,10 +512,7 @@ async fn run_notifications(app: AppState) {
         backoff = std::time::Duration::from_millis(300);
         for event in events {
             let plan = match app.state.pipeline(&event.pipeline, None) {
-                Ok(Some(record)) => plans
-                    .entry((record.name.clone(), record.version))
-                    .or_insert_with(|| registered_plan(&app, &record).ok().map(Arc::new))
-                    .clone(),
+                Ok(Some(record)) => app.plans.get(&app, &record),
                 _ => None,
             };
             let wanted = plan
@@ -567,30 +564,11 @@ async fn poll_once(
     Ok(())
 }
 
-fn registered_plan(
-    app: &AppState,
-    record: &crate::state::PipelineRecord,
-) -> Result<Plan, crate::pipeline::Diagnostics> {
-    let label = std::path::Path::new(&record.name).with_extension("toml");
-    crate::pipeline::parse(
-        &label,
-        record.source.clone(),
-        &app.registry,
-        &app.pipelines_root,
-    )
-}
-
 fn cron_schedules(
     app: &AppState,
     record: &crate::state::PipelineRecord,
 ) -> Vec<(String, cron::Schedule)> {
-    let label = std::path::Path::new(&record.name).with_extension("toml");
-    let Ok(plan) = crate::pipeline::parse(
-        &label,
-        record.source.clone(),
-        &app.registry,
-        &app.pipelines_root,
-    ) else {
+    let Some(plan) = app.plans.get(app, record) else {
         return Vec::new();
     };
     plan.triggers
@@ -605,14 +583,8 @@ fn start_scheduled(
     record: &crate::state::PipelineRecord,
     expression: &str,
 ) -> anyhow::Result<()> {
-    let label = std::path::Path::new(&record.name).with_extension("toml");
-    let plan = crate::pipeline::parse(
-        &label,
-        record.source.clone(),
-        &app.registry,
-        &app.pipelines_root,
-    )
-    .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let plan = plans::parse_registered(app, &record.name, &record.source)
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
     let in_progress = app.state.in_progress(&plan.name)?;
     anyhow::ensure!(in_progress < plan.max_executions, "max-executions reached");
     let trigger = std::collections::BTreeMap::from([
@@ -678,8 +650,7 @@ pub(super) fn resumable_plan(
                 execution.pipeline
             )
         })?;
-    let label = std::path::Path::new(&execution.pipeline).with_extension("toml");
-    crate::pipeline::parse(&label, record.source, &app.registry, &app.pipelines_root)
+    plans::parse_registered(app, &execution.pipeline, &record.source)
         .map(Arc::new)
         .map_err(|d| format!("interrupted, and its pipeline no longer validates: {d}"))
 }
