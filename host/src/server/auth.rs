@@ -168,16 +168,15 @@ impl Caller {
                 found = Some(token);
             }
         }
-        let token = found.ok_or_else(|| {
-            ApiError::unauthorized("unknown bearer token").with("reason", "unknown".into())
-        })?;
+        let token = found
+            .ok_or_else(|| ApiError::unauthorized("unknown bearer token").reason("unknown"))?;
         if let Some(revoked) = token.revoked_ms {
             return Err(ApiError::unauthorized(format!(
                 "token {} was revoked at {}",
                 token.id,
                 show_time(revoked)
             ))
-            .with("reason", "revoked".into()));
+            .reason("revoked"));
         }
         if let Some(expires) = token.expires_ms
             && expires <= crate::sandbox::log::now_ms()
@@ -187,7 +186,7 @@ impl Caller {
                 token.id,
                 show_time(expires)
             ))
-            .with("reason", "expired".into()));
+            .reason("expired"));
         }
         let role = Role::from_name(&token.role).ok_or_else(|| {
             ApiError::internal(format!(

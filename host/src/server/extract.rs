@@ -108,7 +108,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "the request body is larger than this route's limit",
                 ),
-                status => ApiError::new(status, rejection.body_text()).with("field", "body".into()),
+                status => ApiError::new(status, rejection.body_text()).field("body"),
             })
     }
 }
@@ -125,8 +125,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for UrlPath
             .await
             .map(|axum::extract::Path(value)| UrlPath(value))
             .map_err(|rejection| {
-                ApiError::new(rejection.status(), rejection.body_text())
-                    .with("field", "path".into())
+                ApiError::new(rejection.status(), rejection.body_text()).field("path")
             })
     }
 }
@@ -147,12 +146,8 @@ mod tests {
     /// The status, field and message of a refused body.
     fn refused(body: &str) -> (StatusCode, String, String) {
         let error = json_object::<Sample>(body.as_bytes()).unwrap_err();
-        let (status, body) = (error.status, error.body);
-        (
-            status,
-            body["field"].as_str().unwrap().to_string(),
-            body["error"].as_str().unwrap().to_string(),
-        )
+        let (status, body) = (error.status, *error.body);
+        (status, body.field.unwrap(), body.error)
     }
 
     #[test]

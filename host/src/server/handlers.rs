@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{Caller, Role};
 use super::extract::{JsonBody, QueryParams, RawBody, UrlPath};
@@ -20,55 +20,47 @@ use crate::state::{EventRecord, ExecutionFilter, ExecutionRecord, PipelineRecord
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The `/api/v1` routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/pipelines", get(list_pipelines))
-        .route(
-            "/pipelines/{name}",
-            get(get_pipeline).put(put_pipeline).delete(delete_pipeline),
-        )
-        .route(
-            "/pipelines/{name}/versions/{version}",
-            get(get_pipeline_version),
-        )
-        .route(
-            "/pipelines/{name}/executions",
-            axum::routing::post(start_execution),
-        )
-        .route("/executions", get(list_executions))
-        .route("/executions/{id}", get(get_execution))
-        .route("/executions/{id}/logs", get(get_logs))
-        .route("/executions/{id}/artifacts", get(list_artifacts))
-        .route("/executions/{id}/artifacts/{name}", get(get_artifact))
-        .route(
-            "/executions/{id}/stages/{stage}/retry",
-            axum::routing::post(retry_stage),
-        )
-        .route("/executions/{id}/stop", axum::routing::post(stop_execution))
-        .route(
-            "/executions/{id}/approvals/{action}",
-            axum::routing::post(decide_approval),
-        )
-        .route(
-            "/pipelines/{name}/stages/{stage}/transition",
-            axum::routing::put(set_transition),
-        )
-        .route("/pipelines/{name}/state", get(pipeline_state))
-        .route("/events", get(stream_events))
-        .route(
-            "/webhooks/{name}",
-            axum::routing::post(webhook).layer(axum::extract::DefaultBodyLimit::max(
+/// The `/api/v1` routes, each documented by its `#[utoipa::path]`: the
+/// router and the OpenAPI document come from the same list.
+pub fn routes() -> OpenApiRouter<AppState> {
+    let webhooks =
+        OpenApiRouter::new()
+            .routes(routes!(webhook))
+            .layer(axum::extract::DefaultBodyLimit::max(
                 super::WEBHOOK_BODY_LIMIT,
-            )),
-        )
-        .route("/audit", get(get_audit))
+            ));
+    OpenApiRouter::new()
+        .routes(routes!(list_pipelines))
+        .routes(routes!(get_pipeline, put_pipeline, delete_pipeline))
+        .routes(routes!(get_pipeline_version))
+        .routes(routes!(start_execution))
+        .routes(routes!(set_transition))
+        .routes(routes!(pipeline_state))
+        .routes(routes!(list_executions))
+        .routes(routes!(get_execution))
+        .routes(routes!(get_logs))
+        .routes(routes!(list_artifacts))
+        .routes(routes!(get_artifact))
+        .routes(routes!(retry_stage))
+        .routes(routes!(stop_execution))
+        .routes(routes!(decide_approval))
+        .routes(routes!(stream_events))
+        .routes(routes!(get_audit))
+        .merge(webhooks)
 }
 
 fn pipeline_json(record: &PipelineRecord) -> Value {
     json!({ "name": record.name, "version": record.version, "created_ms": record.created_ms, "source": record.source })
 }
 
+#[utoipa::path(
+    get,
+    path = "/pipelines",
+    tag = "pipelines",
+    summary = "List pipelines (latest versions)",
+    description = "Requires role viewer.",
+    responses((status = 200, description = "The pipelines")),
+)]
 async fn list_pipelines(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer, None)?;
     let pipelines = app.state.pipelines().map_err(ApiError::internal)?;
@@ -91,6 +83,15 @@ fn stored_pipeline(app: &AppState, name: &str, version: Option<i64>) -> ApiResul
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/pipelines/{name}",
+    tag = "pipelines",
+    summary = "The latest version of a pipeline",
+    description = "Requires role viewer.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 200, description = "The pipeline: name, version, created_ms, source")),
+)]
 async fn get_pipeline(
     State(app): State<AppState>,
     caller: Caller,
@@ -100,6 +101,15 @@ async fn get_pipeline(
     Ok(Json(pipeline_json(&stored_pipeline(&app, &name, None)?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/pipelines/{name}/versions/{version}",
+    tag = "pipelines",
+    summary = "One version of a pipeline",
+    description = "Requires role viewer.",
+    params(("name" = String, Path, description = "Pipeline name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 200, description = "The pipeline version")),
+)]
 async fn get_pipeline_version(
     State(app): State<AppState>,
     caller: Caller,
@@ -120,11 +130,21 @@ async fn get_pipeline_version(
 fn plan_from_source(app: &AppState, name: &str, source: &str) -> ApiResult<Plan> {
     super::plans::parse_registered(app, name, source).map_err(|diagnostics| {
         ApiError::bad_request("source", diagnostics.to_string())
-            .with("diagnostics", crate::views::diagnostics(&diagnostics))
+            .diagnostics(crate::views::diagnostics(&diagnostics))
     })
 }
 
 /// Register a new version: the request body is the pipeline file's text.
+#[utoipa::path(
+    put,
+    path = "/pipelines/{name}",
+    tag = "pipelines",
+    summary = "Register a new version of a pipeline (body: the pipeline TOML)",
+    description = "Requires role admin.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    request_body(content = String, content_type = "application/toml", description = "The pipeline file"),
+    responses((status = 200, description = "A new version registered"), (status = 201, description = "First version registered")),
+)]
 async fn put_pipeline(
     State(app): State<AppState>,
     caller: Caller,
@@ -158,6 +178,15 @@ async fn put_pipeline(
     Ok((status, Json(json!({ "name": name, "version": version }))))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/pipelines/{name}",
+    tag = "pipelines",
+    summary = "Delete a pipeline (its history stays)",
+    description = "Requires role admin.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 204, description = "Deleted")),
+)]
 async fn delete_pipeline(
     State(app): State<AppState>,
     caller: Caller,
@@ -175,7 +204,7 @@ async fn delete_pipeline(
 }
 
 /// Body of a start request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartRequest {
     /// Pipeline variable overrides.
@@ -186,6 +215,16 @@ struct StartRequest {
     revision: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/pipelines/{name}/executions",
+    tag = "executions",
+    summary = "Start an execution of the latest version",
+    description = "Requires role operator.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    request_body(content = Option<StartRequest>, description = "Optional variable overrides and revision"),
+    responses((status = 202, description = "Started: its id")),
+)]
 async fn start_execution(
     State(app): State<AppState>,
     caller: Caller,
@@ -244,7 +283,7 @@ fn check_limits(app: &AppState, plan: &Plan) -> ApiResult<()> {
 }
 
 /// Body of a stop request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StopBody {
     /// `finish` (default) or `abandon`.
@@ -255,6 +294,16 @@ struct StopBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/executions/{id}/stop",
+    tag = "executions",
+    summary = "Stop a running execution: finish (running actions end) or abandon",
+    description = "Requires role operator.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
+    request_body(content = Option<StopBody>),
+    responses((status = 202, description = "Stopping")),
+)]
 async fn stop_execution(
     State(app): State<AppState>,
     caller: Caller,
@@ -293,7 +342,7 @@ async fn stop_execution(
 }
 
 /// Body of an approval decision.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     /// `approve` or `reject` (required).
@@ -304,6 +353,16 @@ struct DecisionBody {
     comment: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/executions/{id}/approvals/{action}",
+    tag = "approvals",
+    summary = "Approve or reject a manual approval (role per the approval's approvers)",
+    description = "Requires role operator.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("action" = String, Path, description = "The approval action")),
+    request_body(content = DecisionBody),
+    responses((status = 200, description = "Decided")),
+)]
 async fn decide_approval(
     State(app): State<AppState>,
     caller: Caller,
@@ -369,7 +428,7 @@ fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
 }
 
 /// Body of a transition change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
     /// Required.
@@ -378,6 +437,16 @@ struct TransitionBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/pipelines/{name}/stages/{stage}/transition",
+    tag = "pipelines",
+    summary = "Enable or disable (with a reason) the transition into a stage",
+    description = "Requires role operator.",
+    params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "Stage name")),
+    request_body(content = TransitionBody),
+    responses((status = 200, description = "The transition")),
+)]
 async fn set_transition(
     State(app): State<AppState>,
     caller: Caller,
@@ -417,6 +486,15 @@ async fn set_transition(
 
 /// Per stage: its transition, the latest execution that entered it and that
 /// execution's actions there (status, summary, percent, error).
+#[utoipa::path(
+    get,
+    path = "/pipelines/{name}/state",
+    tag = "pipelines",
+    summary = "Per stage: transition, current execution, actions with progress and approval tokens",
+    description = "Requires role viewer.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 200, description = "The state per stage")),
+)]
 async fn pipeline_state(
     State(app): State<AppState>,
     caller: Caller,
@@ -488,6 +566,17 @@ async fn pipeline_state(
 /// sent, which must then be within `--webhook-max-age`). The execution it
 /// starts is recorded before the answer (202); a delivery the filters reject,
 /// a `ping`, or a repeated X-GitHub-Delivery id gets 200.
+#[utoipa::path(
+    post,
+    path = "/webhooks/{name}",
+    tag = "webhooks",
+    summary = "GitHub-style push/pull_request/ping delivery (up to 25 MiB)",
+    description = "Authenticated by X-Hub-Signature-256 only, not by a token.",
+    params(("name" = String, Path, description = "Pipeline name"), ("X-GitHub-Event" = String, Header, description = "push, pull_request or ping"), ("X-Hub-Signature-256" = String, Header, description = "sha256=<HMAC-SHA256 of the body, or of `<X-Sluice-Timestamp>.<body>`>"), ("X-GitHub-Delivery" = Option<String>, Header, description = "Delivery id; a repeated one starts nothing"), ("X-Sluice-Timestamp" = Option<String>, Header, description = "Unix seconds, signed with the body; must be within --webhook-max-age")),
+    request_body(content = Object, description = "The provider's JSON payload"),
+    responses((status = 200, description = "A ping (`pong`), a repeated delivery (`duplicate`, `id`) or a delivery the filters reject (`ignored`)"), (status = 202, description = "An execution started")),
+    security(()),
+)]
 async fn webhook(
     State(app): State<AppState>,
     UrlPath(name): UrlPath<String>,
@@ -582,7 +671,8 @@ fn start_delivery(
 }
 
 /// Query of `GET /executions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     pipeline: Option<String>,
@@ -600,6 +690,15 @@ const STATUSES: [&str; 6] = [
     "Stopped",
 ];
 
+#[utoipa::path(
+    get,
+    path = "/executions",
+    tag = "executions",
+    summary = "List executions, newest first",
+    description = "Requires role viewer.",
+    params(ListQuery),
+    responses((status = 200, description = "A page of executions")),
+)]
 async fn list_executions(
     State(app): State<AppState>,
     caller: Caller,
@@ -682,6 +781,15 @@ fn latest_visible(app: &AppState, caller: &Caller) -> ApiResult<Option<Execution
     Ok(None)
 }
 
+#[utoipa::path(
+    get,
+    path = "/executions/{id}",
+    tag = "executions",
+    summary = "An execution: stages, actions with resolved configuration, artifacts, variables",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
+    responses((status = 200, description = "The execution")),
+)]
 async fn get_execution(
     State(app): State<AppState>,
     caller: Caller,
@@ -693,7 +801,7 @@ async fn get_execution(
 }
 
 /// Body of a stage retry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RetryRequest {
     /// `failed` (default): only the failed actions; `all`: every action of the stage.
@@ -709,6 +817,16 @@ fn conflict(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, message)
 }
 
+#[utoipa::path(
+    post,
+    path = "/executions/{id}/stages/{stage}/retry",
+    tag = "executions",
+    summary = "Retry a failed stage of the latest execution (failed or all actions)",
+    description = "Requires role operator.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("stage" = String, Path, description = "Stage name")),
+    request_body(content = Option<RetryRequest>),
+    responses((status = 202, description = "Retrying")),
+)]
 async fn retry_stage(
     State(app): State<AppState>,
     caller: Caller,
@@ -780,7 +898,8 @@ async fn retry_stage(
 }
 
 /// Query of `GET /executions/{id}/logs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     action: Option<String>,
@@ -791,6 +910,15 @@ struct LogsQuery {
 /// Most lines one `?after=` page returns.
 const LOG_PAGE: usize = 5000;
 
+#[utoipa::path(
+    get,
+    path = "/executions/{id}/logs",
+    tag = "executions",
+    summary = "Logs of an execution (masked) and its status; ?after=<line id> follows it",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), LogsQuery),
+    responses((status = 200, description = "Log lines")),
+)]
 async fn get_logs(
     State(app): State<AppState>,
     caller: Caller,
@@ -824,6 +952,15 @@ fn execution_artifacts(
     Ok(crate::views::artifact_entries(&actions))
 }
 
+#[utoipa::path(
+    get,
+    path = "/executions/{id}/artifacts",
+    tag = "executions",
+    summary = "Output artifacts of an execution: name, producing action, digest, files, bytes",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
+    responses((status = 200, description = "The artifacts")),
+)]
 async fn list_artifacts(
     State(app): State<AppState>,
     caller: Caller,
@@ -837,6 +974,15 @@ async fn list_artifacts(
 /// `GET /executions/{id}/artifacts/{name}`: the artifact's tree as a tar
 /// stream. Its digest is checked first; a corrupt artifact is refused (500,
 /// naming both digests) rather than served under its recorded digest.
+#[utoipa::path(
+    get,
+    path = "/executions/{id}/artifacts/{name}",
+    tag = "executions",
+    summary = "One artifact's tree as a tar stream (files, executable bits, symlinks); its digest is verified first",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("name" = String, Path, description = "Artifact name")),
+    responses((status = 200, description = "The tree as a tar archive; X-Sluice-Digest names its blake3 digest", content_type = "application/x-tar"), (status = 500, description = "The stored artifact no longer matches its digest")),
+)]
 async fn get_artifact(
     State(app): State<AppState>,
     caller: Caller,
@@ -911,7 +1057,8 @@ impl std::io::Write for ChannelWriter {
 }
 
 /// Query of `GET /events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     /// Only this pipeline.
@@ -925,6 +1072,15 @@ struct EventsQuery {
 /// `GET /events`: Server-Sent Events of state changes. Reconnect with
 /// `Last-Event-ID` (or `?after=`) to get everything missed: delivery is at
 /// least once. Without either, the stream starts now.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    summary = "Server-Sent Events of state changes; resume with Last-Event-ID or ?after=",
+    description = "Requires role viewer.",
+    params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "Replay events after this sequence number")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream")),
+)]
 async fn stream_events(
     State(app): State<AppState>,
     caller: Caller,
@@ -991,13 +1147,23 @@ async fn stream_events(
 }
 
 /// Query of `GET /audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     after: Option<i64>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    summary = "The audit log of mutating calls and token management; an admin token scoped to pipelines reads only those pipelines' entries",
+    description = "Requires role admin.",
+    params(AuditQuery),
+    responses((status = 200, description = "Audit entries")),
+)]
 async fn get_audit(
     State(app): State<AppState>,
     caller: Caller,

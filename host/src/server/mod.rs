@@ -118,24 +118,41 @@ impl AppState {
     }
 }
 
-/// The router: `/api/v1/...`, `/openapi.json` and `/health`.
+/// The router: `/api/v1/...`, `/openapi.json`, `/health` and `/metrics`.
 pub fn router(app: AppState) -> Router {
-    let api = handlers::routes()
-        .method_not_allowed_fallback(wrong_method)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            authenticate_and_audit,
-        ));
+    let (api, api_document) = handlers::routes().split_for_parts();
+    // Serialized once: the document cannot change while the server runs.
+    let document = axum::body::Bytes::from(
+        serde_json::to_vec(&openapi::document(api_document)).unwrap_or_default(),
+    );
+    let api =
+        api.method_not_allowed_fallback(wrong_method)
+            .layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                authenticate_and_audit,
+            ));
     Router::new()
         .nest("/api/v1", api)
-        .route("/openapi.json", get(openapi::document))
-        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = [(header::CONTENT_TYPE, "application/json")];
+                std::future::ready((json, document.clone()))
+            }),
+        )
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), read_body))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
+}
+
+/// `GET /health`: `ok` while the server answers.
+#[utoipa::path(get, path = "/health", tag = "server", security(()), responses((status = 200, description = "`ok`", content_type = "text/plain")))]
+async fn health() -> &'static str {
+    "ok"
 }
 
 /// 404 for a path no route serves, naming it.
@@ -215,7 +232,7 @@ fn too_large(limit: usize) -> ApiError {
             limit / (1024 * 1024)
         ),
     )
-    .with("limit_bytes", limit.into())
+    .limit_bytes(limit as u64)
 }
 
 /// An error answer after which the connection closes (its request was not
@@ -398,6 +415,7 @@ async fn drain_executions(app: &AppState, signal: &str, drain: Duration) {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "server", summary = "Prometheus metrics", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
     let mut out = String::from(
         "# HELP sluice_executions Executions recorded, by status.\n# TYPE sluice_executions gauge\n",
@@ -742,22 +760,45 @@ fn audited_pipeline(app: &AppState, path: &str) -> Option<String> {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    body: serde_json::Value,
+    /// Boxed: errors travel in every handler's `Result`, which stays small.
+    body: Box<ErrorBody>,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The request field, parameter or part at fault (`variables.region`,
+    /// `limit`, `body`, `name`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Why a token was refused: `unknown`, `expired` or `revoked`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The body limit that was exceeded (413).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// Pipeline validation errors, each with file, line and column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub diagnostics: Option<serde_json::Value>,
 }
 
 impl ApiError {
     pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            body: serde_json::json!({ "error": message.into() }),
+            body: Box::new(ErrorBody {
+                error: message.into(),
+                ..ErrorBody::default()
+            }),
         }
     }
 
     /// 400, naming the field at fault.
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
-        let mut error = Self::new(StatusCode::BAD_REQUEST, message);
-        error.body["field"] = field.into();
-        error
+        Self::new(StatusCode::BAD_REQUEST, message).field(field)
     }
 
     /// 401.
@@ -784,15 +825,33 @@ impl ApiError {
         )
     }
 
-    /// Attach extra JSON to the body.
-    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.body[key] = value;
+    /// Name the request field, parameter or part at fault.
+    pub fn field(mut self, field: &str) -> Self {
+        self.body.field = Some(field.to_string());
+        self
+    }
+
+    /// Say why a token was refused.
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.body.reason = Some(reason.to_string());
+        self
+    }
+
+    /// Name the body limit that was exceeded.
+    pub fn limit_bytes(mut self, limit: u64) -> Self {
+        self.body.limit_bytes = Some(limit);
+        self
+    }
+
+    /// Attach pipeline validation errors.
+    pub fn diagnostics(mut self, diagnostics: serde_json::Value) -> Self {
+        self.body.diagnostics = Some(diagnostics);
         self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        (self.status, axum::Json(*self.body)).into_response()
     }
 }
