@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 /// How the limit was applied.
 pub enum MemoryLimit {
     /// A cgroup made for this command; removed by [`MemoryLimit::release`].
-    Cgroup { dir: PathBuf, parent: PathBuf },
+    Cgroup {
+        /// The command's own cgroup.
+        dir: PathBuf,
+        /// The cgroup the launcher returns to before removing `dir`.
+        parent: PathBuf,
+    },
     /// RLIMIT_AS, inherited by the command.
     AddressSpace,
     /// No cgroup could be made and the limit is only the default.

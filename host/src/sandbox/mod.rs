@@ -43,7 +43,8 @@ use self::process::{ProcessCapability, ProcessGrant};
 use self::secrets::SecretsCapability;
 use self::symlinks::SymlinkGuard;
 
-/// Host bindings generated from `wit/action.wit`.
+/// Host bindings generated from `wit/action.wit` (documented there).
+#[allow(missing_docs)]
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
