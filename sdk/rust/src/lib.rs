@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 
 mod command;
 mod context;
@@ -15,7 +16,8 @@ pub use result::{Failure, FailureKind, Outcome};
 pub use wasi;
 
 /// Bindings generated from `wit/action.wit` (world `source`, a superset of
-/// `action`). Plugins normally do not need them.
+/// `action`), documented in the WIT. Plugins normally do not need them.
+#[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "source",
