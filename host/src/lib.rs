@@ -7,6 +7,7 @@
 //! variables, running each action in the [`sandbox`], ingesting its outputs into the
 //! [`artifact`] store and recording every transition in the [`state`] store.
 
+pub mod api;
 pub mod artifact;
 pub mod bench;
 pub mod cache;

@@ -907,7 +907,20 @@ fn request_bodies_must_be_json_objects_and_a_misfit_names_its_field() {
             "why",
         ),
         ("POST", execution("stop"), r#"{"mode": 3}"#, "mode"),
+        ("POST", execution("stop"), r#"{"mode": "later"}"#, "mode"),
         ("POST", execution("stop"), "[]", "body"),
+        (
+            "POST",
+            execution("stages/Say/retry"),
+            r#"{"mode": "some"}"#,
+            "mode",
+        ),
+        (
+            "POST",
+            execution("approvals/say"),
+            r#"{"decision": "maybe", "token": "t"}"#,
+            "decision",
+        ),
         (
             "POST",
             execution("stages/Say/retry"),

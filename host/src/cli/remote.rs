@@ -1,6 +1,7 @@
 //! Client verbs against a running `sluice serve` (`--server URL --token T`).
 //! They mirror the API one to one; `--output json` prints the API's JSON.
 
+use crate::api;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -222,13 +223,16 @@ impl Client {
                 stage,
                 disable,
             } => {
-                let body = json!({ "enabled": disable.is_none(), "reason": disable }).to_string();
+                let body = api::TransitionRequest {
+                    enabled: Some(disable.is_none()),
+                    reason: disable.clone(),
+                };
                 let path = format!(
                     "/pipelines/{}/stages/{}/transition",
                     segment(&name)?,
                     segment(&stage)?
                 );
-                let answer = self.call("PUT", &path, Some(body))?;
+                let answer = self.call("PUT", &path, Some(to_json(&body)?))?;
                 self.print(&answer, |a| {
                     println!("{name}/{stage}: transition enabled = {}", a["enabled"])
                 });
@@ -247,9 +251,12 @@ impl Client {
         name: &str,
         variables: BTreeMap<String, String>,
     ) -> anyhow::Result<ExitCode> {
-        let body = json!({ "variables": variables }).to_string();
+        let body = api::StartRequest {
+            variables,
+            revision: None,
+        };
         let path = format!("/pipelines/{}/executions", segment(name)?);
-        let answer = self.call("POST", &path, Some(body))?;
+        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
         self.print(&answer, |a| println!("{}", a["id"].as_str().unwrap_or("")));
         Ok(ExitCode::SUCCESS)
     }
@@ -337,14 +344,20 @@ impl Client {
         approve: bool,
         comment: &str,
     ) -> anyhow::Result<ExitCode> {
-        let decision = if approve { "approve" } else { "reject" };
-        let body = json!({ "decision": decision, "token": token, "comment": comment }).to_string();
+        let body = api::DecisionRequest {
+            decision: Some(match approve {
+                true => api::Decision::Approve,
+                false => api::Decision::Reject,
+            }),
+            token: Some(token.to_string()),
+            comment: comment.to_string(),
+        };
         let path = format!(
             "/executions/{}/approvals/{}",
             segment(id)?,
             segment(action)?
         );
-        let answer = self.call("POST", &path, Some(body))?;
+        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
         self.print(&answer, |a| {
             println!(
                 "{} {action} of {}",
@@ -362,25 +375,33 @@ impl Client {
         abandon: bool,
         reason: Option<String>,
     ) -> anyhow::Result<ExitCode> {
-        let mode = if abandon { "abandon" } else { "finish" };
-        let body = json!({ "mode": mode, "reason": reason }).to_string();
+        let (mode, name) = match abandon {
+            true => (api::StopMode::Abandon, "abandon"),
+            false => (api::StopMode::Finish, "finish"),
+        };
+        let body = api::StopRequest { mode, reason };
         let path = format!("/executions/{}/stop", segment(id)?);
-        let answer = self.call("POST", &path, Some(body))?;
+        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
         self.print(&answer, |a| {
-            println!("stopping {} ({mode})", a["id"].as_str().unwrap_or(id))
+            println!("stopping {} ({name})", a["id"].as_str().unwrap_or(id))
         });
         Ok(ExitCode::SUCCESS)
     }
 
     /// `sluice retry`.
     pub fn retry(&self, id: &str, stage: &str, all: bool) -> anyhow::Result<ExitCode> {
-        let body = json!({ "mode": if all { "all" } else { "failed" } }).to_string();
+        let body = api::RetryRequest {
+            mode: match all {
+                true => api::RetryScope::All,
+                false => api::RetryScope::Failed,
+            },
+        };
         let path = format!(
             "/executions/{}/stages/{}/retry",
             segment(id)?,
             segment(stage)?
         );
-        let answer = self.call("POST", &path, Some(body))?;
+        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
         self.print(&answer, |a| {
             println!(
                 "retrying stage {stage} of {}",
@@ -628,4 +649,9 @@ fn print_state(answer: &Value) {
 fn pipeline_name(source: &str) -> Option<String> {
     let table: toml::Table = toml::from_str(source).ok()?;
     Some(table.get("pipeline")?.get("name")?.as_str()?.to_string())
+}
+
+/// A request body as the API reads it.
+fn to_json(body: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(body)?)
 }

@@ -13,6 +13,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::auth::{Caller, Role};
 use super::extract::{JsonBody, QueryParams, RawBody, UrlPath};
 use super::{ApiError, AppState};
+use crate::api::{
+    self, DecisionRequest, RetryRequest, StartRequest, StopRequest, TransitionRequest,
+};
 use crate::executor::StopMode;
 use crate::pipeline::Plan;
 use crate::sandbox::log::now_ms;
@@ -203,18 +206,6 @@ async fn delete_pipeline(
     }
 }
 
-/// Body of a start request.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct StartRequest {
-    /// Pipeline variable overrides.
-    #[serde(default)]
-    variables: BTreeMap<String, String>,
-    /// Source revision to build, as `#{trigger.revision}`.
-    #[serde(default)]
-    revision: Option<String>,
-}
-
 #[utoipa::path(
     post,
     path = "/pipelines/{name}/executions",
@@ -282,18 +273,6 @@ fn check_limits(app: &AppState, plan: &Plan) -> ApiResult<()> {
     Ok(())
 }
 
-/// Body of a stop request.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct StopBody {
-    /// `finish` (default) or `abandon`.
-    #[serde(default)]
-    mode: Option<String>,
-    /// Why; recorded on the execution.
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 #[utoipa::path(
     post,
     path = "/executions/{id}/stop",
@@ -301,26 +280,20 @@ struct StopBody {
     summary = "Stop a running execution: finish (running actions end) or abandon",
     description = "Requires role operator.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
-    request_body(content = Option<StopBody>),
+    request_body(content = Option<StopRequest>),
     responses((status = 202, description = "Stopping")),
 )]
 async fn stop_execution(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-    JsonBody(request): JsonBody<StopBody>,
+    JsonBody(request): JsonBody<StopRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
-    let mode = match request.mode.as_deref().unwrap_or("finish") {
-        "finish" => StopMode::Finish,
-        "abandon" => StopMode::Abandon,
-        other => {
-            return Err(ApiError::bad_request(
-                "mode",
-                format!("mode `{other}`: use finish or abandon"),
-            ));
-        }
+    let mode = match request.mode {
+        api::StopMode::Finish => StopMode::Finish,
+        api::StopMode::Abandon => StopMode::Abandon,
     };
     let reason = request
         .reason
@@ -341,18 +314,6 @@ async fn stop_execution(
     ))
 }
 
-/// Body of an approval decision.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct DecisionBody {
-    /// `approve` or `reject` (required).
-    decision: Option<String>,
-    /// The approval's token, from the pipeline state (required).
-    token: Option<String>,
-    #[serde(default)]
-    comment: String,
-}
-
 #[utoipa::path(
     post,
     path = "/executions/{id}/approvals/{action}",
@@ -360,28 +321,19 @@ struct DecisionBody {
     summary = "Approve or reject a manual approval (role per the approval's approvers)",
     description = "Requires role operator.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("action" = String, Path, description = "The approval action")),
-    request_body(content = DecisionBody),
+    request_body(content = DecisionRequest),
     responses((status = 200, description = "Decided")),
 )]
 async fn decide_approval(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((id, action)): UrlPath<(String, String)>,
-    JsonBody(request): JsonBody<DecisionBody>,
+    JsonBody(request): JsonBody<DecisionRequest>,
 ) -> ApiResult<Json<Value>> {
     let execution = visible_execution(&app, &caller, &id)?;
     let decision = required("decision", request.decision)?;
     let token = required("token", request.token)?;
-    let approve = match decision.as_str() {
-        "approve" => true,
-        "reject" => false,
-        other => {
-            return Err(ApiError::bad_request(
-                "decision",
-                format!("decision `{other}`: use approve or reject"),
-            ));
-        }
-    };
+    let approve = decision == api::Decision::Approve;
     let approval = app
         .state
         .approval(&execution.id, &action)
@@ -427,16 +379,6 @@ fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
     value.ok_or_else(|| ApiError::bad_request(field, format!("`{field}` is required")))
 }
 
-/// Body of a transition change.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct TransitionBody {
-    /// Required.
-    enabled: Option<bool>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 #[utoipa::path(
     put,
     path = "/pipelines/{name}/stages/{stage}/transition",
@@ -444,14 +386,14 @@ struct TransitionBody {
     summary = "Enable or disable (with a reason) the transition into a stage",
     description = "Requires role operator.",
     params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "Stage name")),
-    request_body(content = TransitionBody),
+    request_body(content = TransitionRequest),
     responses((status = 200, description = "The transition")),
 )]
 async fn set_transition(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((name, stage)): UrlPath<(String, String)>,
-    JsonBody(request): JsonBody<TransitionBody>,
+    JsonBody(request): JsonBody<TransitionRequest>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Operator, Some(&name))?;
     let enabled = required("enabled", request.enabled)?;
@@ -800,19 +742,6 @@ async fn get_execution(
     Ok(Json(document))
 }
 
-/// Body of a stage retry.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct RetryRequest {
-    /// `failed` (default): only the failed actions; `all`: every action of the stage.
-    #[serde(default = "failed_mode")]
-    mode: String,
-}
-
-fn failed_mode() -> String {
-    "failed".into()
-}
-
 fn conflict(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, message)
 }
@@ -835,16 +764,7 @@ async fn retry_stage(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
-    let all = match request.mode.as_str() {
-        "failed" => false,
-        "all" => true,
-        other => {
-            return Err(ApiError::bad_request(
-                "mode",
-                format!("mode `{other}`: use failed or all"),
-            ));
-        }
-    };
+    let all = request.mode == api::RetryScope::All;
     if execution.status != "Failed" {
         return Err(conflict(format!(
             "execution {id} is {}; only a failed execution can be retried",
