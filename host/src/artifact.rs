@@ -87,7 +87,7 @@ pub struct OutputBudget {
 
 impl OutputBudget {
     /// A budget from an action's limits.
-    pub fn new(limits: &crate::sandbox::limits::Limits) -> Self {
+    pub fn new(limits: &crate::pipeline::limits::Limits) -> Self {
         Self {
             max_files: limits.output_files,
             max_bytes: limits.output_bytes,
@@ -99,8 +99,8 @@ impl OutputBudget {
     /// Count `dir`'s entries and file sizes against the budget, from metadata
     /// only (no file is read), stopping at the first entry over it. Entries
     /// that cannot be read are left for ingest to report.
-    pub fn charge(&mut self, dir: &Path) -> Result<(), crate::sandbox::limits::LimitHit> {
-        use crate::sandbox::limits::LimitHit;
+    pub fn charge(&mut self, dir: &Path) -> Result<(), crate::pipeline::limits::LimitHit> {
+        use crate::pipeline::limits::LimitHit;
         use crate::units::format_bytes;
         let walker = walkdir::WalkDir::new(dir).min_depth(1).follow_links(false);
         for entry in walker.into_iter().filter_map(Result::ok) {
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn the_output_budget_counts_across_outputs_and_stops_at_the_first_excess() {
-        use crate::sandbox::limits::Limits;
+        use crate::pipeline::limits::Limits;
         let temp = tempfile::tempdir().unwrap();
         let (a, b) = (temp.path().join("a"), temp.path().join("b"));
         tree(&a, &[("1", "12345"), ("2", "12345")]);

@@ -120,7 +120,9 @@ impl Bench {
             }
             let size = std::fs::metadata(source.join(&plan.manifest.component))?.len();
             let started = Instant::now();
-            let installed = self.registry.install(&source, &plan, &self.runtime)?;
+            let installed = self
+                .registry
+                .install(&source, &plan, self.runtime.as_ref())?;
             let elapsed = started.elapsed();
             self.record(
                 format!(

@@ -23,20 +23,10 @@ use crate::pipeline::Plan;
 use crate::sandbox::log::{LogSink, LogStream};
 use crate::units::format_bytes;
 
-/// The max-size of a cache that does not set one: 10 GiB.
-pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
+pub use crate::pipeline::caches::{DEFAULT_MAX_BYTES, is_cache_name};
 
 /// Longest pause between two tries of a busy lock.
 const MAX_LOCK_PAUSE: Duration = Duration::from_millis(500);
-
-/// Whether `name` may name a cache: it becomes a directory name and the key of
-/// `#{cache.<name>}`, so letters, digits, `-` and `_` only.
-pub fn is_cache_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
 
 /// Every pipeline's caches under one data directory.
 #[derive(Clone, Debug)]

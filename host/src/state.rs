@@ -10,8 +10,6 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::sandbox::log::LogLine;
-
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
@@ -135,6 +133,17 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     PRIMARY KEY (pipeline, delivery)
 );
 "#;
+
+/// One captured, masked log line of an action, as stored.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Where it came from.
+    pub stream: &'static str,
+    /// The masked text, without the trailing newline.
+    pub text: String,
+}
 
 /// Columns added after the first release, for databases created before them.
 const MIGRATIONS: [&str; 9] = [

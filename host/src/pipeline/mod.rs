@@ -1,6 +1,8 @@
 //! Pipeline files: parsing, validation against the plugin registry, and the
 //! validated [`Plan`] the executor runs.
 
+pub mod caches;
+pub mod limits;
 pub mod model;
 mod validate;
 pub mod vars;
@@ -10,9 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use self::limits::Limits;
 use crate::plugin::{InstalledPlugin, Registry};
-use crate::sandbox::filesystem::Mount;
-use crate::sandbox::limits::Limits;
 
 /// One problem in a pipeline file, with its location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,6 +251,17 @@ pub enum OnRestart {
     Rerun,
     /// Fail it, and so its stage and execution: for actions that must not run twice.
     Fail,
+}
+
+/// A host directory granted to an action as a mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Mount name: the guest sees it at `/mnt/<name>`.
+    pub name: String,
+    /// Directory on the host.
+    pub host: PathBuf,
+    /// Read-write (`rw`) or read-only (`ro`).
+    pub writable: bool,
 }
 
 /// Capabilities granted to one action.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::Mount;
+use super::limits::{Limits, MAX_MEMORY_BYTES};
 use super::model::{ActionDecl, GrantsDecl, PipelineFile, PollDecl};
 use super::vars;
 use super::{
@@ -15,9 +17,6 @@ use super::{
     TRIGGER_KEYS, Triggers,
 };
 use crate::plugin::{InstalledPlugin, Manifest, PluginRef, Registry};
-use crate::sandbox::MAX_MEMORY_BYTES;
-use crate::sandbox::filesystem::Mount;
-use crate::sandbox::limits::Limits;
 
 use crate::units::{parse_bytes, parse_duration};
 
@@ -669,17 +668,17 @@ impl Validator<'_> {
     }
 
     /// `[caches]`: names usable as a directory and a `#{cache.<name>}` key, sizes
-    /// parsed (default [`crate::cache::DEFAULT_MAX_BYTES`]).
+    /// parsed (default [`super::caches::DEFAULT_MAX_BYTES`]).
     fn caches(&mut self, file: &PipelineFile) -> BTreeMap<String, u64> {
         let mut caches = BTreeMap::new();
         for (name, decl) in &file.caches {
-            if !crate::cache::is_cache_name(name) {
+            if !super::caches::is_cache_name(name) {
                 let message = format!("cache name `{name}` must be letters, digits, - or _");
                 self.error(decl, message);
                 continue;
             }
             let max = match &decl.get_ref().max_size {
-                None => crate::cache::DEFAULT_MAX_BYTES,
+                None => super::caches::DEFAULT_MAX_BYTES,
                 Some(size) => match parse_bytes(size.get_ref()) {
                     Ok(0) => {
                         self.error(size, format!("cache `{name}`: max-size must be above 0"));

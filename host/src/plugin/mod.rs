@@ -13,7 +13,26 @@ use sha2::Digest as _;
 
 pub use manifest::Manifest;
 
-use crate::sandbox::{Runtime, write_atomically};
+/// What turns a component into native code for this host: the sandbox's
+/// runtime. The registry stores its output beside the component, under the
+/// runtime's compatibility key, and needs nothing else of it.
+pub trait Precompiler {
+    /// Native code for the component `wasm`.
+    fn precompile(&self, wasm: &[u8]) -> anyhow::Result<Vec<u8>>;
+    /// Names the engine settings the code is valid for.
+    fn compatibility_key(&self) -> &str;
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename, so that a
+/// reader sees the old file or the whole new one, never half of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
 
 /// A plugin installed in the registry.
 #[derive(Clone, Debug)]
@@ -247,7 +266,7 @@ impl Registry {
         &self,
         source: &Path,
         plan: &InstallPlan,
-        runtime: &Runtime,
+        runtime: &impl Precompiler,
     ) -> anyhow::Result<InstalledPlugin> {
         let manifest = &plan.manifest;
         let wasm = std::fs::read(source.join(&manifest.component))?;

@@ -22,16 +22,7 @@ pub struct Preopen {
     pub writable: bool,
 }
 
-/// A host directory granted to an action as a mount.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// Mount name: the guest sees it at `/mnt/<name>`.
-    pub name: String,
-    /// Directory on the host.
-    pub host: PathBuf,
-    /// Read-write (`rw`) or read-only (`ro`).
-    pub writable: bool,
-}
+pub use crate::pipeline::Mount;
 
 /// The directory layout of one invocation.
 pub struct FilesystemCapability {

@@ -63,16 +63,7 @@ impl LogStream {
     }
 }
 
-/// One captured, masked log line.
-#[derive(Clone, Debug)]
-pub struct LogLine {
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: i64,
-    /// Where it came from.
-    pub stream: &'static str,
-    /// The masked text, without the trailing newline.
-    pub text: String,
-}
+pub use crate::state::LogLine;
 
 struct Buffer {
     lines: Vec<LogLine>,

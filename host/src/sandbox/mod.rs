@@ -42,6 +42,7 @@ use self::log::{LogSink, LogStream};
 use self::process::{ProcessCapability, ProcessGrant};
 use self::secrets::SecretsCapability;
 use self::symlinks::SymlinkGuard;
+use crate::plugin::write_atomically;
 
 /// Host bindings generated from `wit/action.wit` (documented there).
 #[allow(missing_docs)]
@@ -544,8 +545,7 @@ fn readable(
         .map(|p| p.host.clone())
 }
 
-/// The largest linear memory any action may have (its `limits.memory` is capped here).
-pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+pub use crate::pipeline::limits::MAX_MEMORY_BYTES;
 
 /// How many component instances may be alive at once (a hard cap: one more
 /// fails to instantiate with an error that says so).
@@ -683,12 +683,12 @@ fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write a file so that readers see either nothing or all of it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let temp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-    std::fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+impl crate::plugin::Precompiler for Runtime {
+    fn precompile(&self, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+        Runtime::precompile(self, wasm)
+    }
+
+    fn compatibility_key(&self) -> &str {
+        Runtime::compatibility_key(self)
+    }
 }
