@@ -767,3 +767,95 @@ grants = {{ commands = ["true"] }}
         .expect("no notification arrived");
     assert_eq!(body, format!("sleepy SUCCEEDED {id}"));
 }
+
+/// Two stages of five parallel no-op actions, any number of executions at once.
+const WIDE: &str = r#"
+[pipeline]
+name = "sleepy"
+execution-mode = "parallel"
+max-executions = 100
+[[stages]]
+name = "First"
+[[stages.actions]]
+name = "a1"
+plugin = "noop@0.1"
+[[stages.actions]]
+name = "a2"
+plugin = "noop@0.1"
+[[stages.actions]]
+name = "a3"
+plugin = "noop@0.1"
+[[stages]]
+name = "Second"
+[[stages.actions]]
+name = "b1"
+plugin = "noop@0.1"
+[[stages.actions]]
+name = "b2"
+plugin = "noop@0.1"
+"#;
+
+/// Open `/api/v1/events?after=<after>` and return the reader once the server
+/// has answered (so it is subscribed).
+fn subscribe(f: &Fixture, after: i64) -> std::io::BufReader<std::net::TcpStream> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(&f.server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?after={after} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        f.admin
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    reader
+}
+
+/// Event ids from `reader` until `ends` executions have ended.
+fn ids_until_ended(reader: std::io::BufReader<std::net::TcpStream>, ends: usize) -> Vec<i64> {
+    use std::io::BufRead;
+    let (mut ids, mut ended) = (Vec::new(), 0);
+    for line in reader.lines() {
+        let line = line.expect("the event stream ended early");
+        if let Some(id) = line.strip_prefix("id:") {
+            ids.push(id.trim().parse().unwrap());
+        } else if line.starts_with("event:")
+            && line.contains("pipeline.")
+            && !line.contains("STARTED")
+        {
+            ended += 1;
+            if ended == ends {
+                break;
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_live_subscriber_gets_every_event_of_concurrent_executions_once_and_in_order() {
+    const EXECUTIONS: usize = 40;
+    let f = fixture(WIDE);
+    let live = subscribe(&f, 0);
+    let reader = std::thread::spawn(move || ids_until_ended(live, EXECUTIONS));
+    std::thread::scope(|scope| {
+        for _ in 0..EXECUTIONS {
+            scope.spawn(|| f.start());
+        }
+    });
+    let live = reader.join().unwrap();
+    let stored = ids_until_ended(subscribe(&f, 0), EXECUTIONS);
+    // pipeline, 2 stages and 5 actions, each started and ended.
+    assert_eq!(stored.len(), EXECUTIONS * 16, "{stored:?}");
+    assert_eq!(
+        live, stored,
+        "the live stream lost, repeated or reordered events"
+    );
+}

@@ -976,6 +976,46 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// Send `sender` every stored event after `after` that is `wanted`, in order,
+/// then each new one as `live` says there is more, until the client leaves.
+///
+/// The store is the stream: a broadcast only says that there is more. Events
+/// are numbered under the store's lock but broadcast after it, so they can
+/// arrive out of order (or, for a slow subscriber, not at all); reading
+/// everything after the last one sent never skips or repeats one.
+async fn follow_events(
+    state: Arc<crate::state::StateStore>,
+    mut live: tokio::sync::broadcast::Receiver<EventRecord>,
+    after: i64,
+    wanted: impl Fn(&EventRecord) -> bool,
+    sender: tokio::sync::mpsc::Sender<EventRecord>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut last = after;
+    loop {
+        let Ok(events) = state.events_after(last, EVENT_PAGE) else {
+            return;
+        };
+        let full_page = events.len() == EVENT_PAGE;
+        for event in events {
+            last = event.seq;
+            if wanted(&event) && sender.send(event).await.is_err() {
+                return;
+            }
+        }
+        if full_page {
+            continue;
+        }
+        match live.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Most events read from the store at once for one event stream.
+const EVENT_PAGE: usize = 1000;
+
 /// Query of `GET /events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -1021,39 +1061,20 @@ async fn stream_events(
         (None, None) => app.state.last_event_seq().map_err(ApiError::internal)?,
     };
     // Subscribe before reading the backlog, so nothing falls between the two.
-    let mut live = app.executor.subscribe_events();
-    let backlog = app
-        .state
-        .events_after(after, 100_000)
-        .map_err(ApiError::internal)?;
+    let live = app.executor.subscribe_events();
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     let wanted = move |e: &EventRecord| {
         caller.may_see(&e.pipeline)
             && query.pipeline.as_ref().is_none_or(|p| *p == e.pipeline)
             && query.execution.as_ref().is_none_or(|x| *x == e.execution)
     };
-    tokio::spawn(async move {
-        let mut last = after;
-        for event in backlog {
-            last = event.seq;
-            if wanted(&event) && sender.send(event).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            match live.recv().await {
-                Ok(event) if event.seq > last => {
-                    last = event.seq;
-                    if wanted(&event) && sender.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                // A slow subscriber missed events: the client reconnects with Last-Event-ID.
-                Err(_) => return,
-            }
-        }
-    });
+    tokio::spawn(follow_events(
+        app.state.clone(),
+        live,
+        after,
+        wanted,
+        sender,
+    ));
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         let event = receiver.recv().await?;
         let sse = axum::response::sse::Event::default()
@@ -1100,4 +1121,47 @@ async fn get_audit(
         )
         .map_err(ApiError::internal)?;
     Ok(Json(json!({ "entries": entries })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(execution: &str) -> EventRecord {
+        EventRecord {
+            seq: 0,
+            ts_ms: 0,
+            execution: execution.into(),
+            pipeline: "p".into(),
+            kind: "action".into(),
+            name: "a".into(),
+            state: "STARTED".into(),
+            detail: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_sends_what_was_stored_in_order_whatever_the_broadcast_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(crate::state::StateStore::open(&dir.path().join("s.db")).unwrap());
+        let before = state.append_event(event("old")).unwrap().seq;
+        let (broadcast, live) = tokio::sync::broadcast::channel(4);
+        let (sender, mut received) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(follow_events(state.clone(), live, before, |_| true, sender));
+        // Two events stored concurrently; only the later one's broadcast
+        // arrives (the other is still on its way, or was lost to lag).
+        let first = state.append_event(event("x")).unwrap();
+        let second = state.append_event(event("y")).unwrap();
+        broadcast.send(second.clone()).unwrap();
+        let got = [
+            received.recv().await.unwrap(),
+            received.recv().await.unwrap(),
+        ];
+        assert_eq!([got[0].seq, got[1].seq], [first.seq, second.seq]);
+        // The late broadcast of the first repeats nothing.
+        broadcast.send(first).unwrap();
+        let third = state.append_event(event("z")).unwrap();
+        broadcast.send(third.clone()).unwrap();
+        assert_eq!(received.recv().await.unwrap().seq, third.seq);
+    }
 }
