@@ -180,6 +180,38 @@ fn starts_beyond_the_limits_get_429_and_accepted_ones_all_finish() {
 }
 
 #[test]
+fn starts_racing_for_the_last_place_never_exceed_max_executions() {
+    let f = fixture(&sleepy("parallel", "2", "max-executions = 2"));
+    let barrier = std::sync::Barrier::new(16);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    f.server.call(
+                        "POST",
+                        "/api/v1/pipelines/sleepy/executions",
+                        Some(&f.admin),
+                        None,
+                    )
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let accepted: Vec<&str> = answers
+        .iter()
+        .filter(|(status, _)| *status == 202)
+        .filter_map(|(_, body)| body["id"].as_str())
+        .collect();
+    let refused = answers.iter().filter(|(status, _)| *status == 429).count();
+    assert_eq!((accepted.len(), refused), (2, 14), "{answers:?}");
+    for id in accepted {
+        wait_for_end(&f.server, &f.admin, id);
+    }
+}
+
+#[test]
 fn stop_finish_lets_the_running_action_end_and_abandon_does_not() {
     let f = fixture(&sleepy("parallel", "1", ""));
     let running = |f: &Fixture, id: &str| {

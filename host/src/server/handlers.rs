@@ -226,7 +226,6 @@ async fn start_execution(
     let record = stored_pipeline(&app, &name, None)?;
     // Plugins may have changed since registration: validate again.
     let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
-    check_limits(&app, &plan)?;
     let mut trigger = BTreeMap::from([
         ("kind".to_string(), "manual".to_string()),
         ("event".to_string(), caller.id.clone()),
@@ -234,10 +233,7 @@ async fn start_execution(
     if let Some(revision) = request.revision {
         trigger.insert("revision".into(), revision);
     }
-    let started = app
-        .executor
-        .begin_triggered(plan, &request.variables, trigger)
-        .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
+    let started = admit(&app, plan, &request.variables, trigger)?;
     let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
@@ -246,6 +242,22 @@ async fn start_execution(
 }
 
 /// Refuse a start beyond the pipeline's limits, loudly (never drop silently).
+/// Start an execution of `plan` if its limits allow. The check and the start
+/// hold one lock: two starts at the same moment cannot both take the last
+/// free place under `max-executions`.
+pub(super) fn admit(
+    app: &AppState,
+    plan: Arc<Plan>,
+    overrides: &BTreeMap<String, String>,
+    trigger: BTreeMap<String, String>,
+) -> ApiResult<crate::executor::Started> {
+    let _admission = app.admission.lock().unwrap_or_else(|e| e.into_inner());
+    check_limits(app, &plan)?;
+    app.executor
+        .begin_triggered(plan, overrides, trigger)
+        .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))
+}
+
 fn check_limits(app: &AppState, plan: &Plan) -> ApiResult<()> {
     let in_progress = app
         .state
@@ -600,11 +612,7 @@ fn start_delivery(
     if let Err(why) = trigger.accepts(&delivery) {
         return Ok((StatusCode::OK, Json(json!({ "ignored": why }))));
     }
-    check_limits(app, &plan)?;
-    let started = app
-        .executor
-        .begin_triggered(plan, &BTreeMap::new(), delivery.variables())
-        .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))?;
+    let started = admit(app, plan, &BTreeMap::new(), delivery.variables())?;
     let id = super::launch(app, started, record.version).map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,

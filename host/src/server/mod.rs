@@ -52,6 +52,8 @@ pub struct AppState {
     limits: Limits,
     /// Registered versions' plans for the background loops.
     plans: Arc<plans::PlanCache>,
+    /// Held from the limit check to the recorded start of an execution.
+    admission: Arc<std::sync::Mutex<()>>,
 }
 
 /// Most bytes a request body may have, except webhook deliveries (axum's default).
@@ -108,6 +110,7 @@ impl AppState {
             action_durations,
             limits: Limits::default(),
             plans: Arc::default(),
+            admission: Arc::default(),
         }
     }
 
@@ -562,10 +565,6 @@ async fn poll_once(
     let Some(newest) = revisions.last() else {
         return Ok(());
     };
-    anyhow::ensure!(
-        app.state.in_progress(&plan.name)? < plan.max_executions,
-        "max-executions reached"
-    );
     let trigger = std::collections::BTreeMap::from([
         ("kind".to_string(), "poll".to_string()),
         ("event".to_string(), action.to_string()),
@@ -573,9 +572,8 @@ async fn poll_once(
     ]);
     // Record the execution before the revision: a crash in between repeats the
     // start (at least once) rather than losing it.
-    let started = app
-        .executor
-        .begin_triggered(plan, &Default::default(), trigger)?;
+    let started = handlers::admit(app, plan, &Default::default(), trigger)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     launch(app, started, record.version)?;
     app.state
         .set_poll_revision(&record.name, action, newest, now_ms())?;
@@ -603,15 +601,12 @@ fn start_scheduled(
 ) -> anyhow::Result<()> {
     let plan = plans::parse_registered(app, &record.name, &record.source)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
-    let in_progress = app.state.in_progress(&plan.name)?;
-    anyhow::ensure!(in_progress < plan.max_executions, "max-executions reached");
     let trigger = std::collections::BTreeMap::from([
         ("kind".to_string(), "cron".to_string()),
         ("event".to_string(), expression.to_string()),
     ]);
-    let started = app
-        .executor
-        .begin_triggered(Arc::new(plan), &Default::default(), trigger)?;
+    let started = handlers::admit(app, Arc::new(plan), &Default::default(), trigger)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     launch(app, started, record.version)?;
     Ok(())
 }
@@ -847,6 +842,12 @@ impl ApiError {
     pub fn diagnostics(mut self, diagnostics: serde_json::Value) -> Self {
         self.body.diagnostics = Some(diagnostics);
         self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.body.error)
     }
 }
 
