@@ -240,3 +240,34 @@ grants = { commands = ["sh"] }
     }
     panic!("{:?} outlived the action", processes_with("300.471"));
 }
+
+#[test]
+fn more_parallel_actions_than_sandbox_slots_wait_for_one_and_all_succeed() {
+    let workspace = Workspace::new();
+    let actions: String = (1..=6)
+        .map(|n| {
+            format!(
+                "[[stages.actions]]\nname = \"nap{n}\"\nplugin = \"noop@0.1\"\nconfig = {{ sleep-ms = 300 }}\n"
+            )
+        })
+        .collect();
+    workspace.write(
+        "pipeline.toml",
+        &format!("[pipeline]\nname = \"wide\"\n[[stages]]\nname = \"Wide\"\n{actions}"),
+    );
+    let output = workspace.sluice(&["--sandbox-slots", "2", "run", "pipeline.toml"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let execution = workspace.latest_execution();
+    for n in 1..=6 {
+        assert_eq!(
+            action(&execution, &format!("nap{n}"))["status"],
+            "Succeeded"
+        );
+    }
+    let logs = workspace.latest_logs();
+    assert!(
+        logs.matches("waiting for a free sandbox slot").count() >= 4,
+        "four of six actions wait for one of two slots:\n{logs}"
+    );
+    assert!(!logs.contains("concurrent limit"), "{logs}");
+}

@@ -48,6 +48,11 @@ struct Cli {
     /// Output format of client verbs.
     #[arg(long, global = true, value_enum, default_value = "text")]
     output: OutputFormat,
+    /// Most actions in their sandbox at once (the instance pool); more wait
+    /// for a free slot, shown as waiting in their log.
+    #[arg(long, global = true, env = "SLUICE_SANDBOX_SLOTS", default_value_t = crate::sandbox::DEFAULT_SANDBOX_SLOTS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    sandbox_slots: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -261,6 +266,8 @@ struct Paths {
     output: OutputFormat,
     /// `--output json`: verbs print the API's JSON documents.
     json: bool,
+    /// `--sandbox-slots`.
+    sandbox_slots: u32,
 }
 
 impl Paths {
@@ -288,6 +295,7 @@ pub fn main() -> ExitCode {
             .unwrap_or_else(|| cli.data_dir.join("plugins")),
         data_dir: cli.data_dir,
         output: cli.output,
+        sandbox_slots: cli.sandbox_slots,
     };
     let client = cli.server.as_deref().map(|server| {
         remote::Client::new(server, cli.token.clone(), cli.output == OutputFormat::Json)
@@ -656,7 +664,7 @@ fn executor(
 ) -> anyhow::Result<(Arc<StateStore>, Arc<Executor>)> {
     let state = Arc::new(paths.state()?);
     let executor = Executor::new(
-        Arc::new(Runtime::new()?),
+        Arc::new(Runtime::with_slots(paths.sandbox_slots)?),
         ArtifactStore::open(&paths.data_dir.join("artifacts"))?,
         state.clone(),
         SecretSource::load(secrets_file)?,

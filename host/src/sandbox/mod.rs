@@ -262,6 +262,9 @@ pub struct LoadedPlugin {
 /// The engine, the linker and the cache of loaded plugins.
 pub struct Runtime {
     engine: Engine,
+    /// One permit per instance the pool holds: an invocation waits for one
+    /// rather than fail when every slot is taken.
+    slots: Arc<tokio::sync::Semaphore>,
     linker: Linker<SandboxState>,
     loaded: Mutex<HashMap<PathBuf, LoadedPlugin>>,
     compilations: AtomicU64,
@@ -271,8 +274,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime with epoch interruption driven by a background ticker thread.
+    /// A runtime with [`DEFAULT_SANDBOX_SLOTS`].
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_slots(DEFAULT_SANDBOX_SLOTS)
+    }
+
+    /// A runtime with epoch interruption driven by a background ticker
+    /// thread, for `slots` sandboxes at once.
+    pub fn with_slots(slots: u32) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -280,7 +289,7 @@ impl Runtime {
         // shootdown on every action end (measured: the largest kernel cost of a
         // no-op action). The pool is a hard cap on concurrent instances.
         config.memory_reservation(MAX_MEMORY_BYTES);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config()));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(slots)));
         let engine =
             Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the engine: {e}"))?;
         spawn_epoch_ticker(&engine)?;
@@ -296,6 +305,7 @@ impl Runtime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
             compatibility_key: format!("{:016x}", hasher.finish()),
+            slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             engine,
             linker,
             loaded: Mutex::new(HashMap::new()),
@@ -364,6 +374,23 @@ impl Runtime {
         ActionPre::new(pre).map_err(|e| anyhow::anyhow!("the component does not export `run`: {e}"))
     }
 
+    /// A free sandbox slot, waited for (and said so in the log) when every
+    /// one is taken: capacity delays an action, it never fails one.
+    async fn slot(&self, log: &LogSink) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return permit;
+        }
+        log.line(
+            LogStream::Host,
+            "waiting for a free sandbox slot (all --sandbox-slots are in use)",
+        );
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slots semaphore is never closed")
+    }
+
     /// Run one invocation in a fresh store.
     pub async fn invoke(
         &self,
@@ -373,6 +400,7 @@ impl Runtime {
         let limits = spec.limits;
         let invocation = spec.invocation.clone();
         let denials = Denials::default();
+        let _slot = self.slot(&spec.log).await;
         let mut store = self.sandbox_store(spec, denials.clone())?;
         let result = {
             let call = async {
@@ -417,6 +445,7 @@ impl Runtime {
         let limits = spec.limits;
         let config = spec.invocation.config.clone();
         let denials = Denials::default();
+        let _slot = self.slot(&spec.log).await;
         let mut store = self.sandbox_store(spec, denials.clone())?;
         let result = {
             let call = async {
@@ -547,18 +576,20 @@ fn readable(
 
 pub use crate::pipeline::limits::MAX_MEMORY_BYTES;
 
-/// How many component instances may be alive at once (a hard cap: one more
-/// fails to instantiate with an error that says so).
-pub const MAX_CONCURRENT_INSTANCES: u32 = 1000;
+/// How many actions may be in their sandbox at once unless `--sandbox-slots`
+/// says otherwise: the size of the instance pool.
+pub const DEFAULT_SANDBOX_SLOTS: u32 = 1000;
 
-fn pool_config() -> PoolingAllocationConfig {
+/// The instance pool for `slots` sandboxes at once (one component instance
+/// each; the pool refuses more, so [`Runtime`] never asks for more).
+fn pool_config(slots: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(MAX_CONCURRENT_INSTANCES)
-        .total_stacks(MAX_CONCURRENT_INSTANCES)
+    pool.total_component_instances(slots)
+        .total_stacks(slots)
         // Python and JS components hold several core modules, memories and tables.
-        .total_core_instances(MAX_CONCURRENT_INSTANCES * 8)
-        .total_memories(MAX_CONCURRENT_INSTANCES * 2)
-        .total_tables(MAX_CONCURRENT_INSTANCES * 4)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
         .max_memories_per_module(2)
         .max_tables_per_module(4)
         .table_elements(200_000)
