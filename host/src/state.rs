@@ -764,7 +764,6 @@ impl StateStore {
              WHERE a.execution_id = ?1 ORDER BY s.position, run_order, a.started_ms, action",
         )?;
         let rows = statement.query_map(params![execution], |row| {
-            let json = |i: usize| -> rusqlite::Result<String> { row.get(i) };
             Ok(ActionRecord {
                 stage: row.get(0)?,
                 action: row.get(1)?,
@@ -774,11 +773,11 @@ impl StateStore {
                 attempts: row.get(5)?,
                 started_ms: row.get(6)?,
                 ended_ms: row.get(7)?,
-                resolved_config: serde_json::from_str(&json(8)?).unwrap_or_default(),
+                resolved_config: json_column(row, 8, "action_runs.resolved_config")?,
                 summary: row.get(9)?,
                 error: row.get(10)?,
-                variables: serde_json::from_str(&json(11)?).unwrap_or_default(),
-                outputs: serde_json::from_str(&json(12)?).unwrap_or_default(),
+                variables: json_column(row, 11, "action_runs.variables")?,
+                outputs: json_column(row, 12, "action_runs.outputs")?,
                 percent: row.get(13)?,
                 progress: row.get(14)?,
                 continuation: row.get(15)?,
@@ -1182,11 +1181,10 @@ impl StateStore {
             "SELECT id, role, pipelines, description, expires_ms, revoked_ms, secret_hash FROM tokens ORDER BY created_ms, id",
         )?;
         let rows = statement.query_map([], |row| {
-            let pipelines: String = row.get(2)?;
             let record = TokenRecord {
                 id: row.get(0)?,
                 role: row.get(1)?,
-                pipelines: serde_json::from_str(&pipelines).unwrap_or_default(),
+                pipelines: json_column(row, 2, "tokens.pipelines")?,
                 description: row.get(3)?,
                 expires_ms: row.get(4)?,
                 revoked_ms: row.get(5)?,
@@ -1378,11 +1376,14 @@ impl StateStore {
     pub fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>> {
         let db = self.db();
         let mut statement = db.prepare("SELECT outputs FROM action_runs")?;
-        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        // An unreadable row is an error, not "no outputs": gc would delete
+        // artifacts it still refers to.
+        let rows = statement.query_map([], |row| {
+            json_column::<Vec<OutputRecord>>(row, 0, "action_runs.outputs")
+        })?;
         let mut digests = std::collections::HashSet::new();
         for outputs in rows {
-            let outputs: Vec<OutputRecord> = serde_json::from_str(&outputs?).unwrap_or_default();
-            digests.extend(outputs.into_iter().map(|o| o.digest));
+            digests.extend(outputs?.into_iter().map(|o| o.digest));
         }
         Ok(digests)
     }
@@ -1400,6 +1401,24 @@ impl StateStore {
 
 // ---------------------------------------------------------------------------
 
+/// A JSON column read into `T`. Bad JSON is an error naming the column, never
+/// an empty value: a row that cannot be read must not pass for one that says
+/// nothing.
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    column: &'static str,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("column {column} holds bad JSON ({error})").into(),
+        )
+    })
+}
+
 fn pipeline_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PipelineRecord> {
     Ok(PipelineRecord {
         name: row.get(0)?,
@@ -1410,7 +1429,6 @@ fn pipeline_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PipelineRecord
 }
 
 fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRecord> {
-    let variables: String = row.get(7)?;
     Ok(ExecutionRecord {
         id: row.get(0)?,
         pipeline: row.get(1)?,
@@ -1419,9 +1437,9 @@ fn execution_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionReco
         started_ms: row.get(4)?,
         ended_ms: row.get(5)?,
         error: row.get(6)?,
-        variables: serde_json::from_str(&variables).unwrap_or_default(),
+        variables: json_column(row, 7, "executions.variables")?,
         pipeline_version: row.get(8)?,
-        trigger: serde_json::from_str(&row.get::<_, String>(9)?).unwrap_or_default(),
+        trigger: json_column(row, 9, "executions.trigger")?,
     })
 }
 
@@ -1461,6 +1479,23 @@ mod tests {
                 .unwrap();
         }
         (dir, store)
+    }
+
+    #[test]
+    fn a_row_with_bad_json_is_an_error_naming_its_column_not_an_empty_value() {
+        let (_dir, store) = store_with_executions(1);
+        store
+            .db()
+            .execute(
+                "UPDATE executions SET variables = '{\"who\": ' WHERE id = 'e0'",
+                [],
+            )
+            .unwrap();
+        let error = store.execution("e0").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("column executions.variables holds bad JSON"),
+            "{error:#}"
+        );
     }
 
     fn listed(store: &StateStore, limit: usize, offset: usize) -> Vec<String> {
