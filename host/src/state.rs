@@ -145,21 +145,80 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// Columns added after the first release, for databases created before them.
-const MIGRATIONS: [&str; 9] = [
-    "ALTER TABLE action_runs ADD COLUMN continuation TEXT",
-    "ALTER TABLE action_runs ADD COLUMN continue_at_ms INTEGER",
-    "ALTER TABLE executions ADD COLUMN trigger TEXT NOT NULL DEFAULT '{}'",
-    "ALTER TABLE executions ADD COLUMN pipeline_version INTEGER",
-    "ALTER TABLE action_runs ADD COLUMN percent INTEGER",
-    "ALTER TABLE action_runs ADD COLUMN progress TEXT",
-    // 7-9: the pipeline an audit row concerns (NULL: global, e.g. token
+/// Columns added before numbered migrations existed: (table, column, type).
+/// Databases from then may lack any of them; migration 1 adds what is missing.
+const EARLY_COLUMNS: [(&str, &str, &str); 9] = [
+    ("action_runs", "continuation", "TEXT"),
+    ("action_runs", "continue_at_ms", "INTEGER"),
+    ("executions", "trigger", "TEXT NOT NULL DEFAULT '{}'"),
+    ("executions", "pipeline_version", "INTEGER"),
+    ("action_runs", "percent", "INTEGER"),
+    ("action_runs", "progress", "TEXT"),
+    // The pipeline an audit row concerns (NULL: global, e.g. token
     // management; rows from before this column count as global), and token
     // expiry and revocation.
-    "ALTER TABLE audit ADD COLUMN pipeline TEXT",
-    "ALTER TABLE tokens ADD COLUMN expires_ms INTEGER",
-    "ALTER TABLE tokens ADD COLUMN revoked_ms INTEGER",
+    ("audit", "pipeline", "TEXT"),
+    ("tokens", "expires_ms", "INTEGER"),
+    ("tokens", "revoked_ms", "INTEGER"),
 ];
+
+/// One numbered step of the schema. The database records the last one it
+/// took in `PRAGMA user_version`; each runs once, in its own transaction.
+struct Migration {
+    /// What it does, for the error when it fails.
+    describe: &'static str,
+    apply: fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+}
+
+/// Every migration, in order: the database's version is how many it took.
+/// Append only; never edit one that shipped.
+const MIGRATIONS: &[Migration] = &[Migration {
+    describe: "the schema as it was before numbered migrations",
+    apply: baseline,
+}];
+
+/// Migration 1: create what is missing of the original schema, and adopt a
+/// database made before numbered migrations by adding the columns it lacks.
+fn baseline(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(SCHEMA)?;
+    for (table, column, kind) in EARLY_COLUMNS {
+        let exists: bool = db.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            db.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Bring the database to the newest schema this binary knows; refuse one
+/// that a newer binary has moved past it. The version is read inside each
+/// step's write transaction, so two processes opening one database at once
+/// never take a step twice.
+fn migrate(db: &mut Connection) -> anyhow::Result<()> {
+    let newest = MIGRATIONS.len() as i64;
+    loop {
+        let transaction = write_transaction(db)?;
+        let version: i64 =
+            transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        anyhow::ensure!(
+            version <= newest,
+            "the state database is at schema version {version}, newer than this sluice knows \
+             ({newest}): run a newer sluice, or use another --data-dir"
+        );
+        let Some(migration) = MIGRATIONS.get(version as usize) else {
+            return Ok(());
+        };
+        let number = version + 1;
+        (migration.apply)(&transaction)
+            .and_then(|()| transaction.pragma_update(None, "user_version", number))
+            .and_then(|()| transaction.commit())
+            .with_context(|| format!("schema migration {number} ({})", migration.describe))?;
+    }
+}
 
 /// Status of an execution, stage or action, named as CodePipeline names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -460,11 +519,11 @@ pub struct ActionEnd<'a> {
 /// Switch to WAL, create and migrate the schema. Processes opening one new
 /// database at once (several `sluice run`) can get SQLITE_BUSY here without the
 /// busy timeout applying (the journal-mode switch does not wait): try again.
-fn set_up(connection: &Connection) -> rusqlite::Result<()> {
+fn set_up(connection: &mut Connection) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match set_up_once(connection) {
-            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+            Err(e) if is_busy_anyhow(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             result => return result,
@@ -472,19 +531,18 @@ fn set_up(connection: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-fn set_up_once(connection: &Connection) -> rusqlite::Result<()> {
+fn set_up_once(connection: &mut Connection) -> anyhow::Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
-    connection.execute_batch(SCHEMA)?;
-    for migration in MIGRATIONS {
-        // "duplicate column" means the database already has it.
-        if let Err(e) = connection.execute(migration, [])
-            && !e.to_string().contains("duplicate column")
-        {
-            return Err(e);
-        }
-    }
-    Ok(())
+    migrate(connection)
+}
+
+/// Whether a set-up step failed because another process holds the database.
+fn is_busy_anyhow(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<rusqlite::Error>())
+        .any(is_busy)
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {
@@ -507,10 +565,15 @@ impl StateStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let connection = Connection::open(path)
+        let mut connection = Connection::open(path)
             .with_context(|| format!("opening state database {}", path.display()))?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
-        set_up(&connection).context("creating or migrating the state schema")?;
+        set_up(&mut connection).with_context(|| {
+            format!(
+                "creating or migrating the state database {}",
+                path.display()
+            )
+        })?;
         let key = path.with_file_name("continuation.key");
         Ok(Self {
             connection: Mutex::new(connection),
@@ -1479,6 +1542,63 @@ mod tests {
                 .unwrap();
         }
         (dir, store)
+    }
+
+    fn schema_version(path: &Path) -> i64 {
+        let db = Connection::open(path).unwrap();
+        db.pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_database_takes_every_migration_and_records_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        StateStore::open(&path).unwrap();
+        assert_eq!(schema_version(&path), MIGRATIONS.len() as i64);
+        // Opening again takes none twice.
+        StateStore::open(&path).unwrap();
+        assert_eq!(schema_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_database_from_before_numbered_migrations_is_adopted_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // The original tables, without the columns added later, and a row.
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(SCHEMA).unwrap();
+            db.execute(
+                "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms) VALUES ('old', 'p', 'p.toml', 'Succeeded', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = StateStore::open(&path).unwrap();
+        let old = store.execution("old").unwrap().unwrap();
+        assert_eq!(old.trigger, serde_json::json!({}));
+        assert_eq!(old.pipeline_version, None);
+        assert_eq!(schema_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_database_newer_than_the_binary_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let error = StateStore::open(&path)
+            .err()
+            .expect("a newer database opened");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("schema version 99, newer than this sluice knows"),
+            "{message}"
+        );
+        assert_eq!(schema_version(&path), 99);
     }
 
     #[test]

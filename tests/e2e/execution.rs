@@ -271,3 +271,22 @@ fn more_parallel_actions_than_sandbox_slots_wait_for_one_and_all_succeed() {
     );
     assert!(!logs.contains("concurrent limit"), "{logs}");
 }
+
+#[test]
+fn a_state_database_from_a_newer_sluice_is_refused_with_its_version() {
+    let workspace = Workspace::new();
+    std::fs::create_dir_all(workspace.path(".sluice")).unwrap();
+    rusqlite::Connection::open(workspace.path(".sluice/state.db"))
+        .unwrap()
+        .pragma_update(None, "user_version", 42)
+        .unwrap();
+    let output = workspace.sluice(&["executions", "list"]);
+    let printed = text(&output);
+    assert!(!output.status.success(), "{printed}");
+    assert!(
+        printed.contains("state.db")
+            && printed.contains("schema version 42, newer than this sluice knows"),
+        "{printed}"
+    );
+    assert!(!printed.contains("panicked"), "{printed}");
+}
