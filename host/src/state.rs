@@ -1403,12 +1403,15 @@ pub struct GcCounts {
     pub events: u64,
     /// Audit rows older than the cutoff.
     pub audit_rows: u64,
+    /// Webhook delivery ids (kept to drop repeats) older than the cutoff.
+    pub webhook_deliveries: u64,
 }
 
 impl StateStore {
     /// Delete executions that finished before `cutoff_ms` with their stage and
-    /// action runs, logs and approvals, and events and audit rows older than
-    /// it, in one transaction. Running or stopping executions always stay.
+    /// action runs, logs and approvals, and events (delivered ones), audit rows
+    /// and webhook delivery ids older than it, in one transaction. Running or
+    /// stopping executions always stay.
     pub fn gc(&self, cutoff_ms: i64) -> anyhow::Result<GcCounts> {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -1427,8 +1430,18 @@ impl StateStore {
             &format!("DELETE FROM executions WHERE id IN ({GC_DOOMED})"),
             params![cutoff_ms],
         )? as u64;
-        counts.events =
-            tx.execute("DELETE FROM events WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
+        // An event the notification loop has not delivered yet stays, however
+        // old: delivery is at least once. (No cursor: no server ever ran the
+        // loop, and nothing waits for the events.)
+        counts.events = tx.execute(
+            "DELETE FROM events WHERE ts_ms < ?1
+               AND seq <= COALESCE((SELECT seq FROM notify_cursor), seq)",
+            params![cutoff_ms],
+        )? as u64;
+        counts.webhook_deliveries = tx.execute(
+            "DELETE FROM webhook_deliveries WHERE received_ms < ?1",
+            params![cutoff_ms],
+        )? as u64;
         counts.audit_rows =
             tx.execute("DELETE FROM audit WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
         tx.commit()?;
@@ -1599,6 +1612,40 @@ mod tests {
             "{message}"
         );
         assert_eq!(schema_version(&path), 99);
+    }
+
+    #[test]
+    fn gc_keeps_undelivered_events_and_prunes_old_webhook_deliveries() {
+        let (_dir, store) = store_with_executions(0);
+        let event = |ts_ms| EventRecord {
+            seq: 0,
+            ts_ms,
+            execution: "e".into(),
+            pipeline: "p".into(),
+            kind: "pipeline".into(),
+            name: "p".into(),
+            state: "STARTED".into(),
+            detail: String::new(),
+        };
+        let delivered = store.append_event(event(1)).unwrap();
+        store.append_event(event(2)).unwrap();
+        store.set_notify_cursor(delivered.seq).unwrap();
+        store
+            .db()
+            .execute(
+                "INSERT INTO webhook_deliveries (pipeline, delivery, received_ms) VALUES ('p', 'old', 1), ('p', 'new', 100)",
+                [],
+            )
+            .unwrap();
+        let counts = store.gc(50).unwrap();
+        assert_eq!((counts.events, counts.webhook_deliveries), (1, 1));
+        let left: Vec<i64> = store
+            .events_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.ts_ms)
+            .collect();
+        assert_eq!(left, [2], "the undelivered event stays");
     }
 
     #[test]

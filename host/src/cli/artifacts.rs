@@ -223,7 +223,7 @@ fn remove_artifact(dir: &Path) -> anyhow::Result<u64> {
 fn describe(swept: &Swept) -> String {
     let r = &swept.rows;
     format!(
-        "removed {} executions ({} stage runs, {} action runs, {} log lines, {} approvals), {} events, {} audit rows, {} artifacts ({})",
+        "removed {} executions ({} stage runs, {} action runs, {} log lines, {} approvals), {} events, {} audit rows, {} webhook deliveries, {} artifacts ({})",
         r.executions,
         r.stage_runs,
         r.action_runs,
@@ -231,6 +231,7 @@ fn describe(swept: &Swept) -> String {
         r.approvals,
         r.events,
         r.audit_rows,
+        r.webhook_deliveries,
         swept.artifacts,
         format_bytes(swept.artifact_bytes)
     )
