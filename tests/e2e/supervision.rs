@@ -611,3 +611,34 @@ fn a_hard_link_into_the_workspace_never_hands_the_hosts_file_to_a_command() {
         "the host's file changed owner"
     );
 }
+
+#[test]
+fn a_relative_data_directory_and_pipeline_path_work_for_native_commands() {
+    let workspace = Workspace::new();
+    workspace.write(
+        "ci/pipeline.toml",
+        r#"
+[pipeline]
+name = "relative"
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+config = { script = "echo in-workspace > built.txt && cat built.txt" }
+grants = { commands = ["sh"] }
+"#,
+    );
+    // `.sluice` and `ci/pipeline.toml` as a user types them, from the directory.
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(workspace.path(""))
+        .env_remove("SLUICE_DATA_DIR")
+        .env_remove("SLUICE_PLUGINS")
+        .args(["--data-dir", ".sluice", "--plugins"])
+        .arg(workspace.registry())
+        .args(["run", "ci/pipeline.toml"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(workspace.latest_logs().contains("process in-workspace"));
+}

@@ -280,6 +280,11 @@ impl Paths {
     }
 }
 
+/// `path` made absolute against the current directory (not resolving links).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     init_tracing();
@@ -289,11 +294,14 @@ pub fn main() -> ExitCode {
     }
     let paths = Paths {
         json: cli.output == OutputFormat::Json,
-        plugins: cli
-            .plugins
-            .clone()
-            .unwrap_or_else(|| cli.data_dir.join("plugins")),
-        data_dir: cli.data_dir,
+        // Absolute from here on: native commands run in other directories (and
+        // the sandbox names paths to the kernel), so `.sluice` must not move.
+        plugins: absolute(
+            &cli.plugins
+                .clone()
+                .unwrap_or_else(|| cli.data_dir.join("plugins")),
+        ),
+        data_dir: absolute(&cli.data_dir),
         output: cli.output,
         sandbox_slots: cli.sandbox_slots,
     };
