@@ -462,6 +462,7 @@ impl Executor {
     }
 
     /// Run a begun execution to its end.
+    #[tracing::instrument(name = "execution", skip_all, fields(execution = %started.0.id, pipeline = %started.0.plan.name))]
     pub async fn complete(self: &Arc<Self>, started: Started) -> anyhow::Result<ExecutionResult> {
         let context = started.0;
         let id = context.id.clone();
@@ -596,6 +597,13 @@ impl Executor {
         state: &str,
         detail: &str,
     ) {
+        // Stage and action events name the execution through their spans;
+        // pipeline events may happen outside them (begin, reopen).
+        tracing::info!(
+            execution = (kind == "pipeline").then_some(context.id.as_str()),
+            detail = (!detail.is_empty()).then_some(detail),
+            "{kind} {name}: {state}"
+        );
         let event = EventRecord {
             seq: 0,
             ts_ms: now_ms(),
@@ -634,6 +642,7 @@ impl Executor {
     }
 
     /// Run one stage, group by group.
+    #[tracing::instrument(name = "stage", skip_all, fields(stage = %context.plan.stages[position].name))]
     async fn run_stage(
         self: &Arc<Self>,
         context: &Arc<ExecutionContext>,
@@ -696,10 +705,11 @@ impl Executor {
         for action in group {
             let (executor, context, action) = (self.clone(), context.clone(), (*action).clone());
             pending.insert(action.name.clone());
-            running.spawn(async move {
+            // In the stage's span, so the action's span is its child.
+            running.spawn(tracing::Instrument::in_current_span(async move {
                 let result = executor.run_action(&context, &action).await;
                 (action.name, result)
-            });
+            }));
         }
         let mut stop = context.stop.subscribe();
         let mut failures = Vec::new();
@@ -760,6 +770,7 @@ impl Executor {
     }
 
     /// Run one action with its retries; `Err(reason)` when it failed.
+    #[tracing::instrument(name = "action", skip_all, fields(action = %action.name))]
     async fn run_action(
         &self,
         context: &ExecutionContext,
@@ -1126,6 +1137,7 @@ impl Executor {
     }
 
     /// One attempt in a fresh sandbox; outputs ingested on success.
+    #[tracing::instrument(name = "attempt", skip_all, fields(attempt = round.attempt))]
     async fn attempt(
         &self,
         context: &ExecutionContext,
@@ -1179,6 +1191,10 @@ impl Executor {
                 LogStream::Host,
                 &format!("attempt {attempt} failed: {error}"),
             );
+            let error = masker.mask(&error.to_string());
+            tracing::info!(error = error.as_str(), "attempt failed");
+        } else {
+            tracing::debug!("attempt succeeded");
         }
         let captured = live.finish();
         let stored = stored_so_far.and_then(|()| {

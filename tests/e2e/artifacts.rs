@@ -2,7 +2,7 @@
 //! retention (`sluice gc`, `serve --retention`) and CLI consistency (one JSON
 //! shape, `latest` through the server, quiet broken pipes).
 
-use std::io::Read as _;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -395,21 +395,22 @@ fn serve_with_retention_sweeps_at_start() {
         .arg("--plugins")
         .arg(workspace.registry())
         .args(["serve", "--listen", "127.0.0.1:0", "--retention", "0s"])
+        .env_remove("SLUICE_LOG")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while stderr.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
+    // The sweep's line is one of the server's log lines (info, on stderr).
+    let line = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.contains("retention:"))
+        .unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
-    let line = String::from_utf8_lossy(&line);
     assert!(
-        line.starts_with("retention: removed 1 executions") && line.contains("2 artifacts"),
+        line.contains("retention: removed 1 executions") && line.contains("2 artifacts"),
         "{line}"
     );
     let list = json_ok(&workspace, &["executions", "list"]);

@@ -136,6 +136,7 @@ impl Workspace {
             .env_remove("SLUICE_DATA_DIR")
             .env_remove("SLUICE_PLUGINS")
             .env_remove("SLUICE_LOG")
+            .env_remove("RUST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--data-dir")
             .arg(self.path(".sluice"))

@@ -22,10 +22,28 @@ impl Server {
 
     /// Start with extra `sluice serve` flags.
     pub(crate) fn start_with(workspace: &Workspace, flags: &[&str]) -> Self {
+        Self::spawn(workspace, flags, &[], Stdio::null())
+    }
+
+    /// Start with extra flags and environment variables, writing the
+    /// server's log (its stderr) to `log`, a file in the workspace.
+    pub(crate) fn start_logging(
+        workspace: &Workspace,
+        flags: &[&str],
+        envs: &[(&str, &str)],
+        log: &str,
+    ) -> Self {
+        let file = std::fs::File::create(workspace.path(log)).unwrap();
+        Self::spawn(workspace, flags, envs, Stdio::from(file))
+    }
+
+    fn spawn(workspace: &Workspace, flags: &[&str], envs: &[(&str, &str)], stderr: Stdio) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .current_dir(workspace.dir.path())
             .env_remove("SLUICE_LOG")
+            .env_remove("RUST_LOG")
             .envs(workspace.envs())
+            .envs(envs.iter().copied())
             .arg("--data-dir")
             .arg(workspace.path(".sluice"))
             .arg("--plugins")
@@ -33,7 +51,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(flags)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -1146,4 +1164,121 @@ fn the_generated_openapi_document_matches_the_router() {
         "{list:#}"
     );
     assert!(list["responses"]["401"].is_object(), "{list:#}");
+}
+
+/// The JSON log lines `serve --log-format json` wrote; every line must be one.
+fn json_log(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// Whether a log line happened inside a span with these fields.
+fn in_span(line: &Value, fields: &Value) -> bool {
+    line["spans"].as_array().is_some_and(|spans| {
+        spans.iter().any(|span| {
+            fields
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(key, value)| &span[key] == value)
+        })
+    })
+}
+
+#[test]
+fn serve_logs_requests_and_execution_spans_as_json_lines_without_tokens() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start_logging(
+        &workspace,
+        &["--log-format", "json"],
+        &[("RUST_LOG", "sluice=debug")],
+        "serve.json",
+    );
+    let (status, _) = server.call("PUT", "/api/v1/pipelines/demo", Some(&admin), Some(DEMO));
+    assert_eq!(status, 201);
+    let (status, started) = server.call(
+        "POST",
+        "/api/v1/pipelines/demo/executions",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let done = wait_for_end(&server, &admin, &id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let (status, _) = server.call(
+        "GET",
+        "/api/v1/executions?pipeline=demo&limit=5",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200);
+    // A token in a query string stays out of the log too.
+    let (status, _) = server.call("GET", &format!("/health?token={admin}"), None, None);
+    assert_eq!(status, 200);
+    drop(server);
+
+    let text = std::fs::read_to_string(workspace.path("serve.json")).unwrap();
+    assert!(!text.contains(&admin), "the token was logged:\n{text}");
+    assert!(
+        !text.contains("limit=5"),
+        "a query string was logged:\n{text}"
+    );
+    let lines = json_log(&text);
+    let answered = |method: &str, path: &str, status: u16| {
+        lines.iter().any(|line| {
+            line["fields"]["message"] == "answered"
+                && line["fields"]["status"] == status
+                && line["fields"]["latency_ms"].is_number()
+                && line["span"] == json!({"name": "request", "method": method, "path": path})
+        })
+    };
+    assert!(answered("PUT", "/api/v1/pipelines/demo", 201), "{text}");
+    assert!(
+        answered("POST", "/api/v1/pipelines/demo/executions", 202),
+        "{text}"
+    );
+    assert!(answered("GET", "/api/v1/executions", 200), "{text}");
+    assert!(answered("GET", "/health", 200), "{text}");
+
+    let execution = json!({"name": "execution", "execution": id, "pipeline": "demo"});
+    let action = json!({"name": "action", "action": "say"});
+    let stage = json!({"name": "stage", "stage": "Say"});
+    let finished = lines.iter().any(|line| {
+        line["fields"]["message"] == "action say: SUCCEEDED"
+            && line["span"] == action
+            && in_span(line, &execution)
+            && in_span(line, &stage)
+    });
+    assert!(finished, "no action state change in its spans:\n{text}");
+    let attempted = lines.iter().any(|line| {
+        line["level"] == "DEBUG"
+            && line["span"] == json!({"name": "attempt", "attempt": 1})
+            && in_span(line, &action)
+            && in_span(line, &execution)
+    });
+    assert!(
+        attempted,
+        "no attempt span under its action and execution:\n{text}"
+    );
+}
+
+#[test]
+fn serve_logs_requests_as_text_by_default() {
+    let workspace = Workspace::new();
+    let server = Server::start_logging(&workspace, &[], &[], "serve.log");
+    assert_eq!(server.call("GET", "/health", None, None).0, 200);
+    drop(server);
+    let text = std::fs::read_to_string(workspace.path("serve.log")).unwrap();
+    let answered = text.lines().any(|line| {
+        line.contains(" INFO ")
+            && line.contains("request{method=GET path=/health}")
+            && line.contains("answered status=200")
+    });
+    assert!(answered, "{text}");
+    assert!(!text.contains("DEBUG"), "debug lines by default:\n{text}");
+    assert!(!text.trim_start().starts_with('{'), "{text}");
 }

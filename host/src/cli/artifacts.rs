@@ -262,7 +262,7 @@ pub fn spawn_retention(paths: &Paths, keep: Duration) -> anyhow::Result<()> {
         .spawn(move || {
             loop {
                 match sweep(&state, &root, keep) {
-                    Ok(swept) => eprintln!("retention: {}", describe(&swept)),
+                    Ok(swept) => tracing::info!("retention: {}", describe(&swept)),
                     Err(e) => tracing::error!("retention sweep failed: {e:#}"),
                 }
                 std::thread::sleep(Duration::from_secs(3600));

@@ -6,6 +6,7 @@
 mod artifacts;
 mod caches;
 mod history;
+mod logging;
 mod plugins;
 mod remote;
 mod report;
@@ -111,6 +112,10 @@ enum Command {
         /// Run `sluice gc --older-than` with this age at start and then hourly (e.g. 30d).
         #[arg(long, value_name = "AGE", value_parser = crate::units::parse_duration)]
         retention: Option<std::time::Duration>,
+        /// Log lines on stderr as text or as JSON objects, one a line. The
+        /// level: RUST_LOG or SLUICE_LOG (e.g. `sluice=debug`), info by default.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: logging::LogFormat,
         #[command(flatten)]
         limits: crate::server::Limits,
     },
@@ -287,8 +292,11 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    logging::init(&match cli.command {
+        Command::Serve { log_format, .. } => logging::LogSettings::serve(log_format),
+        _ => logging::LogSettings::command(),
+    });
     if !matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) {
         quiet_broken_pipe();
     }
@@ -332,15 +340,6 @@ fn quiet_broken_pipe() {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
@@ -368,6 +367,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             drain_timeout,
             retention,
             limits,
+            log_format: _,
         } => {
             if let Some(keep) = retention {
                 artifacts::spawn_retention(paths, keep)?;
@@ -626,7 +626,9 @@ fn serve(
     let app =
         crate::server::AppState::new(state, paths.registry()?, executor, root, action_durations)
             .with_limits(limits);
-    tokio_runtime()?.block_on(crate::server::serve(app, listen, drain_timeout))?;
+    // Tests and scripts read the real address from stdout (the port may have been 0).
+    let announce = |address| println!("listening on http://{address}");
+    tokio_runtime()?.block_on(crate::server::serve(app, listen, drain_timeout, announce))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -149,6 +149,12 @@ pub fn router(app: AppState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), read_body))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(log_response)
+                .on_failure(()),
+        )
         .with_state(app)
 }
 
@@ -156,6 +162,29 @@ pub fn router(app: AppState) -> Router {
 #[utoipa::path(get, path = "/health", tag = "server", security(()), responses((status = 200, description = "`ok`", content_type = "text/plain")))]
 async fn health() -> &'static str {
     "ok"
+}
+
+/// The span of one request: its method and path only. The query string and
+/// the headers stay out of logs: they may carry tokens.
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path()
+    )
+}
+
+/// One event per answered request, in its span: status and latency (until
+/// the response head; a stream such as SSE may go on after it). Server
+/// errors at error level, so they stand out.
+fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_micros() as f64 / 1000.0;
+    if response.status().is_server_error() {
+        tracing::error!(status, latency_ms, "answered");
+    } else {
+        tracing::info!(status, latency_ms, "answered");
+    }
 }
 
 /// 404 for a path no route serves, naming it.
@@ -300,8 +329,14 @@ pub(crate) fn run_to_end(app: &AppState, started: Started) {
 }
 
 /// Resume what a previous server process left InProgress, then serve until the
-/// process is stopped.
-pub async fn serve(app: AppState, listen: SocketAddr, drain: Duration) -> anyhow::Result<()> {
+/// process is stopped. `listening` is told the bound address (the port may
+/// have been 0) once connections are accepted.
+pub async fn serve(
+    app: AppState,
+    listen: SocketAddr,
+    drain: Duration,
+    listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     for (pipeline, stage, reason) in app.state.disabled_transitions()? {
         let gate = app
             .executor
@@ -314,8 +349,9 @@ pub async fn serve(app: AppState, listen: SocketAddr, drain: Duration) -> anyhow
     tokio::spawn(run_polls(app.clone()));
     tokio::spawn(run_notifications(app.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    // Tests and scripts read the real address (the port may have been 0).
-    println!("listening on http://{}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    listening(address);
     let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(accept_connections(
         listener,
@@ -627,17 +663,18 @@ fn resume_interrupted(app: &AppState) -> anyhow::Result<()> {
         });
         match reopened {
             Ok(Reopened::Resume(started)) => {
-                eprintln!(
-                    "resuming execution {} of {}",
-                    execution.id, execution.pipeline
+                tracing::info!(
+                    execution = %execution.id,
+                    pipeline = %execution.pipeline,
+                    "resuming an interrupted execution"
                 );
                 run_to_end(app, started);
             }
             Ok(Reopened::Failed(reason)) => {
-                eprintln!("execution {} failed on restart: {reason}", execution.id)
+                tracing::warn!(execution = %execution.id, "failed on restart: {reason}")
             }
             Err(reason) => {
-                eprintln!("execution {} failed on restart: {reason}", execution.id);
+                tracing::warn!(execution = %execution.id, "failed on restart: {reason}");
                 app.state.fail_execution(&execution.id, &reason, now_ms())?;
             }
         }
