@@ -1,0 +1,1 @@
+//! Unit tests of the executor, driven by a fake runner.
