@@ -65,7 +65,7 @@ impl<R: ActionRunner> Executor<R> {
         let mut stage_started = Instant::now();
         loop {
             tell_stop(&mut walk, context);
-            match walk.next() {
+            match walk.next_step() {
                 Step::Skip { stage } => self.skip_stage(context, stage)?,
                 Step::Enter { stage } => match self.enter_gate(context, stage).await {
                     GateResult::Entered(entered) => {

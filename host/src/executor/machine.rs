@@ -182,7 +182,7 @@ impl RunState {
     /// The next thing to do. Call it again after reporting what the last
     /// [`Step::Enter`] or [`Step::Run`] led to; other steps move on by
     /// themselves.
-    pub fn next(&mut self) -> Step {
+    pub fn next_step(&mut self) -> Step {
         loop {
             match self.position.clone() {
                 Position::Before(stage) => {
@@ -403,5 +403,252 @@ pub fn on_resume(
         ))
     } else {
         OnResume::Run
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{ActionKind, ApprovalPolicy, StagePlan};
+
+    fn approval(stage: &str, name: &str, run_order: u32) -> ActionPlan {
+        ActionPlan {
+            name: name.to_string(),
+            stage: stage.to_string(),
+            run_order,
+            kind: ActionKind::Approval(ApprovalPolicy {
+                approvers: "operator".to_string(),
+                timeout: Duration::from_secs(60),
+                message: String::new(),
+            }),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            namespace: None,
+            config: Vec::new(),
+            grants: Default::default(),
+            limits: Default::default(),
+            retry: RetryPolicy::default(),
+            on_restart: OnRestart::Rerun,
+        }
+    }
+
+    /// Build: a, b (run order 1), c (2); Deploy: d.
+    fn plan() -> Plan {
+        let stage = |name: &str, actions: Vec<ActionPlan>| StagePlan {
+            name: name.to_string(),
+            actions,
+        };
+        Plan {
+            name: "p".to_string(),
+            file: "pipeline.toml".into(),
+            execution_mode: Default::default(),
+            max_executions: 1,
+            queue_depth: 1,
+            triggers: Default::default(),
+            notifications: None,
+            variables: Default::default(),
+            caches: Default::default(),
+            stages: vec![
+                stage(
+                    "Build",
+                    vec![
+                        approval("Build", "a", 1),
+                        approval("Build", "b", 1),
+                        approval("Build", "c", 2),
+                    ],
+                ),
+                stage("Deploy", vec![approval("Deploy", "d", 1)]),
+            ],
+        }
+    }
+
+    fn run(stage: usize, actions: &[&str]) -> Step {
+        let actions = actions.iter().map(|a| a.to_string()).collect();
+        Step::Run { stage, actions }
+    }
+
+    fn ran() -> GroupEnd {
+        GroupEnd::Ran {
+            failures: Vec::new(),
+        }
+    }
+
+    fn stop(mode: StopMode) -> StopRequest {
+        StopRequest {
+            mode,
+            reason: "why".to_string(),
+        }
+    }
+
+    #[test]
+    fn stages_and_groups_run_in_order() {
+        let mut walk = RunState::new(&plan(), HashSet::new());
+        assert_eq!(walk.next_step(), Step::Enter { stage: 0 });
+        walk.entered();
+        assert_eq!(walk.next_step(), run(0, &["a", "b"]));
+        walk.group_ended(ran());
+        assert_eq!(walk.next_step(), run(0, &["c"]));
+        walk.group_ended(ran());
+        let succeeded = Outcome::Succeeded;
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: succeeded.clone()
+            }
+        );
+        assert_eq!(walk.next_step(), Step::Enter { stage: 1 });
+        walk.entered();
+        assert_eq!(walk.next_step(), run(1, &["d"]));
+        walk.group_ended(ran());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 1,
+                outcome: succeeded.clone()
+            }
+        );
+        assert_eq!(walk.next_step(), Step::End(succeeded));
+    }
+
+    #[test]
+    fn a_failure_ends_its_stage_and_skips_the_rest() {
+        let mut walk = RunState::new(&plan(), HashSet::new());
+        walk.next_step();
+        walk.entered();
+        walk.next_step();
+        walk.group_ended(GroupEnd::Ran {
+            failures: vec!["a broke".into(), "b broke".into()],
+        });
+        let failed = Outcome::Failed("a broke; b broke".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: failed.clone()
+            }
+        );
+        assert_eq!(walk.next_step(), Step::Skip { stage: 1 });
+        assert_eq!(walk.next_step(), Step::End(failed));
+    }
+
+    #[test]
+    fn a_resumed_walk_passes_over_what_was_done() {
+        let done = HashSet::from(["a".to_string(), "c".to_string()]);
+        let mut walk = RunState::new(&plan(), done);
+        assert_eq!(walk.next_step(), Step::Enter { stage: 0 });
+        walk.entered();
+        assert_eq!(walk.next_step(), run(0, &["b"]), "c's group has nothing left");
+        walk.group_ended(ran());
+        assert!(matches!(walk.next_step(), Step::EndStage { stage: 0, .. }));
+        let all_done = HashSet::from(["a", "b", "c"].map(String::from));
+        let mut walk = RunState::new(&plan(), all_done);
+        assert_eq!(
+            walk.next_step(),
+            Step::Enter { stage: 1 },
+            "Build is not entered again"
+        );
+    }
+
+    #[test]
+    fn a_finish_stop_ends_the_stage_after_the_running_group() {
+        let mut walk = RunState::new(&plan(), HashSet::new());
+        walk.next_step();
+        walk.entered();
+        walk.next_step();
+        walk.stop_requested(stop(StopMode::Finish));
+        assert!(!walk.abandons_running());
+        walk.group_ended(ran());
+        let stopped = Outcome::Stopped("stopped (finish): why".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: stopped.clone()
+            }
+        );
+        assert_eq!(walk.next_step(), Step::End(stopped));
+    }
+
+    #[test]
+    fn an_abandon_stop_can_follow_a_finish_stop() {
+        let mut walk = RunState::new(&plan(), HashSet::new());
+        walk.next_step();
+        walk.entered();
+        walk.next_step();
+        walk.stop_requested(stop(StopMode::Finish));
+        walk.stop_requested(stop(StopMode::Abandon));
+        assert!(walk.abandons_running());
+        walk.group_ended(GroupEnd::Abandoned);
+        let stopped = Outcome::Stopped("stopped (abandon): why".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: stopped
+            }
+        );
+    }
+
+    #[test]
+    fn gate_results_end_the_walk_before_the_stage_starts() {
+        let mut walk = RunState::new(&plan(), HashSet::new());
+        walk.next_step();
+        walk.superseded();
+        assert_eq!(walk.next_step(), Step::End(Outcome::Superseded));
+        let mut walk = RunState::new(&plan(), HashSet::new());
+        walk.next_step();
+        walk.stop_requested(stop(StopMode::Finish));
+        let stopped = Outcome::Stopped("stopped (finish): why".into());
+        assert_eq!(walk.next_step(), Step::End(stopped), "no stage to record");
+    }
+
+    #[test]
+    fn retries_double_their_backoff_until_the_attempts_are_spent() {
+        let policy = RetryPolicy {
+            attempts: 4,
+            backoff: Duration::from_secs(2),
+        };
+        let after = |attempt| after_failed_attempt(&policy, attempt, true);
+        assert_eq!(after(1), AfterFailure::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(after(2), AfterFailure::RetryAfter(Duration::from_secs(4)));
+        assert_eq!(after(3), AfterFailure::RetryAfter(Duration::from_secs(8)));
+        assert_eq!(after(4), AfterFailure::GiveUp);
+        assert_eq!(
+            after_failed_attempt(&policy, 1, false),
+            AfterFailure::GiveUp
+        );
+        let huge = RetryPolicy {
+            attempts: u32::MAX,
+            backoff: Duration::from_secs(1),
+        };
+        assert!(matches!(
+            after_failed_attempt(&huge, 200, true),
+            AfterFailure::RetryAfter(_)
+        ));
+    }
+
+    #[test]
+    fn resuming_keeps_successes_continues_rounds_and_honours_on_restart() {
+        let mut action = approval("Build", "a", 1);
+        assert_eq!(
+            on_resume(&action, "Succeeded", false, false),
+            OnResume::Keep
+        );
+        assert_eq!(on_resume(&action, "Succeeded", false, true), OnResume::Run);
+        assert_eq!(on_resume(&action, "Failed", false, false), OnResume::Run);
+        assert_eq!(
+            on_resume(&action, "InProgress", false, false),
+            OnResume::Run
+        );
+        action.on_restart = OnRestart::Fail;
+        assert_eq!(
+            on_resume(&action, "InProgress", true, false),
+            OnResume::ContinueRounds
+        );
+        assert!(matches!(
+            on_resume(&action, "InProgress", false, false),
+            OnResume::Fail(_)
+        ));
     }
 }
