@@ -538,7 +538,11 @@ mod tests {
         let mut walk = RunState::new(&plan(), done);
         assert_eq!(walk.next_step(), Step::Enter { stage: 0 });
         walk.entered();
-        assert_eq!(walk.next_step(), run(0, &["b"]), "c's group has nothing left");
+        assert_eq!(
+            walk.next_step(),
+            run(0, &["b"]),
+            "c's group has nothing left"
+        );
         walk.group_ended(ran());
         assert!(matches!(walk.next_step(), Step::EndStage { stage: 0, .. }));
         let all_done = HashSet::from(["a", "b", "c"].map(String::from));
