@@ -27,7 +27,13 @@ use crate::state::{ActionEnd, EventRecord, OutputRecord, StateStore, Status};
 #[derive(Clone, Copy, Debug)]
 enum Script {
     Succeed,
-    Fail { retryable: bool },
+    Fail {
+        retryable: bool,
+    },
+    /// Succeed this round and ask to be called again with a token after `delay`.
+    Continue {
+        delay: Duration,
+    },
 }
 
 /// One attempt the fake was asked for.
@@ -38,6 +44,7 @@ struct Call {
     attempt: u32,
     config: Vec<(String, String)>,
     inputs: Vec<(String, String)>,
+    continuation: Option<String>,
 }
 
 /// A runner whose attempts do what the test scripted (succeed by default),
@@ -122,6 +129,7 @@ impl ActionRunner for FakeRunner {
             attempt: request.attempt,
             config: request.config.to_vec(),
             inputs: request.inputs.clone(),
+            continuation: request.continuation.clone(),
         });
         self.enter_flight();
         let _flying = Flying(self);
@@ -149,6 +157,14 @@ impl ActionRunner for FakeRunner {
                     .iter()
                     .map(|name| output(name))
                     .collect(),
+            }),
+            Script::Continue { delay } => Ok(Attempted {
+                outcome: ActionOutcome {
+                    summary: "still deploying".to_string(),
+                    variables: Vec::new(),
+                    continuation: Some((format!("token-{}", self.calls().len()), delay)),
+                },
+                outputs: Vec::new(),
             }),
             Script::Fail { retryable } => Err(AttemptFailure::Failed {
                 error: format!("{action} broke on attempt {}", request.attempt),
@@ -838,4 +854,34 @@ async fn a_resumed_execution_fails_when_a_running_action_must_not_run_twice() {
     let (deploy, _, _) = harness.action_status(&id, "deploy");
     assert_eq!(deploy, "Failed");
     assert!(harness.runner().calls().is_empty(), "nothing runs");
+}
+
+#[tokio::test]
+async fn a_continuing_action_is_called_again_with_its_token_within_one_attempt() {
+    let harness = Harness::new();
+    let plan = plan(ExecutionMode::Queued, &[("Deploy", &[("rollout", 1)])]);
+    let wait = Duration::from_secs(30);
+    let rounds = [
+        Script::Continue { delay: wait },
+        Script::Continue { delay: wait },
+    ];
+    harness.runner().script("rollout", &rounds);
+
+    let result = harness.run(plan).await;
+
+    assert_eq!(result.status, Status::Succeeded, "{:?}", result.error);
+    let calls = harness.runner().calls();
+    let tokens: Vec<Option<&str>> = calls.iter().map(|c| c.continuation.as_deref()).collect();
+    assert_eq!(tokens, [None, Some("token-1"), Some("token-2")]);
+    assert_eq!(harness.runner().attempted(&result.id, "rollout"), [1, 1, 1]);
+    assert_eq!(*harness.runner().sleeps.lock().unwrap(), [wait, wait]);
+    let (status, attempts, _) = harness.action_status(&result.id, "rollout");
+    assert_eq!((status.as_str(), attempts), ("Succeeded", 1));
+    let events = harness.events(&result.id);
+    let started = events.iter().filter(|e| *e == "action rollout STARTED");
+    assert_eq!(
+        started.count(),
+        1,
+        "rounds are not stored as starts: {events:?}"
+    );
 }
