@@ -708,6 +708,12 @@ async fn superseded_replaces_the_waiting_execution_with_the_newer_one() {
     let newer = harness.spawn(newer);
 
     let replaced = older.await.expect("the task ends");
+    harness.settle().await;
+    assert_eq!(
+        harness.executor.gates().waiting("demo"),
+        1,
+        "the newer waits"
+    );
     harness.runner().release("ship", 2);
     let (first, newer) = (first.await.unwrap(), newer.await.unwrap());
 
@@ -724,6 +730,7 @@ async fn superseded_replaces_the_waiting_execution_with_the_newer_one() {
         (first.status, newer.status),
         (Status::Succeeded, Status::Succeeded)
     );
+    assert_eq!(harness.runner().most_in_flight(), 1, "never two at once");
     let shipped: Vec<String> = harness
         .runner()
         .calls()
