@@ -315,19 +315,7 @@ impl<R: ActionRunner> Executor<R> {
         let mut attempt = 1;
         let mut continuation = context.continuations.get(&action.name).cloned();
         let mut kept_outputs = Vec::new();
-        let mut announced = true; // run_action announced the first one
         loop {
-            if !announced {
-                let event = Event::ActionStarted {
-                    stage: action.stage.clone(),
-                    action: action.name.clone(),
-                    plugin: plugin.id(),
-                    attempt,
-                    first: false,
-                };
-                self.publish(context, event);
-            }
-            announced = false;
             let request = AttemptRequest {
                 execution: &context.id,
                 plan: &context.plan,
@@ -344,6 +332,7 @@ impl<R: ActionRunner> Executor<R> {
                         self.continue_later(context, action, &attempted.outcome, &token, delay)
                             .await;
                         continuation = Some(token);
+                        self.show_next_start(context, action, plugin, attempt);
                         continue;
                     }
                     None => {
@@ -379,6 +368,7 @@ impl<R: ActionRunner> Executor<R> {
                     self.publish(context, event);
                     self.runner.sleep(wait).await;
                     attempt += 1;
+                    self.show_next_start(context, action, plugin, attempt);
                 }
                 AfterFailure::GiveUp => {
                     return Err(Failed {
@@ -389,6 +379,25 @@ impl<R: ActionRunner> Executor<R> {
                 }
             }
         }
+    }
+
+    /// Show a later attempt or round starting (`run_action` stored the
+    /// action's start with the first one).
+    fn show_next_start(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        plugin: &InstalledPlugin,
+        attempt: u32,
+    ) {
+        let event = Event::ActionStarted {
+            stage: action.stage.clone(),
+            action: action.name.clone(),
+            plugin: plugin.id(),
+            attempt,
+            first: false,
+        };
+        self.publish(context, event);
     }
 
     /// Record a continuation (so a restarted server resumes the rounds), show the
