@@ -451,7 +451,8 @@ pub struct EventRecord {
     pub kind: String,
     /// The pipeline, stage or action name.
     pub name: String,
-    /// STARTED, SUCCEEDED, FAILED, STOPPED, SUPERSEDED, ABANDONED or RESUMED.
+    /// STARTED, SUCCEEDED, FAILED, SKIPPED (stages), RETRYING (actions), STOPPED,
+    /// SUPERSEDED, ABANDONED or RESUMED.
     pub state: String,
     /// Summary or reason.
     pub detail: String,

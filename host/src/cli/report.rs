@@ -19,7 +19,9 @@ pub fn live_printer(quiet: bool) -> EventSink {
         if quiet && matches!(event, Event::ActionLog { .. }) {
             return;
         }
-        let line = describe(&event);
+        let Some(line) = describe(&event) else {
+            return;
+        };
         // A closed stdout must not take the execution down with it.
         let _ = writeln!(std::io::stdout().lock(), "{line}");
     })
@@ -87,16 +89,23 @@ fn mark(status: Status) -> &'static str {
     }
 }
 
-fn describe(event: &Event) -> String {
-    match event {
+/// The line shown for `event`; none for the execution's end (`sluice run`
+/// prints a summary instead).
+fn describe(event: &Event) -> Option<String> {
+    let line = match event {
         Event::ExecutionStarted { id, pipeline } => {
             format!("▶ pipeline {pipeline}: execution {id}")
         }
+        Event::ExecutionResumed { id, pipeline } => {
+            format!("▶ pipeline {pipeline}: execution {id} resumed")
+        }
+        Event::ExecutionFinished { .. } => return None,
         Event::StageStarted { stage } => format!("┌ stage {stage}"),
         Event::StageFinished {
             stage,
             status,
             duration,
+            ..
         } => {
             format!(
                 "└ {} stage {stage} {} in {}",
@@ -149,7 +158,8 @@ fn describe(event: &Event) -> String {
                 escape_block(detail, "│     ")
             )
         }
-    }
+    };
+    Some(line)
 }
 
 fn round(duration: Duration) -> Duration {
