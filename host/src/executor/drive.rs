@@ -59,7 +59,8 @@ impl<R: ActionRunner> Executor<R> {
         self: &Arc<Self>,
         context: &Arc<ExecutionContext>,
     ) -> anyhow::Result<Outcome> {
-        let mut walk = RunState::new(&context.plan, context.done.clone());
+        let mut walk = RunState::new(&context.plan, context.done.clone())
+            .ended_before_restart(context.ended_stages.clone());
         // Held while inside a stage; dropping it lets the next execution in.
         let mut pass: Option<GatePass> = None;
         let mut stage_started = Instant::now();

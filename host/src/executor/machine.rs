@@ -149,6 +149,8 @@ pub struct RunState {
     stages: Vec<StageShape>,
     /// Actions that succeeded before a restart: never run again.
     done: HashSet<String>,
+    /// Stages whose success was recorded before a restart: passed over.
+    ended: HashSet<usize>,
     position: Position,
     /// The first failed stage's reason: every later stage is skipped.
     failure: Option<String>,
@@ -173,6 +175,7 @@ impl RunState {
         Self {
             stages,
             done,
+            ended: HashSet::new(),
             position: Position::Before(0),
             failure: None,
             stop: None,
@@ -219,8 +222,16 @@ impl RunState {
         }
     }
 
+    /// Stages (by position) whose success was recorded before a restart.
+    /// Only these are passed over: a stage whose actions all succeeded but
+    /// whose end was never recorded is entered again, runs nothing and ends.
+    pub fn ended_before_restart(mut self, stages: HashSet<usize>) -> Self {
+        self.ended = stages;
+        self
+    }
+
     /// Before a stage's gate: skip it after a failure, pass over it when a
-    /// restart found it done, end on a stop, or wait at its gate.
+    /// restart found it ended, end on a stop, or wait at its gate.
     fn before_stage(&mut self, stage: usize) -> Option<Step> {
         if stage == self.stages.len() {
             let outcome = match &self.failure {
@@ -234,12 +245,7 @@ impl RunState {
             self.position = Position::Before(stage + 1);
             return Some(Step::Skip { stage });
         }
-        let finished_before_restart = self.stages[stage]
-            .groups
-            .iter()
-            .flatten()
-            .all(|name| self.done.contains(name));
-        if finished_before_restart {
+        if self.ended.contains(&stage) {
             self.position = Position::Before(stage + 1);
             return None;
         }
@@ -546,11 +552,32 @@ mod tests {
         walk.group_ended(ran());
         assert!(matches!(walk.next_step(), Step::EndStage { stage: 0, .. }));
         let all_done = HashSet::from(["a", "b", "c"].map(String::from));
-        let mut walk = RunState::new(&plan(), all_done);
+        let mut walk =
+            RunState::new(&plan(), all_done.clone()).ended_before_restart(HashSet::from([0]));
         assert_eq!(
             walk.next_step(),
             Step::Enter { stage: 1 },
             "Build is not entered again"
+        );
+    }
+
+    #[test]
+    fn a_stage_whose_end_was_never_recorded_is_entered_and_ended_with_nothing_to_run() {
+        // The process died after Build's last action was recorded Succeeded
+        // but before Build's end: Build must still end, or it stays InProgress.
+        let all_done = HashSet::from(["a", "b", "c"].map(String::from));
+        let mut walk = RunState::new(&plan(), all_done);
+        assert_eq!(walk.next_step(), Step::Enter { stage: 0 });
+        walk.entered();
+        assert!(
+            matches!(
+                walk.next_step(),
+                Step::EndStage {
+                    stage: 0,
+                    outcome: Outcome::Succeeded
+                }
+            ),
+            "nothing runs again"
         );
     }
 

@@ -93,6 +93,10 @@ pub struct Executor<R: ActionRunner = SandboxRunner> {
 struct ExecutionContext {
     /// Actions that already succeeded (when resuming): skipped, not rerun.
     done: HashSet<String>,
+    /// Positions of the stages whose success was recorded (when resuming):
+    /// not entered again. A stage whose actions all succeeded is not always
+    /// one of them: the process may have died before recording its end.
+    ended_stages: HashSet<usize>,
     /// Continuation tokens of actions that were between rounds (when resuming).
     continuations: HashMap<String, String>,
     id: String,
@@ -115,6 +119,7 @@ impl ExecutionContext {
     ) -> Self {
         Self {
             done: HashSet::new(),
+            ended_stages: HashSet::new(),
             continuations: HashMap::new(),
             id,
             plan,
@@ -339,6 +344,13 @@ impl<R: ActionRunner> Executor<R> {
             serde_json::from_value(execution.variables.clone())?;
         let trigger = serde_json::from_value(execution.trigger.clone()).unwrap_or_default();
         let mut context = ExecutionContext::new(id.to_string(), plan.clone(), trigger, variables);
+        context.ended_stages = self
+            .state
+            .stages(id)?
+            .into_iter()
+            .filter(|s| s.status == Status::Succeeded.name())
+            .filter_map(|s| plan.stages.iter().position(|p| p.name == s.stage))
+            .collect();
         for record in self.state.actions(id)? {
             let Some(action) = plan
                 .stages

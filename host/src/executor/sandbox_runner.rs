@@ -238,6 +238,12 @@ impl SandboxRunner {
             .map(|o| (o.clone(), work.join("out").join(o)))
             .collect();
         let workspace = work.join("workspace");
+        // A server killed during this attempt left its directories behind: the
+        // rerun after the restart starts as empty as the first run did.
+        crate::artifact::remove_tree(&work).map_err(|e| {
+            let error = AttemptError::Host(format!("clearing {}: {e:#}", work.display()));
+            (error, None)
+        })?;
         for dir in outputs.iter().map(|(_, d)| d).chain([&workspace]) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 let error = AttemptError::Host(format!("creating {}: {e}", dir.display()));
