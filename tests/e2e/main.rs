@@ -5,6 +5,7 @@ mod harness;
 mod artifacts;
 mod caches;
 mod control;
+mod crashes;
 mod example;
 mod execution;
 mod hardening;
