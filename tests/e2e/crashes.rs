@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Workspace, text};
+use crate::harness::{Workspace, eventually, text};
 use crate::server::{Server, token};
 
 /// Executions started at once.
@@ -184,18 +184,6 @@ fn answer(stream: TcpStream) -> Option<Run> {
 fn start_server(workspace: &mut Workspace, life: usize) -> Server {
     workspace.env("CRASH_LIFE", &life.to_string());
     Server::start(workspace)
-}
-
-/// Poll `done` for up to `seconds` (a bound on waiting, not a timing assertion).
-fn eventually(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }
 
 /// Register the pipeline and start [`EXECUTIONS`] executions at once.

@@ -195,3 +195,15 @@ config = {{ {config} }}
 "#
     )
 }
+
+/// Poll `done` for up to `seconds` (a bound on waiting, not a timing assertion).
+pub fn eventually(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}

@@ -20,20 +20,8 @@ fn sleeps(marker: &str) -> usize {
         })
         .count()
 }
-use crate::harness::{Workspace, action, text};
+use crate::harness::{Workspace, action, eventually, text};
 use crate::server::{Server, token, wait_for_end};
-
-/// Poll `done` for up to `seconds`.
-fn eventually(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
-}
 
 const BUILD_TEST_DEPLOY: &str = r#"
 [pipeline]
