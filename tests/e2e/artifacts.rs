@@ -135,7 +135,7 @@ fn artifacts_ls_and_get_give_the_stored_tree_locally_and_through_the_server() {
     assert_eq!(mode(&local.join("dist/run.sh")), 0o755);
     assert_eq!(mode(&local.join("dist/index.html")), 0o644);
     assert_eq!(
-        sluice::artifact::digest_tree(&local).unwrap().digest,
+        sluice_store::artifact::digest_tree(&local).unwrap().digest,
         digest,
         "the copy has the recorded digest"
     );
@@ -489,7 +489,7 @@ grants = { commands = ["sh"] }
 "#,
     );
     run_ok(&workspace);
-    let state = sluice::state::StateStore::open(&workspace.path(".sluice/state.db")).unwrap();
+    let state = sluice_store::state::StateStore::open(&workspace.path(".sluice/state.db")).unwrap();
     for n in 0..2000 {
         let id = format!("00000000-0000-0000-0000-{n:012}");
         state

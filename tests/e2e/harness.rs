@@ -10,8 +10,10 @@ mod guests;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
+    // This test belongs to the `sluice` binary's crate, `host/cli`.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .unwrap()
         .to_path_buf()
 }

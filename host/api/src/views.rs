@@ -1,0 +1,88 @@
+//! The JSON documents of executions, logs and artifacts. The API handlers and
+//! the local CLI (`--output json` without `--server`) both build them here, so
+//! a script sees one shape whichever way it asks.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use sluice_store::state::{ActionRecord, ExecutionRecord, LogRecord, StateStore};
+
+/// `GET /executions`: a page of executions, newest first.
+pub fn execution_list(executions: &[&ExecutionRecord], limit: usize, offset: usize) -> Value {
+    json!({ "executions": executions, "limit": limit, "offset": offset })
+}
+
+/// `GET /executions/{id}`: the execution, its stage runs and its action runs.
+pub fn execution(state: &StateStore, execution: &ExecutionRecord) -> anyhow::Result<Value> {
+    Ok(json!({
+        "execution": execution,
+        "stages": state.stages(&execution.id)?,
+        "actions": state.actions(&execution.id)?,
+    }))
+}
+
+/// `GET /executions/{id}/logs`: stored (masked) log lines.
+/// `status` is the execution's status read before the lines: once it is
+/// final, every line is in `lines` (`logs -f` stops on it).
+pub fn logs(execution: &str, status: impl Serialize, lines: &[LogRecord]) -> Value {
+    json!({ "execution": execution, "status": status, "lines": lines })
+}
+
+/// One output artifact of an execution.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ArtifactEntry {
+    /// Artifact name (unique in a pipeline).
+    pub name: String,
+    /// The action that produced it.
+    pub action: String,
+    /// That action's stage.
+    pub stage: String,
+    /// Hex blake3 digest of the tree.
+    pub digest: String,
+    /// Regular files.
+    pub files: u64,
+    /// Total bytes of regular files.
+    pub bytes: u64,
+}
+
+/// The output artifacts recorded for an execution's actions, in action order.
+pub fn artifact_entries(actions: &[ActionRecord]) -> Vec<ArtifactEntry> {
+    actions
+        .iter()
+        .flat_map(|action| {
+            action.outputs.iter().map(|output| ArtifactEntry {
+                name: output.name.clone(),
+                action: action.action.clone(),
+                stage: action.stage.clone(),
+                digest: output.digest.clone(),
+                files: output.files,
+                bytes: output.bytes,
+            })
+        })
+        .collect()
+}
+
+/// `GET /executions/{id}/artifacts`.
+pub fn artifacts(execution: &str, entries: &[ArtifactEntry]) -> Value {
+    json!({ "execution": execution, "artifacts": entries })
+}
+
+/// Validation problems, each located by line and column (the API's 400
+/// `diagnostics` and `sluice validate --output json`).
+pub fn diagnostics(diagnostics: &sluice_core::pipeline::Diagnostics) -> Value {
+    let located: Vec<Value> = diagnostics
+        .0
+        .iter()
+        .map(|d| json!({ "line": d.line, "column": d.column, "message": d.message }))
+        .collect();
+    Value::Array(located)
+}
+
+/// A pipeline version for people: `v3`, or `-` for an execution of a file
+/// (`sluice run`), which has no registered version.
+pub fn version_label(version: &Value) -> String {
+    match version.as_i64() {
+        Some(v) => format!("v{v}"),
+        None => "-".to_string(),
+    }
+}

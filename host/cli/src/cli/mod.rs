@@ -1,0 +1,698 @@
+//! The `sluice` command line: argument parsing and dispatch.
+//!
+//! Exit codes: 0 success, 1 an execution failed, 2 bad input (an invalid pipeline,
+//! an unknown plugin, a refused install...).
+
+mod artifacts;
+mod caches;
+mod history;
+mod logging;
+mod plugins;
+mod remote;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use sluice_core::plugin::Registry;
+use sluice_engine::executor::Executor;
+use sluice_sandbox::Runtime;
+use sluice_store::artifact::ArtifactStore;
+use sluice_store::secrets::SecretSource;
+use sluice_store::state::{StateStore, Status};
+
+/// Self-hosted continuous delivery: every action is a sandboxed WASI component.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// Data directory: state database, artifacts, plugin registry.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_DATA_DIR",
+        default_value = ".sluice"
+    )]
+    data_dir: PathBuf,
+    /// Plugin registry directory [default: <data-dir>/plugins].
+    #[arg(long, global = true, env = "SLUICE_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// Talk to a running `sluice serve` at this URL instead of the local data directory.
+    #[arg(long, global = true, env = "SLUICE_SERVER")]
+    server: Option<String>,
+    /// Bearer token for --server (see `sluice token create`).
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format of client verbs.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: OutputFormat,
+    /// Most actions in their sandbox at once (the instance pool); more wait
+    /// for a free slot, shown as waiting in their log.
+    #[arg(long, global = true, env = "SLUICE_SANDBOX_SLOTS", default_value_t = sluice_sandbox::DEFAULT_SANDBOX_SLOTS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    sandbox_slots: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How client verbs print their answers.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    /// For people.
+    Text,
+    /// The API's JSON.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file locally, from start to finish.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Override a pipeline variable: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        vars: Vec<(String, String)>,
+        /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        /// Do not show the actions' output as it happens (stages, actions and progress still show).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a pipeline file against the installed plugins without running it.
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// Install, list, inspect and remove plugins.
+    #[command(subcommand)]
+    Plugin(plugins::PluginCommand),
+    /// Past and running executions.
+    #[command(subcommand)]
+    Executions(history::ExecutionsCommand),
+    /// Serve the JSON API (pipelines, executions, logs, audit) until stopped.
+    Serve {
+        /// Address to listen on (port 0 picks a free one; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8700")]
+        listen: std::net::SocketAddr,
+        /// Relative host paths in registered pipelines resolve against this [default: .].
+        #[arg(long, value_name = "DIR")]
+        pipelines_root: Option<PathBuf>,
+        /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        /// On SIGTERM or Ctrl-C, how long running executions may finish before
+        /// the server exits; what is left is resumed at the next start.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
+        /// Run `sluice gc --older-than` with this age at start and then hourly (e.g. 30d).
+        #[arg(long, value_name = "AGE", value_parser = sluice_core::units::parse_duration)]
+        retention: Option<std::time::Duration>,
+        /// Log lines on stderr as text or as JSON objects, one a line. The
+        /// level: RUST_LOG or SLUICE_LOG (e.g. `sluice=debug`), info by default.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: logging::LogFormat,
+        #[command(flatten)]
+        limits: sluice_server::Limits,
+    },
+    /// Registered pipelines on a server (needs --server).
+    #[command(subcommand)]
+    Pipelines(remote::PipelinesCommand),
+    /// Start an execution of a registered pipeline on a server (needs --server).
+    Start {
+        /// Pipeline name.
+        name: String,
+        /// Override a pipeline variable: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+        vars: Vec<(String, String)>,
+    },
+    /// Follow an execution on a server until it ends (needs --server).
+    Watch {
+        /// Execution id.
+        id: String,
+    },
+    /// The server's audit log (needs --server and an admin token).
+    Audit,
+    /// Approve (or reject) a manual approval; with --server through the API,
+    /// otherwise in the local data directory (for a running `sluice run`).
+    Approve {
+        /// Execution id.
+        execution: String,
+        /// The approval action's name.
+        action: String,
+        /// The approval's token (from `sluice pipelines state`, or the run's output).
+        #[arg(long = "approval-token", value_name = "TOKEN")]
+        approval_token: String,
+        /// Reject instead of approving.
+        #[arg(long)]
+        reject: bool,
+        /// Why.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Stop a running execution on a server (needs --server).
+    Stop {
+        /// Execution id.
+        id: String,
+        /// Abandon running actions instead of letting them finish.
+        #[arg(long)]
+        abandon: bool,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Retry a failed stage of the latest execution on a server (needs --server).
+    Retry {
+        /// Execution id.
+        id: String,
+        /// Stage name.
+        stage: String,
+        /// Rerun every action of the stage, not only the failed ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// API tokens for `sluice serve`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Measure this host: per-action overhead, throughput, plugin load, artifact
+    /// handoff and memory (see BENCHMARKS.md).
+    Bench(BenchArgs),
+    /// Pipeline caches in the data directory: list and clear them.
+    #[command(subcommand)]
+    Cache(caches::CacheCommand),
+    /// An execution's output artifacts: list them, or write one into a directory.
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
+    /// Remove finished executions (with their runs and logs), events and audit
+    /// rows older than an age, and the artifacts nothing remaining refers to.
+    Gc {
+        /// Age, e.g. 30d, 12h, 0s.
+        #[arg(long, value_name = "AGE", value_parser = sluice_core::units::parse_duration)]
+        older_than: std::time::Duration,
+    },
+    /// Print the logs of an execution, or of one of its actions.
+    Logs {
+        /// Execution id (or a unique prefix, or `latest`).
+        execution: String,
+        /// Only this action.
+        action: Option<String>,
+        /// Keep printing lines as they are stored until the execution ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+/// Token commands.
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bearer token; its secret is printed once.
+    Create {
+        /// viewer (read), operator (also start executions) or admin (everything).
+        #[arg(long, value_enum)]
+        role: sluice_server::auth::Role,
+        /// Limit the token to this pipeline (repeatable); all pipelines when absent.
+        #[arg(long = "pipeline", value_name = "NAME")]
+        pipelines: Vec<String>,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Stop accepting the token after this long (e.g. 30d, 12h); never when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// Revoke a token by id: it is refused (401) from then on.
+    Revoke {
+        /// Token id (tok_...), as `sluice token list` shows.
+        id: String,
+    },
+    /// Token ids, roles, scopes, expiry and revocation (never the secrets).
+    List,
+}
+
+/// Options of `sluice bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Directory of packaged plugins (as `cargo xtask plugins` writes); must hold `noop`.
+    #[arg(default_value = "target/plugins")]
+    plugins: PathBuf,
+    /// Sequential no-op actions timed for the overhead figure.
+    #[arg(long, default_value_t = 2000)]
+    actions: usize,
+    /// Executions (3 stages x 5 actions) for the throughput figure.
+    #[arg(long, default_value_t = 200)]
+    executions: usize,
+    /// Largest artifact for the handoff figure (1MiB, 100MiB, 1GiB are measured up to it).
+    #[arg(long, default_value = "1GiB", value_parser = sluice_core::units::parse_bytes)]
+    max_artifact: u64,
+    /// Concurrent sleeping actions for the memory figure.
+    #[arg(long, default_value_t = 100)]
+    sleepers: usize,
+    /// Only measure what the native-command sandbox adds per command.
+    #[arg(long)]
+    native_only: bool,
+}
+
+fn parse_assignment(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
+}
+
+/// Paths derived from the global options.
+struct Paths {
+    data_dir: PathBuf,
+    plugins: PathBuf,
+    /// `--output`, for local verbs that honour it.
+    output: OutputFormat,
+    /// `--output json`: verbs print the API's JSON documents.
+    json: bool,
+    /// `--sandbox-slots`.
+    sandbox_slots: u32,
+}
+
+impl Paths {
+    fn registry(&self) -> anyhow::Result<Registry> {
+        Registry::open(&self.plugins)
+    }
+
+    fn state(&self) -> anyhow::Result<StateStore> {
+        StateStore::open(&self.data_dir.join("state.db"))
+    }
+}
+
+/// `path` made absolute against the current directory (not resolving links).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(&match cli.command {
+        Command::Serve { log_format, .. } => logging::LogSettings::serve(log_format),
+        _ => logging::LogSettings::command(),
+    });
+    if !matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) {
+        quiet_broken_pipe();
+    }
+    let paths = Paths {
+        json: cli.output == OutputFormat::Json,
+        // Absolute from here on: native commands run in other directories (and
+        // the sandbox names paths to the kernel), so `.sluice` must not move.
+        plugins: absolute(
+            &cli.plugins
+                .clone()
+                .unwrap_or_else(|| cli.data_dir.join("plugins")),
+        ),
+        data_dir: absolute(&cli.data_dir),
+        output: cli.output,
+        sandbox_slots: cli.sandbox_slots,
+    };
+    let client = cli.server.as_deref().map(|server| {
+        remote::Client::new(server, cli.token.clone(), cli.output == OutputFormat::Json)
+    });
+    let result = match client {
+        Some(client) => dispatch_remote(cli.command, &client, &paths),
+        None => dispatch(cli.command, &paths),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `sluice … | head` closes stdout early: end quietly, as other tools do,
+/// instead of panicking in `println!`. Not for `run` and `serve`, whose work
+/// must not die with their output.
+fn quiet_broken_pipe() {
+    // SAFETY: `signal` only sets the process-wide disposition; no handler runs.
+    // Sockets are unaffected (std sends with MSG_NOSIGNAL).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            file,
+            vars,
+            secrets,
+            quiet,
+        } => run(
+            paths,
+            &file,
+            vars.into_iter().collect(),
+            secrets.as_deref(),
+            quiet,
+        ),
+        Command::Validate { file } => validate(paths, &file),
+        Command::Plugin(command) => plugins::dispatch(command, paths),
+        Command::Executions(command) => history::executions(command, paths, paths.json),
+        Command::Artifacts(command) => artifacts::local(command, paths, paths.json),
+        Command::Gc { older_than } => artifacts::gc(paths, older_than, paths.json),
+        Command::Bench(args) => bench(paths, args),
+        Command::Serve {
+            listen,
+            pipelines_root,
+            secrets,
+            drain_timeout,
+            retention,
+            limits,
+            log_format: _,
+        } => {
+            if let Some(keep) = retention {
+                artifacts::spawn_retention(paths, keep)?;
+            }
+            serve(
+                paths,
+                listen,
+                pipelines_root,
+                secrets.as_deref(),
+                (drain_timeout, limits),
+            )
+        }
+        Command::Approve {
+            execution,
+            action,
+            approval_token: token,
+            reject,
+            comment,
+        } => {
+            let state = paths.state()?;
+            let execution = history::resolve_id(&state, &execution)?;
+            let by = format!(
+                "local:{}",
+                std::env::var("USER").unwrap_or_else(|_| "user".into())
+            );
+            let now = sluice_core::units::now_ms();
+            anyhow::ensure!(
+                state.decide_approval(
+                    &execution,
+                    &action,
+                    &sluice_store::state::Decision {
+                        token: &token,
+                        approve: !reject,
+                        by: &by,
+                        comment: &comment,
+                        now_ms: now,
+                    }
+                )?,
+                "no pending approval `{action}` with that token in execution {execution}"
+            );
+            let status = if reject { "rejected" } else { "approved" };
+            if paths.json {
+                let document = serde_json::json!({ "execution": execution, "action": action, "status": status, "by": by });
+                println!("{}", serde_json::to_string_pretty(&document)?);
+            } else {
+                println!("{status} {action} of {execution}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pipelines(_)
+        | Command::Start { .. }
+        | Command::Watch { .. }
+        | Command::Audit
+        | Command::Stop { .. }
+        | Command::Retry { .. } => {
+            anyhow::bail!(
+                "this verb talks to a server: pass --server URL (or set SLUICE_SERVER) and --token"
+            )
+        }
+        Command::Token(TokenCommand::Create {
+            role,
+            pipelines,
+            description,
+            expires,
+        }) => {
+            let state = paths.state()?;
+            let (token, secret) =
+                sluice_server::auth::create_token(&state, role, pipelines, description, expires)?;
+            if paths.json {
+                let document = serde_json::json!({ "token": token, "secret": secret });
+                println!("{}", serde_json::to_string_pretty(&document)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "created {} ({}); the secret is shown only now:",
+                token.id, token.role
+            );
+            println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            sluice_server::auth::revoke_token(&paths.state()?, &id)?;
+            eprintln!("revoked {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::List) => {
+            print!("{}", sluice_server::auth::list_tokens(&paths.state()?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            execution,
+            action,
+            follow,
+        } => history::logs(paths, &execution, action.as_deref(), follow, paths.json),
+        Command::Cache(command) => caches::dispatch(command, paths),
+    }
+}
+
+/// With --server: client verbs go to the API; local-only verbs still run here.
+fn dispatch_remote(
+    command: Command,
+    client: &remote::Client,
+    paths: &Paths,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Pipelines(command) => client.pipelines(command),
+        Command::Start { name, vars } => client.start(&name, vars.into_iter().collect()),
+        Command::Watch { id } => client.watch(&id),
+        Command::Audit => client.audit(),
+        Command::Approve {
+            execution,
+            action,
+            approval_token,
+            reject,
+            comment,
+        } => client.approve(&execution, &action, &approval_token, !reject, &comment),
+        Command::Stop {
+            id,
+            abandon,
+            reason,
+        } => client.stop(&id, abandon, reason),
+        Command::Retry { id, stage, all } => client.retry(&id, &stage, all),
+        Command::Executions(history::ExecutionsCommand::List {
+            pipeline, limit, ..
+        }) => client.list_executions(pipeline.as_deref(), limit),
+        Command::Executions(history::ExecutionsCommand::Show { id, .. }) => {
+            client.show_execution(&id)
+        }
+        Command::Logs {
+            execution,
+            action,
+            follow,
+        } => client.logs(&execution, action.as_deref(), follow),
+        Command::Artifacts(command) => artifacts::remote(command, client, paths.json),
+        Command::Gc { .. } => anyhow::bail!(
+            "gc works on a local data directory; a server sweeps with `sluice serve --retention AGE`"
+        ),
+        local => dispatch(local, paths),
+    }
+}
+
+fn validate(paths: &Paths, file: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = sluice_core::pipeline::load(file, &paths.registry()?);
+    if paths.json {
+        let document = match &loaded {
+            Ok(plan) => serde_json::json!({ "file": file, "valid": true, "pipeline": plan.name,
+                "stages": plan.stages.len(), "actions": plan.stages.iter().map(|s| s.actions.len()).sum::<usize>() }),
+            Err(d) => serde_json::json!({ "file": file, "valid": false, "error": d.to_string(),
+                "diagnostics": sluice_api::views::diagnostics(d) }),
+        };
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::from(if loaded.is_ok() { 0 } else { 2 }));
+    }
+    match loaded {
+        Ok(plan) => {
+            let actions: usize = plan.stages.iter().map(|s| s.actions.len()).sum();
+            println!(
+                "{}: pipeline `{}` is valid ({} stages, {actions} actions)",
+                file.display(),
+                plan.name,
+                plan.stages.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn run(
+    paths: &Paths,
+    file: &Path,
+    overrides: BTreeMap<String, String>,
+    secrets_file: Option<&Path>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let plan = match sluice_core::pipeline::load(file, &paths.registry()?) {
+        Ok(plan) => Arc::new(plan),
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    Executor::resolve_variables(&plan, &overrides)?;
+    // With --output json, stdout carries only the execution document at the end.
+    let live = match paths.json {
+        true => Arc::new(|_| {}),
+        false => report::live_printer(quiet),
+    };
+    let (state, executor) = executor(paths, secrets_file, live)?;
+    let runtime = tokio_runtime()?;
+    let result = runtime.block_on(run_until_interrupted(&executor, plan, &overrides))?;
+    // The execution is recorded and its work is over: `run | head` may now end quietly.
+    quiet_broken_pipe();
+    match state.execution(&result.id)? {
+        Some(record) if paths.json => println!(
+            "{}",
+            serde_json::to_string_pretty(&sluice_api::views::execution(&state, &record)?)?
+        ),
+        _ => report::summary(&state, &result.id)?,
+    }
+    Ok(match result.status {
+        Status::Succeeded => ExitCode::SUCCESS,
+        Status::Stopped => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}
+
+/// Run an execution to its end. The first Ctrl-C (or SIGTERM) stops it:
+/// running actions are abandoned, which kills their native commands, and the
+/// execution is recorded as Stopped. A second one exits at once.
+async fn run_until_interrupted(
+    executor: &Arc<Executor>,
+    plan: Arc<sluice_core::pipeline::Plan>,
+    overrides: &BTreeMap<String, String>,
+) -> anyhow::Result<sluice_engine::executor::ExecutionResult> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let started = executor.begin(plan, overrides)?;
+    let id = started.id().to_string();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let run = executor.complete(started);
+    tokio::pin!(run);
+    let mut stopping = false;
+    loop {
+        let signal_name = tokio::select! {
+            result = &mut run => return result,
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        if stopping {
+            eprintln!("■ {signal_name} again: exiting without waiting");
+            std::process::exit(130);
+        }
+        stopping = true;
+        eprintln!("■ {signal_name}: stopping execution {id} (press Ctrl-C again to exit at once)");
+        let reason = format!("interrupted by {signal_name}");
+        executor.stop(&id, sluice_engine::executor::StopMode::Abandon, &reason)?;
+    }
+}
+
+fn serve(
+    paths: &Paths,
+    listen: std::net::SocketAddr,
+    pipelines_root: Option<PathBuf>,
+    secrets_file: Option<&Path>,
+    (drain_timeout, limits): (std::time::Duration, sluice_server::Limits),
+) -> anyhow::Result<ExitCode> {
+    let action_durations = Arc::new(sluice_core::metrics::Histogram::default());
+    let (state, executor) = executor(paths, secrets_file, metrics_sink(action_durations.clone()))?;
+    let root = pipelines_root
+        .map(Ok)
+        .unwrap_or_else(std::env::current_dir)?;
+    let app = sluice_server::AppState::new(
+        state,
+        paths.registry()?,
+        Arc::new(crate::engine::LocalEngine(executor)),
+        root,
+        action_durations,
+    )
+    .with_limits(limits);
+    // Tests and scripts read the real address from stdout (the port may have been 0).
+    let announce = |address| println!("listening on http://{address}");
+    tokio_runtime()?.block_on(sluice_server::serve(app, listen, drain_timeout, announce))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An event sink that records finished actions' durations.
+fn metrics_sink(
+    durations: Arc<sluice_core::metrics::Histogram>,
+) -> sluice_engine::executor::EventSink {
+    Arc::new(move |event| {
+        if let sluice_engine::executor::Event::ActionFinished { duration, .. } = event {
+            durations.observe(duration);
+        }
+    })
+}
+
+fn bench(paths: &Paths, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let scratch = paths
+        .data_dir
+        .join(format!("bench-{}", uuid::Uuid::new_v4()));
+    let options = crate::bench::BenchOptions {
+        plugins: args.plugins,
+        scratch: scratch.clone(),
+        actions: args.actions,
+        executions: args.executions,
+        max_artifact: args.max_artifact,
+        sleepers: args.sleepers,
+        native_only: args.native_only,
+    };
+    println!("sluice bench on {}", crate::bench::machine());
+    let result = tokio_runtime()?.block_on(crate::bench::run(&options));
+    remove_scratch(&scratch);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stored artifacts are read-only: make them writable again before deleting.
+fn remove_scratch(dir: &Path) {
+    let _ = sluice_store::artifact::remove_tree(dir);
+}
+
+/// The state store and an executor over this data directory's stores.
+fn executor(
+    paths: &Paths,
+    secrets_file: Option<&Path>,
+    events: sluice_engine::executor::EventSink,
+) -> anyhow::Result<(Arc<StateStore>, Arc<Executor>)> {
+    let state = Arc::new(paths.state()?);
+    let executor = Executor::new(
+        Arc::new(Runtime::with_slots(paths.sandbox_slots)?),
+        ArtifactStore::open(&paths.data_dir.join("artifacts"))?,
+        state.clone(),
+        SecretSource::load(secrets_file)?,
+        paths.data_dir.join("work"),
+        events,
+    );
+    Ok((state, executor))
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

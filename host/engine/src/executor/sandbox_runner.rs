@@ -1,0 +1,554 @@
+//! The real [`ActionRunner`]: attempts in wasmtime sandboxes, approvals
+//! decided through the state store, polls and notifications as one-off
+//! sandboxed calls.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::runner::{ActionRunner, AttemptFailure, AttemptRequest, Attempted};
+use super::{Event, EventSink, ExecutionContext, lock, resolve_config};
+use crate::cache::CacheStore;
+use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, Plan};
+use sluice_core::plugin::InstalledPlugin;
+use sluice_sandbox::log::{LineHook, LogSink, LogStream, ProgressHook, now_ms};
+use sluice_sandbox::{ActionError, ActionOutcome, Invocation, LoadedPlugin, Runtime, SandboxSpec};
+use sluice_store::artifact::ArtifactStore;
+use sluice_store::secrets::{Masker, SecretSource};
+use sluice_store::state::{EventRecord, OutputRecord, StateStore};
+
+/// How often a running action's new log lines are stored.
+const LOG_FLUSH: Duration = Duration::from_millis(250);
+
+/// Runs actions in wasmtime sandboxes; scratch directories go under `work_root`.
+pub struct SandboxRunner {
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) artifacts: ArtifactStore,
+    pub(super) state: Arc<StateStore>,
+    pub(super) secrets: SecretSource,
+    /// Every secret the host holds, masked in everything stored or shown.
+    pub(super) masker: Arc<Masker>,
+    pub(super) work_root: PathBuf,
+    pub(super) caches: CacheStore,
+    pub(super) events: EventSink,
+    /// Woken when a decision on an approval is recorded in this process.
+    pub(super) approvals: tokio::sync::Notify,
+}
+
+/// What one sandboxed call of an action is given.
+struct CallSpec<'a> {
+    execution: &'a str,
+    plan: &'a Plan,
+    action: &'a ActionPlan,
+    attempt: u32,
+    continuation: Option<String>,
+    config: &'a [(String, String)],
+    inputs: Vec<(String, PathBuf)>,
+    outputs: Vec<(String, PathBuf)>,
+    workspace: PathBuf,
+    log: LogSink,
+}
+
+impl ActionRunner for SandboxRunner {
+    /// Fresh `out/<name>` and `workspace` directories, the log stored every
+    /// [`LOG_FLUSH`] and shown live, the granted caches locked around the call.
+    #[tracing::instrument(name = "attempt", skip_all, fields(attempt = request.attempt))]
+    async fn attempt(&self, request: AttemptRequest<'_>) -> Result<Attempted, AttemptFailure> {
+        let installed = request.plugin;
+        let plugin = self
+            .runtime
+            .load(
+                &installed.component_path(),
+                &installed.precompiled_path(self.runtime.compatibility_key()),
+            )
+            .map_err(|e| {
+                AttemptFailure::NotLoaded(format!("loading plugin {}: {e:#}", installed.id()))
+            })?;
+        self.attempt_in_sandbox(&request, &plugin)
+            .await
+            .map_err(|(error, kept_outputs)| AttemptFailure::Failed {
+                retryable: matches!(&error, AttemptError::Action(e) if e.retryable()),
+                error: error.to_string(),
+                kept_outputs,
+            })
+    }
+
+    /// Waits on the state store's approval record, created once (with its
+    /// token and deadline) so a restarted server keeps waiting on the same one.
+    /// People decide through the API, or the local CLI writing to the same store.
+    async fn approval(
+        &self,
+        execution: &str,
+        action: &ActionPlan,
+        policy: &ApprovalPolicy,
+    ) -> Result<ActionOutcome, String> {
+        let failed = |e: anyhow::Error| format!("approval bookkeeping failed: {e:#}");
+        let expires = now_ms() + policy.timeout.as_millis() as i64;
+        let approval = self
+            .state
+            .open_approval(
+                execution,
+                &action.name,
+                &policy.approvers,
+                &policy.message,
+                expires,
+            )
+            .map_err(failed)?;
+        self.progress_hook(execution, action)(
+            0,
+            &format!("waiting for approval (token {})", approval.token),
+        );
+        loop {
+            let notified = self.approvals.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let current = self
+                .state
+                .approval(execution, &action.name)
+                .map_err(failed)?
+                .ok_or_else(|| "approval record vanished".to_string())?;
+            let by = current.decided_by.clone().unwrap_or_default();
+            let comment = current.comment.clone().unwrap_or_default();
+            match current.status.as_str() {
+                "approved" => {
+                    return Ok(ActionOutcome {
+                        continuation: None,
+                        summary: format!("approved by {by}: {comment}"),
+                        variables: vec![("approved_by".into(), by), ("comment".into(), comment)],
+                    });
+                }
+                "rejected" => return Err(format!("rejected by {by}: {comment}")),
+                _ => {}
+            }
+            let remaining = current.expires_ms - now_ms();
+            if remaining <= 0 {
+                self.state
+                    .expire_approval(execution, &action.name)
+                    .map_err(failed)?;
+                return Err(format!(
+                    "approval timed out after {}",
+                    humantime::format_duration(policy.timeout)
+                ));
+            }
+            // The poll picks up decisions written by another process.
+            let wait = Duration::from_millis(remaining.min(1000) as u64);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn sleep(&self, wait: Duration) {
+        tokio::time::sleep(wait).await;
+    }
+
+    /// The source action's `check` with the configuration resolved against
+    /// the variables' defaults, its caches locked around the call.
+    async fn poll(
+        &self,
+        plan: Arc<Plan>,
+        action_name: &str,
+        last: Option<String>,
+    ) -> anyhow::Result<Vec<String>> {
+        let action = plan
+            .stages
+            .iter()
+            .flat_map(|s| &s.actions)
+            .find(|a| a.name == action_name)
+            .with_context(|| format!("no action `{action_name}`"))?
+            .clone();
+        let ActionKind::Plugin(installed) = &action.kind else {
+            anyhow::bail!("`{action_name}` is not a plugin action");
+        };
+        let context =
+            ExecutionContext::outside(&plan, format!("poll-{}", uuid::Uuid::new_v4()), "poll")?;
+        let (call, spec) = self.side_call(&context, &action, installed)?;
+        let lease = self.caches.acquire(&plan, &action.grants.caches, &call.log);
+        let result = match lease.await {
+            Ok(lease) => {
+                let result = self.runtime.check(&call.plugin, spec, last).await;
+                lease.release(&call.log).await;
+                result.map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+            }
+            Err(message) => Err(anyhow::anyhow!(message)),
+        };
+        call.finish(&format!("poll {}/{action_name}", plan.name));
+        result
+    }
+
+    /// `Err` leaves the event for the next try (delivery is at least once).
+    async fn notify(&self, plan: Arc<Plan>, event: &EventRecord) -> anyhow::Result<()> {
+        let Some(notifications) = &plan.notifications else {
+            return Ok(());
+        };
+        let action = notifications.action.clone();
+        let ActionKind::Plugin(installed) = &action.kind else {
+            anyhow::bail!("notifications need a plugin action");
+        };
+        let context = ExecutionContext::outside(&plan, event.execution.clone(), "notification")?;
+        let fields = [
+            ("kind", &event.kind),
+            ("name", &event.name),
+            ("state", &event.state),
+            ("detail", &event.detail),
+            ("execution", &event.execution),
+            ("pipeline", &event.pipeline),
+        ];
+        let values = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        lock(&context.namespaces).insert("event".into(), values);
+        let (call, spec) = self.side_call(&context, &action, installed)?;
+        let result = self.runtime.invoke(&call.plugin, spec).await;
+        call.finish(&format!("notify {}", plan.name));
+        result
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!(call.masker.mask(&e.to_string())))
+    }
+
+    fn approvals_changed(&self) {
+        self.approvals.notify_waiters();
+    }
+
+    fn execution_ended(&self, execution: &str) {
+        std::fs::remove_dir_all(self.work_root.join(execution)).ok();
+    }
+}
+
+impl SandboxRunner {
+    /// One attempt of a loaded plugin; a failure comes with the outputs kept
+    /// from it (see [`SandboxRunner::keep_failed_outputs`]).
+    async fn attempt_in_sandbox(
+        &self,
+        request: &AttemptRequest<'_>,
+        plugin: &LoadedPlugin,
+    ) -> Result<Attempted, (AttemptError, Option<Vec<OutputRecord>>)> {
+        let (action, attempt) = (request.action, request.attempt);
+        let work = self
+            .work_root
+            .join(request.execution)
+            .join(format!("{}-{attempt}", action.name));
+        let outputs: Vec<(String, PathBuf)> = action
+            .outputs
+            .iter()
+            .map(|o| (o.clone(), work.join("out").join(o)))
+            .collect();
+        let workspace = work.join("workspace");
+        // A server killed during this attempt left its directories behind: the
+        // rerun after the restart starts as empty as the first run did.
+        sluice_store::artifact::remove_tree(&work).map_err(|e| {
+            let error = AttemptError::Host(format!("clearing {}: {e:#}", work.display()));
+            (error, None)
+        })?;
+        for dir in outputs.iter().map(|(_, d)| d).chain([&workspace]) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                let error = AttemptError::Host(format!("creating {}: {e}", dir.display()));
+                (error, None)
+            })?;
+        }
+        let log = LogSink::new(
+            action.limits.log_bytes,
+            self.masker.clone(),
+            Some(self.progress_hook(request.execution, action)),
+        );
+        // What the action prints is shown live; the host's own note of a failed
+        // attempt (below) is not: the retry or end event says it already.
+        let live = log.clone().with_live(self.live_hook(action));
+        let spec = self.sandbox_spec(CallSpec {
+            execution: request.execution,
+            plan: request.plan,
+            action,
+            attempt,
+            continuation: request.continuation.clone(),
+            config: request.config,
+            inputs: self.input_dirs(&request.inputs),
+            outputs: outputs.clone(),
+            workspace,
+            log: live.clone(),
+        });
+        let (result, stored_so_far) = self
+            .storing_logs(
+                request.execution,
+                action,
+                attempt,
+                &log,
+                self.invoke_locked(request.plan, action, plugin, spec, &log),
+            )
+            .await;
+        if let Err(error) = &result {
+            log.line(
+                LogStream::Host,
+                &format!("attempt {attempt} failed: {error}"),
+            );
+            let error = self.masker.mask(&error.to_string());
+            tracing::info!(error = error.as_str(), "attempt failed");
+        } else {
+            tracing::debug!("attempt succeeded");
+        }
+        let captured = live.finish();
+        let stored = stored_so_far.and_then(|()| {
+            self.state
+                .append_logs(request.execution, &action.name, attempt, &captured.lines)
+        });
+        let ingested = match result {
+            Ok(outcome) => self
+                .ingest(action, &outputs)
+                .map(|outputs| Attempted { outcome, outputs })
+                .map_err(|error| (error, None)),
+            Err(error) => {
+                let kept = self.keep_failed_outputs(action, &error, &outputs);
+                Err((AttemptError::Action(error), kept))
+            }
+        };
+        std::fs::remove_dir_all(&work).ok();
+        if let Err(e) = stored {
+            return Err((AttemptError::Host(format!("storing logs: {e:#}")), None));
+        }
+        ingested
+    }
+
+    /// A plugin that failed on purpose may still have left outputs (a test
+    /// run's reports, with `collect-on-failure`): store the non-empty ones, to
+    /// be recorded with the failed action so they can be downloaded.
+    fn keep_failed_outputs(
+        &self,
+        action: &ActionPlan,
+        error: &ActionError,
+        outputs: &[(String, PathBuf)],
+    ) -> Option<Vec<OutputRecord>> {
+        if !matches!(error, ActionError::Plugin { .. }) {
+            return None;
+        }
+        let filled: Vec<(String, PathBuf)> = outputs
+            .iter()
+            .filter(|(_, dir)| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()))
+            .cloned()
+            .collect();
+        Some(self.ingest(action, &filled).unwrap_or_default())
+    }
+
+    /// Await `call`, storing the log lines it captures every [`LOG_FLUSH`] so
+    /// `sluice logs -f` follows them while the action runs. The first storage
+    /// error is returned (and storing stops) rather than lost.
+    async fn storing_logs<T>(
+        &self,
+        execution: &str,
+        action: &ActionPlan,
+        attempt: u32,
+        log: &LogSink,
+        call: impl std::future::Future<Output = T>,
+    ) -> (T, anyhow::Result<()>) {
+        tokio::pin!(call);
+        let mut flush = tokio::time::interval(LOG_FLUSH);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stored = Ok(());
+        loop {
+            tokio::select! {
+                result = &mut call => return (result, stored),
+                _ = flush.tick(), if stored.is_ok() => {
+                    let lines = log.take_new();
+                    stored = self.state.append_logs(execution, &action.name, attempt, &lines);
+                }
+            }
+        }
+    }
+
+    /// Feeds each captured line to the event sink as [`Event::ActionLog`].
+    fn live_hook(&self, action: &ActionPlan) -> LineHook {
+        let events = self.events.clone();
+        let name = action.name.clone();
+        Arc::new(move |stream, text| {
+            events(Event::ActionLog {
+                action: name.clone(),
+                stream,
+                text: text.to_string(),
+            })
+        })
+    }
+
+    /// Stores each progress report (shown by the pipeline state API) and shows it.
+    fn progress_hook(&self, execution: &str, action: &ActionPlan) -> ProgressHook {
+        let events = self.events.clone();
+        let name = action.name.clone();
+        let (state, id) = (self.state.clone(), execution.to_string());
+        Arc::new(move |percent, message| {
+            // Losing one report is harmless.
+            state.set_progress(&id, &name, percent, message).ok();
+            events(Event::ActionProgress {
+                action: name.clone(),
+                percent,
+                message: message.to_string(),
+            })
+        })
+    }
+
+    /// Invoke with the action's caches locked for exactly as long as it runs
+    /// (see [`crate::cache`]); over-size caches are cleared after it.
+    async fn invoke_locked(
+        &self,
+        plan: &Plan,
+        action: &ActionPlan,
+        plugin: &LoadedPlugin,
+        spec: SandboxSpec,
+        log: &LogSink,
+    ) -> Result<ActionOutcome, ActionError> {
+        let lease = self
+            .caches
+            .acquire(plan, &action.grants.caches, log)
+            .await
+            .map_err(ActionError::Host)?;
+        let result = self.runtime.invoke(plugin, spec).await;
+        lease.release(log).await;
+        result
+    }
+
+    /// The stored directories of the input artifacts.
+    fn input_dirs(&self, inputs: &[(String, String)]) -> Vec<(String, PathBuf)> {
+        inputs
+            .iter()
+            .map(|(name, digest)| (name.clone(), self.artifacts.path_of(digest)))
+            .collect()
+    }
+
+    fn ingest(
+        &self,
+        action: &ActionPlan,
+        outputs: &[(String, PathBuf)],
+    ) -> Result<Vec<OutputRecord>, AttemptError> {
+        // Counted from metadata before anything is hashed or stored, so an
+        // action over its output quota costs no more than a directory walk.
+        let mut budget = sluice_store::artifact::OutputBudget::new(&action.limits);
+        for (_, dir) in outputs {
+            budget
+                .charge(dir)
+                .map_err(|hit| AttemptError::Action(ActionError::Limit(hit)))?;
+        }
+        let mut records = Vec::new();
+        for (name, dir) in outputs {
+            let info = self.artifacts.ingest(dir).map_err(|e| {
+                AttemptError::Host(format!("storing output artifact `{name}`: {e:#}"))
+            })?;
+            records.push(OutputRecord {
+                name: name.clone(),
+                digest: info.digest.clone(),
+                files: info.files,
+                bytes: info.bytes,
+            });
+        }
+        Ok(records)
+    }
+
+    /// What the sandbox of one call may reach: the action's grants, its inputs
+    /// from the store, the given output and workspace directories.
+    fn sandbox_spec(&self, call: CallSpec<'_>) -> SandboxSpec {
+        let action = call.action;
+        SandboxSpec {
+            invocation: Invocation {
+                pipeline: call.plan.name.clone(),
+                stage: action.stage.clone(),
+                action: action.name.clone(),
+                execution_id: call.execution.to_string(),
+                attempt: call.attempt,
+                config: call.config.to_vec(),
+                inputs: action.inputs.clone(),
+                outputs: action.outputs.clone(),
+                mounts: action
+                    .grants
+                    .mounts
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect(),
+                continuation: call.continuation,
+            },
+            inputs: call.inputs,
+            outputs: call.outputs,
+            workspace: call.workspace,
+            mounts: action.grants.mounts.clone(),
+            caches: self.caches.granted(call.plan, &action.grants.caches),
+            secret_names: action.grants.secrets.clone(),
+            secret_values: self.secrets.granted(&action.grants.secrets),
+            hosts: action.grants.hosts.clone(),
+            commands: action.grants.commands.clone(),
+            inherit_env: action.grants.env.clone(),
+            toolchains: action.grants.toolchains.clone(),
+            run_as_root: action.grants.run_as_root,
+            limits: action.limits,
+            log: call.log,
+        }
+    }
+
+    /// A one-off sandboxed call of `action` outside an execution (polls,
+    /// notifications): its own workspace, no inputs or outputs.
+    fn side_call(
+        &self,
+        context: &ExecutionContext,
+        action: &ActionPlan,
+        installed: &InstalledPlugin,
+    ) -> anyhow::Result<(SideCall, SandboxSpec)> {
+        let config = resolve_config(context, action, &self.caches).map_err(anyhow::Error::msg)?;
+        let plugin = self.runtime.load(
+            &installed.component_path(),
+            &installed.precompiled_path(self.runtime.compatibility_key()),
+        )?;
+        let workspace = self
+            .work_root
+            .join(format!("side-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&workspace)?;
+        let masker = self.masker.clone();
+        let log = LogSink::new(action.limits.log_bytes, masker.clone(), None);
+        let spec = self.sandbox_spec(CallSpec {
+            execution: &context.id,
+            plan: &context.plan,
+            action,
+            attempt: 1,
+            continuation: None,
+            config: &config,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            workspace: workspace.clone(),
+            log: log.clone(),
+        });
+        Ok((
+            SideCall {
+                plugin,
+                workspace,
+                log,
+                masker,
+            },
+            spec,
+        ))
+    }
+}
+
+/// A prepared one-off call; `finish` cleans up after it.
+struct SideCall {
+    plugin: LoadedPlugin,
+    workspace: PathBuf,
+    log: LogSink,
+    masker: Arc<Masker>,
+}
+
+impl SideCall {
+    /// Remove the workspace and hand the log to tracing (it belongs to no execution).
+    fn finish(&self, label: &str) {
+        std::fs::remove_dir_all(&self.workspace).ok();
+        for line in self.log.finish().lines {
+            tracing::debug!("{label}: {}", line.text);
+        }
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The sandboxed action failed.
+    #[error("{0}")]
+    Action(ActionError),
+    /// The host failed around it.
+    #[error("{0}")]
+    Host(String),
+}

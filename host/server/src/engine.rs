@@ -1,0 +1,106 @@
+//! What the server asks of the engine that runs executions.
+//!
+//! The server records, authorizes and schedules; running an execution is the
+//! engine's job (`sluice-engine`, which needs wasmtime). The server sees it only
+//! through [`Engine`], so this crate builds without the sandbox, and a server
+//! can be tested, or later scaled out, with another engine behind it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sluice_api::StopMode;
+use sluice_core::metrics::Histogram;
+use sluice_core::pipeline::{ExecutionMode, Plan};
+use sluice_store::artifact::ArtifactStore;
+use sluice_store::state::EventRecord;
+
+/// An execution the engine has recorded (InProgress) but not yet run.
+pub struct Begun {
+    /// The execution id.
+    pub id: String,
+    /// Runs it to its end; the server spawns it on its own task.
+    pub run: BoxFuture<'static, anyhow::Result<()>>,
+}
+
+/// What the engine made of an execution a previous process left InProgress.
+pub enum Reopened {
+    /// It continues where it stopped.
+    Resume(Begun),
+    /// It could not continue; it is recorded as Failed with this reason.
+    Failed(String),
+}
+
+/// The engine behind the server: begins, resumes and stops executions, holds
+/// the stage gates and publishes state changes.
+pub trait Engine: Send + Sync + 'static {
+    /// Record a new execution of `plan` with these variable overrides and the
+    /// `#{trigger.*}` variables of what started it.
+    fn begin(
+        &self,
+        plan: Arc<Plan>,
+        overrides: &BTreeMap<String, String>,
+        trigger: BTreeMap<String, String>,
+    ) -> anyhow::Result<Begun>;
+
+    /// Pick up an execution a stopped process left InProgress.
+    fn reopen(&self, plan: Arc<Plan>, id: &str) -> anyhow::Result<Reopened>;
+
+    /// Retry a failed stage of a failed execution (its failed actions, or all of
+    /// them with `all`), then the stages after it.
+    fn reopen_for_retry(
+        &self,
+        plan: Arc<Plan>,
+        id: &str,
+        stage: &str,
+        all: bool,
+    ) -> anyhow::Result<Begun>;
+
+    /// Stop a running execution; `false` if it is not running in this engine.
+    fn stop(&self, id: &str, mode: StopMode, reason: &str) -> anyhow::Result<bool>;
+
+    /// How many executions this engine is running.
+    fn running_executions(&self) -> usize;
+
+    /// How many executions of `pipeline` wait at its stage boundaries.
+    fn waiting(&self, pipeline: &str) -> usize;
+
+    /// Disable (with the reason) or enable the transition into `stage`.
+    fn set_transition(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        mode: ExecutionMode,
+        disabled: Option<String>,
+    );
+
+    /// An approval was decided: waiting approval actions look again.
+    fn approvals_changed(&self);
+
+    /// Every state change from now on, as stored.
+    fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<EventRecord>;
+
+    /// New revisions of a poll-triggered source action since `last`, oldest first.
+    fn poll<'a>(
+        &'a self,
+        plan: Arc<Plan>,
+        action: &'a str,
+        last: Option<String>,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
+
+    /// Deliver one stored event through the pipeline's `[notifications]` action.
+    fn notify<'a>(
+        &'a self,
+        plan: Arc<Plan>,
+        event: &'a EventRecord,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// The artifact store outputs are kept in.
+    fn artifacts(&self) -> &ArtifactStore;
+
+    /// The value of a host secret, if this host has one by that name.
+    fn secret(&self, name: &str) -> Option<String>;
+
+    /// Time to instantiate a plugin for one invocation.
+    fn instantiations(&self) -> &Histogram;
+}

@@ -1,0 +1,1166 @@
+//! `/api/v1` handlers. Each checks the caller's role and pipeline scope first.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::auth::{Caller, Role};
+use super::extract::{JsonBody, QueryParams, RawBody, UrlPath};
+use super::{ApiError, AppState};
+use sluice_api::{
+    self, DecisionRequest, RetryRequest, StartRequest, StopRequest, TransitionRequest,
+};
+use sluice_core::pipeline::Plan;
+use sluice_core::units::now_ms;
+use sluice_store::state::{EventRecord, ExecutionFilter, ExecutionRecord, PipelineRecord};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The `/api/v1` routes, each documented by its `#[utoipa::path]`: the
+/// router and the OpenAPI document come from the same list.
+pub fn routes() -> OpenApiRouter<AppState> {
+    let webhooks =
+        OpenApiRouter::new()
+            .routes(routes!(webhook))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                super::WEBHOOK_BODY_LIMIT,
+            ));
+    OpenApiRouter::new()
+        .routes(routes!(list_pipelines))
+        .routes(routes!(get_pipeline, put_pipeline, delete_pipeline))
+        .routes(routes!(get_pipeline_version))
+        .routes(routes!(start_execution))
+        .routes(routes!(set_transition))
+        .routes(routes!(pipeline_state))
+        .routes(routes!(list_executions))
+        .routes(routes!(get_execution))
+        .routes(routes!(get_logs))
+        .routes(routes!(list_artifacts))
+        .routes(routes!(get_artifact))
+        .routes(routes!(retry_stage))
+        .routes(routes!(stop_execution))
+        .routes(routes!(decide_approval))
+        .routes(routes!(stream_events))
+        .routes(routes!(get_audit))
+        .merge(webhooks)
+}
+
+fn pipeline_json(record: &PipelineRecord) -> Value {
+    json!({ "name": record.name, "version": record.version, "created_ms": record.created_ms, "source": record.source })
+}
+
+#[utoipa::path(
+    get,
+    path = "/pipelines",
+    tag = "pipelines",
+    summary = "List pipelines (latest versions)",
+    description = "Requires role viewer.",
+    responses((status = 200, description = "The pipelines")),
+)]
+async fn list_pipelines(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, None)?;
+    let pipelines = app.state.pipelines().map_err(ApiError::internal)?;
+    let visible: Vec<Value> = pipelines
+        .iter()
+        .filter(|p| caller.may_see(&p.name))
+        .map(|p| json!({ "name": p.name, "version": p.version, "created_ms": p.created_ms }))
+        .collect();
+    Ok(Json(json!({ "pipelines": visible })))
+}
+
+fn stored_pipeline(app: &AppState, name: &str, version: Option<i64>) -> ApiResult<PipelineRecord> {
+    let found = app
+        .state
+        .pipeline(name, version)
+        .map_err(ApiError::internal)?;
+    found.ok_or_else(|| match version {
+        Some(v) => ApiError::not_found(format!("pipeline `{name}` has no version {v}")),
+        None => ApiError::not_found(format!("no pipeline `{name}`")),
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/pipelines/{name}",
+    tag = "pipelines",
+    summary = "The latest version of a pipeline",
+    description = "Requires role viewer.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 200, description = "The pipeline: name, version, created_ms, source")),
+)]
+async fn get_pipeline(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, Some(&name))?;
+    Ok(Json(pipeline_json(&stored_pipeline(&app, &name, None)?)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/pipelines/{name}/versions/{version}",
+    tag = "pipelines",
+    summary = "One version of a pipeline",
+    description = "Requires role viewer.",
+    params(("name" = String, Path, description = "Pipeline name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 200, description = "The pipeline version")),
+)]
+async fn get_pipeline_version(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((name, version)): UrlPath<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, Some(&name))?;
+    let version: i64 = version.parse().map_err(|_| {
+        ApiError::bad_request("version", format!("`{version}` is not a version number"))
+    })?;
+    Ok(Json(pipeline_json(&stored_pipeline(
+        &app,
+        &name,
+        Some(version),
+    )?)))
+}
+
+/// Validate pipeline text against the installed plugins.
+fn plan_from_source(app: &AppState, name: &str, source: &str) -> ApiResult<Plan> {
+    super::plans::parse_registered(app, name, source).map_err(|diagnostics| {
+        ApiError::bad_request("source", diagnostics.to_string())
+            .diagnostics(sluice_api::views::diagnostics(&diagnostics))
+    })
+}
+
+/// Register a new version: the request body is the pipeline file's text.
+#[utoipa::path(
+    put,
+    path = "/pipelines/{name}",
+    tag = "pipelines",
+    summary = "Register a new version of a pipeline (body: the pipeline TOML)",
+    description = "Requires role admin.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    request_body(content = String, content_type = "application/toml", description = "The pipeline file"),
+    responses((status = 200, description = "A new version registered"), (status = 201, description = "First version registered")),
+)]
+async fn put_pipeline(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+    RawBody(body): RawBody,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin, Some(&name))?;
+    sluice_core::pipeline::check_name(&name).map_err(|why| ApiError::bad_request("name", why))?;
+    let body = String::from_utf8(body.to_vec()).map_err(|e| {
+        ApiError::bad_request("source", format!("the pipeline file is not UTF-8: {e}"))
+    })?;
+    let plan = plan_from_source(&app, &name, &body)?;
+    if plan.name != name {
+        return Err(ApiError::bad_request(
+            "name",
+            format!(
+                "the URL names pipeline `{name}` but the file's [pipeline] name is `{}`",
+                plan.name
+            ),
+        ));
+    }
+    let version = app
+        .state
+        .put_pipeline(&name, &body, now_ms())
+        .map_err(ApiError::internal)?;
+    let status = if version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "name": name, "version": version }))))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/pipelines/{name}",
+    tag = "pipelines",
+    summary = "Delete a pipeline (its history stays)",
+    description = "Requires role admin.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 204, description = "Deleted")),
+)]
+async fn delete_pipeline(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin, Some(&name))?;
+    match app
+        .state
+        .delete_pipeline(&name)
+        .map_err(ApiError::internal)?
+    {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError::not_found(format!("no pipeline `{name}`"))),
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/pipelines/{name}/executions",
+    tag = "executions",
+    summary = "Start an execution of the latest version",
+    description = "Requires role operator.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    request_body(content = Option<StartRequest>, description = "Optional variable overrides and revision"),
+    responses((status = 202, description = "Started: its id")),
+)]
+async fn start_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+    JsonBody(request): JsonBody<StartRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Operator, Some(&name))?;
+    let record = stored_pipeline(&app, &name, None)?;
+    // Plugins may have changed since registration: validate again.
+    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+    let mut trigger = BTreeMap::from([
+        ("kind".to_string(), "manual".to_string()),
+        ("event".to_string(), caller.id.clone()),
+    ]);
+    if let Some(revision) = request.revision {
+        trigger.insert("revision".into(), revision);
+    }
+    let started = admit(&app, plan, &request.variables, trigger)?;
+    let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "pipeline": name, "version": record.version })),
+    ))
+}
+
+/// Refuse a start beyond the pipeline's limits, loudly (never drop silently).
+/// Start an execution of `plan` if its limits allow. The check and the start
+/// hold one lock: two starts at the same moment cannot both take the last
+/// free place under `max-executions`.
+pub(super) fn admit(
+    app: &AppState,
+    plan: Arc<Plan>,
+    overrides: &BTreeMap<String, String>,
+    trigger: BTreeMap<String, String>,
+) -> ApiResult<crate::engine::Begun> {
+    let _admission = app.admission.lock().unwrap_or_else(|e| e.into_inner());
+    check_limits(app, &plan)?;
+    app.executor
+        .begin(plan, overrides, trigger)
+        .map_err(|e| ApiError::bad_request("variables", format!("{e:#}")))
+}
+
+fn check_limits(app: &AppState, plan: &Plan) -> ApiResult<()> {
+    let in_progress = app
+        .state
+        .in_progress(&plan.name)
+        .map_err(ApiError::internal)?;
+    if in_progress >= plan.max_executions {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "pipeline `{}` already has {in_progress} executions in progress (max-executions = {}); try again later",
+                plan.name, plan.max_executions
+            ),
+        ));
+    }
+    let waiting = app.executor.waiting(&plan.name);
+    if waiting >= plan.queue_depth {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "pipeline `{}` already has {waiting} executions waiting at stage boundaries (queue-depth = {}); try again later",
+                plan.name, plan.queue_depth
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    post,
+    path = "/executions/{id}/stop",
+    tag = "executions",
+    summary = "Stop a running execution: finish (running actions end) or abandon",
+    description = "Requires role operator.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
+    request_body(content = Option<StopRequest>),
+    responses((status = 202, description = "Stopping")),
+)]
+async fn stop_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    JsonBody(request): JsonBody<StopRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    caller.require(Role::Operator, Some(&execution.pipeline))?;
+    let reason = request
+        .reason
+        .unwrap_or_else(|| format!("requested by {}", caller.id));
+    if !app
+        .executor
+        .stop(&execution.id, request.mode, &reason)
+        .map_err(ApiError::internal)?
+    {
+        return Err(conflict(format!(
+            "execution {id} is {}, not running",
+            execution.status
+        )));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": execution.id, "status": "Stopping" })),
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/executions/{id}/approvals/{action}",
+    tag = "approvals",
+    summary = "Approve or reject a manual approval (role per the approval's approvers)",
+    description = "Requires role operator.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("action" = String, Path, description = "The approval action")),
+    request_body(content = DecisionRequest),
+    responses((status = 200, description = "Decided")),
+)]
+async fn decide_approval(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((id, action)): UrlPath<(String, String)>,
+    JsonBody(request): JsonBody<DecisionRequest>,
+) -> ApiResult<Json<Value>> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let decision = required("decision", request.decision)?;
+    let token = required("token", request.token)?;
+    let approve = decision == sluice_api::Decision::Approve;
+    let approval = app
+        .state
+        .approval(&execution.id, &action)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("execution {id} has no approval `{action}`")))?;
+    let role = Role::from_name(&approval.approvers).unwrap_or(Role::Admin);
+    caller.require(role, Some(&execution.pipeline))?;
+    if approval.token != token {
+        return Err(ApiError::bad_request(
+            "token",
+            "the token does not match this approval (it changes when the approval is asked again)",
+        ));
+    }
+    let decided = app
+        .state
+        .decide_approval(
+            &execution.id,
+            &action,
+            &sluice_store::state::Decision {
+                token: &token,
+                approve,
+                by: &caller.id,
+                comment: &request.comment,
+                now_ms: now_ms(),
+            },
+        )
+        .map_err(ApiError::internal)?;
+    if !decided {
+        return Err(conflict(format!(
+            "approval `{action}` is already {}",
+            approval.status
+        )));
+    }
+    app.executor.approvals_changed();
+    let status = if approve { "approved" } else { "rejected" };
+    Ok(Json(
+        json!({ "execution": execution.id, "action": action, "status": status, "by": caller.id }),
+    ))
+}
+
+/// A field a request may not leave out.
+fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
+    value.ok_or_else(|| ApiError::bad_request(field, format!("`{field}` is required")))
+}
+
+#[utoipa::path(
+    put,
+    path = "/pipelines/{name}/stages/{stage}/transition",
+    tag = "pipelines",
+    summary = "Enable or disable (with a reason) the transition into a stage",
+    description = "Requires role operator.",
+    params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "Stage name")),
+    request_body(content = TransitionRequest),
+    responses((status = 200, description = "The transition")),
+)]
+async fn set_transition(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((name, stage)): UrlPath<(String, String)>,
+    JsonBody(request): JsonBody<TransitionRequest>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Operator, Some(&name))?;
+    let enabled = required("enabled", request.enabled)?;
+    let record = stored_pipeline(&app, &name, None)?;
+    let plan = plan_from_source(&app, &name, &record.source)?;
+    if !plan.stages.iter().any(|s| s.name == stage) {
+        return Err(ApiError::not_found(format!(
+            "pipeline `{name}` has no stage `{stage}`"
+        )));
+    }
+    let disabled = match (enabled, request.reason) {
+        (true, _) => None,
+        (false, Some(reason)) if !reason.trim().is_empty() => Some(reason),
+        (false, _) => {
+            return Err(ApiError::bad_request(
+                "reason",
+                "disabling a transition needs a reason",
+            ));
+        }
+    };
+    app.state
+        .set_transition(&name, &stage, disabled.as_deref(), &caller.id, now_ms())
+        .map_err(ApiError::internal)?;
+    app.executor
+        .set_transition(&name, &stage, plan.execution_mode, disabled.clone());
+    Ok(Json(
+        json!({ "pipeline": name, "stage": stage, "enabled": disabled.is_none(), "reason": disabled }),
+    ))
+}
+
+/// Per stage: its transition, the latest execution that entered it and that
+/// execution's actions there (status, summary, percent, error).
+#[utoipa::path(
+    get,
+    path = "/pipelines/{name}/state",
+    tag = "pipelines",
+    summary = "Per stage: transition, current execution, actions with progress and approval tokens",
+    description = "Requires role viewer.",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses((status = 200, description = "The state per stage")),
+)]
+async fn pipeline_state(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, Some(&name))?;
+    let record = stored_pipeline(&app, &name, None)?;
+    let plan = plan_from_source(&app, &name, &record.source)?;
+    let disabled: Vec<(String, String, String)> = app
+        .state
+        .disabled_transitions()
+        .map_err(ApiError::internal)?;
+    let recent = ExecutionFilter {
+        pipeline: Some(&name),
+        status: None,
+        limit: 50,
+        offset: 0,
+    };
+    let executions = app
+        .state
+        .list_executions(&recent)
+        .map_err(ApiError::internal)?;
+    let mut stages = Vec::new();
+    for stage in &plan.stages {
+        let transition = disabled
+            .iter()
+            .find(|(p, s, _)| *p == name && *s == stage.name)
+            .map(|(_, _, r)| r.clone());
+        let mut current = Value::Null;
+        for execution in &executions {
+            let runs = app
+                .state
+                .stages(&execution.id)
+                .map_err(ApiError::internal)?;
+            if let Some(run) = runs
+                .iter()
+                .find(|r| r.stage == stage.name && r.status != "Skipped")
+            {
+                let actions = app
+                    .state
+                    .actions(&execution.id)
+                    .map_err(ApiError::internal)?;
+                let here: Vec<Value> = actions
+                    .iter()
+                    .filter(|a| a.stage == stage.name)
+                    .map(|a| {
+                        let approval = app.state.approval(&execution.id, &a.action).ok().flatten().map(|ap| {
+                            json!({ "token": ap.token, "status": ap.status, "approvers": ap.approvers, "message": ap.message,
+                                    "expires_ms": ap.expires_ms, "decided_by": ap.decided_by, "comment": ap.comment })
+                        });
+                        json!({ "action": a.action, "status": a.status, "summary": a.summary, "error": a.error,
+                                "percent": a.percent, "progress": a.progress, "approval": approval })
+                    })
+                    .collect();
+                current =
+                    json!({ "execution": execution.id, "status": run.status, "actions": here });
+                break;
+            }
+        }
+        stages.push(json!({ "stage": stage.name, "transition": { "enabled": transition.is_none(), "reason": transition }, "current": current }));
+    }
+    Ok(Json(
+        json!({ "pipeline": name, "version": record.version, "execution_mode": format!("{:?}", plan.execution_mode).to_lowercase(), "stages": stages }),
+    ))
+}
+
+/// `POST /webhooks/{name}`: a GitHub-style delivery, authenticated by its
+/// X-Hub-Signature-256 only (over `timestamp.body` when X-Sluice-Timestamp is
+/// sent, which must then be within `--webhook-max-age`). The execution it
+/// starts is recorded before the answer (202); a delivery the filters reject,
+/// a `ping`, or a repeated X-GitHub-Delivery id gets 200.
+#[utoipa::path(
+    post,
+    path = "/webhooks/{name}",
+    tag = "webhooks",
+    summary = "GitHub-style push/pull_request/ping delivery (up to 25 MiB)",
+    description = "Authenticated by X-Hub-Signature-256 only, not by a token.",
+    params(("name" = String, Path, description = "Pipeline name"), ("X-GitHub-Event" = String, Header, description = "push, pull_request or ping"), ("X-Hub-Signature-256" = String, Header, description = "sha256=<HMAC-SHA256 of the body, or of `<X-Sluice-Timestamp>.<body>`>"), ("X-GitHub-Delivery" = Option<String>, Header, description = "Delivery id; a repeated one starts nothing"), ("X-Sluice-Timestamp" = Option<String>, Header, description = "Unix seconds, signed with the body; must be within --webhook-max-age")),
+    request_body(content = Object, description = "The provider's JSON payload"),
+    responses((status = 200, description = "A ping (`pong`), a repeated delivery (`duplicate`, `id`) or a delivery the filters reject (`ignored`)"), (status = 202, description = "An execution started")),
+    security(()),
+)]
+async fn webhook(
+    State(app): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let record = stored_pipeline(&app, &name, None)?;
+    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+    let trigger = plan.triggers.webhook.clone().ok_or_else(|| {
+        ApiError::not_found(format!("pipeline `{name}` has no [triggers.webhook]"))
+    })?;
+    let key = app.executor.secret(&trigger.secret).ok_or_else(|| {
+        ApiError::internal(format!(
+            "webhook secret `{}` has no value on this host",
+            trigger.secret
+        ))
+    })?;
+    let header = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
+    sluice_core::triggers::verify_delivery(
+        key.as_bytes(),
+        &body,
+        header("x-hub-signature-256"),
+        header(sluice_core::triggers::TIMESTAMP_HEADER),
+        app.limits.webhook_max_age,
+    )
+    .map_err(|why| ApiError::unauthorized(format!("webhook rejected: {why}")))?;
+    let event = header("x-github-event")
+        .ok_or_else(|| ApiError::bad_request("X-GitHub-Event", "missing X-GitHub-Event header"))?;
+    if event == "ping" {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "pong": true, "pipeline": name })),
+        ));
+    }
+    let Some(delivery_id) = header("x-github-delivery") else {
+        return start_delivery(&app, &name, &record, plan, &trigger, event, &body);
+    };
+    if let Some(first) = app
+        .state
+        .claim_delivery(&name, delivery_id, now_ms())
+        .map_err(ApiError::internal)?
+    {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "duplicate": delivery_id, "id": first, "pipeline": name })),
+        ));
+    }
+    let answer = start_delivery(&app, &name, &record, plan, &trigger, event, &body);
+    let stored = match &answer {
+        Ok((_, Json(started))) => match started["id"].as_str() {
+            Some(id) => app.state.set_delivery_execution(&name, delivery_id, id),
+            None => Ok(()),
+        },
+        // Not handled: the sender's redelivery should be tried afresh.
+        Err(_) => app.state.release_delivery(&name, delivery_id),
+    };
+    stored.map_err(ApiError::internal)?;
+    answer
+}
+
+/// Start the execution a verified delivery asks for, unless the filters or
+/// the pipeline's limits refuse it.
+fn start_delivery(
+    app: &AppState,
+    name: &str,
+    record: &PipelineRecord,
+    plan: Arc<Plan>,
+    trigger: &sluice_core::triggers::WebhookTrigger,
+    event: &str,
+    body: &[u8],
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let delivery = sluice_core::triggers::parse_delivery(event, body)
+        .map_err(|why| ApiError::bad_request("body", why))?;
+    if let Err(why) = trigger.accepts(&delivery) {
+        return Ok((StatusCode::OK, Json(json!({ "ignored": why }))));
+    }
+    let started = admit(app, plan, &BTreeMap::new(), delivery.variables())?;
+    let id = super::launch(app, started, record.version).map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "pipeline": name, "revision": delivery.revision })),
+    ))
+}
+
+/// Query of `GET /executions`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    pipeline: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+const STATUSES: [&str; 6] = [
+    "InProgress",
+    "Succeeded",
+    "Failed",
+    "Superseded",
+    "Stopping",
+    "Stopped",
+];
+
+#[utoipa::path(
+    get,
+    path = "/executions",
+    tag = "executions",
+    summary = "List executions, newest first",
+    description = "Requires role viewer.",
+    params(ListQuery),
+    responses((status = 200, description = "A page of executions")),
+)]
+async fn list_executions(
+    State(app): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer, query.pipeline.as_deref())?;
+    if let Some(status) = &query.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "status",
+            format!("unknown status `{status}`; use one of {STATUSES:?}"),
+        ));
+    }
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "limit",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let filter = ExecutionFilter {
+        pipeline: query.pipeline.as_deref(),
+        status: query.status.as_deref(),
+        limit,
+        offset: query.offset.unwrap_or(0),
+    };
+    let executions = app
+        .state
+        .list_executions(&filter)
+        .map_err(ApiError::internal)?;
+    let visible: Vec<&ExecutionRecord> = executions
+        .iter()
+        .filter(|e| caller.may_see(&e.pipeline))
+        .collect();
+    Ok(Json(sluice_api::views::execution_list(
+        &visible,
+        limit,
+        filter.offset,
+    )))
+}
+
+/// The execution named by `id`: a full id, a unique prefix, or `latest` (the
+/// newest execution this caller may see), as the local CLI accepts them.
+fn visible_execution(app: &AppState, caller: &Caller, id: &str) -> ApiResult<ExecutionRecord> {
+    let found = if id == "latest" {
+        latest_visible(app, caller)?
+    } else {
+        app.state
+            .execution(id)
+            .map_err(|e| ApiError::bad_request("id", format!("{e:#}")))?
+    };
+    let execution = found.ok_or_else(|| ApiError::not_found(format!("no execution `{id}`")))?;
+    caller.require(Role::Viewer, Some(&execution.pipeline))?;
+    Ok(execution)
+}
+
+/// The newest execution of a pipeline the caller may see.
+fn latest_visible(app: &AppState, caller: &Caller) -> ApiResult<Option<ExecutionRecord>> {
+    const PAGE: usize = 200;
+    for page in 0.. {
+        let filter = ExecutionFilter {
+            pipeline: None,
+            status: None,
+            limit: PAGE,
+            offset: page * PAGE,
+        };
+        let executions = app
+            .state
+            .list_executions(&filter)
+            .map_err(ApiError::internal)?;
+        let done = executions.len() < PAGE;
+        if let Some(found) = executions.into_iter().find(|e| caller.may_see(&e.pipeline)) {
+            return Ok(Some(found));
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+#[utoipa::path(
+    get,
+    path = "/executions/{id}",
+    tag = "executions",
+    summary = "An execution: stages, actions with resolved configuration, artifacts, variables",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
+    responses((status = 200, description = "The execution")),
+)]
+async fn get_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let document =
+        sluice_api::views::execution(&app.state, &execution).map_err(ApiError::internal)?;
+    Ok(Json(document))
+}
+
+fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, message)
+}
+
+#[utoipa::path(
+    post,
+    path = "/executions/{id}/stages/{stage}/retry",
+    tag = "executions",
+    summary = "Retry a failed stage of the latest execution (failed or all actions)",
+    description = "Requires role operator.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("stage" = String, Path, description = "Stage name")),
+    request_body(content = Option<RetryRequest>),
+    responses((status = 202, description = "Retrying")),
+)]
+async fn retry_stage(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((id, stage)): UrlPath<(String, String)>,
+    JsonBody(request): JsonBody<RetryRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    caller.require(Role::Operator, Some(&execution.pipeline))?;
+    let all = request.mode == sluice_api::RetryScope::All;
+    if execution.status != "Failed" {
+        return Err(conflict(format!(
+            "execution {id} is {}; only a failed execution can be retried",
+            execution.status
+        )));
+    }
+    let latest = ExecutionFilter {
+        pipeline: Some(&execution.pipeline),
+        status: None,
+        limit: 1,
+        offset: 0,
+    };
+    let newest = app
+        .state
+        .list_executions(&latest)
+        .map_err(ApiError::internal)?;
+    if newest.first().map(|e| e.id.as_str()) != Some(execution.id.as_str()) {
+        return Err(conflict(format!(
+            "only the latest execution of `{}` can be retried",
+            execution.pipeline
+        )));
+    }
+    let stages = app
+        .state
+        .stages(&execution.id)
+        .map_err(ApiError::internal)?;
+    match stages.iter().find(|s| s.stage == stage) {
+        Some(record) if record.status == "Failed" => {}
+        Some(record) => {
+            return Err(conflict(format!(
+                "stage `{stage}` is {}; only a failed stage can be retried",
+                record.status
+            )));
+        }
+        None => {
+            return Err(ApiError::not_found(format!(
+                "execution {id} has no stage `{stage}` that ran"
+            )));
+        }
+    }
+    let plan = super::resumable_plan(&app, &execution).map_err(conflict)?;
+    let started = app
+        .executor
+        .reopen_for_retry(plan, &execution.id, &stage, all)
+        .map_err(ApiError::internal)?;
+    super::run_to_end(started);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": execution.id, "stage": stage, "mode": request.mode })),
+    ))
+}
+
+/// Query of `GET /executions/{id}/logs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    action: Option<String>,
+    /// Only lines stored after the line with this id, in storage order (for following).
+    after: Option<i64>,
+}
+
+/// Most lines one `?after=` page returns.
+const LOG_PAGE: usize = 5000;
+
+#[utoipa::path(
+    get,
+    path = "/executions/{id}/logs",
+    tag = "executions",
+    summary = "Logs of an execution (masked) and its status; ?after=<line id> follows it",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), LogsQuery),
+    responses((status = 200, description = "Log lines")),
+)]
+async fn get_logs(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    QueryParams(query): QueryParams<LogsQuery>,
+) -> ApiResult<Json<Value>> {
+    // The status is read before the lines: when it is final, every line is there.
+    let execution = visible_execution(&app, &caller, &id)?;
+    let action = query.action.as_deref();
+    let lines = match query.after {
+        Some(after) => app.state.logs_after(&execution.id, action, after, LOG_PAGE),
+        None => app.state.logs(&execution.id, action),
+    }
+    .map_err(ApiError::internal)?;
+    Ok(Json(sluice_api::views::logs(
+        &execution.id,
+        execution.status,
+        &lines,
+    )))
+}
+
+/// The output artifacts of a visible execution.
+fn execution_artifacts(
+    app: &AppState,
+    execution: &ExecutionRecord,
+) -> ApiResult<Vec<sluice_api::views::ArtifactEntry>> {
+    let actions = app
+        .state
+        .actions(&execution.id)
+        .map_err(ApiError::internal)?;
+    Ok(sluice_api::views::artifact_entries(&actions))
+}
+
+#[utoipa::path(
+    get,
+    path = "/executions/{id}/artifacts",
+    tag = "executions",
+    summary = "Output artifacts of an execution: name, producing action, digest, files, bytes",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
+    responses((status = 200, description = "The artifacts")),
+)]
+async fn list_artifacts(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let entries = execution_artifacts(&app, &execution)?;
+    Ok(Json(sluice_api::views::artifacts(&execution.id, &entries)))
+}
+
+/// `GET /executions/{id}/artifacts/{name}`: the artifact's tree as a tar
+/// stream. Its digest is checked first; a corrupt artifact is refused (500,
+/// naming both digests) rather than served under its recorded digest.
+#[utoipa::path(
+    get,
+    path = "/executions/{id}/artifacts/{name}",
+    tag = "executions",
+    summary = "One artifact's tree as a tar stream (files, executable bits, symlinks); its digest is verified first",
+    description = "Requires role viewer.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("name" = String, Path, description = "Artifact name")),
+    responses((status = 200, description = "The tree as a tar archive; X-Sluice-Digest names its blake3 digest", content_type = "application/x-tar"), (status = 500, description = "The stored artifact no longer matches its digest")),
+)]
+async fn get_artifact(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+) -> ApiResult<axum::response::Response> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    let entry = execution_artifacts(&app, &execution)?
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "execution {} has no artifact `{name}`",
+                execution.id
+            ))
+        })?;
+    let store = app.executor.artifacts().clone();
+    if !store.contains(&entry.digest) {
+        return Err(ApiError::not_found(format!(
+            "artifact `{name}` of execution {} is no longer in the artifact store",
+            execution.id
+        )));
+    }
+    let (digest, label) = (entry.digest.clone(), entry.name.clone());
+    let path = tokio::task::spawn_blocking(move || {
+        sluice_store::export::verified_path(&store, &label, &digest)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let body = tar_body(path);
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
+        .header("X-Sluice-Digest", format!("blake3:{}", entry.digest))
+        .body(body)
+        .map_err(ApiError::internal)
+}
+
+/// Pack `dir` on a blocking thread, streaming the tar to the response as it
+/// is written (memory stays flat whatever the artifact's size). A failure
+/// midway ends the body with an error, so the client sees a broken download
+/// rather than a short, valid-looking one.
+fn tar_body(dir: std::path::PathBuf) -> axum::body::Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter(sender.clone());
+        let out = std::io::BufWriter::with_capacity(64 * 1024, writer);
+        if let Err(e) = sluice_store::export::pack(&dir, out) {
+            tracing::warn!("streaming artifact {} failed: {e:#}", dir.display());
+            let _ = sender.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        let chunk = receiver.recv().await?;
+        Some((chunk, receiver))
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+/// `Write` into the response body's channel (from a blocking thread).
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(axum::body::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Send `sender` every stored event after `after` that is `wanted`, in order,
+/// then each new one as `live` says there is more, until the client leaves.
+///
+/// The store is the stream: a broadcast only says that there is more. Events
+/// are numbered under the store's lock but broadcast after it, so they can
+/// arrive out of order (or, for a slow subscriber, not at all); reading
+/// everything after the last one sent never skips or repeats one.
+async fn follow_events(
+    state: Arc<sluice_store::state::StateStore>,
+    mut live: tokio::sync::broadcast::Receiver<EventRecord>,
+    after: i64,
+    wanted: impl Fn(&EventRecord) -> bool,
+    sender: tokio::sync::mpsc::Sender<EventRecord>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut last = after;
+    loop {
+        let Ok(events) = state.events_after(last, EVENT_PAGE) else {
+            return;
+        };
+        let full_page = events.len() == EVENT_PAGE;
+        for event in events {
+            last = event.seq;
+            if wanted(&event) && sender.send(event).await.is_err() {
+                return;
+            }
+        }
+        if full_page {
+            continue;
+        }
+        match live.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Most events read from the store at once for one event stream.
+const EVENT_PAGE: usize = 1000;
+
+/// Query of `GET /events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only this pipeline.
+    pipeline: Option<String>,
+    /// Only this execution.
+    execution: Option<String>,
+    /// Replay events after this sequence number (as the Last-Event-ID header does).
+    after: Option<i64>,
+}
+
+/// `GET /events`: Server-Sent Events of state changes. Reconnect with
+/// `Last-Event-ID` (or `?after=`) to get everything missed: delivery is at
+/// least once. Without either, the stream starts now.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    summary = "Server-Sent Events of state changes; resume with Last-Event-ID or ?after=",
+    description = "Requires role viewer.",
+    params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "Replay events after this sequence number")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream")),
+)]
+async fn stream_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    QueryParams(query): QueryParams<EventsQuery>,
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
+    caller.require(Role::Viewer, query.pipeline.as_deref())?;
+    let header = headers.get("last-event-id").and_then(|h| h.to_str().ok());
+    let after = match (query.after, header) {
+        (Some(after), _) => after,
+        (None, Some(id)) => id.trim().parse().map_err(|_| {
+            ApiError::bad_request("Last-Event-ID", format!("`{id}` is not an event id"))
+        })?,
+        (None, None) => app.state.last_event_seq().map_err(ApiError::internal)?,
+    };
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let live = app.executor.subscribe_events();
+    let (sender, receiver) = tokio::sync::mpsc::channel(256);
+    let wanted = move |e: &EventRecord| {
+        caller.may_see(&e.pipeline)
+            && query.pipeline.as_ref().is_none_or(|p| *p == e.pipeline)
+            && query.execution.as_ref().is_none_or(|x| *x == e.execution)
+    };
+    tokio::spawn(follow_events(
+        app.state.clone(),
+        live,
+        after,
+        wanted,
+        sender,
+    ));
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        let event = receiver.recv().await?;
+        let sse = axum::response::sse::Event::default()
+            .id(event.seq.to_string())
+            .event(format!("{}.{}", event.kind, event.state))
+            .json_data(&event)
+            .unwrap_or_default();
+        Some((Ok(sse), receiver))
+    });
+    Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
+}
+
+/// Query of `GET /audit`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    summary = "The audit log of mutating calls and token management; an admin token scoped to pipelines reads only those pipelines' entries",
+    description = "Requires role admin.",
+    params(AuditQuery),
+    responses((status = 200, description = "Audit entries")),
+)]
+async fn get_audit(
+    State(app): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin, None)?;
+    // A scoped admin reads its pipelines' entries only, not global ones.
+    let entries = app
+        .state
+        .audit_log(
+            query.after.unwrap_or(0),
+            query.limit.unwrap_or(500).min(5000),
+            caller.scope(),
+        )
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(execution: &str) -> EventRecord {
+        EventRecord {
+            seq: 0,
+            ts_ms: 0,
+            execution: execution.into(),
+            pipeline: "p".into(),
+            kind: "action".into(),
+            name: "a".into(),
+            state: "STARTED".into(),
+            detail: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_sends_what_was_stored_in_order_whatever_the_broadcast_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let state =
+            Arc::new(sluice_store::state::StateStore::open(&dir.path().join("s.db")).unwrap());
+        let before = state.append_event(event("old")).unwrap().seq;
+        let (broadcast, live) = tokio::sync::broadcast::channel(4);
+        let (sender, mut received) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(follow_events(state.clone(), live, before, |_| true, sender));
+        // Two events stored concurrently; only the later one's broadcast
+        // arrives (the other is still on its way, or was lost to lag).
+        let first = state.append_event(event("x")).unwrap();
+        let second = state.append_event(event("y")).unwrap();
+        broadcast.send(second.clone()).unwrap();
+        let got = [
+            received.recv().await.unwrap(),
+            received.recv().await.unwrap(),
+        ];
+        assert_eq!([got[0].seq, got[1].seq], [first.seq, second.seq]);
+        // The late broadcast of the first repeats nothing.
+        broadcast.send(first).unwrap();
+        let third = state.append_event(event("z")).unwrap();
+        broadcast.send(third.clone()).unwrap();
+        assert_eq!(received.recv().await.unwrap().seq, third.seq);
+    }
+}

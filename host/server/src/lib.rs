@@ -1,0 +1,898 @@
+//! `sluice serve`: the JSON HTTP API over the same executor, state and artifact
+//! stores as `sluice run`.
+//!
+//! Every `/api/v1` request passes through one middleware that resolves its bearer
+//! token and, for mutating methods, appends (who, what, when, result) to the
+//! audit log once the response is known, with the pipeline it concerns.
+//!
+//! Connections are served by hyper directly (not `axum::serve`) for the knobs
+//! slow clients need: a header read timeout, a body read timeout and a cap on
+//! concurrent connections. Every error answer is JSON.
+
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod engine;
+mod extract;
+mod handlers;
+mod openapi;
+mod plans;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use auth::Caller;
+pub use engine::{Begun, Engine, Reopened};
+use sluice_core::metrics::{Histogram, escape_label_value};
+use sluice_core::pipeline::Plan;
+use sluice_core::plugin::Registry;
+use sluice_core::units::now_ms;
+use sluice_store::state::StateStore;
+use sluice_store::state::{ExecutionFilter, ExecutionRecord};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    state: Arc<StateStore>,
+    registry: Registry,
+    executor: Arc<dyn Engine>,
+    /// Relative host paths in registered pipelines resolve against this.
+    pipelines_root: PathBuf,
+    /// Durations of finished actions (fed by the executor's events).
+    action_durations: Arc<Histogram>,
+    /// Timeouts, caps and windows of `sluice serve`.
+    limits: Limits,
+    /// Registered versions' plans for the background loops.
+    plans: Arc<plans::PlanCache>,
+    /// Held from the limit check to the recorded start of an execution.
+    admission: Arc<std::sync::Mutex<()>>,
+}
+
+/// Most bytes a request body may have, except webhook deliveries (axum's default).
+pub const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Most bytes a webhook delivery may have: GitHub caps payloads at 25 MB.
+pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// What `sluice serve` allows slow or many clients, and old webhook deliveries.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct Limits {
+    /// Close a connection whose request headers are not complete this long
+    /// after it opened (or after its previous response, when kept alive).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Answer 408 and close the connection when a request body sends nothing
+    /// for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Serve at most this many connections at once; more wait to be accepted
+    /// until one closes.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Refuse a webhook delivery whose signed timestamp (X-Sluice-Timestamp)
+    /// is further than this from now.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub webhook_max_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            webhook_max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+impl AppState {
+    /// Shared state for the handlers.
+    pub fn new(
+        state: Arc<StateStore>,
+        registry: Registry,
+        executor: Arc<dyn Engine>,
+        pipelines_root: PathBuf,
+        action_durations: Arc<Histogram>,
+    ) -> Self {
+        Self {
+            state,
+            registry,
+            executor,
+            pipelines_root,
+            action_durations,
+            limits: Limits::default(),
+            plans: Arc::default(),
+            admission: Arc::default(),
+        }
+    }
+
+    /// The same, with these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// The router: `/api/v1/...`, `/openapi.json`, `/health` and `/metrics`.
+pub fn router(app: AppState) -> Router {
+    let (api, api_document) = handlers::routes().split_for_parts();
+    // Serialized once: the document cannot change while the server runs.
+    let document = axum::body::Bytes::from(
+        serde_json::to_vec(&openapi::document(api_document)).unwrap_or_default(),
+    );
+    let api =
+        api.method_not_allowed_fallback(wrong_method)
+            .layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                authenticate_and_audit,
+            ));
+    Router::new()
+        .nest("/api/v1", api)
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = [(header::CONTENT_TYPE, "application/json")];
+                std::future::ready((json, document.clone()))
+            }),
+        )
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), read_body))
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(log_response)
+                .on_failure(()),
+        )
+        .with_state(app)
+}
+
+/// `GET /health`: `ok` while the server answers.
+#[utoipa::path(get, path = "/health", tag = "server", security(()), responses((status = 200, description = "`ok`", content_type = "text/plain")))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The span of one request: its method and path only. The query string and
+/// the headers stay out of logs: they may carry tokens.
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path()
+    )
+}
+
+/// One event per answered request, in its span: status and latency (until
+/// the response head; a stream such as SSE may go on after it). Server
+/// errors at error level, so they stand out.
+fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_micros() as f64 / 1000.0;
+    if response.status().is_server_error() {
+        tracing::error!(status, latency_ms, "answered");
+    } else {
+        tracing::info!(status, latency_ms, "answered");
+    }
+}
+
+/// 404 for a path no route serves, naming it.
+async fn no_route(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {method} {}; the API is described at /openapi.json",
+        uri.path()
+    ))
+}
+
+/// 405 for a method a route does not take (axum adds the `Allow` header).
+async fn wrong_method(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} does not take {method}; the Allow header lists the methods it takes",
+            uri.path()
+        ),
+    )
+}
+
+/// Read the whole request body before routing, with a per-route size limit
+/// (413) and a timeout between chunks (408, and the connection closes), so a
+/// client that stops sending mid-body does not hold its connection forever.
+async fn read_body(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    use http_body_util::BodyExt as _;
+    let limit = if request.uri().path().starts_with("/api/v1/webhooks/") {
+        WEBHOOK_BODY_LIMIT
+    } else {
+        API_BODY_LIMIT
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return closing(too_large(limit));
+    }
+    let (parts, mut body) = request.into_parts();
+    let mut collected = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(app.limits.body_timeout, body.frame()).await {
+            Err(_) => {
+                return closing(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body sent nothing for {}; closing the connection",
+                        humantime::format_duration(app.limits.body_timeout)
+                    ),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return closing(ApiError::bad_request(
+                    "body",
+                    format!("reading the request body failed: {e}"),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                return closing(too_large(limit));
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(collected)))
+        .await
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than this route's limit of {} MiB",
+            limit / (1024 * 1024)
+        ),
+    )
+    .limit_bytes(limit as u64)
+}
+
+/// An error answer after which the connection closes (its request was not
+/// read to the end).
+fn closing(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Make every error answer JSON, as a net under the handlers, fallbacks and
+/// extractors (which answer with [`ApiError`] themselves) for anything axum
+/// or a layer may still write as text: `{"error": "..."}`.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        false => text,
+    };
+    let mut json = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
+}
+
+/// Record which pipeline version a begun execution runs, then run it to its end
+/// on its own task. Returns the execution id.
+pub(crate) fn launch(app: &AppState, started: Begun, version: i64) -> anyhow::Result<String> {
+    let id = started.id.clone();
+    app.state.set_execution_version(&id, version)?;
+    run_to_end(started);
+    Ok(id)
+}
+
+/// Run a begun (or reopened) execution to its end on its own task.
+pub(crate) fn run_to_end(started: Begun) {
+    tokio::spawn(async move {
+        if let Err(e) = started.run.await {
+            tracing::error!("execution failed internally: {e:#}");
+        }
+    });
+}
+
+/// Resume what a previous server process left InProgress, then serve until the
+/// process is stopped. `listening` is told the bound address (the port may
+/// have been 0) once connections are accepted.
+pub async fn serve(
+    app: AppState,
+    listen: SocketAddr,
+    drain: Duration,
+    listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    for (pipeline, stage, reason) in app.state.disabled_transitions()? {
+        app.executor
+            .set_transition(&pipeline, &stage, Default::default(), Some(reason));
+    }
+    resume_interrupted(&app)?;
+    tokio::spawn(run_cron(app.clone()));
+    tokio::spawn(run_polls(app.clone()));
+    tokio::spawn(run_notifications(app.clone()));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    listening(address);
+    let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(accept_connections(
+        listener,
+        router(app.clone()),
+        app.limits,
+        stopped,
+    ));
+    let signal = termination_signal().await?;
+    let _ = stop_accepting.send(true);
+    drain_executions(&app, signal, drain).await;
+    // Open streams (SSE) would hold a graceful shutdown forever: stop here.
+    server.abort();
+    Ok(())
+}
+
+/// Accept and serve connections until `stop` turns true, then let each open
+/// connection finish its current request and close. At most
+/// `max_connections` are served at once: beyond that, the next connection
+/// waits in the listen backlog until one closes.
+async fn accept_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or the peer left: retry shortly.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stop.changed() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+    }
+}
+
+/// Wait for SIGTERM or SIGINT; returns its name.
+async fn termination_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+/// Let running executions finish for up to `drain`. What is still running
+/// after that stays InProgress in the state store and is resumed by the next
+/// start; its native commands die with this process.
+async fn drain_executions(app: &AppState, signal: &str, drain: Duration) {
+    let running = app.executor.running_executions();
+    tracing::warn!(
+        "{signal}: no longer accepting requests; waiting up to {} for {running} running execution(s)",
+        humantime::format_duration(drain)
+    );
+    let drained = tokio::time::timeout(drain, async {
+        while app.executor.running_executions() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} execution(s) still running after the drain timeout; they resume at the next start",
+            app.executor.running_executions()
+        );
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "server", summary = "Prometheus metrics", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
+    let mut out = String::from(
+        "# HELP sluice_executions Executions recorded, by status.\n# TYPE sluice_executions gauge\n",
+    );
+    for (status, count) in app.state.execution_counts().map_err(ApiError::internal)? {
+        out.push_str(&format!(
+            "sluice_executions{{status=\"{}\"}} {count}\n",
+            escape_label_value(&status)
+        ));
+    }
+    out.push_str("# HELP sluice_queue_depth Executions waiting at stage boundaries, by pipeline.\n# TYPE sluice_queue_depth gauge\n");
+    for pipeline in app.state.pipelines().map_err(ApiError::internal)? {
+        let waiting = app.executor.waiting(&pipeline.name);
+        out.push_str(&format!(
+            "sluice_queue_depth{{pipeline=\"{}\"}} {waiting}\n",
+            escape_label_value(&pipeline.name)
+        ));
+    }
+    app.action_durations.render(
+        "sluice_action_duration_seconds",
+        "Wall time of finished actions, retries included.",
+        &mut out,
+    );
+    app.executor.instantiations().render(
+        "sluice_plugin_instantiation_seconds",
+        "Time to instantiate a plugin for one invocation.",
+        &mut out,
+    );
+    Ok(out)
+}
+
+/// Start executions of registered pipelines whose cron schedules come due.
+/// Schedules are UTC; fires missed while the server was down are not caught up.
+async fn run_cron(app: AppState) {
+    let mut schedules: HashMap<(String, i64), Vec<(String, cron::Schedule)>> = HashMap::new();
+    let mut last_check = chrono::Utc::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = chrono::Utc::now();
+        let pipelines = match app.state.pipelines() {
+            Ok(pipelines) => pipelines,
+            Err(e) => {
+                tracing::error!("cron: reading pipelines failed: {e:#}");
+                continue;
+            }
+        };
+        for record in pipelines {
+            let key = (record.name.clone(), record.version);
+            let due: Vec<String> = schedules
+                .entry(key)
+                .or_insert_with(|| cron_schedules(&app, &record))
+                .iter()
+                .filter(|(_, schedule)| {
+                    schedule
+                        .after(&last_check)
+                        .next()
+                        .is_some_and(|next| next <= now)
+                })
+                .map(|(expression, _)| expression.clone())
+                .collect();
+            for expression in due {
+                if let Err(e) = start_scheduled(&app, &record, &expression) {
+                    tracing::warn!("cron: {} not started: {e:#}", record.name);
+                }
+            }
+        }
+        last_check = now;
+    }
+}
+
+/// Poll each registered pipeline's source action (`[triggers] poll`) on its
+/// interval; a new revision starts an execution with `#{trigger.revision}`.
+async fn run_polls(app: AppState) {
+    let mut next_due: HashMap<String, std::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let Ok(pipelines) = app.state.pipelines() else {
+            continue;
+        };
+        for record in pipelines {
+            let Some(plan) = app.plans.get(&app, &record) else {
+                continue;
+            };
+            let Some((action, interval)) = plan.triggers.poll.clone() else {
+                continue;
+            };
+            let now = std::time::Instant::now();
+            if next_due.get(&record.name).is_some_and(|due| *due > now) {
+                continue;
+            }
+            next_due.insert(record.name.clone(), now + interval);
+            if let Err(e) = poll_once(&app, &record, plan, &action).await {
+                tracing::warn!("poll of {}/{action}: {e:#}", record.name);
+            }
+        }
+    }
+}
+
+/// Hand stored events, in order, to each pipeline's `[notifications]` action.
+/// The cursor only moves past an event once it was delivered (or not wanted),
+/// so delivery is at least once, across restarts too.
+async fn run_notifications(app: AppState) {
+    let mut backoff = std::time::Duration::from_millis(300);
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Ok(cursor) = app.state.notify_cursor() else {
+            continue;
+        };
+        let Ok(events) = app.state.events_after(cursor, 100) else {
+            continue;
+        };
+        backoff = std::time::Duration::from_millis(300);
+        for event in events {
+            let plan = match app.state.pipeline(&event.pipeline, None) {
+                Ok(Some(record)) => app.plans.get(&app, &record),
+                _ => None,
+            };
+            let wanted = plan
+                .as_ref()
+                .and_then(|p| p.notifications.as_ref())
+                .is_some_and(|n| n.wants(&event.kind, &event.state));
+            if let (true, Some(plan)) = (wanted, plan)
+                && let Err(e) = app.executor.notify(plan, &event).await
+            {
+                tracing::warn!("notifying event {} failed, will retry: {e:#}", event.seq);
+                backoff = std::time::Duration::from_secs(2);
+                break;
+            }
+            if app.state.set_notify_cursor(event.seq).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+async fn poll_once(
+    app: &AppState,
+    record: &sluice_store::state::PipelineRecord,
+    plan: Arc<Plan>,
+    action: &str,
+) -> anyhow::Result<()> {
+    let last = app.state.poll_revision(&record.name, action)?;
+    let revisions = app.executor.poll(plan.clone(), action, last).await?;
+    let Some(newest) = revisions.last() else {
+        return Ok(());
+    };
+    let trigger = std::collections::BTreeMap::from([
+        ("kind".to_string(), "poll".to_string()),
+        ("event".to_string(), action.to_string()),
+        ("revision".to_string(), newest.clone()),
+    ]);
+    // Record the execution before the revision: a crash in between repeats the
+    // start (at least once) rather than losing it.
+    let started = handlers::admit(app, plan, &Default::default(), trigger)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    launch(app, started, record.version)?;
+    app.state
+        .set_poll_revision(&record.name, action, newest, now_ms())?;
+    Ok(())
+}
+
+fn cron_schedules(
+    app: &AppState,
+    record: &sluice_store::state::PipelineRecord,
+) -> Vec<(String, cron::Schedule)> {
+    let Some(plan) = app.plans.get(app, record) else {
+        return Vec::new();
+    };
+    plan.triggers
+        .cron
+        .iter()
+        .filter_map(|e| {
+            sluice_core::triggers::parse_cron(e)
+                .ok()
+                .map(|s| (e.clone(), s))
+        })
+        .collect()
+}
+
+fn start_scheduled(
+    app: &AppState,
+    record: &sluice_store::state::PipelineRecord,
+    expression: &str,
+) -> anyhow::Result<()> {
+    let plan = plans::parse_registered(app, &record.name, &record.source)
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let trigger = std::collections::BTreeMap::from([
+        ("kind".to_string(), "cron".to_string()),
+        ("event".to_string(), expression.to_string()),
+    ]);
+    let started = handlers::admit(app, Arc::new(plan), &Default::default(), trigger)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    launch(app, started, record.version)?;
+    Ok(())
+}
+
+/// Continue every execution left InProgress, or fail it with the reason it cannot.
+fn resume_interrupted(app: &AppState) -> anyhow::Result<()> {
+    let filter = ExecutionFilter {
+        pipeline: None,
+        status: Some("InProgress"),
+        limit: usize::MAX >> 1,
+        offset: 0,
+    };
+    for execution in app.state.list_executions(&filter)? {
+        let reopened = resumable_plan(app, &execution).and_then(|plan| {
+            app.executor
+                .reopen(plan, &execution.id)
+                .map_err(|e| format!("interrupted, and resuming failed: {e:#}"))
+        });
+        match reopened {
+            Ok(Reopened::Resume(started)) => {
+                tracing::info!(
+                    execution = %execution.id,
+                    pipeline = %execution.pipeline,
+                    "resuming an interrupted execution"
+                );
+                run_to_end(started);
+            }
+            Ok(Reopened::Failed(reason)) => {
+                tracing::warn!(execution = %execution.id, "failed on restart: {reason}")
+            }
+            Err(reason) => {
+                tracing::warn!(execution = %execution.id, "failed on restart: {reason}");
+                app.state.fail_execution(&execution.id, &reason, now_ms())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The plan an interrupted execution ran: its registered pipeline version.
+pub(crate) fn resumable_plan(
+    app: &AppState,
+    execution: &ExecutionRecord,
+) -> Result<Arc<Plan>, String> {
+    let version = execution
+        .pipeline_version
+        .ok_or("interrupted: it was started by `sluice run`, which does not resume")?;
+    let record = app
+        .state
+        .pipeline(&execution.pipeline, Some(version))
+        .map_err(|e| format!("interrupted: {e:#}"))?
+        .ok_or_else(|| {
+            format!(
+                "interrupted: pipeline {} version {version} is no longer registered",
+                execution.pipeline
+            )
+        })?;
+    plans::parse_registered(app, &execution.pipeline, &record.source)
+        .map(Arc::new)
+        .map_err(|d| format!("interrupted, and its pipeline no longer validates: {d}"))
+}
+
+async fn authenticate_and_audit(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    // A refused token (unknown, expired, revoked) is answered here, and its
+    // mutating attempts are audited too.
+    let resolved = Caller::from_header(&app.state, header.as_deref());
+    let mutating = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    // Inside the nested router the path lacks `/api/v1`; log the one called.
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|uri| uri.path().to_string())
+        .unwrap_or_else(|| request.uri().path().to_string());
+    let target = request
+        .uri()
+        .path()
+        .split('/')
+        .nth(2)
+        .unwrap_or("")
+        .to_string();
+    let action = format!("{} {path}", request.method());
+    let actor = match (&resolved, path.contains("/webhooks/")) {
+        (Ok(Some(caller)), _) => caller.id.clone(),
+        (Err(_), _) => "refused-token".to_string(),
+        (Ok(None), true) => "webhook".to_string(),
+        (Ok(None), false) => "anonymous".to_string(),
+    };
+    let pipeline = match mutating {
+        true => audited_pipeline(&app, request.uri().path()),
+        false => None,
+    };
+    let response = match resolved {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    };
+    if mutating {
+        let entry = sluice_store::state::AuditRecord {
+            seq: 0,
+            ts_ms: now_ms(),
+            actor,
+            action,
+            target,
+            result: response.status().as_u16().to_string(),
+            pipeline,
+        };
+        if let Err(e) = app.state.audit(&entry) {
+            tracing::error!("writing the audit log failed: {e:#}");
+            return ApiError::internal(e).into_response();
+        }
+    }
+    response
+}
+
+/// The pipeline a request (path inside `/api/v1`) concerns, for the audit
+/// log's scope: named in the path, or the pipeline of the named execution.
+fn audited_pipeline(app: &AppState, path: &str) -> Option<String> {
+    let mut segments = path.trim_start_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some("pipelines" | "webhooks"), Some(name)) if !name.is_empty() => Some(name.to_string()),
+        (Some("executions"), Some(id)) => app
+            .state
+            .execution(id)
+            .ok()
+            .flatten()
+            .map(|execution| execution.pipeline),
+        _ => None,
+    }
+}
+
+/// An error answer: a status and a JSON body naming the problem (and the field,
+/// when one request field is at fault).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    /// Boxed: errors travel in every handler's `Result`, which stays small.
+    body: Box<ErrorBody>,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The request field, parameter or part at fault (`variables.region`,
+    /// `limit`, `body`, `name`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Why a token was refused: `unknown`, `expired` or `revoked`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The body limit that was exceeded (413).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// Pipeline validation errors, each with file, line and column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub diagnostics: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: Box::new(ErrorBody {
+                error: message.into(),
+                ..ErrorBody::default()
+            }),
+        }
+    }
+
+    /// 400, naming the field at fault.
+    pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message).field(field)
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 500; the detail goes to the server log, not to the caller.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {error}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the server log",
+        )
+    }
+
+    /// Name the request field, parameter or part at fault.
+    pub fn field(mut self, field: &str) -> Self {
+        self.body.field = Some(field.to_string());
+        self
+    }
+
+    /// Say why a token was refused.
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.body.reason = Some(reason.to_string());
+        self
+    }
+
+    /// Name the body limit that was exceeded.
+    pub fn limit_bytes(mut self, limit: u64) -> Self {
+        self.body.limit_bytes = Some(limit);
+        self
+    }
+
+    /// Attach pipeline validation errors.
+    pub fn diagnostics(mut self, diagnostics: serde_json::Value) -> Self {
+        self.body.diagnostics = Some(diagnostics);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.body.error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(*self.body)).into_response()
+    }
+}
