@@ -1164,6 +1164,63 @@ fn the_generated_openapi_document_matches_the_router() {
         "{list:#}"
     );
     assert!(list["responses"]["401"].is_object(), "{list:#}");
+    // Answers come from their types too, the same ones the CLI client reads.
+    for (path, method, status, schema) in [
+        ("/api/v1/executions", "get", "200", "ExecutionPage"),
+        ("/api/v1/executions/{id}", "get", "200", "ExecutionDetail"),
+        ("/api/v1/executions/{id}/logs", "get", "200", "LogPage"),
+        (
+            "/api/v1/pipelines/{name}/state",
+            "get",
+            "200",
+            "PipelineState",
+        ),
+        (
+            "/api/v1/pipelines/{name}/executions",
+            "post",
+            "202",
+            "Started",
+        ),
+    ] {
+        let answer = &document["paths"][path][method]["responses"][status];
+        assert_eq!(
+            answer["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{method} {path}: {answer:#}"
+        );
+    }
+    let statuses = schemas["Status"]["enum"].as_array().unwrap();
+    assert!(
+        statuses.contains(&json!("InProgress")) && statuses.contains(&json!("Superseded")),
+        "{statuses:?}"
+    );
+    // No reference points at a schema the document does not have.
+    let mut references = Vec::new();
+    collect_references(&document, &mut references);
+    assert!(references.len() > 20, "{references:?}");
+    for reference in references {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {reference}"));
+        assert!(
+            schemas[name].is_object(),
+            "{reference} is not in the document"
+        );
+    }
+}
+
+/// Every `$ref` in a JSON document.
+fn collect_references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("$ref") {
+                found.push(reference.clone());
+            }
+            map.values().for_each(|v| collect_references(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_references(v, found)),
+        _ => {}
+    }
 }
 
 /// The JSON log lines `serve --log-format json` wrote; every line must be one.

@@ -8,7 +8,10 @@
 
 #![deny(missing_docs)]
 
+pub mod responses;
 pub mod views;
+
+pub use responses::*;
 
 use std::collections::BTreeMap;
 

@@ -2,34 +2,48 @@
 //! the local CLI (`--output json` without `--server`) both build them here, so
 //! a script sees one shape whichever way it asks.
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use sluice_store::state::{ActionRecord, ExecutionRecord, LogRecord, StateStore, Status};
 
-use sluice_store::state::{ActionRecord, ExecutionRecord, LogRecord, StateStore};
+use crate::responses::{ArtifactList, ExecutionDetail, ExecutionPage, Located, LogPage};
 
 /// `GET /executions`: a page of executions, newest first.
-pub fn execution_list(executions: &[&ExecutionRecord], limit: usize, offset: usize) -> Value {
-    json!({ "executions": executions, "limit": limit, "offset": offset })
+pub fn execution_list(
+    executions: &[&ExecutionRecord],
+    limit: usize,
+    offset: usize,
+) -> ExecutionPage {
+    ExecutionPage {
+        executions: executions.iter().map(|&e| e.clone()).collect(),
+        limit,
+        offset,
+    }
 }
 
 /// `GET /executions/{id}`: the execution, its stage runs and its action runs.
-pub fn execution(state: &StateStore, execution: &ExecutionRecord) -> anyhow::Result<Value> {
-    Ok(json!({
-        "execution": execution,
-        "stages": state.stages(&execution.id)?,
-        "actions": state.actions(&execution.id)?,
-    }))
+pub fn execution(
+    state: &StateStore,
+    execution: &ExecutionRecord,
+) -> anyhow::Result<ExecutionDetail> {
+    Ok(ExecutionDetail {
+        execution: execution.clone(),
+        stages: state.stages(&execution.id)?,
+        actions: state.actions(&execution.id)?,
+    })
 }
 
 /// `GET /executions/{id}/logs`: stored (masked) log lines.
 /// `status` is the execution's status read before the lines: once it is
 /// final, every line is in `lines` (`logs -f` stops on it).
-pub fn logs(execution: &str, status: impl Serialize, lines: &[LogRecord]) -> Value {
-    json!({ "execution": execution, "status": status, "lines": lines })
+pub fn logs(execution: &str, status: Status, lines: &[LogRecord]) -> LogPage {
+    LogPage {
+        execution: execution.to_string(),
+        status,
+        lines: lines.to_vec(),
+    }
 }
 
 /// One output artifact of an execution.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ArtifactEntry {
     /// Artifact name (unique in a pipeline).
     pub name: String,
@@ -63,25 +77,31 @@ pub fn artifact_entries(actions: &[ActionRecord]) -> Vec<ArtifactEntry> {
 }
 
 /// `GET /executions/{id}/artifacts`.
-pub fn artifacts(execution: &str, entries: &[ArtifactEntry]) -> Value {
-    json!({ "execution": execution, "artifacts": entries })
+pub fn artifacts(execution: &str, entries: &[ArtifactEntry]) -> ArtifactList {
+    ArtifactList {
+        execution: execution.to_string(),
+        artifacts: entries.to_vec(),
+    }
 }
 
 /// Validation problems, each located by line and column (the API's 400
 /// `diagnostics` and `sluice validate --output json`).
-pub fn diagnostics(diagnostics: &sluice_core::pipeline::Diagnostics) -> Value {
-    let located: Vec<Value> = diagnostics
+pub fn diagnostics(diagnostics: &sluice_core::pipeline::Diagnostics) -> Vec<Located> {
+    diagnostics
         .0
         .iter()
-        .map(|d| json!({ "line": d.line, "column": d.column, "message": d.message }))
-        .collect();
-    Value::Array(located)
+        .map(|d| Located {
+            line: d.line,
+            column: d.column,
+            message: d.message.clone(),
+        })
+        .collect()
 }
 
 /// A pipeline version for people: `v3`, or `-` for an execution of a file
 /// (`sluice run`), which has no registered version.
-pub fn version_label(version: &Value) -> String {
-    match version.as_i64() {
+pub fn version_label(version: Option<i64>) -> String {
+    match version {
         Some(v) => format!("v{v}"),
         None => "-".to_string(),
     }

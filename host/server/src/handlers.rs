@@ -7,18 +7,20 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{Caller, Role};
 use super::extract::{JsonBody, QueryParams, RawBody, UrlPath};
 use super::{ApiError, AppState};
 use sluice_api::{
-    self, DecisionRequest, RetryRequest, StartRequest, StopRequest, TransitionRequest,
+    ActionState, ApprovalState, ApprovalStatus, ArtifactList, AuditPage, CurrentRun, Decided,
+    DecisionRequest, ExecutionDetail, ExecutionPage, LogPage, PipelineList, PipelineState,
+    PipelineSummary, Registered, RetryRequest, RetryStarted, StageState, StartRequest, Started,
+    StopRequest, Stopping, Transition, TransitionRequest, TransitionState, WebhookAnswer,
 };
 use sluice_core::pipeline::Plan;
 use sluice_core::units::now_ms;
-use sluice_store::state::{EventRecord, ExecutionFilter, ExecutionRecord, PipelineRecord};
+use sluice_store::state::{EventRecord, ExecutionFilter, ExecutionRecord, PipelineRecord, Status};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -51,27 +53,30 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(webhooks)
 }
 
-fn pipeline_json(record: &PipelineRecord) -> Value {
-    json!({ "name": record.name, "version": record.version, "created_ms": record.created_ms, "source": record.source })
-}
-
 #[utoipa::path(
     get,
     path = "/pipelines",
     tag = "pipelines",
     summary = "List pipelines (latest versions)",
     description = "Requires role viewer.",
-    responses((status = 200, description = "The pipelines")),
+    responses((status = 200, description = "The pipelines", body = PipelineList)),
 )]
-async fn list_pipelines(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_pipelines(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<PipelineList>> {
     caller.require(Role::Viewer, None)?;
     let pipelines = app.state.pipelines().map_err(ApiError::internal)?;
-    let visible: Vec<Value> = pipelines
-        .iter()
+    let visible = pipelines
+        .into_iter()
         .filter(|p| caller.may_see(&p.name))
-        .map(|p| json!({ "name": p.name, "version": p.version, "created_ms": p.created_ms }))
+        .map(|p| PipelineSummary {
+            name: p.name,
+            version: p.version,
+            created_ms: p.created_ms,
+        })
         .collect();
-    Ok(Json(json!({ "pipelines": visible })))
+    Ok(Json(PipelineList { pipelines: visible }))
 }
 
 fn stored_pipeline(app: &AppState, name: &str, version: Option<i64>) -> ApiResult<PipelineRecord> {
@@ -92,15 +97,15 @@ fn stored_pipeline(app: &AppState, name: &str, version: Option<i64>) -> ApiResul
     summary = "The latest version of a pipeline",
     description = "Requires role viewer.",
     params(("name" = String, Path, description = "Pipeline name")),
-    responses((status = 200, description = "The pipeline: name, version, created_ms, source")),
+    responses((status = 200, description = "The pipeline: name, version, created_ms, source", body = PipelineRecord)),
 )]
 async fn get_pipeline(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(name): UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PipelineRecord>> {
     caller.require(Role::Viewer, Some(&name))?;
-    Ok(Json(pipeline_json(&stored_pipeline(&app, &name, None)?)))
+    Ok(Json(stored_pipeline(&app, &name, None)?))
 }
 
 #[utoipa::path(
@@ -110,22 +115,18 @@ async fn get_pipeline(
     summary = "One version of a pipeline",
     description = "Requires role viewer.",
     params(("name" = String, Path, description = "Pipeline name"), ("version" = i64, Path, description = "Version number")),
-    responses((status = 200, description = "The pipeline version")),
+    responses((status = 200, description = "The pipeline version", body = PipelineRecord)),
 )]
 async fn get_pipeline_version(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((name, version)): UrlPath<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PipelineRecord>> {
     caller.require(Role::Viewer, Some(&name))?;
     let version: i64 = version.parse().map_err(|_| {
         ApiError::bad_request("version", format!("`{version}` is not a version number"))
     })?;
-    Ok(Json(pipeline_json(&stored_pipeline(
-        &app,
-        &name,
-        Some(version),
-    )?)))
+    Ok(Json(stored_pipeline(&app, &name, Some(version))?))
 }
 
 /// Validate pipeline text against the installed plugins.
@@ -145,14 +146,14 @@ fn plan_from_source(app: &AppState, name: &str, source: &str) -> ApiResult<Plan>
     description = "Requires role admin.",
     params(("name" = String, Path, description = "Pipeline name")),
     request_body(content = String, content_type = "application/toml", description = "The pipeline file"),
-    responses((status = 200, description = "A new version registered"), (status = 201, description = "First version registered")),
+    responses((status = 200, description = "A new version registered", body = Registered), (status = 201, description = "First version registered", body = Registered)),
 )]
 async fn put_pipeline(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(name): UrlPath<String>,
     RawBody(body): RawBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Registered>)> {
     caller.require(Role::Admin, Some(&name))?;
     sluice_core::pipeline::check_name(&name).map_err(|why| ApiError::bad_request("name", why))?;
     let body = String::from_utf8(body.to_vec()).map_err(|e| {
@@ -177,7 +178,7 @@ async fn put_pipeline(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "name": name, "version": version }))))
+    Ok((status, Json(Registered { name, version })))
 }
 
 #[utoipa::path(
@@ -213,14 +214,14 @@ async fn delete_pipeline(
     description = "Requires role operator.",
     params(("name" = String, Path, description = "Pipeline name")),
     request_body(content = Option<StartRequest>, description = "Optional variable overrides and revision"),
-    responses((status = 202, description = "Started: its id")),
+    responses((status = 202, description = "Started: its id", body = Started)),
 )]
 async fn start_execution(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(name): UrlPath<String>,
     JsonBody(request): JsonBody<StartRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Started>)> {
     caller.require(Role::Operator, Some(&name))?;
     let record = stored_pipeline(&app, &name, None)?;
     // Plugins may have changed since registration: validate again.
@@ -236,7 +237,11 @@ async fn start_execution(
     let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "pipeline": name, "version": record.version })),
+        Json(Started {
+            id,
+            pipeline: name,
+            version: record.version,
+        }),
     ))
 }
 
@@ -292,14 +297,14 @@ fn check_limits(app: &AppState, plan: &Plan) -> ApiResult<()> {
     description = "Requires role operator.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
     request_body(content = Option<StopRequest>),
-    responses((status = 202, description = "Stopping")),
+    responses((status = 202, description = "Stopping", body = Stopping)),
 )]
 async fn stop_execution(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
     JsonBody(request): JsonBody<StopRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Stopping>)> {
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
     let reason = request
@@ -317,7 +322,10 @@ async fn stop_execution(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": execution.id, "status": "Stopping" })),
+        Json(Stopping {
+            id: execution.id,
+            status: Status::Stopping,
+        }),
     ))
 }
 
@@ -329,14 +337,14 @@ async fn stop_execution(
     description = "Requires role operator.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("action" = String, Path, description = "The approval action")),
     request_body(content = DecisionRequest),
-    responses((status = 200, description = "Decided")),
+    responses((status = 200, description = "Decided", body = Decided)),
 )]
 async fn decide_approval(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((id, action)): UrlPath<(String, String)>,
     JsonBody(request): JsonBody<DecisionRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Decided>> {
     let execution = visible_execution(&app, &caller, &id)?;
     let decision = required("decision", request.decision)?;
     let token = required("token", request.token)?;
@@ -375,10 +383,17 @@ async fn decide_approval(
         )));
     }
     app.executor.approvals_changed();
-    let status = if approve { "approved" } else { "rejected" };
-    Ok(Json(
-        json!({ "execution": execution.id, "action": action, "status": status, "by": caller.id }),
-    ))
+    let status = if approve {
+        ApprovalStatus::Approved
+    } else {
+        ApprovalStatus::Rejected
+    };
+    Ok(Json(Decided {
+        execution: execution.id,
+        action,
+        status,
+        by: caller.id,
+    }))
 }
 
 /// A field a request may not leave out.
@@ -394,14 +409,14 @@ fn required<T>(field: &str, value: Option<T>) -> ApiResult<T> {
     description = "Requires role operator.",
     params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "Stage name")),
     request_body(content = TransitionRequest),
-    responses((status = 200, description = "The transition")),
+    responses((status = 200, description = "The transition", body = Transition)),
 )]
 async fn set_transition(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((name, stage)): UrlPath<(String, String)>,
     JsonBody(request): JsonBody<TransitionRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Transition>> {
     caller.require(Role::Operator, Some(&name))?;
     let enabled = required("enabled", request.enabled)?;
     let record = stored_pipeline(&app, &name, None)?;
@@ -426,9 +441,12 @@ async fn set_transition(
         .map_err(ApiError::internal)?;
     app.executor
         .set_transition(&name, &stage, plan.execution_mode, disabled.clone());
-    Ok(Json(
-        json!({ "pipeline": name, "stage": stage, "enabled": disabled.is_none(), "reason": disabled }),
-    ))
+    Ok(Json(Transition {
+        pipeline: name,
+        stage,
+        enabled: disabled.is_none(),
+        reason: disabled,
+    }))
 }
 
 /// Per stage: its transition, the latest execution that entered it and that
@@ -440,13 +458,13 @@ async fn set_transition(
     summary = "Per stage: transition, current execution, actions with progress and approval tokens",
     description = "Requires role viewer.",
     params(("name" = String, Path, description = "Pipeline name")),
-    responses((status = 200, description = "The state per stage")),
+    responses((status = 200, description = "The state per stage", body = PipelineState)),
 )]
 async fn pipeline_state(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(name): UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PipelineState>> {
     caller.require(Role::Viewer, Some(&name))?;
     let record = stored_pipeline(&app, &name, None)?;
     let plan = plan_from_source(&app, &name, &record.source)?;
@@ -470,42 +488,79 @@ async fn pipeline_state(
             .iter()
             .find(|(p, s, _)| *p == name && *s == stage.name)
             .map(|(_, _, r)| r.clone());
-        let mut current = Value::Null;
-        for execution in &executions {
-            let runs = app
-                .state
-                .stages(&execution.id)
-                .map_err(ApiError::internal)?;
-            if let Some(run) = runs
-                .iter()
-                .find(|r| r.stage == stage.name && r.status != "Skipped")
-            {
-                let actions = app
-                    .state
-                    .actions(&execution.id)
-                    .map_err(ApiError::internal)?;
-                let here: Vec<Value> = actions
-                    .iter()
-                    .filter(|a| a.stage == stage.name)
-                    .map(|a| {
-                        let approval = app.state.approval(&execution.id, &a.action).ok().flatten().map(|ap| {
-                            json!({ "token": ap.token, "status": ap.status, "approvers": ap.approvers, "message": ap.message,
-                                    "expires_ms": ap.expires_ms, "decided_by": ap.decided_by, "comment": ap.comment })
-                        });
-                        json!({ "action": a.action, "status": a.status, "summary": a.summary, "error": a.error,
-                                "percent": a.percent, "progress": a.progress, "approval": approval })
-                    })
-                    .collect();
-                current =
-                    json!({ "execution": execution.id, "status": run.status, "actions": here });
-                break;
-            }
-        }
-        stages.push(json!({ "stage": stage.name, "transition": { "enabled": transition.is_none(), "reason": transition }, "current": current }));
+        let current = current_run(&app, &executions, &stage.name)?;
+        stages.push(StageState {
+            stage: stage.name.clone(),
+            transition: TransitionState {
+                enabled: transition.is_none(),
+                reason: transition,
+            },
+            current,
+        });
     }
-    Ok(Json(
-        json!({ "pipeline": name, "version": record.version, "execution_mode": format!("{:?}", plan.execution_mode).to_lowercase(), "stages": stages }),
-    ))
+    Ok(Json(PipelineState {
+        pipeline: name,
+        version: record.version,
+        execution_mode: plan.execution_mode,
+        stages,
+    }))
+}
+
+/// The newest of `executions` (newest first) that ran `stage`, with its actions.
+fn current_run(
+    app: &AppState,
+    executions: &[ExecutionRecord],
+    stage: &str,
+) -> ApiResult<Option<CurrentRun>> {
+    for execution in executions {
+        let runs = app
+            .state
+            .stages(&execution.id)
+            .map_err(ApiError::internal)?;
+        let Some(run) = runs
+            .iter()
+            .find(|r| r.stage == stage && r.status != Status::Skipped)
+        else {
+            continue;
+        };
+        let actions = app
+            .state
+            .actions(&execution.id)
+            .map_err(ApiError::internal)?;
+        let actions = actions
+            .into_iter()
+            .filter(|a| a.stage == stage)
+            .map(|a| ActionState {
+                approval: approval_state(app, &execution.id, &a.action),
+                action: a.action,
+                status: a.status,
+                summary: a.summary,
+                error: a.error,
+                percent: a.percent,
+                progress: a.progress,
+            })
+            .collect();
+        return Ok(Some(CurrentRun {
+            execution: execution.id.clone(),
+            status: run.status,
+            actions,
+        }));
+    }
+    Ok(None)
+}
+
+/// The approval an action asks (or asked) for, if it is an approval action.
+fn approval_state(app: &AppState, execution: &str, action: &str) -> Option<ApprovalState> {
+    let approval = app.state.approval(execution, action).ok().flatten()?;
+    Some(ApprovalState {
+        token: approval.token,
+        status: approval.status,
+        approvers: approval.approvers,
+        message: approval.message,
+        expires_ms: approval.expires_ms,
+        decided_by: approval.decided_by,
+        comment: approval.comment,
+    })
 }
 
 /// `POST /webhooks/{name}`: a GitHub-style delivery, authenticated by its
@@ -521,7 +576,7 @@ async fn pipeline_state(
     description = "Authenticated by X-Hub-Signature-256 only, not by a token.",
     params(("name" = String, Path, description = "Pipeline name"), ("X-GitHub-Event" = String, Header, description = "push, pull_request or ping"), ("X-Hub-Signature-256" = String, Header, description = "sha256=<HMAC-SHA256 of the body, or of `<X-Sluice-Timestamp>.<body>`>"), ("X-GitHub-Delivery" = Option<String>, Header, description = "Delivery id; a repeated one starts nothing"), ("X-Sluice-Timestamp" = Option<String>, Header, description = "Unix seconds, signed with the body; must be within --webhook-max-age")),
     request_body(content = Object, description = "The provider's JSON payload"),
-    responses((status = 200, description = "A ping (`pong`), a repeated delivery (`duplicate`, `id`) or a delivery the filters reject (`ignored`)"), (status = 202, description = "An execution started")),
+    responses((status = 200, description = "A ping (`pong`), a repeated delivery (`duplicate`, `id`) or a delivery the filters reject (`ignored`)", body = WebhookAnswer), (status = 202, description = "An execution started", body = WebhookAnswer)),
     security(()),
 )]
 async fn webhook(
@@ -529,7 +584,7 @@ async fn webhook(
     UrlPath(name): UrlPath<String>,
     headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WebhookAnswer>)> {
     let record = stored_pipeline(&app, &name, None)?;
     let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
     let trigger = plan.triggers.webhook.clone().ok_or_else(|| {
@@ -555,7 +610,10 @@ async fn webhook(
     if event == "ping" {
         return Ok((
             StatusCode::OK,
-            Json(json!({ "pong": true, "pipeline": name })),
+            Json(WebhookAnswer::Pong {
+                pong: true,
+                pipeline: name,
+            }),
         ));
     }
     let Some(delivery_id) = header("x-github-delivery") else {
@@ -568,15 +626,19 @@ async fn webhook(
     {
         return Ok((
             StatusCode::OK,
-            Json(json!({ "duplicate": delivery_id, "id": first, "pipeline": name })),
+            Json(WebhookAnswer::Duplicate {
+                duplicate: delivery_id.to_string(),
+                id: first,
+                pipeline: name,
+            }),
         ));
     }
     let answer = start_delivery(&app, &name, &record, plan, &trigger, event, &body);
     let stored = match &answer {
-        Ok((_, Json(started))) => match started["id"].as_str() {
-            Some(id) => app.state.set_delivery_execution(&name, delivery_id, id),
-            None => Ok(()),
-        },
+        Ok((_, Json(WebhookAnswer::Started { id, .. }))) => {
+            app.state.set_delivery_execution(&name, delivery_id, id)
+        }
+        Ok(_) => Ok(()),
         // Not handled: the sender's redelivery should be tried afresh.
         Err(_) => app.state.release_delivery(&name, delivery_id),
     };
@@ -594,17 +656,24 @@ fn start_delivery(
     trigger: &sluice_core::triggers::WebhookTrigger,
     event: &str,
     body: &[u8],
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WebhookAnswer>)> {
     let delivery = sluice_core::triggers::parse_delivery(event, body)
         .map_err(|why| ApiError::bad_request("body", why))?;
     if let Err(why) = trigger.accepts(&delivery) {
-        return Ok((StatusCode::OK, Json(json!({ "ignored": why }))));
+        return Ok((
+            StatusCode::OK,
+            Json(WebhookAnswer::Ignored { ignored: why }),
+        ));
     }
     let started = admit(app, plan, &BTreeMap::new(), delivery.variables())?;
     let id = super::launch(app, started, record.version).map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "pipeline": name, "revision": delivery.revision })),
+        Json(WebhookAnswer::Started {
+            id,
+            pipeline: name.to_string(),
+            revision: delivery.revision,
+        }),
     ))
 }
 
@@ -635,13 +704,13 @@ const STATUSES: [&str; 6] = [
     summary = "List executions, newest first",
     description = "Requires role viewer.",
     params(ListQuery),
-    responses((status = 200, description = "A page of executions")),
+    responses((status = 200, description = "A page of executions", body = ExecutionPage)),
 )]
 async fn list_executions(
     State(app): State<AppState>,
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ExecutionPage>> {
     caller.require(Role::Viewer, query.pipeline.as_deref())?;
     if let Some(status) = &query.status
         && !STATUSES.contains(&status.as_str())
@@ -726,13 +795,13 @@ fn latest_visible(app: &AppState, caller: &Caller) -> ApiResult<Option<Execution
     summary = "An execution: stages, actions with resolved configuration, artifacts, variables",
     description = "Requires role viewer.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
-    responses((status = 200, description = "The execution")),
+    responses((status = 200, description = "The execution", body = ExecutionDetail)),
 )]
 async fn get_execution(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ExecutionDetail>> {
     let execution = visible_execution(&app, &caller, &id)?;
     let document =
         sluice_api::views::execution(&app.state, &execution).map_err(ApiError::internal)?;
@@ -751,18 +820,18 @@ fn conflict(message: impl Into<String>) -> ApiError {
     description = "Requires role operator.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("stage" = String, Path, description = "Stage name")),
     request_body(content = Option<RetryRequest>),
-    responses((status = 202, description = "Retrying")),
+    responses((status = 202, description = "Retrying", body = RetryStarted)),
 )]
 async fn retry_stage(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath((id, stage)): UrlPath<(String, String)>,
     JsonBody(request): JsonBody<RetryRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RetryStarted>)> {
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
     let all = request.mode == sluice_api::RetryScope::All;
-    if execution.status != "Failed" {
+    if execution.status != Status::Failed {
         return Err(conflict(format!(
             "execution {id} is {}; only a failed execution can be retried",
             execution.status
@@ -789,7 +858,7 @@ async fn retry_stage(
         .stages(&execution.id)
         .map_err(ApiError::internal)?;
     match stages.iter().find(|s| s.stage == stage) {
-        Some(record) if record.status == "Failed" => {}
+        Some(record) if record.status == Status::Failed => {}
         Some(record) => {
             return Err(conflict(format!(
                 "stage `{stage}` is {}; only a failed stage can be retried",
@@ -810,7 +879,11 @@ async fn retry_stage(
     super::run_to_end(started);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": execution.id, "stage": stage, "mode": request.mode })),
+        Json(RetryStarted {
+            id: execution.id,
+            stage,
+            mode: request.mode,
+        }),
     ))
 }
 
@@ -834,14 +907,14 @@ const LOG_PAGE: usize = 5000;
     summary = "Logs of an execution (masked) and its status; ?after=<line id> follows it",
     description = "Requires role viewer.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), LogsQuery),
-    responses((status = 200, description = "Log lines")),
+    responses((status = 200, description = "Log lines", body = LogPage)),
 )]
 async fn get_logs(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
     QueryParams(query): QueryParams<LogsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<LogPage>> {
     // The status is read before the lines: when it is final, every line is there.
     let execution = visible_execution(&app, &caller, &id)?;
     let action = query.action.as_deref();
@@ -876,13 +949,13 @@ fn execution_artifacts(
     summary = "Output artifacts of an execution: name, producing action, digest, files, bytes",
     description = "Requires role viewer.",
     params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`")),
-    responses((status = 200, description = "The artifacts")),
+    responses((status = 200, description = "The artifacts", body = ArtifactList)),
 )]
 async fn list_artifacts(
     State(app): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ArtifactList>> {
     let execution = visible_execution(&app, &caller, &id)?;
     let entries = execution_artifacts(&app, &execution)?;
     Ok(Json(sluice_api::views::artifacts(&execution.id, &entries)))
@@ -1101,13 +1174,13 @@ struct AuditQuery {
     summary = "The audit log of mutating calls and token management; an admin token scoped to pipelines reads only those pipelines' entries",
     description = "Requires role admin.",
     params(AuditQuery),
-    responses((status = 200, description = "Audit entries")),
+    responses((status = 200, description = "Audit entries", body = AuditPage)),
 )]
 async fn get_audit(
     State(app): State<AppState>,
     caller: Caller,
     QueryParams(query): QueryParams<AuditQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AuditPage>> {
     caller.require(Role::Admin, None)?;
     // A scoped admin reads its pipelines' entries only, not global ones.
     let entries = app
@@ -1118,7 +1191,7 @@ async fn get_audit(
             caller.scope(),
         )
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "entries": entries })))
+    Ok(Json(AuditPage { entries }))
 }
 
 #[cfg(test)]

@@ -799,26 +799,7 @@ pub struct ApiError {
     body: Box<ErrorBody>,
 }
 
-/// The JSON body of every error answer.
-#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong, for a person.
-    pub error: String,
-    /// The request field, parameter or part at fault (`variables.region`,
-    /// `limit`, `body`, `name`...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// Why a token was refused: `unknown`, `expired` or `revoked`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The body limit that was exceeded (413).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit_bytes: Option<u64>,
-    /// Pipeline validation errors, each with file, line and column.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub diagnostics: Option<serde_json::Value>,
-}
+pub use sluice_api::ErrorBody;
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
@@ -879,7 +860,7 @@ impl ApiError {
     }
 
     /// Attach pipeline validation errors.
-    pub fn diagnostics(mut self, diagnostics: serde_json::Value) -> Self {
+    pub fn diagnostics(mut self, diagnostics: Vec<sluice_api::Located>) -> Self {
         self.body.diagnostics = Some(diagnostics);
         self
     }

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS executions (
@@ -220,8 +220,9 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
     }
 }
 
-/// Status of an execution, stage or action, named as CodePipeline names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Status of an execution, stage or action, named as CodePipeline names them
+/// (the stored names are the serde names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Status {
     /// Running.
     InProgress,
@@ -255,10 +256,47 @@ impl Status {
             Status::Abandoned => "Abandoned",
         }
     }
+
+    /// The status stored under `name`.
+    pub fn from_name(name: &str) -> Option<Status> {
+        [
+            Status::InProgress,
+            Status::Succeeded,
+            Status::Failed,
+            Status::Skipped,
+            Status::Superseded,
+            Status::Stopping,
+            Status::Stopped,
+            Status::Abandoned,
+        ]
+        .into_iter()
+        .find(|status| status.name() == name)
+    }
+
+    /// Whether nothing more happens to what has this status.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::InProgress | Status::Stopping)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// A stored status that is not one of [`Status`]'s names is an error, never a guess.
+impl rusqlite::types::FromSql for Status {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let name = value.as_str()?;
+        Status::from_name(name).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown status `{name}`").into())
+        })
+    }
 }
 
 /// An output artifact as recorded for an action run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputRecord {
     /// Artifact name.
     pub name: String,
@@ -271,7 +309,7 @@ pub struct OutputRecord {
 }
 
 /// One execution row.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecutionRecord {
     /// Execution id.
     pub id: String,
@@ -279,8 +317,8 @@ pub struct ExecutionRecord {
     pub pipeline: String,
     /// Pipeline file path.
     pub pipeline_file: String,
-    /// Status name.
-    pub status: String,
+    /// Its status.
+    pub status: Status,
     /// Start, ms since the epoch.
     pub started_ms: i64,
     /// End, ms since the epoch.
@@ -309,12 +347,12 @@ pub struct ExecutionFilter<'a> {
 }
 
 /// One stage run row.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageRecord {
     /// Stage name.
     pub stage: String,
-    /// Status name.
-    pub status: String,
+    /// Its status.
+    pub status: Status,
     /// Start.
     pub started_ms: i64,
     /// End.
@@ -324,7 +362,7 @@ pub struct StageRecord {
 }
 
 /// One action run row.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionRecord {
     /// Stage name.
     pub stage: String,
@@ -334,8 +372,8 @@ pub struct ActionRecord {
     pub run_order: u32,
     /// `name@version` of the plugin.
     pub plugin: String,
-    /// Status name.
-    pub status: String,
+    /// Its status.
+    pub status: Status,
     /// Attempts made.
     pub attempts: u32,
     /// Start.
@@ -364,7 +402,7 @@ pub struct ActionRecord {
 }
 
 /// One stored log line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogRecord {
     /// Increasing id: a cursor for reading only newer lines ([`StateStore::logs_after`]).
     pub id: i64,
@@ -381,7 +419,7 @@ pub struct LogRecord {
 }
 
 /// One stored version of a registered pipeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineRecord {
     /// Pipeline name.
     pub name: String,
@@ -394,7 +432,7 @@ pub struct PipelineRecord {
 }
 
 /// An API token, without its secret.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRecord {
     /// Public id (also shown in the audit log).
     pub id: String,
@@ -410,8 +448,56 @@ pub struct TokenRecord {
     pub revoked_ms: Option<i64>,
 }
 
+/// The state of a manual approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalStatus {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved: the action succeeds.
+    Approved,
+    /// Rejected: the action fails.
+    Rejected,
+    /// Its deadline passed: the action fails.
+    Expired,
+}
+
+impl ApprovalStatus {
+    /// The status stored under `name` (`pending`, `approved`, …).
+    pub fn from_name(name: &str) -> Option<ApprovalStatus> {
+        match name {
+            "pending" => Some(ApprovalStatus::Pending),
+            "approved" => Some(ApprovalStatus::Approved),
+            "rejected" => Some(ApprovalStatus::Rejected),
+            "expired" => Some(ApprovalStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A stored approval status that is not one of [`ApprovalStatus`]'s names is an error.
+impl rusqlite::types::FromSql for ApprovalStatus {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let name = value.as_str()?;
+        ApprovalStatus::from_name(name).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown approval status `{name}`").into())
+        })
+    }
+}
+
+impl std::fmt::Display for ApprovalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Rejected => "rejected",
+            ApprovalStatus::Expired => "expired",
+        })
+    }
+}
+
 /// A manual approval and its decision.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalRecord {
     /// Execution id.
     pub execution_id: String,
@@ -423,8 +509,8 @@ pub struct ApprovalRecord {
     pub approvers: String,
     /// What is asked.
     pub message: String,
-    /// pending, approved, rejected or expired.
-    pub status: String,
+    /// Pending, approved, rejected or expired.
+    pub status: ApprovalStatus,
     /// Deadline, ms since the epoch.
     pub expires_ms: i64,
     /// Who decided.
@@ -437,7 +523,7 @@ pub struct ApprovalRecord {
 
 /// A state change of a pipeline execution, stage or action, as delivered to
 /// subscribers (at least once: resume with the last `seq` seen).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// Order of events; the SSE id.
     pub seq: i64,
@@ -474,7 +560,7 @@ pub struct Decision<'a> {
 }
 
 /// One audit log entry.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Order of entries.
     pub seq: i64,

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Paths;
 use super::remote::{self, Client};
+use sluice_api::ArtifactList;
 use sluice_api::views::{ArtifactEntry, artifact_entries};
 use sluice_core::units::format_bytes;
 use sluice_store::artifact::ArtifactStore;
@@ -67,7 +67,7 @@ pub fn remote(command: ArtifactsCommand, client: &Client, json: bool) -> anyhow:
     match command {
         ArtifactsCommand::Ls { execution } => {
             let path = format!("/executions/{}/artifacts", remote::segment(&execution)?);
-            let answer = client.get_json(&path)?;
+            let answer: ArtifactList = client.get_json(&path)?;
             print_list(&answer, json);
         }
         ArtifactsCommand::Get {
@@ -76,14 +76,9 @@ pub fn remote(command: ArtifactsCommand, client: &Client, json: bool) -> anyhow:
             to,
         } => {
             let path = format!("/executions/{}/artifacts", remote::segment(&execution)?);
-            let answer = client.get_json(&path)?;
-            let id = answer["execution"]
-                .as_str()
-                .unwrap_or(&execution)
-                .to_string();
-            let entries: Vec<ArtifactEntry> = serde_json::from_value(answer["artifacts"].clone())
-                .context("the server's artifact list")?;
-            let entry = find(entries, &id, &name)?;
+            let answer: ArtifactList = client.get_json(&path)?;
+            let id = answer.execution;
+            let entry = find(answer.artifacts, &id, &name)?;
             let dest = to.unwrap_or_else(|| PathBuf::from(&name));
             let path = format!(
                 "/executions/{}/artifacts/{}",
@@ -112,7 +107,7 @@ fn find(entries: Vec<ArtifactEntry>, id: &str, name: &str) -> anyhow::Result<Art
         })
 }
 
-fn print_list(document: &Value, json: bool) {
+fn print_list(document: &ArtifactList, json: bool) {
     if json {
         println!(
             "{}",
@@ -120,24 +115,17 @@ fn print_list(document: &Value, json: bool) {
         );
         return;
     }
-    let artifacts = document["artifacts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if artifacts.is_empty() {
-        eprintln!(
-            "execution {} has no artifacts",
-            document["execution"].as_str().unwrap_or("")
-        );
+    if document.artifacts.is_empty() {
+        eprintln!("execution {} has no artifacts", document.execution);
     }
-    for a in artifacts {
+    for a in &document.artifacts {
         println!(
             "{:<16} {:<16} blake3:{}  {} files, {}",
-            a["name"].as_str().unwrap_or(""),
-            a["action"].as_str().unwrap_or(""),
-            sluice_store::export::short(a["digest"].as_str().unwrap_or("")),
-            a["files"],
-            format_bytes(a["bytes"].as_u64().unwrap_or(0))
+            a.name,
+            a.action,
+            sluice_store::export::short(&a.digest),
+            a.files,
+            format_bytes(a.bytes)
         );
     }
 }

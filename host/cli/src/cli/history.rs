@@ -133,7 +133,10 @@ pub fn logs(
         return follow_logs(&state, &id, action);
     }
     // Read before the lines, as the server does: a final status means all lines.
-    let status = state.execution(&id)?.map(|record| record.status);
+    let status = state
+        .execution(&id)?
+        .map(|record| record.status)
+        .ok_or_else(|| anyhow::anyhow!("execution {id} vanished"))?;
     let lines = state.logs(&id, action)?;
     if json {
         let document = sluice_api::views::logs(&id, status, &lines);
@@ -178,7 +181,7 @@ fn follow_logs(state: &StateStore, id: &str, action: Option<&str>) -> anyhow::Re
             print_log_line(&line.action, line.attempt, &line.stream, &line.line);
             after = line.id;
         }
-        if lines.is_empty() && !is_running(&status) {
+        if lines.is_empty() && status.is_final() {
             eprintln!("execution {id}: {status}");
             return Ok(ExitCode::SUCCESS);
         }
@@ -186,9 +189,4 @@ fn follow_logs(state: &StateStore, id: &str, action: Option<&str>) -> anyhow::Re
             std::thread::sleep(FOLLOW_POLL);
         }
     }
-}
-
-/// Whether an execution with this status may still produce log lines.
-pub fn is_running(status: &str) -> bool {
-    matches!(status, "InProgress" | "Stopping")
 }

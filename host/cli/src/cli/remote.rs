@@ -9,7 +9,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sluice_api::{
+    ApprovalStatus, AuditPage, Decided, ErrorBody, ExecutionDetail, ExecutionPage, LogPage,
+    PipelineList, PipelineState, Registered, RetryStarted, Started, Stopping, Transition,
+};
+use sluice_store::state::{EventRecord, LogRecord, PipelineRecord, Status};
 
 /// What a URL path segment or query value keeps as it is: RFC 3986's
 /// unreserved characters. Everything else is percent-encoded.
@@ -93,8 +99,14 @@ impl Client {
         }
     }
 
-    /// One API call; non-2xx answers become errors carrying the server's message.
-    fn call(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<Value> {
+    /// One API call, its answer read as the API's type for it; non-2xx answers
+    /// become errors carrying the server's message.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<T> {
         let url = format!("{}/api/v1{path}", self.base);
         let mut request = ureq::request(method, &url).timeout(Duration::from_secs(30));
         if let Some(token) = &self.token {
@@ -107,27 +119,29 @@ impl Client {
         match result {
             Ok(response) => {
                 let text = response.into_string()?;
-                Ok(if text.trim().is_empty() {
-                    Value::Null
+                // An empty answer (204) reads as JSON null, e.g. into `()`.
+                let text = if text.trim().is_empty() {
+                    "null"
                 } else {
-                    serde_json::from_str(&text)?
-                })
+                    &text
+                };
+                serde_json::from_str(text)
+                    .with_context(|| format!("{method} {url}: an answer this client cannot read"))
             }
             Err(ureq::Error::Status(code, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
-                let message = body["error"].as_str().unwrap_or("no details").to_string();
-                let field = body["field"]
-                    .as_str()
+                let body = error_body(response);
+                let field = body
+                    .field
                     .map(|f| format!(" (field `{f}`)"))
                     .unwrap_or_default();
-                anyhow::bail!("{method} {url} → {code}: {message}{field}")
+                anyhow::bail!("{method} {url} → {code}: {}{field}", body.error)
             }
             Err(e) => Err(e).with_context(|| format!("cannot reach {}", self.base)),
         }
     }
 
     /// A GET of `path` (below `/api/v1`), as JSON.
-    pub(super) fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+    pub(super) fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call("GET", path, None)
     }
 
@@ -147,9 +161,7 @@ impl Client {
         match request.call() {
             Ok(response) => Ok(response.into_reader()),
             Err(ureq::Error::Status(code, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
-                let message = body["error"].as_str().unwrap_or("no details");
-                anyhow::bail!("GET {url} → {code}: {message}")
+                anyhow::bail!("GET {url} → {code}: {}", error_body(response).error)
             }
             Err(e) => Err(e).with_context(|| format!("cannot reach {}", self.base)),
         }
@@ -157,11 +169,12 @@ impl Client {
 
     /// The full id of an execution named by id, unique prefix or `latest`.
     fn resolve(&self, id: &str) -> anyhow::Result<String> {
-        let answer = self.call("GET", &format!("/executions/{}", segment(id)?), None)?;
-        Ok(answer["execution"]["id"].as_str().unwrap_or(id).to_string())
+        let answer: ExecutionDetail =
+            self.call("GET", &format!("/executions/{}", segment(id)?), None)?;
+        Ok(answer.execution.id)
     }
 
-    fn print(&self, value: &Value, text: impl FnOnce(&Value)) {
+    fn print<T: serde::Serialize>(&self, value: &T, text: impl FnOnce(&T)) {
         if self.json {
             println!(
                 "{}",
@@ -183,16 +196,16 @@ impl Client {
                 sluice_core::pipeline::check_name(&name)
                     .map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))?;
                 let path = format!("/pipelines/{}", segment(&name)?);
-                let answer = self.call("PUT", &path, Some(source))?;
+                let answer: Registered = self.call("PUT", &path, Some(source))?;
                 self.print(&answer, |a| {
-                    println!("registered {} version {}", a["name"], a["version"])
+                    println!("registered {} version {}", a.name, a.version)
                 });
             }
             PipelinesCommand::List => {
-                let answer = self.call("GET", "/pipelines", None)?;
+                let answer: PipelineList = self.call("GET", "/pipelines", None)?;
                 self.print(&answer, |a| {
-                    for p in a["pipelines"].as_array().into_iter().flatten() {
-                        println!("{:<24} v{}", p["name"].as_str().unwrap_or(""), p["version"]);
+                    for p in &a.pipelines {
+                        println!("{:<24} v{}", p.name, p.version);
                     }
                 });
             }
@@ -202,19 +215,14 @@ impl Client {
                     Some(v) => format!("/pipelines/{pipeline}/versions/{v}"),
                     None => format!("/pipelines/{pipeline}"),
                 };
-                let answer = self.call("GET", &path, None)?;
+                let answer: PipelineRecord = self.call("GET", &path, None)?;
                 self.print(&answer, |a| {
-                    print!(
-                        "# {} version {}\n{}",
-                        name,
-                        a["version"],
-                        a["source"].as_str().unwrap_or("")
-                    )
+                    print!("# {} version {}\n{}", name, a.version, a.source)
                 });
             }
             PipelinesCommand::State { name } => {
                 let path = format!("/pipelines/{}/state", segment(&name)?);
-                let answer = self.call("GET", &path, None)?;
+                let answer: PipelineState = self.call("GET", &path, None)?;
                 self.print(&answer, print_state);
             }
             PipelinesCommand::Transition {
@@ -231,13 +239,13 @@ impl Client {
                     segment(&name)?,
                     segment(&stage)?
                 );
-                let answer = self.call("PUT", &path, Some(to_json(&body)?))?;
+                let answer: Transition = self.call("PUT", &path, Some(to_json(&body)?))?;
                 self.print(&answer, |a| {
-                    println!("{name}/{stage}: transition enabled = {}", a["enabled"])
+                    println!("{name}/{stage}: transition enabled = {}", a.enabled)
                 });
             }
             PipelinesCommand::Delete { name } => {
-                self.call("DELETE", &format!("/pipelines/{}", segment(&name)?), None)?;
+                self.call::<()>("DELETE", &format!("/pipelines/{}", segment(&name)?), None)?;
                 self.print(&json!({ "deleted": name }), |_| println!("deleted {name}"));
             }
         }
@@ -255,8 +263,8 @@ impl Client {
             revision: None,
         };
         let path = format!("/pipelines/{}/executions", segment(name)?);
-        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
-        self.print(&answer, |a| println!("{}", a["id"].as_str().unwrap_or("")));
+        let answer: Started = self.call("POST", &path, Some(to_json(&body)?))?;
+        self.print(&answer, |a| println!("{}", a.id));
         Ok(ExitCode::SUCCESS)
     }
 
@@ -270,16 +278,16 @@ impl Client {
         if let Some(pipeline) = pipeline {
             path.push_str(&format!("&pipeline={}", query_value(pipeline)));
         }
-        let answer = self.call("GET", &path, None)?;
+        let answer: ExecutionPage = self.call("GET", &path, None)?;
         self.print(&answer, |a| {
-            for e in a["executions"].as_array().into_iter().flatten() {
+            for e in &a.executions {
                 println!(
                     "{}  {:<16} {:<4} {:<11} {}",
-                    e["id"].as_str().unwrap_or(""),
-                    e["pipeline"].as_str().unwrap_or(""),
-                    sluice_api::views::version_label(&e["pipeline_version"]),
-                    e["status"].as_str().unwrap_or(""),
-                    super::report::escape_controls(e["error"].as_str().unwrap_or(""))
+                    e.id,
+                    e.pipeline,
+                    sluice_api::views::version_label(e.pipeline_version),
+                    e.status,
+                    super::report::escape_controls(e.error.as_deref().unwrap_or(""))
                 );
             }
         });
@@ -288,7 +296,8 @@ impl Client {
 
     /// `sluice executions show ID` against the server.
     pub fn show_execution(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let answer = self.call("GET", &format!("/executions/{}", segment(id)?), None)?;
+        let answer: ExecutionDetail =
+            self.call("GET", &format!("/executions/{}", segment(id)?), None)?;
         self.print(&answer, print_execution);
         Ok(ExitCode::SUCCESS)
     }
@@ -302,7 +311,7 @@ impl Client {
             return self.follow_logs(id, &query);
         }
         let path = format!("/executions/{}/logs?{query}", segment(id)?);
-        let answer = self.call("GET", &path, None)?;
+        let answer: LogPage = self.call("GET", &path, None)?;
         self.print(&answer, print_log_lines);
         Ok(ExitCode::SUCCESS)
     }
@@ -313,22 +322,21 @@ impl Client {
         let execution = segment(id)?;
         loop {
             let path = format!("/executions/{execution}/logs?after={after}&{query}");
-            let answer = self.call("GET", &path, None)?;
-            let lines = answer["lines"].as_array().cloned().unwrap_or_default();
-            for line in &lines {
+            let answer: LogPage = self.call("GET", &path, None)?;
+            for line in &answer.lines {
                 if self.json {
-                    println!("{line}");
+                    println!("{}", serde_json::to_string(line)?);
                 } else {
                     print_log_line(line);
                 }
-                after = line["id"].as_i64().unwrap_or(after);
+                after = line.id;
             }
-            let status = answer["status"].as_str().unwrap_or("");
-            if lines.is_empty() && !super::history::is_running(status) {
+            let status = answer.status;
+            if answer.lines.is_empty() && status.is_final() {
                 eprintln!("execution {id}: {status}");
                 return Ok(ExitCode::SUCCESS);
             }
-            if lines.is_empty() {
+            if answer.lines.is_empty() {
                 std::thread::sleep(super::history::FOLLOW_POLL);
             }
         }
@@ -356,12 +364,13 @@ impl Client {
             segment(id)?,
             segment(action)?
         );
-        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
+        let answer: Decided = self.call("POST", &path, Some(to_json(&body)?))?;
         self.print(&answer, |a| {
+            let status = serde_json::to_value(a.status).unwrap_or_default();
             println!(
                 "{} {action} of {}",
-                a["status"].as_str().unwrap_or(""),
-                a["execution"].as_str().unwrap_or(id)
+                status.as_str().unwrap_or(""),
+                a.execution
             )
         });
         Ok(ExitCode::SUCCESS)
@@ -380,10 +389,8 @@ impl Client {
         };
         let body = sluice_api::StopRequest { mode, reason };
         let path = format!("/executions/{}/stop", segment(id)?);
-        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
-        self.print(&answer, |a| {
-            println!("stopping {} ({name})", a["id"].as_str().unwrap_or(id))
-        });
+        let answer: Stopping = self.call("POST", &path, Some(to_json(&body)?))?;
+        self.print(&answer, |a| println!("stopping {} ({name})", a.id));
         Ok(ExitCode::SUCCESS)
     }
 
@@ -400,28 +407,17 @@ impl Client {
             segment(id)?,
             segment(stage)?
         );
-        let answer = self.call("POST", &path, Some(to_json(&body)?))?;
-        self.print(&answer, |a| {
-            println!(
-                "retrying stage {stage} of {}",
-                a["id"].as_str().unwrap_or(id)
-            )
-        });
+        let answer: RetryStarted = self.call("POST", &path, Some(to_json(&body)?))?;
+        self.print(&answer, |a| println!("retrying stage {stage} of {}", a.id));
         Ok(ExitCode::SUCCESS)
     }
 
     /// `sluice audit`.
     pub fn audit(&self) -> anyhow::Result<ExitCode> {
-        let answer = self.call("GET", "/audit", None)?;
+        let answer: AuditPage = self.call("GET", "/audit", None)?;
         self.print(&answer, |a| {
-            for e in a["entries"].as_array().into_iter().flatten() {
-                println!(
-                    "{} {:<18} {:<48} {}",
-                    e["ts_ms"],
-                    e["actor"].as_str().unwrap_or(""),
-                    e["action"].as_str().unwrap_or(""),
-                    e["result"].as_str().unwrap_or("")
-                );
+            for e in &a.entries {
+                println!("{} {:<18} {:<48} {}", e.ts_ms, e.actor, e.action, e.result);
             }
         });
         Ok(ExitCode::SUCCESS)
@@ -431,30 +427,41 @@ impl Client {
     /// streams them (`GET /events?execution=ID`, Server-Sent Events) until it
     /// ends; exit 0 if it succeeded, 1 if not.
     pub fn watch(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let execution = |id: &str| self.call("GET", &format!("/executions/{}", segment(id)?), None);
+        let execution = |id: &str| -> anyhow::Result<ExecutionDetail> {
+            self.call("GET", &format!("/executions/{}", segment(id)?), None)
+        };
         // The stream filters on the full id; the argument may be a prefix or
         // `latest`, resolved once so that a newer execution cannot take over.
         let id = self.resolve(id)?;
         // Subscribe before reading the current state, so no change falls between.
         let mut stream = self.events(&id, None)?;
         let mut current = execution(&id)?;
-        for action in current["actions"].as_array().into_iter().flatten() {
-            let record = json!({
-                "kind": "action",
-                "name": action["action"],
-                "state": action["status"],
-                "detail": action["error"].as_str().or(action["summary"].as_str()).unwrap_or(""),
-            });
+        for action in &current.actions {
+            // What happened before the subscription, in the shape of an event.
+            let record = EventRecord {
+                seq: 0,
+                ts_ms: action.ended_ms.unwrap_or(action.started_ms),
+                execution: current.execution.id.clone(),
+                pipeline: current.execution.pipeline.clone(),
+                kind: "action".into(),
+                name: action.action.clone(),
+                state: action.status.to_string(),
+                detail: action
+                    .error
+                    .clone()
+                    .or(action.summary.clone())
+                    .unwrap_or_default(),
+            };
             self.print_event(&record);
         }
         let mut last_seq = None;
-        while !is_final(&current) {
+        while !current.execution.status.is_final() {
             match stream.next_event()? {
                 Some(event) => {
-                    last_seq = event["seq"].as_i64().or(last_seq);
+                    last_seq = Some(event.seq);
                     self.print_event(&event);
                     // The execution's own transitions are recorded after its status.
-                    if event["kind"] == "pipeline" {
+                    if event.kind == "pipeline" {
                         current = execution(&id)?;
                     }
                 }
@@ -492,36 +499,33 @@ impl Client {
                 reader: std::io::BufReader::new(response.into_reader()),
             }),
             Err(ureq::Error::Status(code, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
-                let message = body["error"].as_str().unwrap_or("no details");
-                anyhow::bail!("GET {url} → {code}: {message}")
+                anyhow::bail!("GET {url} → {code}: {}", error_body(response).error)
             }
             Err(e) => Err(e).with_context(|| format!("cannot reach {}", self.base)),
         }
     }
 
-    fn print_event(&self, event: &Value) {
+    fn print_event(&self, event: &EventRecord) {
         if self.json {
-            println!("{event}");
+            println!("{}", serde_json::to_string(event).unwrap_or_default());
             return;
         }
-        let detail = event["detail"].as_str().unwrap_or("");
         println!(
             "{:<8} {:<16} {:<11} {}",
-            event["kind"].as_str().unwrap_or(""),
-            super::report::escape_controls(event["name"].as_str().unwrap_or("")),
-            event["state"].as_str().unwrap_or(""),
-            super::report::escape_block(detail, "    ")
+            event.kind,
+            super::report::escape_controls(&event.name),
+            event.state,
+            super::report::escape_block(&event.detail, "    ")
         );
     }
 
     /// The final line of `watch`, and its exit code.
-    fn watch_ended(&self, id: &str, execution: &Value) -> ExitCode {
-        let status = execution["execution"]["status"].as_str().unwrap_or("");
+    fn watch_ended(&self, id: &str, execution: &ExecutionDetail) -> ExitCode {
+        let status = execution.execution.status;
         if !self.json {
             println!("execution {id}: {status}");
         }
-        if status == "Succeeded" {
+        if status == Status::Succeeded {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
@@ -529,9 +533,17 @@ impl Client {
     }
 }
 
-/// Whether an execution document (`GET /executions/{id}`) is in a final state.
-fn is_final(execution: &Value) -> bool {
-    !super::history::is_running(execution["execution"]["status"].as_str().unwrap_or(""))
+/// An error answer's body; one that is not the API's error JSON still gives a message.
+fn error_body(response: ureq::Response) -> ErrorBody {
+    let text = response.into_string().unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|_| ErrorBody {
+        error: if text.trim().is_empty() {
+            "no details".to_string()
+        } else {
+            text
+        },
+        ..ErrorBody::default()
+    })
 }
 
 /// A Server-Sent Events stream, read line by line as it arrives.
@@ -540,8 +552,8 @@ struct EventStream {
 }
 
 impl EventStream {
-    /// The next event's `data:` as JSON; `None` when the server closed the stream.
-    fn next_event(&mut self) -> anyhow::Result<Option<Value>> {
+    /// The next event's `data:`; `None` when the server closed the stream.
+    fn next_event(&mut self) -> anyhow::Result<Option<EventRecord>> {
         use std::io::BufRead as _;
         let mut data = String::new();
         loop {
@@ -570,75 +582,68 @@ impl EventStream {
     }
 }
 
-fn print_log_lines(answer: &Value) {
-    for line in answer["lines"].as_array().into_iter().flatten() {
+fn print_log_lines(answer: &LogPage) {
+    for line in &answer.lines {
         print_log_line(line);
     }
 }
 
-fn print_log_line(line: &Value) {
-    super::history::print_log_line(
-        line["action"].as_str().unwrap_or(""),
-        &line["attempt"],
-        line["stream"].as_str().unwrap_or(""),
-        line["line"].as_str().unwrap_or(""),
-    );
+fn print_log_line(line: &LogRecord) {
+    super::history::print_log_line(&line.action, line.attempt, &line.stream, &line.line);
 }
 
-fn print_execution(answer: &Value) {
-    let e = &answer["execution"];
+fn print_execution(answer: &ExecutionDetail) {
+    let e = &answer.execution;
     println!(
         "Execution {} of {} {}: {}",
-        e["id"].as_str().unwrap_or(""),
-        e["pipeline"].as_str().unwrap_or(""),
-        sluice_api::views::version_label(&e["pipeline_version"]),
-        e["status"].as_str().unwrap_or("")
+        e.id,
+        e.pipeline,
+        sluice_api::views::version_label(e.pipeline_version),
+        e.status
     );
-    if let Some(error) = e["error"].as_str() {
+    if let Some(error) = &e.error {
         println!("  error: {}", super::report::escape_block(error, "    "));
     }
-    for a in answer["actions"].as_array().into_iter().flatten() {
-        let detail = a["error"].as_str().or(a["summary"].as_str()).unwrap_or("");
+    for a in &answer.actions {
+        let detail = a
+            .error
+            .as_ref()
+            .or(a.summary.as_ref())
+            .map_or("", |d| d.as_str());
         let detail = super::report::escape_block(detail, "    ");
         println!(
             "  {:<10} {:<16} {:<11} {detail}",
-            a["stage"].as_str().unwrap_or(""),
-            a["action"].as_str().unwrap_or(""),
-            a["status"].as_str().unwrap_or("")
+            a.stage,
+            a.action,
+            a.status.to_string()
         );
     }
 }
 
-fn print_state(answer: &Value) {
-    for stage in answer["stages"].as_array().into_iter().flatten() {
-        let transition = match stage["transition"]["reason"].as_str() {
+fn print_state(answer: &PipelineState) {
+    for stage in &answer.stages {
+        let transition = match &stage.transition.reason {
             Some(reason) => format!(" (transition disabled: {reason})"),
             None => String::new(),
         };
-        let current = &stage["current"];
-        println!(
-            "{}{transition}: {} {}",
-            stage["stage"].as_str().unwrap_or(""),
-            current["execution"].as_str().unwrap_or("-"),
-            current["status"].as_str().unwrap_or("")
-        );
-        for action in current["actions"].as_array().into_iter().flatten() {
-            let percent = action["percent"]
-                .as_u64()
-                .map(|p| format!(" {p}%"))
-                .unwrap_or_default();
-            let approval = match action["approval"]["status"].as_str() {
-                Some("pending") => format!(
-                    " approval pending, token {}",
-                    action["approval"]["token"].as_str().unwrap_or("")
-                ),
-                Some(status) => format!(" approval {status}"),
+        let (execution, status) = match &stage.current {
+            Some(current) => (current.execution.as_str(), current.status.to_string()),
+            None => ("-", String::new()),
+        };
+        println!("{}{transition}: {execution} {status}", stage.stage);
+        for action in stage.current.iter().flat_map(|c| &c.actions) {
+            let percent = action.percent.map(|p| format!(" {p}%")).unwrap_or_default();
+            let approval = match &action.approval {
+                Some(a) if a.status == ApprovalStatus::Pending => {
+                    format!(" approval pending, token {}", a.token)
+                }
+                Some(a) => format!(" approval {}", a.status),
                 None => String::new(),
             };
             println!(
                 "  {:<16} {:<11}{percent}{approval}",
-                action["action"].as_str().unwrap_or(""),
-                action["status"].as_str().unwrap_or("")
+                action.action,
+                action.status.to_string()
             );
         }
     }

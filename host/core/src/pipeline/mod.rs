@@ -88,7 +88,18 @@ impl SourceFile {
 }
 
 /// How executions of one pipeline share its stages (used by `sluice serve`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ExecutionMode {
     /// A newer waiting execution replaces an older waiting one.
     #[default]

@@ -392,12 +392,12 @@ pub enum OnResume {
 /// all its actions, succeeded ones included.
 pub fn on_resume(
     action: &ActionPlan,
-    status: &str,
+    status: Status,
     between_rounds: bool,
     rerun_all: bool,
 ) -> OnResume {
-    let succeeded = status == Status::Succeeded.name();
-    let running = status == Status::InProgress.name();
+    let succeeded = status == Status::Succeeded;
+    let running = status == Status::InProgress;
     if succeeded && !rerun_all {
         OnResume::Keep
     } else if running && between_rounds {
@@ -663,22 +663,28 @@ mod tests {
     fn resuming_keeps_successes_continues_rounds_and_honours_on_restart() {
         let mut action = approval("Build", "a", 1);
         assert_eq!(
-            on_resume(&action, "Succeeded", false, false),
+            on_resume(&action, Status::Succeeded, false, false),
             OnResume::Keep
         );
-        assert_eq!(on_resume(&action, "Succeeded", false, true), OnResume::Run);
-        assert_eq!(on_resume(&action, "Failed", false, false), OnResume::Run);
         assert_eq!(
-            on_resume(&action, "InProgress", false, false),
+            on_resume(&action, Status::Succeeded, false, true),
+            OnResume::Run
+        );
+        assert_eq!(
+            on_resume(&action, Status::Failed, false, false),
+            OnResume::Run
+        );
+        assert_eq!(
+            on_resume(&action, Status::InProgress, false, false),
             OnResume::Run
         );
         action.on_restart = OnRestart::Fail;
         assert_eq!(
-            on_resume(&action, "InProgress", true, false),
+            on_resume(&action, Status::InProgress, true, false),
             OnResume::ContinueRounds
         );
         assert!(matches!(
-            on_resume(&action, "InProgress", false, false),
+            on_resume(&action, Status::InProgress, false, false),
             OnResume::Fail(_)
         ));
     }

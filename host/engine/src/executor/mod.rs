@@ -348,7 +348,7 @@ impl<R: ActionRunner> Executor<R> {
             .state
             .stages(id)?
             .into_iter()
-            .filter(|s| s.status == Status::Succeeded.name())
+            .filter(|s| s.status == Status::Succeeded)
             .filter_map(|s| plan.stages.iter().position(|p| p.name == s.stage))
             .collect();
         for record in self.state.actions(id)? {
@@ -362,7 +362,7 @@ impl<R: ActionRunner> Executor<R> {
             };
             let rerun_all = retry.is_some_and(|(stage, all)| all && stage == action.stage);
             let between_rounds = record.continuation.is_some();
-            match machine::on_resume(action, &record.status, between_rounds, rerun_all) {
+            match machine::on_resume(action, record.status, between_rounds, rerun_all) {
                 OnResume::Keep => {
                     context.done.insert(record.action.clone());
                     context.add_outputs(&record.outputs);

@@ -17,6 +17,7 @@ use sluice_sandbox::log::{LineHook, LogSink, LogStream, ProgressHook, now_ms};
 use sluice_sandbox::{ActionError, ActionOutcome, Invocation, LoadedPlugin, Runtime, SandboxSpec};
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::{Masker, SecretSource};
+use sluice_store::state::ApprovalStatus;
 use sluice_store::state::{EventRecord, OutputRecord, StateStore};
 
 /// How often a running action's new log lines are stored.
@@ -111,15 +112,15 @@ impl ActionRunner for SandboxRunner {
                 .ok_or_else(|| "approval record vanished".to_string())?;
             let by = current.decided_by.clone().unwrap_or_default();
             let comment = current.comment.clone().unwrap_or_default();
-            match current.status.as_str() {
-                "approved" => {
+            match current.status {
+                ApprovalStatus::Approved => {
                     return Ok(ActionOutcome {
                         continuation: None,
                         summary: format!("approved by {by}: {comment}"),
                         variables: vec![("approved_by".into(), by), ("comment".into(), comment)],
                     });
                 }
-                "rejected" => return Err(format!("rejected by {by}: {comment}")),
+                ApprovalStatus::Rejected => return Err(format!("rejected by {by}: {comment}")),
                 _ => {}
             }
             let remaining = current.expires_ms - now_ms();

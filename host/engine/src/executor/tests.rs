@@ -353,12 +353,19 @@ impl Harness {
             .iter()
             .find(|a| a.action == action)
             .unwrap_or_else(|| panic!("no record of {action}"));
-        (record.status.clone(), record.attempts, record.error.clone())
+        (
+            record.status.to_string(),
+            record.attempts,
+            record.error.clone(),
+        )
     }
 
     fn stage_statuses(&self, execution: &str) -> Vec<(String, String)> {
         let stages = self.state.stages(execution).expect("stages");
-        stages.into_iter().map(|s| (s.stage, s.status)).collect()
+        stages
+            .into_iter()
+            .map(|s| (s.stage, s.status.to_string()))
+            .collect()
     }
 
     /// The stored events of `execution`, as `kind name STATE`.
@@ -856,7 +863,7 @@ async fn a_resumed_execution_fails_when_a_running_action_must_not_run_twice() {
         "action `deploy` was running when the server stopped, and its on-restart policy is fail"
     );
     let execution = harness.state.execution(&id).unwrap().unwrap();
-    assert_eq!(execution.status, "Failed");
+    assert_eq!(execution.status, Status::Failed);
     assert_eq!(execution.error.as_deref(), Some(reason.as_str()));
     let (deploy, _, _) = harness.action_status(&id, "deploy");
     assert_eq!(deploy, "Failed");
