@@ -198,7 +198,7 @@ impl Client {
                 let path = format!("/pipelines/{}", segment(&name)?);
                 let answer: Registered = self.call("PUT", &path, Some(source))?;
                 self.print(&answer, |a| {
-                    println!("registered {} version {}", a.name, a.version)
+                    println!("registered {:?} version {}", a.name, a.version)
                 });
             }
             PipelinesCommand::List => {
