@@ -559,14 +559,12 @@ fn crash_and_recover(kill_thresholds: &[usize]) {
 }
 
 #[test]
-#[ignore = "a kill between recording an end and storing its event loses the event (about 1 run in 15) until both share a transaction; run with --ignored"]
 fn a_server_killed_under_many_executions_loses_repeats_and_reorders_nothing() {
     // 80 ledger runs in all; the kill comes a quarter of the way through.
     crash_and_recover(&[EXECUTIONS]);
 }
 
 #[test]
-#[ignore = "a kill between recording an end and storing its event loses the event (about 1 run in 15) until both share a transaction; run with --ignored"]
 fn a_server_killed_twice_in_a_row_still_runs_everything_once() {
     crash_and_recover(&[EXECUTIONS / 2, EXECUTIONS * 2]);
 }

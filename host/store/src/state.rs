@@ -716,19 +716,22 @@ impl StateStore {
         Ok(())
     }
 
-    /// Record how an execution ended.
+    /// Record how an execution ended, and the event that announces it, in one
+    /// transaction: a crash cannot record the end and lose its event (a resumed
+    /// execution never ends again). Returns the event as stored.
     pub fn finish_execution(
         &self,
         id: &str,
         status: Status,
         error: Option<&str>,
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write(
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
             "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
             params![id, status.name(), error, now_ms],
-        )?;
-        Ok(())
+            event,
+        )
     }
 
     /// Record a stage starting.
@@ -746,7 +749,8 @@ impl StateStore {
         Ok(())
     }
 
-    /// Record how a stage ended.
+    /// Record how a stage ended, with its event in the same transaction (see
+    /// [`StateStore::finish_execution`]).
     pub fn finish_stage(
         &self,
         execution: &str,
@@ -754,12 +758,13 @@ impl StateStore {
         status: Status,
         error: Option<&str>,
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write(
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
             "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
             params![execution, stage, status.name(), error, now_ms],
-        )?;
-        Ok(())
+            event,
+        )
     }
 
     /// Record an action starting, with its resolved configuration.
@@ -781,15 +786,17 @@ impl StateStore {
         Ok(())
     }
 
-    /// Record how an action ended.
+    /// Record how an action ended, with its event in the same transaction (see
+    /// [`StateStore::finish_execution`]).
     pub fn finish_action(
         &self,
         execution: &str,
         action: &str,
         end: &ActionEnd<'_>,
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write(
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
             "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9, continuation = NULL, continue_at_ms = NULL WHERE execution_id = ?1 AND action = ?2",
             params![
                 execution,
@@ -802,8 +809,8 @@ impl StateStore {
                 serde_json::to_string(end.outputs)?,
                 now_ms
             ],
-        )?;
-        Ok(())
+            event,
+        )
     }
 
     /// Append an attempt's log lines in one transaction.
@@ -1145,13 +1152,26 @@ impl StateStore {
     /// Append an event; returns it with its sequence number.
     pub fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
         event.detail = self.mask(&event.detail);
-        let db = self.db();
-        db.prepare_cached(
-            "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![event.ts_ms, event.execution, event.pipeline, event.kind, event.name, event.state, event.detail])?;
-        event.seq = db.last_insert_rowid();
-        Ok(event)
+        insert_event(&self.db(), event)
+    }
+
+    /// One write and the event announcing it, committed together.
+    fn write_announced(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        let event = event.map(|mut e| {
+            e.detail = self.mask(&e.detail);
+            e
+        });
+        let mut db = self.db();
+        let transaction = db.transaction()?;
+        transaction.prepare_cached(sql)?.execute(params)?;
+        let stored = event.map(|e| insert_event(&transaction, e)).transpose()?;
+        transaction.commit()?;
+        Ok(stored)
     }
 
     /// Events after `after_seq`, oldest first.
@@ -1623,6 +1643,16 @@ fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
         stream: row.get(4)?,
         line: row.get(5)?,
     })
+}
+
+/// Insert an (already masked) event; returns it with its sequence number.
+fn insert_event(db: &Connection, mut event: EventRecord) -> anyhow::Result<EventRecord> {
+    db.prepare_cached(
+        "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![event.ts_ms, event.execution, event.pipeline, event.kind, event.name, event.state, event.detail])?;
+    event.seq = db.last_insert_rowid();
+    Ok(event)
 }
 
 #[cfg(test)]

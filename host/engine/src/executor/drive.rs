@@ -133,32 +133,35 @@ impl<R: ActionRunner> Executor<R> {
     ) -> anyhow::Result<()> {
         let name = &context.plan.stages[stage].name;
         let (status, error) = outcome.status();
-        self.state
-            .finish_stage(&context.id, name, status, error, now_ms())?;
         let event = Event::StageFinished {
             stage: name.clone(),
             status,
             duration,
             detail: error.unwrap_or_default().to_string(),
         };
-        self.publish(context, event);
+        let record = self.change_record(context, &event);
+        let stored =
+            (self.state).finish_stage(&context.id, name, status, error, now_ms(), record)?;
+        self.announce(stored, event);
         Ok(())
     }
 
     fn skip_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {
         let name = &context.plan.stages[stage].name;
         self.state.start_stage(&context.id, name, stage, now_ms())?;
-        self.state.finish_stage(
+        let event = Event::StageSkipped {
+            stage: name.clone(),
+        };
+        let record = self.change_record(context, &event);
+        let stored = self.state.finish_stage(
             &context.id,
             name,
             Status::Skipped,
             Some(SKIPPED_BECAUSE),
             now_ms(),
+            record,
         )?;
-        let event = Event::StageSkipped {
-            stage: name.clone(),
-        };
-        self.publish(context, event);
+        self.announce(stored, event);
         Ok(())
     }
 
@@ -227,15 +230,15 @@ impl<R: ActionRunner> Executor<R> {
             variables: &[],
             outputs: &[],
         };
-        self.state
-            .finish_action(&context.id, action, &end, now_ms())?;
         let event = Event::ActionFinished {
             action: action.to_string(),
             status: Status::Abandoned,
             duration: Duration::ZERO,
-            detail: error,
+            detail: error.clone(),
         };
-        self.publish(context, event);
+        let record = self.change_record(context, &event);
+        let stored = (self.state).finish_action(&context.id, action, &end, now_ms(), record)?;
+        self.announce(stored, event);
         Ok(())
     }
 
@@ -488,17 +491,18 @@ impl<R: ActionRunner> Executor<R> {
             variables: &variables,
             outputs: &outputs,
         };
-        self.state
-            .finish_action(&context.id, &action.name, &end, now_ms())
-            .map_err(|e| format!("action `{}`: recording its end failed: {e:#}", action.name))?;
-        let detail = error.clone().or(summary).unwrap_or_default();
+        let detail = error.clone().or(summary.clone()).unwrap_or_default();
         let event = Event::ActionFinished {
             action: action.name.clone(),
             status,
             duration,
             detail,
         };
-        self.publish(context, event);
+        let record = self.change_record(context, &event);
+        let stored = (self.state)
+            .finish_action(&context.id, &action.name, &end, now_ms(), record)
+            .map_err(|e| format!("action `{}`: recording its end failed: {e:#}", action.name))?;
+        self.announce(stored, event);
         match error {
             Some(error) => Err(format!("action `{}` failed: {error}", action.name)),
             None => Ok(()),

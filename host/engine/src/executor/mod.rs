@@ -377,7 +377,7 @@ impl<R: ActionRunner> Executor<R> {
                     context.continuations.insert(record.action.clone(), token);
                 }
                 OnResume::Fail(reason) => {
-                    self.fail_reopened(id, &record.stage, &action.name, &reason)?;
+                    self.fail_reopened(&context, &record.stage, &action.name, &reason)?;
                     return Ok(Reopened::Failed(reason));
                 }
                 OnResume::Run => {}
@@ -394,13 +394,17 @@ impl<R: ActionRunner> Executor<R> {
         Ok(Reopened::Resume(Started(context)))
     }
 
+    /// Record an interrupted execution that may not continue as Failed: the
+    /// action, its stage and the execution, each with its event (subscribers
+    /// and notifications learn of it like of any other failure).
     fn fail_reopened(
         &self,
-        id: &str,
+        context: &ExecutionContext,
         stage: &str,
         action: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
+        let id = &context.id;
         let end = ActionEnd {
             status: Status::Failed,
             attempts: 1,
@@ -409,11 +413,38 @@ impl<R: ActionRunner> Executor<R> {
             variables: &[],
             outputs: &[],
         };
-        self.state.finish_action(id, action, &end, now_ms())?;
-        self.state
-            .finish_stage(id, stage, Status::Failed, Some(reason), now_ms())?;
-        self.state
-            .finish_execution(id, Status::Failed, Some(reason), now_ms())
+        let event = Event::ActionFinished {
+            action: action.to_string(),
+            status: Status::Failed,
+            duration: std::time::Duration::ZERO,
+            detail: reason.to_string(),
+        };
+        let record = self.change_record(context, &event);
+        let stored = self
+            .state
+            .finish_action(id, action, &end, now_ms(), record)?;
+        self.announce(stored, event);
+        let event = Event::StageFinished {
+            stage: stage.to_string(),
+            status: Status::Failed,
+            duration: std::time::Duration::ZERO,
+            detail: reason.to_string(),
+        };
+        let record = self.change_record(context, &event);
+        let stored =
+            (self.state).finish_stage(id, stage, Status::Failed, Some(reason), now_ms(), record)?;
+        self.announce(stored, event);
+        let event = Event::ExecutionFinished {
+            id: id.clone(),
+            pipeline: context.plan.name.clone(),
+            status: Status::Failed,
+            error: Some(reason.to_string()),
+        };
+        let record = self.change_record(context, &event);
+        let stored =
+            (self.state).finish_execution(id, Status::Failed, Some(reason), now_ms(), record)?;
+        self.announce(stored, event);
+        Ok(())
     }
 
     /// Run a begun execution to its end.
@@ -434,7 +465,7 @@ impl<R: ActionRunner> Executor<R> {
                 // The state store failed mid-run: record what we can, then report.
                 let reason = format!("internal error: {error:#}");
                 self.state
-                    .finish_execution(&id, Status::Failed, Some(&reason), now_ms())
+                    .finish_execution(&id, Status::Failed, Some(&reason), now_ms(), None)
                     .ok();
                 return Err(error);
             }
@@ -447,17 +478,17 @@ impl<R: ActionRunner> Executor<R> {
             other => other.status(),
         };
         let error = error.map(|e| self.masker.mask(e));
-        self.state
-            .finish_execution(&id, status, error.as_deref(), now_ms())?;
-        self.publish(
-            &context,
-            Event::ExecutionFinished {
-                id: id.clone(),
-                pipeline: context.plan.name.clone(),
-                status,
-                error: error.clone(),
-            },
-        );
+        let event = Event::ExecutionFinished {
+            id: id.clone(),
+            pipeline: context.plan.name.clone(),
+            status,
+            error: error.clone(),
+        };
+        let record = self.change_record(&context, &event);
+        let stored =
+            self.state
+                .finish_execution(&id, status, error.as_deref(), now_ms(), record)?;
+        self.announce(stored, event);
         self.runner.execution_ended(&id);
         Ok(ExecutionResult { id, status, error })
     }
@@ -527,33 +558,48 @@ impl<R: ActionRunner> Executor<R> {
 
     /// Show an event and, when it changes state, store it, then broadcast it.
     fn publish(&self, context: &ExecutionContext, event: Event) {
-        if let Some(change) = event.change() {
-            // Stage and action events name the execution through their spans;
-            // pipeline events may happen outside them (begin, reopen).
-            tracing::info!(
-                execution = (change.kind == "pipeline").then_some(context.id.as_str()),
-                detail = (!change.detail.is_empty()).then_some(change.detail.as_str()),
-                "{} {}: {}",
-                change.kind,
-                change.name,
-                change.state
-            );
-            let record = EventRecord {
-                seq: 0,
-                ts_ms: now_ms(),
-                execution: context.id.clone(),
-                pipeline: context.plan.name.clone(),
-                kind: change.kind.to_string(),
-                name: change.name,
-                state: change.state.to_string(),
-                detail: change.detail,
-            };
+        let stored = self.change_record(context, &event).and_then(|record| {
             match self.state.append_event(record) {
-                Ok(stored) => {
-                    let _ = self.event_log.send(stored); // no subscriber is fine
+                Ok(stored) => Some(stored),
+                Err(e) => {
+                    tracing::error!("recording an event failed: {e:#}");
+                    None
                 }
-                Err(e) => tracing::error!("recording an event failed: {e:#}"),
             }
+        });
+        self.announce(stored, event);
+    }
+
+    /// The stored form of `event` (none when it changes no state), logged as it
+    /// is recorded. The state store appends it, alone or with the change itself.
+    fn change_record(&self, context: &ExecutionContext, event: &Event) -> Option<EventRecord> {
+        let change = event.change()?;
+        // Stage and action events name the execution through their spans;
+        // pipeline events may happen outside them (begin, reopen).
+        tracing::info!(
+            execution = (change.kind == "pipeline").then_some(context.id.as_str()),
+            detail = (!change.detail.is_empty()).then_some(change.detail.as_str()),
+            "{} {}: {}",
+            change.kind,
+            change.name,
+            change.state
+        );
+        Some(EventRecord {
+            seq: 0,
+            ts_ms: now_ms(),
+            execution: context.id.clone(),
+            pipeline: context.plan.name.clone(),
+            kind: change.kind.to_string(),
+            name: change.name,
+            state: change.state.to_string(),
+            detail: change.detail,
+        })
+    }
+
+    /// Broadcast an event the state store holds, and show `event`.
+    fn announce(&self, stored: Option<EventRecord>, event: Event) {
+        if let Some(stored) = stored {
+            let _ = self.event_log.send(stored); // no subscriber is fine
         }
         (self.events)(event);
     }

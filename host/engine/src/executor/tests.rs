@@ -784,9 +784,9 @@ fn interrupted_execution(state: &StateStore, plan: &Plan) -> String {
         variables: &[("version".to_string(), "1.2.3".to_string())],
         outputs: &[output("site")],
     };
-    state.finish_action(&id, "build", &end, 2).unwrap();
+    state.finish_action(&id, "build", &end, 2, None).unwrap();
     state
-        .finish_stage(&id, "Build", Status::Succeeded, None, 2)
+        .finish_stage(&id, "Build", Status::Succeeded, None, 2, None)
         .unwrap();
     state.start_stage(&id, "Deploy", 1, 3).unwrap();
     state
@@ -868,6 +868,15 @@ async fn a_resumed_execution_fails_when_a_running_action_must_not_run_twice() {
     let (deploy, _, _) = harness.action_status(&id, "deploy");
     assert_eq!(deploy, "Failed");
     assert!(harness.runner().calls().is_empty(), "nothing runs");
+    // Subscribers and notifications learn of it like of any other failure.
+    assert_eq!(
+        harness.events(&id),
+        [
+            "action deploy FAILED",
+            "stage Deploy FAILED",
+            "pipeline demo FAILED"
+        ]
+    );
 }
 
 #[tokio::test]
