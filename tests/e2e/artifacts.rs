@@ -489,7 +489,9 @@ grants = { commands = ["sh"] }
 "#,
     );
     run_ok(&workspace);
-    let state = sluice_store::state::StateStore::open(&workspace.path(".sluice/state.db")).unwrap();
+    use sluice_store::state::prelude::*;
+    let state =
+        sluice_store::state::SqliteStore::open(&workspace.path(".sluice/state.db")).unwrap();
     for n in 0..2000 {
         let id = format!("00000000-0000-0000-0000-{n:012}");
         state

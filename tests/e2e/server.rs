@@ -1011,7 +1011,9 @@ fn metrics_escape_label_values() {
     let workspace = Workspace::new();
     token(&workspace, &["--role", "admin"]);
     // A name from before names were checked, stored as an older server did.
-    let state = sluice_store::state::StateStore::open(&workspace.path(".sluice/state.db")).unwrap();
+    use sluice_store::state::prelude::*;
+    let state =
+        sluice_store::state::SqliteStore::open(&workspace.path(".sluice/state.db")).unwrap();
     state.put_pipeline("old\"one\\\nx", DEMO, 0).unwrap();
     drop(state);
     let server = Server::start(&workspace);

@@ -2,7 +2,7 @@
 //! the local CLI (`--output json` without `--server`) both build them here, so
 //! a script sees one shape whichever way it asks.
 
-use sluice_store::state::{ActionRecord, ExecutionRecord, LogRecord, StateStore, Status};
+use sluice_store::state::{ActionRecord, ExecutionRecord, LogRecord, Status, Store};
 
 use crate::responses::{ArtifactList, ExecutionDetail, ExecutionPage, Located, LogPage};
 
@@ -21,7 +21,7 @@ pub fn execution_list(
 
 /// `GET /executions/{id}`: the execution, its stage runs and its action runs.
 pub fn execution(
-    state: &StateStore,
+    state: &dyn Store,
     execution: &ExecutionRecord,
 ) -> anyhow::Result<ExecutionDetail> {
     Ok(ExecutionDetail {

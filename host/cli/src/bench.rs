@@ -22,7 +22,7 @@ use sluice_sandbox::log::LogSink;
 use sluice_sandbox::{Invocation, Runtime, SandboxSpec};
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::{Masker, SecretSource};
-use sluice_store::state::StateStore;
+use sluice_store::state::SqliteStore;
 
 /// What to measure, and how much.
 pub struct BenchOptions {
@@ -148,7 +148,7 @@ impl Bench {
         events: sluice_engine::executor::EventSink,
     ) -> anyhow::Result<Arc<Executor>> {
         let data = self.scratch.join(name);
-        let state = Arc::new(StateStore::open(&data.join("state.db"))?);
+        let state = Arc::new(SqliteStore::open(&data.join("state.db"))?);
         Ok(Executor::new(
             self.runtime.clone(),
             ArtifactStore::open(&data.join("artifacts"))?,

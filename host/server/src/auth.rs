@@ -8,7 +8,7 @@ use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
 use super::ApiError;
-use sluice_store::state::{StateStore, TokenRecord};
+use sluice_store::state::{Store, TokenRecord};
 
 /// What a token may do, in increasing power.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -45,7 +45,7 @@ impl Role {
 /// Create a token that expires after `lifetime` (never when None); returns
 /// its record and the secret, shown once.
 pub fn create_token(
-    state: &StateStore,
+    state: &dyn Store,
     role: Role,
     pipelines: Vec<String>,
     description: String,
@@ -72,7 +72,7 @@ pub fn create_token(
 }
 
 /// Revoke a token by id: it gets 401 from then on.
-pub fn revoke_token(state: &StateStore, id: &str) -> anyhow::Result<()> {
+pub fn revoke_token(state: &dyn Store, id: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         state.revoke_token(id, sluice_core::units::now_ms())?,
         "no token `{id}`; `sluice token list` shows the ids"
@@ -81,7 +81,7 @@ pub fn revoke_token(state: &StateStore, id: &str) -> anyhow::Result<()> {
 }
 
 /// `sluice token list`: one line per token (never its secret).
-pub fn list_tokens(state: &StateStore) -> anyhow::Result<String> {
+pub fn list_tokens(state: &dyn Store) -> anyhow::Result<String> {
     let now = sluice_core::units::now_ms();
     let mut out = format!(
         "{:<17} {:<9} {:<20} {:<28} {:<28} DESCRIPTION\n",
@@ -116,7 +116,7 @@ pub fn list_tokens(state: &StateStore) -> anyhow::Result<String> {
 
 /// Token management is global: its audit entries concern no pipeline, so
 /// only unscoped admins read them.
-fn audit_local(state: &StateStore, action: &str, target: &str) -> anyhow::Result<()> {
+fn audit_local(state: &dyn Store, action: &str, target: &str) -> anyhow::Result<()> {
     let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
     state.audit(&sluice_store::state::AuditRecord {
         seq: 0,
@@ -152,7 +152,7 @@ pub struct Caller {
 impl Caller {
     /// Resolve a bearer token: None without an Authorization header; 401 for
     /// an unknown, expired or revoked token.
-    pub fn from_header(state: &StateStore, header: Option<&str>) -> Result<Option<Self>, ApiError> {
+    pub fn from_header(state: &dyn Store, header: Option<&str>) -> Result<Option<Self>, ApiError> {
         let Some(header) = header else {
             return Ok(None);
         };

@@ -804,7 +804,7 @@ async fn get_execution(
 ) -> ApiResult<Json<ExecutionDetail>> {
     let execution = visible_execution(&app, &caller, &id)?;
     let document =
-        sluice_api::views::execution(&app.state, &execution).map_err(ApiError::internal)?;
+        sluice_api::views::execution(app.state.as_ref(), &execution).map_err(ApiError::internal)?;
     Ok(Json(document))
 }
 
@@ -1055,7 +1055,7 @@ impl std::io::Write for ChannelWriter {
 /// arrive out of order (or, for a slow subscriber, not at all); reading
 /// everything after the last one sent never skips or repeats one.
 async fn follow_events(
-    state: Arc<sluice_store::state::StateStore>,
+    state: Arc<dyn sluice_store::state::Store>,
     mut live: tokio::sync::broadcast::Receiver<EventRecord>,
     after: i64,
     wanted: impl Fn(&EventRecord) -> bool,
@@ -1197,6 +1197,7 @@ async fn get_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_store::state::prelude::*;
 
     fn event(execution: &str) -> EventRecord {
         EventRecord {
@@ -1215,7 +1216,7 @@ mod tests {
     async fn a_follower_sends_what_was_stored_in_order_whatever_the_broadcast_says() {
         let dir = tempfile::tempdir().unwrap();
         let state =
-            Arc::new(sluice_store::state::StateStore::open(&dir.path().join("s.db")).unwrap());
+            Arc::new(sluice_store::state::SqliteStore::open(&dir.path().join("s.db")).unwrap());
         let before = state.append_event(event("old")).unwrap().seq;
         let (broadcast, live) = tokio::sync::broadcast::channel(4);
         let (sender, mut received) = tokio::sync::mpsc::channel(16);

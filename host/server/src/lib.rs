@@ -38,13 +38,13 @@ use sluice_core::metrics::{Histogram, escape_label_value};
 use sluice_core::pipeline::Plan;
 use sluice_core::plugin::Registry;
 use sluice_core::units::now_ms;
-use sluice_store::state::StateStore;
+use sluice_store::state::Store;
 use sluice_store::state::{ExecutionFilter, ExecutionRecord};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    state: Arc<StateStore>,
+    state: Arc<dyn Store>,
     registry: Registry,
     executor: Arc<dyn Engine>,
     /// Relative host paths in registered pipelines resolve against this.
@@ -99,7 +99,7 @@ impl Default for Limits {
 impl AppState {
     /// Shared state for the handlers.
     pub fn new(
-        state: Arc<StateStore>,
+        state: Arc<dyn Store>,
         registry: Registry,
         executor: Arc<dyn Engine>,
         pipelines_root: PathBuf,
@@ -720,7 +720,7 @@ async fn authenticate_and_audit(
         .map(str::to_string);
     // A refused token (unknown, expired, revoked) is answered here, and its
     // mutating attempts are audited too.
-    let resolved = Caller::from_header(&app.state, header.as_deref());
+    let resolved = Caller::from_header(app.state.as_ref(), header.as_deref());
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS

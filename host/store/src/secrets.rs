@@ -319,6 +319,7 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::prelude::*;
 
     fn masker(secret: &str) -> Masker {
         Masker::new([&secret.to_string()])
@@ -441,7 +442,7 @@ mod tests {
     #[test]
     fn the_state_store_masks_audit_rows_and_events() {
         let dir = tempfile::tempdir().unwrap();
-        let state = crate::state::StateStore::open(&dir.path().join("state.db")).unwrap();
+        let state = crate::state::SqliteStore::open(&dir.path().join("state.db")).unwrap();
         let source = SecretSource::from_map(HashMap::from([(
             "K".to_string(),
             "audit-secret-77".to_string(),

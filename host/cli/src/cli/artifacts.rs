@@ -14,7 +14,8 @@ use sluice_api::ArtifactList;
 use sluice_api::views::{ArtifactEntry, artifact_entries};
 use sluice_core::units::format_bytes;
 use sluice_store::artifact::ArtifactStore;
-use sluice_store::state::{GcCounts, StateStore};
+use sluice_store::state::prelude::*;
+use sluice_store::state::{GcCounts, Store};
 
 /// Artifact commands.
 #[derive(Subcommand)]
@@ -163,7 +164,7 @@ pub struct Swept {
 
 /// Remove what is older than `keep` (finished executions with their runs and
 /// logs, events, audit rows), then the artifacts nothing remaining refers to.
-pub fn sweep(state: &StateStore, artifacts_root: &Path, keep: Duration) -> anyhow::Result<Swept> {
+pub fn sweep(state: &dyn Store, artifacts_root: &Path, keep: Duration) -> anyhow::Result<Swept> {
     let now = sluice_core::units::now_ms();
     let cutoff = now - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX).min(now);
     let rows = state.gc(cutoff)?;

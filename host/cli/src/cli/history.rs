@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::Paths;
-use sluice_store::state::StateStore;
+use sluice_store::state::Store;
+use sluice_store::state::prelude::*;
 
 /// Execution history commands.
 #[derive(Subcommand)]
@@ -79,7 +80,7 @@ pub fn executions(
 }
 
 /// The full id of an execution named by id, unique prefix or `latest`.
-pub(super) fn resolve_id(state: &StateStore, id: &str) -> anyhow::Result<String> {
+pub(super) fn resolve_id(state: &dyn Store, id: &str) -> anyhow::Result<String> {
     let found = if id == "latest" {
         state.latest_execution()?
     } else {
@@ -88,7 +89,7 @@ pub(super) fn resolve_id(state: &StateStore, id: &str) -> anyhow::Result<String>
     found.ok_or_else(|| anyhow::anyhow!("no execution `{id}` in this data directory"))
 }
 
-fn show(state: &StateStore, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+fn show(state: &dyn Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let id = resolve_id(state, id)?;
     let execution = state
         .execution(&id)?
@@ -168,7 +169,7 @@ pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(25
 
 /// Print lines as the running execution stores them; return once it has ended
 /// and every line is printed.
-fn follow_logs(state: &StateStore, id: &str, action: Option<&str>) -> anyhow::Result<ExitCode> {
+fn follow_logs(state: &dyn Store, id: &str, action: Option<&str>) -> anyhow::Result<ExitCode> {
     let mut after = 0;
     loop {
         // Read the status first: once it is final, every line is already stored.

@@ -23,7 +23,8 @@ use sluice_engine::executor::Executor;
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::SecretSource;
-use sluice_store::state::{StateStore, Status};
+use sluice_store::state::prelude::*;
+use sluice_store::state::{SqliteStore, Status, Store};
 
 /// Self-hosted continuous delivery: every action is a sandboxed WASI component.
 #[derive(Parser)]
@@ -280,8 +281,8 @@ impl Paths {
         Registry::open(&self.plugins)
     }
 
-    fn state(&self) -> anyhow::Result<StateStore> {
-        StateStore::open(&self.data_dir.join("state.db"))
+    fn state(&self) -> anyhow::Result<SqliteStore> {
+        SqliteStore::open(&self.data_dir.join("state.db"))
     }
 }
 
@@ -567,9 +568,9 @@ fn run(
     match state.execution(&result.id)? {
         Some(record) if paths.json => println!(
             "{}",
-            serde_json::to_string_pretty(&sluice_api::views::execution(&state, &record)?)?
+            serde_json::to_string_pretty(&sluice_api::views::execution(state.as_ref(), &record)?)?
         ),
-        _ => report::summary(&state, &result.id)?,
+        _ => report::summary(state.as_ref(), &result.id)?,
     }
     Ok(match result.status {
         Status::Succeeded => ExitCode::SUCCESS,
@@ -678,7 +679,7 @@ fn executor(
     paths: &Paths,
     secrets_file: Option<&Path>,
     events: sluice_engine::executor::EventSink,
-) -> anyhow::Result<(Arc<StateStore>, Arc<Executor>)> {
+) -> anyhow::Result<(Arc<dyn Store>, Arc<Executor>)> {
     let state = Arc::new(paths.state()?);
     let executor = Executor::new(
         Arc::new(Runtime::with_slots(paths.sandbox_slots)?),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_core::units::{format_bytes, format_duration};
 use sluice_engine::executor::{Event, EventSink};
-use sluice_store::state::{StateStore, Status};
+use sluice_store::state::{Status, Store};
 
 /// Most characters of one live output line shown by `sluice run` (all of it is stored).
 const LIVE_LINE_CHARS: usize = 400;
@@ -173,7 +173,7 @@ fn span(started_ms: i64, ended_ms: Option<i64>) -> String {
 }
 
 /// Print the end-of-run summary of an execution from the state store.
-pub fn summary(state: &StateStore, id: &str) -> anyhow::Result<()> {
+pub fn summary(state: &dyn Store, id: &str) -> anyhow::Result<()> {
     let execution = state
         .execution(id)?
         .ok_or_else(|| anyhow::anyhow!("execution {id} not found"))?;
@@ -194,7 +194,7 @@ pub fn summary(state: &StateStore, id: &str) -> anyhow::Result<()> {
 }
 
 /// Stages, actions, artifacts and variables of an execution.
-pub fn print_details(state: &StateStore, id: &str) -> anyhow::Result<()> {
+pub fn print_details(state: &dyn Store, id: &str) -> anyhow::Result<()> {
     let actions = state.actions(id)?;
     for stage in state.stages(id)? {
         println!(

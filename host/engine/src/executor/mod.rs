@@ -37,7 +37,7 @@ use sluice_core::units::now_ms;
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::{ArtifactInfo, ArtifactStore};
 use sluice_store::secrets::{Masker, SecretSource};
-use sluice_store::state::{ActionEnd, EventRecord, OutputRecord, StateStore, Status};
+use sluice_store::state::{ActionEnd, EventRecord, OutputRecord, Status, Store};
 
 pub use events::{Change, Event, EventSink, event_state};
 pub use machine::StopMode;
@@ -78,7 +78,7 @@ impl Started {
 /// `R` runs the actions: the sandbox, or a fake in unit tests.
 pub struct Executor<R: ActionRunner = SandboxRunner> {
     runner: R,
-    state: Arc<StateStore>,
+    state: Arc<dyn Store>,
     /// Every secret the host holds, masked in everything stored or shown.
     masker: Arc<Masker>,
     /// Where `#{cache.<name>}` points.
@@ -182,7 +182,7 @@ impl Executor<SandboxRunner> {
     pub fn new(
         runtime: Arc<Runtime>,
         artifacts: ArtifactStore,
-        state: Arc<StateStore>,
+        state: Arc<dyn Store>,
         secrets: SecretSource,
         work_root: PathBuf,
         events: EventSink,
@@ -233,7 +233,7 @@ impl<R: ActionRunner> Executor<R> {
     /// secret in what is stored (the state store masks its events with it too).
     pub fn with_runner(
         runner: R,
-        state: Arc<StateStore>,
+        state: Arc<dyn Store>,
         masker: Arc<Masker>,
         caches: CacheStore,
         events: EventSink,
@@ -528,7 +528,7 @@ impl<R: ActionRunner> Executor<R> {
         Ok(true)
     }
 
-    /// Live state-change events, as they are stored (see [`StateStore::events_after`]
+    /// Live state-change events, as they are stored (see [`EventStore::events_after`](sluice_store::state::EventStore::events_after)
     /// for what came before subscribing).
     pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<EventRecord> {
         self.event_log.subscribe()

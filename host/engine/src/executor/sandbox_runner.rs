@@ -18,7 +18,7 @@ use sluice_sandbox::{ActionError, ActionOutcome, Invocation, LoadedPlugin, Runti
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::{Masker, SecretSource};
 use sluice_store::state::ApprovalStatus;
-use sluice_store::state::{EventRecord, OutputRecord, StateStore};
+use sluice_store::state::{EventRecord, OutputRecord, Store};
 
 /// How often a running action's new log lines are stored.
 const LOG_FLUSH: Duration = Duration::from_millis(250);
@@ -27,7 +27,7 @@ const LOG_FLUSH: Duration = Duration::from_millis(250);
 pub struct SandboxRunner {
     pub(super) runtime: Arc<Runtime>,
     pub(super) artifacts: ArtifactStore,
-    pub(super) state: Arc<StateStore>,
+    pub(super) state: Arc<dyn Store>,
     pub(super) secrets: SecretSource,
     /// Every secret the host holds, masked in everything stored or shown.
     pub(super) masker: Arc<Masker>,

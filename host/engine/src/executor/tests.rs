@@ -21,7 +21,7 @@ use sluice_core::plugin::manifest::Manifest;
 use sluice_sandbox::ActionOutcome;
 use sluice_sandbox::limits::Limits;
 use sluice_store::secrets::Masker;
-use sluice_store::state::{ActionEnd, EventRecord, OutputRecord, StateStore, Status};
+use sluice_store::state::{ActionEnd, EventRecord, OutputRecord, SqliteStore, Status, Store};
 
 /// How one scripted attempt ends.
 #[derive(Clone, Copy, Debug)]
@@ -285,7 +285,7 @@ fn action_mut<'a>(plan: &'a mut Plan, name: &str) -> &'a mut ActionPlan {
 /// An executor over the fake runner and a state store in a temporary directory.
 struct Harness {
     executor: Arc<Executor<FakeRunner>>,
-    state: Arc<StateStore>,
+    state: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -293,7 +293,7 @@ impl Harness {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state =
-            Arc::new(StateStore::open(&dir.path().join("state.db")).expect("a state store"));
+            Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("a state store"));
         let executor = Executor::with_runner(
             FakeRunner::default(),
             state.clone(),
@@ -766,7 +766,7 @@ async fn parallel_executions_do_not_wait_for_each_other() {
 
 /// Record what a process that stopped mid-way leaves: `build` succeeded (with
 /// an output and variables), `deploy` was running.
-fn interrupted_execution(state: &StateStore, plan: &Plan) -> String {
+fn interrupted_execution(state: &dyn Store, plan: &Plan) -> String {
     let id = "interrupted".to_string();
     let json = serde_json::json!({});
     state
@@ -813,7 +813,7 @@ fn build_then_deploy() -> Plan {
 async fn a_resumed_execution_does_not_rerun_what_succeeded_before_the_restart() {
     let harness = Harness::new();
     let plan = Arc::new(build_then_deploy());
-    let id = interrupted_execution(&harness.state, &plan);
+    let id = interrupted_execution(harness.state.as_ref(), &plan);
 
     let Reopened::Resume(started) = harness.executor.reopen(plan, &id).unwrap() else {
         panic!("the execution resumes");
@@ -851,7 +851,7 @@ async fn a_resumed_execution_fails_when_a_running_action_must_not_run_twice() {
     let harness = Harness::new();
     let mut plan = build_then_deploy();
     action_mut(&mut plan, "deploy").on_restart = OnRestart::Fail;
-    let id = interrupted_execution(&harness.state, &plan);
+    let id = interrupted_execution(harness.state.as_ref(), &plan);
 
     let reopened = harness.executor.reopen(Arc::new(plan), &id).unwrap();
 

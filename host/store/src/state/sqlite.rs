@@ -1,14 +1,16 @@
-//! The state store: executions, stage runs, action runs and logs in SQLite (WAL).
+//! The SQLite implementation of the state store (WAL): the embedded default.
 //!
-//! Every transition is committed before it is reported, so what `sluice
-//! executions show` prints is what happened, even after a crash.
+//! One connection behind a mutex; every transition is committed before it is
+//! reported. The schema is a numbered list of migrations, the version in
+//! `PRAGMA user_version`.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+
+use super::*;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS executions (
@@ -134,17 +136,6 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 "#;
 
-/// One captured, masked log line of an action, as stored.
-#[derive(Clone, Debug)]
-pub struct LogLine {
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: i64,
-    /// Where it came from.
-    pub stream: &'static str,
-    /// The masked text, without the trailing newline.
-    pub text: String,
-}
-
 /// Columns added before numbered migrations existed: (table, column, type).
 /// Databases from then may lack any of them; migration 1 adds what is missing.
 const EARLY_COLUMNS: [(&str, &str, &str); 9] = [
@@ -220,71 +211,6 @@ fn migrate(db: &mut Connection) -> anyhow::Result<()> {
     }
 }
 
-/// Status of an execution, stage or action, named as CodePipeline names them
-/// (the stored names are the serde names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub enum Status {
-    /// Running.
-    InProgress,
-    /// Finished well.
-    Succeeded,
-    /// Finished badly.
-    Failed,
-    /// Never ran because an earlier stage failed.
-    Skipped,
-    /// A newer execution replaced this one while it waited at a stage boundary.
-    Superseded,
-    /// A stop was requested; running actions are finishing.
-    Stopping,
-    /// Stopped on request.
-    Stopped,
-    /// An action that was running when its execution was stopped with abandon.
-    Abandoned,
-}
-
-impl Status {
-    /// The stored name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::InProgress => "InProgress",
-            Status::Succeeded => "Succeeded",
-            Status::Failed => "Failed",
-            Status::Skipped => "Skipped",
-            Status::Superseded => "Superseded",
-            Status::Stopping => "Stopping",
-            Status::Stopped => "Stopped",
-            Status::Abandoned => "Abandoned",
-        }
-    }
-
-    /// The status stored under `name`.
-    pub fn from_name(name: &str) -> Option<Status> {
-        [
-            Status::InProgress,
-            Status::Succeeded,
-            Status::Failed,
-            Status::Skipped,
-            Status::Superseded,
-            Status::Stopping,
-            Status::Stopped,
-            Status::Abandoned,
-        ]
-        .into_iter()
-        .find(|status| status.name() == name)
-    }
-
-    /// Whether nothing more happens to what has this status.
-    pub fn is_final(self) -> bool {
-        !matches!(self, Status::InProgress | Status::Stopping)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.name())
-    }
-}
-
 /// A stored status that is not one of [`Status`]'s names is an error, never a guess.
 impl rusqlite::types::FromSql for Status {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
@@ -292,186 +218,6 @@ impl rusqlite::types::FromSql for Status {
         Status::from_name(name).ok_or_else(|| {
             rusqlite::types::FromSqlError::Other(format!("unknown status `{name}`").into())
         })
-    }
-}
-
-/// An output artifact as recorded for an action run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OutputRecord {
-    /// Artifact name.
-    pub name: String,
-    /// blake3 digest.
-    pub digest: String,
-    /// Regular files.
-    pub files: u64,
-    /// Total bytes.
-    pub bytes: u64,
-}
-
-/// One execution row.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ExecutionRecord {
-    /// Execution id.
-    pub id: String,
-    /// Pipeline name.
-    pub pipeline: String,
-    /// Pipeline file path.
-    pub pipeline_file: String,
-    /// Its status.
-    pub status: Status,
-    /// Start, ms since the epoch.
-    pub started_ms: i64,
-    /// End, ms since the epoch.
-    pub ended_ms: Option<i64>,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Pipeline variables as resolved at start (JSON object).
-    pub variables: serde_json::Value,
-    /// Registered pipeline version it ran (None for `sluice run` of a file).
-    pub pipeline_version: Option<i64>,
-    /// What started it: the `#{trigger.*}` variables.
-    pub trigger: serde_json::Value,
-}
-
-/// Which executions to list, newest first.
-#[derive(Clone, Copy, Debug)]
-pub struct ExecutionFilter<'a> {
-    /// Only this pipeline.
-    pub pipeline: Option<&'a str>,
-    /// Only this status.
-    pub status: Option<&'a str>,
-    /// At most this many.
-    pub limit: usize,
-    /// Skip this many (paging).
-    pub offset: usize,
-}
-
-/// One stage run row.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StageRecord {
-    /// Stage name.
-    pub stage: String,
-    /// Its status.
-    pub status: Status,
-    /// Start.
-    pub started_ms: i64,
-    /// End.
-    pub ended_ms: Option<i64>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-/// One action run row.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ActionRecord {
-    /// Stage name.
-    pub stage: String,
-    /// Action name.
-    pub action: String,
-    /// Run order.
-    pub run_order: u32,
-    /// `name@version` of the plugin.
-    pub plugin: String,
-    /// Its status.
-    pub status: Status,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Start.
-    pub started_ms: i64,
-    /// End.
-    pub ended_ms: Option<i64>,
-    /// Configuration after variable resolution.
-    pub resolved_config: Vec<(String, String)>,
-    /// Summary from the plugin.
-    pub summary: Option<String>,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Output variables.
-    pub variables: Vec<(String, String)>,
-    /// Output artifacts.
-    pub outputs: Vec<OutputRecord>,
-    /// Latest progress report: percent.
-    pub percent: Option<u8>,
-    /// Latest progress report: message.
-    pub progress: Option<String>,
-    /// Token of the next round, while a continuing action waits: encrypted
-    /// ([`StateStore::open_continuation`] decrypts it).
-    pub continuation: Option<String>,
-    /// When the next round is due.
-    pub continue_at_ms: Option<i64>,
-}
-
-/// One stored log line.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct LogRecord {
-    /// Increasing id: a cursor for reading only newer lines ([`StateStore::logs_after`]).
-    pub id: i64,
-    /// Action name.
-    pub action: String,
-    /// Attempt number.
-    pub attempt: u32,
-    /// ms since the epoch.
-    pub ts_ms: i64,
-    /// Stream name.
-    pub stream: String,
-    /// Masked text.
-    pub line: String,
-}
-
-/// One stored version of a registered pipeline.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PipelineRecord {
-    /// Pipeline name.
-    pub name: String,
-    /// Version, from 1, incremented by every update.
-    pub version: i64,
-    /// The pipeline file's text.
-    pub source: String,
-    /// When this version was registered.
-    pub created_ms: i64,
-}
-
-/// An API token, without its secret.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TokenRecord {
-    /// Public id (also shown in the audit log).
-    pub id: String,
-    /// `viewer`, `operator` or `admin`.
-    pub role: String,
-    /// Pipelines it is limited to; empty for all.
-    pub pipelines: Vec<String>,
-    /// Free text.
-    pub description: String,
-    /// When it stops being accepted, ms since the epoch; None: never.
-    pub expires_ms: Option<i64>,
-    /// When it was revoked, ms since the epoch.
-    pub revoked_ms: Option<i64>,
-}
-
-/// The state of a manual approval.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ApprovalStatus {
-    /// Waiting for a decision.
-    Pending,
-    /// Approved: the action succeeds.
-    Approved,
-    /// Rejected: the action fails.
-    Rejected,
-    /// Its deadline passed: the action fails.
-    Expired,
-}
-
-impl ApprovalStatus {
-    /// The status stored under `name` (`pending`, `approved`, …).
-    pub fn from_name(name: &str) -> Option<ApprovalStatus> {
-        match name {
-            "pending" => Some(ApprovalStatus::Pending),
-            "approved" => Some(ApprovalStatus::Approved),
-            "rejected" => Some(ApprovalStatus::Rejected),
-            "expired" => Some(ApprovalStatus::Expired),
-            _ => None,
-        }
     }
 }
 
@@ -485,122 +231,13 @@ impl rusqlite::types::FromSql for ApprovalStatus {
     }
 }
 
-impl std::fmt::Display for ApprovalStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            ApprovalStatus::Pending => "pending",
-            ApprovalStatus::Approved => "approved",
-            ApprovalStatus::Rejected => "rejected",
-            ApprovalStatus::Expired => "expired",
-        })
-    }
-}
-
-/// A manual approval and its decision.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ApprovalRecord {
-    /// Execution id.
-    pub execution_id: String,
-    /// Approval action name.
-    pub action: String,
-    /// Token a decision must quote (shown by the pipeline state).
-    pub token: String,
-    /// Least role that may decide.
-    pub approvers: String,
-    /// What is asked.
-    pub message: String,
-    /// Pending, approved, rejected or expired.
-    pub status: ApprovalStatus,
-    /// Deadline, ms since the epoch.
-    pub expires_ms: i64,
-    /// Who decided.
-    pub decided_by: Option<String>,
-    /// When.
-    pub decided_ms: Option<i64>,
-    /// Their comment.
-    pub comment: Option<String>,
-}
-
-/// A state change of a pipeline execution, stage or action, as delivered to
-/// subscribers (at least once: resume with the last `seq` seen).
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventRecord {
-    /// Order of events; the SSE id.
-    pub seq: i64,
-    /// When, ms since the epoch.
-    pub ts_ms: i64,
-    /// Execution id.
-    pub execution: String,
-    /// Pipeline name.
-    pub pipeline: String,
-    /// `pipeline`, `stage` or `action`.
-    pub kind: String,
-    /// The pipeline, stage or action name.
-    pub name: String,
-    /// STARTED, SUCCEEDED, FAILED, SKIPPED (stages), RETRYING (actions), STOPPED,
-    /// SUPERSEDED, ABANDONED or RESUMED.
-    pub state: String,
-    /// Summary or reason.
-    pub detail: String,
-}
-
-/// A decision on a manual approval.
-#[derive(Clone, Copy, Debug)]
-pub struct Decision<'a> {
-    /// The approval's token.
-    pub token: &'a str,
-    /// Approve (true) or reject.
-    pub approve: bool,
-    /// Who decides.
-    pub by: &'a str,
-    /// Why.
-    pub comment: &'a str,
-    /// When, ms since the epoch.
-    pub now_ms: i64,
-}
-
-/// One audit log entry.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditRecord {
-    /// Order of entries.
-    pub seq: i64,
-    /// When, ms since the epoch.
-    pub ts_ms: i64,
-    /// Who: a token id.
-    pub actor: String,
-    /// What: method and route.
-    pub action: String,
-    /// On what: pipeline or execution.
-    pub target: String,
-    /// How it ended: the HTTP status.
-    pub result: String,
-    /// The pipeline it concerns; None for global entries (token management).
-    pub pipeline: Option<String>,
-}
-
 /// The SQLite-backed store.
-pub struct StateStore {
+pub struct SqliteStore {
     connection: Mutex<Connection>,
     /// Encrypts continuation tokens (they may carry secrets) while stored.
     sealer: crate::secrets::TokenSealer,
-    /// Masks the host's secrets in events and audit rows (see [`StateStore::mask_with`]).
+    /// Masks the host's secrets in events and audit rows (see [`SqliteStore::mask_with`]).
     masker: std::sync::OnceLock<std::sync::Arc<crate::secrets::Masker>>,
-}
-
-/// How an action run ended, for [`StateStore::finish_action`].
-pub struct ActionEnd<'a> {
-    /// Final status.
-    pub status: Status,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Summary.
-    pub summary: Option<&'a str>,
-    /// Error.
-    pub error: Option<&'a str>,
-    /// Output variables.
-    pub variables: &'a [(String, String)],
-    /// Output artifacts.
-    pub outputs: &'a [OutputRecord],
 }
 
 /// Switch to WAL, create and migrate the schema. Processes opening one new
@@ -646,7 +283,7 @@ fn write_transaction(db: &mut Connection) -> rusqlite::Result<rusqlite::Transact
     db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
-impl StateStore {
+impl SqliteStore {
     /// Open (and create or migrate) the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
@@ -669,23 +306,11 @@ impl StateStore {
         })
     }
 
-    /// Mask the host's secrets in every event and audit row stored from now on
-    /// (the first masker set stays).
-    pub fn mask_with(&self, masker: std::sync::Arc<crate::secrets::Masker>) {
-        let _ = self.masker.set(masker);
-    }
-
     fn mask(&self, text: &str) -> String {
         match self.masker.get() {
             Some(masker) => masker.mask(text),
             None => text.to_string(),
         }
-    }
-
-    /// The plaintext of a continuation token as [`StateStore::actions`] returns
-    /// it (stored encrypted).
-    pub fn open_continuation(&self, stored: &str) -> anyhow::Result<String> {
-        self.sealer.open(stored)
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
@@ -699,8 +324,32 @@ impl StateStore {
         Ok(())
     }
 
-    /// Record a new execution as InProgress.
-    pub fn start_execution(
+    /// One write and the event announcing it, committed together.
+    fn write_announced(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        let event = event.map(|mut e| {
+            e.detail = self.mask(&e.detail);
+            e
+        });
+        let mut db = self.db();
+        let transaction = db.transaction()?;
+        transaction.prepare_cached(sql)?.execute(params)?;
+        let stored = event.map(|e| insert_event(&transaction, e)).transpose()?;
+        transaction.commit()?;
+        Ok(stored)
+    }
+}
+
+impl ExecutionStore for SqliteStore {
+    fn open_continuation(&self, stored: &str) -> anyhow::Result<String> {
+        self.sealer.open(stored)
+    }
+
+    fn start_execution(
         &self,
         id: &str,
         pipeline: &str,
@@ -716,10 +365,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// Record how an execution ended, and the event that announces it, in one
-    /// transaction: a crash cannot record the end and lose its event (a resumed
-    /// execution never ends again). Returns the event as stored.
-    pub fn finish_execution(
+    fn finish_execution(
         &self,
         id: &str,
         status: Status,
@@ -734,8 +380,7 @@ impl StateStore {
         )
     }
 
-    /// Record a stage starting.
-    pub fn start_stage(
+    fn start_stage(
         &self,
         execution: &str,
         stage: &str,
@@ -749,9 +394,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// Record how a stage ended, with its event in the same transaction (see
-    /// [`StateStore::finish_execution`]).
-    pub fn finish_stage(
+    fn finish_stage(
         &self,
         execution: &str,
         stage: &str,
@@ -767,9 +410,8 @@ impl StateStore {
         )
     }
 
-    /// Record an action starting, with its resolved configuration.
     #[allow(clippy::too_many_arguments)]
-    pub fn start_action(
+    fn start_action(
         &self,
         execution: &str,
         stage: &str,
@@ -786,9 +428,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// Record how an action ended, with its event in the same transaction (see
-    /// [`StateStore::finish_execution`]).
-    pub fn finish_action(
+    fn finish_action(
         &self,
         execution: &str,
         action: &str,
@@ -813,8 +453,7 @@ impl StateStore {
         )
     }
 
-    /// Append an attempt's log lines in one transaction.
-    pub fn append_logs(
+    fn append_logs(
         &self,
         execution: &str,
         action: &str,
@@ -851,8 +490,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// Executions, newest first.
-    pub fn list_executions(
+    fn list_executions(
         &self,
         filter: &ExecutionFilter<'_>,
     ) -> anyhow::Result<Vec<ExecutionRecord>> {
@@ -874,8 +512,7 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// One execution by id or unique id prefix.
-    pub fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>> {
+    fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version, trigger FROM executions
@@ -894,8 +531,7 @@ impl StateStore {
         }
     }
 
-    /// Stage runs of an execution, in pipeline order.
-    pub fn stages(&self, execution: &str) -> anyhow::Result<Vec<StageRecord>> {
+    fn stages(&self, execution: &str) -> anyhow::Result<Vec<StageRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT stage, status, started_ms, ended_ms, error FROM stage_runs WHERE execution_id = ?1 ORDER BY position",
@@ -912,8 +548,7 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Action runs of an execution, in start order.
-    pub fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>> {
+    fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs, percent, progress, continuation, continue_at_ms
@@ -944,8 +579,7 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Log lines of an execution, optionally of one action, in order.
-    pub fn logs(&self, execution: &str, action: Option<&str>) -> anyhow::Result<Vec<LogRecord>> {
+    fn logs(&self, execution: &str, action: Option<&str>) -> anyhow::Result<Vec<LogRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT rowid, action, attempt, ts_ms, stream, line FROM action_logs
@@ -955,9 +589,7 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Log lines stored after the line with id `after` (0: from the start), in
-    /// the order they were stored, at most `limit`: for following a running execution.
-    pub fn logs_after(
+    fn logs_after(
         &self,
         execution: &str,
         action: Option<&str>,
@@ -977,8 +609,112 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Register a new version of a pipeline; returns the version number.
-    pub fn put_pipeline(&self, name: &str, source: &str, now_ms: i64) -> anyhow::Result<i64> {
+    fn set_execution_version(&self, id: &str, version: i64) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE executions SET pipeline_version = ?2 WHERE id = ?1",
+            params![id, version],
+        )
+    }
+
+    fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()> {
+        let mut db = self.db();
+        let tx = write_transaction(&mut db)?;
+        for table in ["action_runs", "stage_runs"] {
+            tx.execute(
+                &format!("UPDATE {table} SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE execution_id = ?1 AND status = 'InProgress'"),
+                params![id, reason, now_ms],
+            )?;
+        }
+        tx.execute(
+            "UPDATE executions SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE id = ?1",
+            params![id, reason, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_continuation(
+        &self,
+        execution: &str,
+        action: &str,
+        token: &str,
+        due_ms: i64,
+        summary: &str,
+    ) -> anyhow::Result<()> {
+        let token = self.sealer.seal(token)?;
+        self.write(
+            "UPDATE action_runs SET continuation = ?3, continue_at_ms = ?4, summary = ?5 WHERE execution_id = ?1 AND action = ?2",
+            params![execution, action, token, due_ms, summary],
+        )
+    }
+
+    fn set_progress(
+        &self,
+        execution: &str,
+        action: &str,
+        percent: u8,
+        message: &str,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE action_runs SET percent = ?3, progress = ?4 WHERE execution_id = ?1 AND action = ?2",
+            params![execution, action, percent, message],
+        )
+    }
+
+    fn in_progress(&self, pipeline: &str) -> anyhow::Result<usize> {
+        let count: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM executions WHERE pipeline = ?1 AND status IN ('InProgress', 'Stopping')",
+            params![pipeline],
+            |row| row.get(0),
+        )?;
+        Ok(count as usize)
+    }
+
+    fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE executions SET status = ?2 WHERE id = ?1",
+            params![id, status.name()],
+        )
+    }
+
+    fn reopen_execution(&self, id: &str) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL WHERE id = ?1",
+            params![id],
+        )
+    }
+
+    fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT status, COUNT(*) FROM executions GROUP BY status ORDER BY status",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn latest_execution(&self) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT id FROM executions ORDER BY started_ms DESC, rowid DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn oldest_running_start(&self) -> anyhow::Result<Option<i64>> {
+        Ok(self.db().query_row(
+            "SELECT MIN(started_ms) FROM executions WHERE status IN ('InProgress', 'Stopping')",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+}
+
+impl PipelineStore for SqliteStore {
+    fn put_pipeline(&self, name: &str, source: &str, now_ms: i64) -> anyhow::Result<i64> {
         let mut db = self.db();
         let tx = write_transaction(&mut db)?;
         let version: i64 = tx.query_row(
@@ -999,12 +735,7 @@ impl StateStore {
         Ok(version)
     }
 
-    /// A pipeline's given version, or its latest when `version` is None.
-    pub fn pipeline(
-        &self,
-        name: &str,
-        version: Option<i64>,
-    ) -> anyhow::Result<Option<PipelineRecord>> {
+    fn pipeline(&self, name: &str, version: Option<i64>) -> anyhow::Result<Option<PipelineRecord>> {
         let db = self.db();
         let mut statement = db.prepare_cached(
             "SELECT name, version, source, created_ms FROM pipelines
@@ -1015,8 +746,7 @@ impl StateStore {
             .optional()?)
     }
 
-    /// The latest version of every registered pipeline.
-    pub fn pipelines(&self) -> anyhow::Result<Vec<PipelineRecord>> {
+    fn pipelines(&self) -> anyhow::Result<Vec<PipelineRecord>> {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT name, MAX(version), source, created_ms FROM pipelines WHERE deleted = 0 GROUP BY name ORDER BY name",
@@ -1025,8 +755,7 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Delete a pipeline (its history stays); false when it did not exist.
-    pub fn delete_pipeline(&self, name: &str) -> anyhow::Result<bool> {
+    fn delete_pipeline(&self, name: &str) -> anyhow::Result<bool> {
         let changed = self.db().execute(
             "UPDATE pipelines SET deleted = 1 WHERE name = ?1 AND deleted = 0",
             params![name],
@@ -1034,35 +763,32 @@ impl StateStore {
         Ok(changed > 0)
     }
 
-    /// Record which pipeline version an execution runs.
-    pub fn set_execution_version(&self, id: &str, version: i64) -> anyhow::Result<()> {
+    fn set_transition(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        disabled: Option<&str>,
+        by: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
         self.write(
-            "UPDATE executions SET pipeline_version = ?2 WHERE id = ?1",
-            params![id, version],
+            "INSERT OR REPLACE INTO transitions (pipeline, stage, disabled_reason, changed_by, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![pipeline, stage, disabled, by, now_ms],
         )
     }
 
-    /// Mark an execution and whatever of it is still InProgress as Failed.
-    pub fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()> {
-        let mut db = self.db();
-        let tx = write_transaction(&mut db)?;
-        for table in ["action_runs", "stage_runs"] {
-            tx.execute(
-                &format!("UPDATE {table} SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE execution_id = ?1 AND status = 'InProgress'"),
-                params![id, reason, now_ms],
-            )?;
-        }
-        tx.execute(
-            "UPDATE executions SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE id = ?1",
-            params![id, reason, now_ms],
+    fn disabled_transitions(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT pipeline, stage, disabled_reason FROM transitions WHERE disabled_reason IS NOT NULL",
         )?;
-        tx.commit()?;
-        Ok(())
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
+}
 
-    /// The approval of an action, created (pending) if it does not exist yet.
-    /// A retried stage asks again: a decided approval is reset to pending.
-    pub fn open_approval(
+impl ApprovalStore for SqliteStore {
+    fn open_approval(
         &self,
         execution: &str,
         action: &str,
@@ -1081,12 +807,7 @@ impl StateStore {
             .context("approval not recorded")
     }
 
-    /// The approval of an action, if any.
-    pub fn approval(
-        &self,
-        execution: &str,
-        action: &str,
-    ) -> anyhow::Result<Option<ApprovalRecord>> {
+    fn approval(&self, execution: &str, action: &str) -> anyhow::Result<Option<ApprovalRecord>> {
         let db = self.db();
         let mut statement = db.prepare_cached(
             "SELECT execution_id, action, token, approvers, message, status, expires_ms, decided_by, decided_ms, comment
@@ -1110,9 +831,7 @@ impl StateStore {
             .optional()?)
     }
 
-    /// Record a decision on a pending approval; false if it was not pending
-    /// with this token.
-    pub fn decide_approval(
+    fn decide_approval(
         &self,
         execution: &str,
         action: &str,
@@ -1141,41 +860,25 @@ impl StateStore {
         Ok(changed == 1)
     }
 
-    /// Mark a pending approval as expired.
-    pub fn expire_approval(&self, execution: &str, action: &str) -> anyhow::Result<()> {
+    fn expire_approval(&self, execution: &str, action: &str) -> anyhow::Result<()> {
         self.write(
             "UPDATE approvals SET status = 'expired' WHERE execution_id = ?1 AND action = ?2 AND status = 'pending'",
             params![execution, action],
         )
     }
+}
 
-    /// Append an event; returns it with its sequence number.
-    pub fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
+impl EventStore for SqliteStore {
+    fn mask_with(&self, masker: std::sync::Arc<crate::secrets::Masker>) {
+        let _ = self.masker.set(masker);
+    }
+
+    fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
         event.detail = self.mask(&event.detail);
         insert_event(&self.db(), event)
     }
 
-    /// One write and the event announcing it, committed together.
-    fn write_announced(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        event: Option<EventRecord>,
-    ) -> anyhow::Result<Option<EventRecord>> {
-        let event = event.map(|mut e| {
-            e.detail = self.mask(&e.detail);
-            e
-        });
-        let mut db = self.db();
-        let transaction = db.transaction()?;
-        transaction.prepare_cached(sql)?.execute(params)?;
-        let stored = event.map(|e| insert_event(&transaction, e)).transpose()?;
-        transaction.commit()?;
-        Ok(stored)
-    }
-
-    /// Events after `after_seq`, oldest first.
-    pub fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
+    fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
         let db = self.db();
         let mut statement = db.prepare_cached(
             "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -1195,8 +898,7 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The last event handed to notification plugins (0 when none).
-    pub fn notify_cursor(&self) -> anyhow::Result<i64> {
+    fn notify_cursor(&self) -> anyhow::Result<i64> {
         Ok(self
             .db()
             .query_row("SELECT seq FROM notify_cursor WHERE id = 1", [], |row| {
@@ -1206,146 +908,31 @@ impl StateStore {
             .unwrap_or(0))
     }
 
-    /// Advance the notification cursor past `seq`.
-    pub fn set_notify_cursor(&self, seq: i64) -> anyhow::Result<()> {
+    fn set_notify_cursor(&self, seq: i64) -> anyhow::Result<()> {
         self.write(
             "INSERT OR REPLACE INTO notify_cursor (id, seq) VALUES (1, ?1)",
             params![seq],
         )
     }
 
-    /// The newest event's sequence number (0 when none).
-    pub fn last_event_seq(&self) -> anyhow::Result<i64> {
+    fn last_event_seq(&self) -> anyhow::Result<i64> {
         Ok(self
             .db()
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
                 row.get(0)
             })?)
     }
+}
 
-    /// Record that an action continues later with `token`, and its summary so far.
-    pub fn set_continuation(
-        &self,
-        execution: &str,
-        action: &str,
-        token: &str,
-        due_ms: i64,
-        summary: &str,
-    ) -> anyhow::Result<()> {
-        let token = self.sealer.seal(token)?;
-        self.write(
-            "UPDATE action_runs SET continuation = ?3, continue_at_ms = ?4, summary = ?5 WHERE execution_id = ?1 AND action = ?2",
-            params![execution, action, token, due_ms, summary],
-        )
-    }
-
-    /// The last revision a poll of `pipeline`'s `action` started an execution for.
-    pub fn poll_revision(&self, pipeline: &str, action: &str) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT last_revision FROM poll_state WHERE pipeline = ?1 AND action = ?2",
-                params![pipeline, action],
-                |row| row.get(0),
-            )
-            .optional()?)
-    }
-
-    /// Remember the newest revision a poll started an execution for.
-    pub fn set_poll_revision(
-        &self,
-        pipeline: &str,
-        action: &str,
-        revision: &str,
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write(
-            "INSERT OR REPLACE INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![pipeline, action, revision, now_ms],
-        )
-    }
-
-    /// Record an action's latest progress report.
-    pub fn set_progress(
-        &self,
-        execution: &str,
-        action: &str,
-        percent: u8,
-        message: &str,
-    ) -> anyhow::Result<()> {
-        self.write(
-            "UPDATE action_runs SET percent = ?3, progress = ?4 WHERE execution_id = ?1 AND action = ?2",
-            params![execution, action, percent, message],
-        )
-    }
-
-    /// Enable (None) or disable (Some(reason)) the transition into a stage.
-    pub fn set_transition(
-        &self,
-        pipeline: &str,
-        stage: &str,
-        disabled: Option<&str>,
-        by: &str,
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write(
-            "INSERT OR REPLACE INTO transitions (pipeline, stage, disabled_reason, changed_by, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![pipeline, stage, disabled, by, now_ms],
-        )
-    }
-
-    /// Disabled transitions: (pipeline, stage, reason).
-    pub fn disabled_transitions(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        let db = self.db();
-        let mut statement = db.prepare(
-            "SELECT pipeline, stage, disabled_reason FROM transitions WHERE disabled_reason IS NOT NULL",
-        )?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// How many executions of `pipeline` are InProgress (running or waiting).
-    pub fn in_progress(&self, pipeline: &str) -> anyhow::Result<usize> {
-        let count: i64 = self.db().query_row(
-            "SELECT COUNT(*) FROM executions WHERE pipeline = ?1 AND status IN ('InProgress', 'Stopping')",
-            params![pipeline],
-            |row| row.get(0),
-        )?;
-        Ok(count as usize)
-    }
-
-    /// Set an execution's status without ending it (Stopping).
-    pub fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()> {
-        self.write(
-            "UPDATE executions SET status = ?2 WHERE id = ?1",
-            params![id, status.name()],
-        )
-    }
-
-    /// Put a finished execution back InProgress (a stage retry).
-    pub fn reopen_execution(&self, id: &str) -> anyhow::Result<()> {
-        self.write(
-            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL WHERE id = ?1",
-            params![id],
-        )
-    }
-
-    /// Store a new API token (only the hash of its secret).
-    pub fn add_token(
-        &self,
-        token: &TokenRecord,
-        secret_hash: &str,
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
+impl AccessStore for SqliteStore {
+    fn add_token(&self, token: &TokenRecord, secret_hash: &str, now_ms: i64) -> anyhow::Result<()> {
         self.write(
             "INSERT INTO tokens (id, secret_hash, role, pipelines, description, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![token.id, secret_hash, token.role, serde_json::to_string(&token.pipelines)?, token.description, now_ms, token.expires_ms],
         )
     }
 
-    /// Every token with its secret's hash, oldest first (callers compare the
-    /// hashes in constant time rather than letting SQL look one up).
-    pub fn tokens(&self) -> anyhow::Result<Vec<(TokenRecord, String)>> {
+    fn tokens(&self) -> anyhow::Result<Vec<(TokenRecord, String)>> {
         let db = self.db();
         let mut statement = db.prepare_cached(
             "SELECT id, role, pipelines, description, expires_ms, revoked_ms, secret_hash FROM tokens ORDER BY created_ms, id",
@@ -1364,8 +951,7 @@ impl StateStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Revoke a token; false when there is no token with this id.
-    pub fn revoke_token(&self, id: &str, now_ms: i64) -> anyhow::Result<bool> {
+    fn revoke_token(&self, id: &str, now_ms: i64) -> anyhow::Result<bool> {
         let changed = self.db().execute(
             "UPDATE tokens SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
             params![id, now_ms],
@@ -1373,8 +959,7 @@ impl StateStore {
         Ok(changed > 0)
     }
 
-    /// Append to the audit log; `pipeline` is None for global entries.
-    pub fn audit(&self, entry: &AuditRecord) -> anyhow::Result<()> {
+    fn audit(&self, entry: &AuditRecord) -> anyhow::Result<()> {
         let (action, target, result) = (
             self.mask(&entry.action),
             self.mask(&entry.target),
@@ -1386,9 +971,7 @@ impl StateStore {
         )
     }
 
-    /// Audit entries, oldest first, after `after_seq`; with `scope`, only the
-    /// entries of those pipelines (global entries are left out).
-    pub fn audit_log(
+    fn audit_log(
         &self,
         after_seq: i64,
         limit: usize,
@@ -1414,11 +997,34 @@ impl StateStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
 
-    /// Claim a webhook delivery id for `pipeline`. None when it is new (the
-    /// caller goes on to handle it); otherwise the execution the first
-    /// delivery started, if it started one.
-    pub fn claim_delivery(
+impl TriggerStore for SqliteStore {
+    fn poll_revision(&self, pipeline: &str, action: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT last_revision FROM poll_state WHERE pipeline = ?1 AND action = ?2",
+                params![pipeline, action],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn set_poll_revision(
+        &self,
+        pipeline: &str,
+        action: &str,
+        revision: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.write(
+            "INSERT OR REPLACE INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![pipeline, action, revision, now_ms],
+        )
+    }
+
+    fn claim_delivery(
         &self,
         pipeline: &str,
         delivery: &str,
@@ -1440,8 +1046,7 @@ impl StateStore {
         Ok(Some(execution))
     }
 
-    /// Record the execution a claimed delivery started.
-    pub fn set_delivery_execution(
+    fn set_delivery_execution(
         &self,
         pipeline: &str,
         delivery: &str,
@@ -1453,73 +1058,16 @@ impl StateStore {
         )
     }
 
-    /// Forget a claimed delivery that failed before it was handled, so that
-    /// the sender's redelivery is handled instead of answered as a duplicate.
-    pub fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()> {
+    fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()> {
         self.write(
             "DELETE FROM webhook_deliveries WHERE pipeline = ?1 AND delivery = ?2 AND execution_id IS NULL",
             params![pipeline, delivery],
         )
     }
-
-    /// How many executions are recorded in each status.
-    pub fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let db = self.db();
-        let mut statement = db.prepare_cached(
-            "SELECT status, COUNT(*) FROM executions GROUP BY status ORDER BY status",
-        )?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The id of the newest execution, if any.
-    pub fn latest_execution(&self) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT id FROM executions ORDER BY started_ms DESC, rowid DESC LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
-            .optional()?)
-    }
 }
 
-// ---------------------------------------------------------------------------
-// Retention (`sluice gc`, `sluice serve --retention`): rows older than a cutoff
-// go, except those of executions still running or stopping.
-// ---------------------------------------------------------------------------
-
-/// Which executions a retention sweep removes: finished before the cutoff (?1).
-const GC_DOOMED: &str = "SELECT id FROM executions WHERE status NOT IN ('InProgress', 'Stopping') AND ended_ms IS NOT NULL AND ended_ms < ?1";
-
-/// Rows a retention sweep removed from the state store.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct GcCounts {
-    /// Finished executions.
-    pub executions: u64,
-    /// Their stage runs.
-    pub stage_runs: u64,
-    /// Their action runs.
-    pub action_runs: u64,
-    /// Their log lines.
-    pub log_lines: u64,
-    /// Their approvals.
-    pub approvals: u64,
-    /// Events older than the cutoff.
-    pub events: u64,
-    /// Audit rows older than the cutoff.
-    pub audit_rows: u64,
-    /// Webhook delivery ids (kept to drop repeats) older than the cutoff.
-    pub webhook_deliveries: u64,
-}
-
-impl StateStore {
-    /// Delete executions that finished before `cutoff_ms` with their stage and
-    /// action runs, logs and approvals, and events (delivered ones), audit rows
-    /// and webhook delivery ids older than it, in one transaction. Running or
-    /// stopping executions always stay.
-    pub fn gc(&self, cutoff_ms: i64) -> anyhow::Result<GcCounts> {
+impl RetentionStore for SqliteStore {
+    fn gc(&self, cutoff_ms: i64) -> anyhow::Result<GcCounts> {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let children = |table: &str| -> rusqlite::Result<u64> {
@@ -1555,8 +1103,7 @@ impl StateStore {
         Ok(counts)
     }
 
-    /// Digests of every artifact an action run of a remaining execution records.
-    pub fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+    fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>> {
         let db = self.db();
         let mut statement = db.prepare("SELECT outputs FROM action_runs")?;
         // An unreadable row is an error, not "no outputs": gc would delete
@@ -1570,17 +1117,15 @@ impl StateStore {
         }
         Ok(digests)
     }
-
-    /// When the oldest execution still running or stopping started: artifacts
-    /// stored since then may belong to it before its action run records them.
-    pub fn oldest_running_start(&self) -> anyhow::Result<Option<i64>> {
-        Ok(self.db().query_row(
-            "SELECT MIN(started_ms) FROM executions WHERE status IN ('InProgress', 'Stopping')",
-            [],
-            |row| row.get(0),
-        )?)
-    }
 }
+
+// ---------------------------------------------------------------------------
+// Retention (`sluice gc`, `sluice serve --retention`): rows older than a cutoff
+// go, except those of executions still running or stopping.
+// ---------------------------------------------------------------------------
+
+/// Which executions a retention sweep removes: finished before the cutoff (?1).
+const GC_DOOMED: &str = "SELECT id FROM executions WHERE status NOT IN ('InProgress', 'Stopping') AND ended_ms IS NOT NULL AND ended_ms < ?1";
 
 // ---------------------------------------------------------------------------
 
@@ -1660,9 +1205,9 @@ mod tests {
     use super::*;
 
     /// A store holding `count` executions of pipeline `p`, started 1 ms apart.
-    fn store_with_executions(count: usize) -> (tempfile::TempDir, StateStore) {
+    fn store_with_executions(count: usize) -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("state.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
         for i in 0..count {
             let id = format!("e{i}");
             let none = serde_json::json!({});
@@ -1684,10 +1229,10 @@ mod tests {
     fn a_new_database_takes_every_migration_and_records_its_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        StateStore::open(&path).unwrap();
+        SqliteStore::open(&path).unwrap();
         assert_eq!(schema_version(&path), MIGRATIONS.len() as i64);
         // Opening again takes none twice.
-        StateStore::open(&path).unwrap();
+        SqliteStore::open(&path).unwrap();
         assert_eq!(schema_version(&path), MIGRATIONS.len() as i64);
     }
 
@@ -1705,7 +1250,7 @@ mod tests {
             )
             .unwrap();
         }
-        let store = StateStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         let old = store.execution("old").unwrap().unwrap();
         assert_eq!(old.trigger, serde_json::json!({}));
         assert_eq!(old.pipeline_version, None);
@@ -1720,7 +1265,7 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
-        let error = StateStore::open(&path)
+        let error = SqliteStore::open(&path)
             .err()
             .expect("a newer database opened");
         let message = format!("{error:#}");
@@ -1729,40 +1274,6 @@ mod tests {
             "{message}"
         );
         assert_eq!(schema_version(&path), 99);
-    }
-
-    #[test]
-    fn gc_keeps_undelivered_events_and_prunes_old_webhook_deliveries() {
-        let (_dir, store) = store_with_executions(0);
-        let event = |ts_ms| EventRecord {
-            seq: 0,
-            ts_ms,
-            execution: "e".into(),
-            pipeline: "p".into(),
-            kind: "pipeline".into(),
-            name: "p".into(),
-            state: "STARTED".into(),
-            detail: String::new(),
-        };
-        let delivered = store.append_event(event(1)).unwrap();
-        store.append_event(event(2)).unwrap();
-        store.set_notify_cursor(delivered.seq).unwrap();
-        store
-            .db()
-            .execute(
-                "INSERT INTO webhook_deliveries (pipeline, delivery, received_ms) VALUES ('p', 'old', 1), ('p', 'new', 100)",
-                [],
-            )
-            .unwrap();
-        let counts = store.gc(50).unwrap();
-        assert_eq!((counts.events, counts.webhook_deliveries), (1, 1));
-        let left: Vec<i64> = store
-            .events_after(0, 10)
-            .unwrap()
-            .iter()
-            .map(|e| e.ts_ms)
-            .collect();
-        assert_eq!(left, [2], "the undelivered event stays");
     }
 
     #[test]
@@ -1782,25 +1293,24 @@ mod tests {
         );
     }
 
-    fn listed(store: &StateStore, limit: usize, offset: usize) -> Vec<String> {
-        let filter = ExecutionFilter {
-            pipeline: None,
-            status: None,
-            limit,
-            offset,
-        };
-        let executions = store.list_executions(&filter).unwrap();
-        executions.into_iter().map(|e| e.id).collect()
+    /// Every engine-independent check of the store, on a fresh SQLite store each.
+    macro_rules! conformance {
+        ($($check:ident),* $(,)?) => {$(
+            #[test]
+            fn $check() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+                super::super::conformance::$check(&store);
+            }
+        )*};
     }
 
-    #[test]
-    fn an_offset_beyond_the_executions_lists_none_not_the_first_page() {
-        let (_dir, store) = store_with_executions(3);
-        assert_eq!(listed(&store, 2, 0), ["e2", "e1"]);
-        assert_eq!(listed(&store, 2, 2), ["e0"]);
-        assert!(listed(&store, 2, 3).is_empty());
-        assert!(listed(&store, 2, i64::MAX as usize + 1).is_empty());
-        assert!(listed(&store, 2, usize::MAX).is_empty());
-        assert_eq!(listed(&store, usize::MAX, 1), ["e1", "e0"]);
-    }
+    conformance!(
+        paging_past_the_end_lists_nothing,
+        an_end_is_stored_with_its_event,
+        gc_keeps_undelivered_events_and_prunes_old_webhook_deliveries,
+        a_webhook_delivery_is_claimed_once,
+        an_approval_is_decided_once,
+        pipeline_versions_count_up_and_stay,
+    );
 }

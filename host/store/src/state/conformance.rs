@@ -1,0 +1,173 @@
+//! What every state store engine must do, checked through [`Store`] alone.
+//! Each engine's tests run every check here on a fresh, empty store of its
+//! own (see `sqlite::tests`), so a second engine is held to the same behaviour.
+
+use std::path::Path;
+
+use super::*;
+
+fn start(store: &dyn Store, id: &str, at_ms: i64) {
+    let none = serde_json::json!({});
+    store
+        .start_execution(id, "p", Path::new("p.toml"), &none, &none, at_ms)
+        .unwrap();
+}
+
+fn event(execution: &str, state: &str, ts_ms: i64) -> EventRecord {
+    EventRecord {
+        seq: 0,
+        ts_ms,
+        execution: execution.into(),
+        pipeline: "p".into(),
+        kind: "pipeline".into(),
+        name: "p".into(),
+        state: state.into(),
+        detail: String::new(),
+    }
+}
+
+fn listed(store: &dyn Store, limit: usize, offset: usize) -> Vec<String> {
+    let filter = ExecutionFilter {
+        pipeline: None,
+        status: None,
+        limit,
+        offset,
+    };
+    let executions = store.list_executions(&filter).unwrap();
+    executions.into_iter().map(|e| e.id).collect()
+}
+
+/// Pages are newest first, and an offset past the end (even `usize::MAX`) is
+/// an empty page, never the first one.
+pub fn paging_past_the_end_lists_nothing(store: &dyn Store) {
+    for i in 0..3 {
+        start(store, &format!("e{i}"), i);
+    }
+    assert_eq!(listed(store, 2, 0), ["e2", "e1"]);
+    assert_eq!(listed(store, 2, 2), ["e0"]);
+    assert!(listed(store, 2, 3).is_empty());
+    assert!(listed(store, 2, i64::MAX as usize + 1).is_empty());
+    assert!(listed(store, 2, usize::MAX).is_empty());
+    assert_eq!(listed(store, usize::MAX, 1), ["e1", "e0"]);
+}
+
+/// An end is recorded with its event: both are there, the event with the
+/// next sequence number, and events come back in order.
+pub fn an_end_is_stored_with_its_event(store: &dyn Store) {
+    start(store, "e", 1);
+    let started = store.append_event(event("e", "STARTED", 1)).unwrap();
+    let ended = store
+        .finish_execution(
+            "e",
+            Status::Failed,
+            Some("boom"),
+            2,
+            Some(event("e", "FAILED", 2)),
+        )
+        .unwrap()
+        .expect("the stored event");
+    assert!(ended.seq > started.seq);
+    let execution = store.execution("e").unwrap().unwrap();
+    assert_eq!(
+        (
+            execution.status,
+            execution.error.as_deref(),
+            execution.ended_ms
+        ),
+        (Status::Failed, Some("boom"), Some(2))
+    );
+    let states: Vec<String> = store
+        .events_after(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(states, ["STARTED", "FAILED"]);
+    assert_eq!(store.last_event_seq().unwrap(), ended.seq);
+}
+
+/// The sweep keeps events no notification has delivered yet, and forgets
+/// webhook delivery ids older than the cutoff.
+pub fn gc_keeps_undelivered_events_and_prunes_old_webhook_deliveries(store: &dyn Store) {
+    let delivered = store.append_event(event("e", "STARTED", 1)).unwrap();
+    store.append_event(event("e", "STARTED", 2)).unwrap();
+    store.set_notify_cursor(delivered.seq).unwrap();
+    assert_eq!(store.claim_delivery("p", "old", 1).unwrap(), None);
+    assert_eq!(store.claim_delivery("p", "new", 100).unwrap(), None);
+    let counts = store.gc(50).unwrap();
+    assert_eq!((counts.events, counts.webhook_deliveries), (1, 1));
+    let left: Vec<i64> = store
+        .events_after(0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.ts_ms)
+        .collect();
+    assert_eq!(left, [2], "the undelivered event stays");
+    assert_eq!(store.claim_delivery("p", "old", 101).unwrap(), None);
+    assert_eq!(store.claim_delivery("p", "new", 101).unwrap(), Some(None));
+}
+
+/// A delivery id is claimed once; a repeat learns the execution it started,
+/// and a released claim can be taken again.
+pub fn a_webhook_delivery_is_claimed_once(store: &dyn Store) {
+    assert_eq!(store.claim_delivery("p", "d1", 1).unwrap(), None);
+    assert_eq!(store.claim_delivery("p", "d1", 2).unwrap(), Some(None));
+    store.set_delivery_execution("p", "d1", "e1").unwrap();
+    assert_eq!(
+        store.claim_delivery("p", "d1", 3).unwrap(),
+        Some(Some("e1".to_string()))
+    );
+    assert_eq!(
+        store.claim_delivery("q", "d1", 3).unwrap(),
+        None,
+        "per pipeline"
+    );
+    store.claim_delivery("p", "d2", 4).unwrap();
+    store.release_delivery("p", "d2").unwrap();
+    assert_eq!(store.claim_delivery("p", "d2", 5).unwrap(), None);
+}
+
+/// An approval takes one decision; a second one is refused and changes nothing.
+pub fn an_approval_is_decided_once(store: &dyn Store) {
+    start(store, "e", 1);
+    let opened = store
+        .open_approval("e", "gate", "operator", "ship it?", 10_000)
+        .unwrap();
+    assert_eq!(opened.status, ApprovalStatus::Pending);
+    let decision = |approve, by| Decision {
+        token: &opened.token,
+        approve,
+        by,
+        comment: "",
+        now_ms: 5,
+    };
+    assert!(
+        store
+            .decide_approval("e", "gate", &decision(true, "alice"))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .decide_approval("e", "gate", &decision(false, "bob"))
+            .unwrap()
+    );
+    let decided = store.approval("e", "gate").unwrap().unwrap();
+    assert_eq!(
+        (decided.status, decided.decided_by.as_deref()),
+        (ApprovalStatus::Approved, Some("alice"))
+    );
+}
+
+/// Registering a pipeline adds a version; old versions stay readable.
+pub fn pipeline_versions_count_up_and_stay(store: &dyn Store) {
+    assert_eq!(store.put_pipeline("p", "v1", 1).unwrap(), 1);
+    assert_eq!(store.put_pipeline("p", "v2", 2).unwrap(), 2);
+    let latest = store.pipeline("p", None).unwrap().unwrap();
+    assert_eq!((latest.version, latest.source.as_str()), (2, "v2"));
+    let first = store.pipeline("p", Some(1)).unwrap().unwrap();
+    assert_eq!(first.source, "v1");
+    assert!(store.pipeline("p", Some(3)).unwrap().is_none());
+    assert!(store.delete_pipeline("p").unwrap());
+    assert!(store.pipeline("p", None).unwrap().is_none());
+    assert!(!store.delete_pipeline("p").unwrap());
+}

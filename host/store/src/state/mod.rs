@@ -1,0 +1,746 @@
+//! The state store: executions, stage runs, action runs and logs, pipelines,
+//! approvals, events, tokens and audit, behind one trait per entity.
+//!
+//! Every transition is committed before it is reported, so what `sluice
+//! executions show` prints is what happened, even after a crash. [`Store`] is
+//! all of the entity traits; [`SqliteStore`] implements it (the embedded
+//! default). Callers hold an `Arc<dyn Store>` and import [`prelude`] for the
+//! methods.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod conformance;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// The entity traits, for calling store methods on a `dyn Store`.
+pub mod prelude {
+    pub use super::{
+        AccessStore, ApprovalStore, EventStore, ExecutionStore, PipelineStore, RetentionStore,
+        Store, TriggerStore,
+    };
+}
+
+/// Everything Sluice records: every entity trait, shareable across threads.
+pub trait Store:
+    ExecutionStore
+    + PipelineStore
+    + ApprovalStore
+    + EventStore
+    + AccessStore
+    + TriggerStore
+    + RetentionStore
+    + Send
+    + Sync
+{
+}
+
+impl<T> Store for T where
+    T: ExecutionStore
+        + PipelineStore
+        + ApprovalStore
+        + EventStore
+        + AccessStore
+        + TriggerStore
+        + RetentionStore
+        + Send
+        + Sync
+{
+}
+
+/// Executions and their stage runs, action runs and logs.
+pub trait ExecutionStore {
+    /// The plaintext of a continuation token as [`ExecutionStore::actions`] returns
+    /// it (stored encrypted).
+    fn open_continuation(&self, stored: &str) -> anyhow::Result<String>;
+
+    /// Record a new execution as InProgress.
+    fn start_execution(
+        &self,
+        id: &str,
+        pipeline: &str,
+        file: &Path,
+        variables: &serde_json::Value,
+        trigger: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Record how an execution ended, and the event that announces it, in one
+    /// transaction: a crash cannot record the end and lose its event (a resumed
+    /// execution never ends again). Returns the event as stored.
+    fn finish_execution(
+        &self,
+        id: &str,
+        status: Status,
+        error: Option<&str>,
+        now_ms: i64,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>>;
+
+    /// Record a stage starting.
+    fn start_stage(
+        &self,
+        execution: &str,
+        stage: &str,
+        position: usize,
+        now_ms: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Record how a stage ended, with its event in the same transaction (see
+    /// [`ExecutionStore::finish_execution`]).
+    fn finish_stage(
+        &self,
+        execution: &str,
+        stage: &str,
+        status: Status,
+        error: Option<&str>,
+        now_ms: i64,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>>;
+
+    /// Record an action starting, with its resolved configuration.
+    #[allow(clippy::too_many_arguments)]
+    fn start_action(
+        &self,
+        execution: &str,
+        stage: &str,
+        action: &str,
+        run_order: u32,
+        plugin: &str,
+        resolved_config: &[(String, String)],
+        now_ms: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Record how an action ended, with its event in the same transaction (see
+    /// [`ExecutionStore::finish_execution`]).
+    fn finish_action(
+        &self,
+        execution: &str,
+        action: &str,
+        end: &ActionEnd<'_>,
+        now_ms: i64,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>>;
+
+    /// Append an attempt's log lines in one transaction.
+    fn append_logs(
+        &self,
+        execution: &str,
+        action: &str,
+        attempt: u32,
+        lines: &[LogLine],
+    ) -> anyhow::Result<()>;
+
+    /// Executions, newest first.
+    fn list_executions(&self, filter: &ExecutionFilter<'_>)
+    -> anyhow::Result<Vec<ExecutionRecord>>;
+
+    /// One execution by id or unique id prefix.
+    fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>>;
+
+    /// Stage runs of an execution, in pipeline order.
+    fn stages(&self, execution: &str) -> anyhow::Result<Vec<StageRecord>>;
+
+    /// Action runs of an execution, in start order.
+    fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>>;
+
+    /// Log lines of an execution, optionally of one action, in order.
+    fn logs(&self, execution: &str, action: Option<&str>) -> anyhow::Result<Vec<LogRecord>>;
+
+    /// Log lines stored after the line with id `after` (0: from the start), in
+    /// the order they were stored, at most `limit`: for following a running execution.
+    fn logs_after(
+        &self,
+        execution: &str,
+        action: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<LogRecord>>;
+
+    /// Record which pipeline version an execution runs.
+    fn set_execution_version(&self, id: &str, version: i64) -> anyhow::Result<()>;
+
+    /// Mark an execution and whatever of it is still InProgress as Failed.
+    fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()>;
+
+    /// Record that an action continues later with `token`, and its summary so far.
+    fn set_continuation(
+        &self,
+        execution: &str,
+        action: &str,
+        token: &str,
+        due_ms: i64,
+        summary: &str,
+    ) -> anyhow::Result<()>;
+
+    /// Record an action's latest progress report.
+    fn set_progress(
+        &self,
+        execution: &str,
+        action: &str,
+        percent: u8,
+        message: &str,
+    ) -> anyhow::Result<()>;
+
+    /// How many executions of `pipeline` are InProgress (running or waiting).
+    fn in_progress(&self, pipeline: &str) -> anyhow::Result<usize>;
+
+    /// Set an execution's status without ending it (Stopping).
+    fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()>;
+
+    /// Put a finished execution back InProgress (a stage retry).
+    fn reopen_execution(&self, id: &str) -> anyhow::Result<()>;
+
+    /// How many executions are recorded in each status.
+    fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>>;
+
+    /// The id of the newest execution, if any.
+    fn latest_execution(&self) -> anyhow::Result<Option<String>>;
+
+    /// When the oldest execution still running or stopping started: artifacts
+    /// stored since then may belong to it before its action run records them.
+    fn oldest_running_start(&self) -> anyhow::Result<Option<i64>>;
+}
+
+/// Registered pipelines, their versions and their stage transitions.
+pub trait PipelineStore {
+    /// Register a new version of a pipeline; returns the version number.
+    fn put_pipeline(&self, name: &str, source: &str, now_ms: i64) -> anyhow::Result<i64>;
+
+    /// A pipeline's given version, or its latest when `version` is None.
+    fn pipeline(&self, name: &str, version: Option<i64>) -> anyhow::Result<Option<PipelineRecord>>;
+
+    /// The latest version of every registered pipeline.
+    fn pipelines(&self) -> anyhow::Result<Vec<PipelineRecord>>;
+
+    /// Delete a pipeline (its history stays); false when it did not exist.
+    fn delete_pipeline(&self, name: &str) -> anyhow::Result<bool>;
+
+    /// Enable (None) or disable (Some(reason)) the transition into a stage.
+    fn set_transition(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        disabled: Option<&str>,
+        by: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Disabled transitions: (pipeline, stage, reason).
+    fn disabled_transitions(&self) -> anyhow::Result<Vec<(String, String, String)>>;
+}
+
+/// Manual approvals and their decisions.
+pub trait ApprovalStore {
+    /// The approval of an action, created (pending) if it does not exist yet.
+    /// A retried stage asks again: a decided approval is reset to pending.
+    fn open_approval(
+        &self,
+        execution: &str,
+        action: &str,
+        approvers: &str,
+        message: &str,
+        expires_ms: i64,
+    ) -> anyhow::Result<ApprovalRecord>;
+
+    /// The approval of an action, if any.
+    fn approval(&self, execution: &str, action: &str) -> anyhow::Result<Option<ApprovalRecord>>;
+
+    /// Record a decision on a pending approval; false if it was not pending
+    /// with this token.
+    fn decide_approval(
+        &self,
+        execution: &str,
+        action: &str,
+        decision: &Decision<'_>,
+    ) -> anyhow::Result<bool>;
+
+    /// Mark a pending approval as expired.
+    fn expire_approval(&self, execution: &str, action: &str) -> anyhow::Result<()>;
+}
+
+/// State-change events (the SSE stream and notifications read them) and the notification cursor.
+pub trait EventStore {
+    /// Mask the host's secrets in every event and audit row stored from now on
+    /// (the first masker set stays).
+    fn mask_with(&self, masker: std::sync::Arc<crate::secrets::Masker>);
+
+    /// Append an event; returns it with its sequence number.
+    fn append_event(&self, event: EventRecord) -> anyhow::Result<EventRecord>;
+
+    /// Events after `after_seq`, oldest first.
+    fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>>;
+
+    /// The last event handed to notification plugins (0 when none).
+    fn notify_cursor(&self) -> anyhow::Result<i64>;
+
+    /// Advance the notification cursor past `seq`.
+    fn set_notify_cursor(&self, seq: i64) -> anyhow::Result<()>;
+
+    /// The newest event's sequence number (0 when none).
+    fn last_event_seq(&self) -> anyhow::Result<i64>;
+}
+
+/// API tokens and the audit log.
+pub trait AccessStore {
+    /// Store a new API token (only the hash of its secret).
+    fn add_token(&self, token: &TokenRecord, secret_hash: &str, now_ms: i64) -> anyhow::Result<()>;
+
+    /// Every token with its secret's hash, oldest first (callers compare the
+    /// hashes in constant time rather than letting SQL look one up).
+    fn tokens(&self) -> anyhow::Result<Vec<(TokenRecord, String)>>;
+
+    /// Revoke a token; false when there is no token with this id.
+    fn revoke_token(&self, id: &str, now_ms: i64) -> anyhow::Result<bool>;
+
+    /// Append to the audit log; `pipeline` is None for global entries.
+    fn audit(&self, entry: &AuditRecord) -> anyhow::Result<()>;
+
+    /// Audit entries, oldest first, after `after_seq`; with `scope`, only the
+    /// entries of those pipelines (global entries are left out).
+    fn audit_log(
+        &self,
+        after_seq: i64,
+        limit: usize,
+        scope: Option<&[String]>,
+    ) -> anyhow::Result<Vec<AuditRecord>>;
+}
+
+/// What triggers remember: the last revision a poll saw, and webhook delivery ids.
+pub trait TriggerStore {
+    /// The last revision a poll of `pipeline`'s `action` started an execution for.
+    fn poll_revision(&self, pipeline: &str, action: &str) -> anyhow::Result<Option<String>>;
+
+    /// Remember the newest revision a poll started an execution for.
+    fn set_poll_revision(
+        &self,
+        pipeline: &str,
+        action: &str,
+        revision: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Claim a webhook delivery id for `pipeline`. None when it is new (the
+    /// caller goes on to handle it); otherwise the execution the first
+    /// delivery started, if it started one.
+    fn claim_delivery(
+        &self,
+        pipeline: &str,
+        delivery: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<Option<Option<String>>>;
+
+    /// Record the execution a claimed delivery started.
+    fn set_delivery_execution(
+        &self,
+        pipeline: &str,
+        delivery: &str,
+        execution: &str,
+    ) -> anyhow::Result<()>;
+
+    /// Forget a claimed delivery that failed before it was handled, so that
+    /// the sender's redelivery is handled instead of answered as a duplicate.
+    fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()>;
+}
+
+/// The retention sweep.
+pub trait RetentionStore {
+    /// Delete executions that finished before `cutoff_ms` with their stage and
+    /// action runs, logs and approvals, and events (delivered ones), audit rows
+    /// and webhook delivery ids older than it, in one transaction. Running or
+    /// stopping executions always stay.
+    fn gc(&self, cutoff_ms: i64) -> anyhow::Result<GcCounts>;
+
+    /// Digests of every artifact an action run of a remaining execution records.
+    fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>>;
+}
+
+/// One captured, masked log line of an action, as stored.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Where it came from.
+    pub stream: &'static str,
+    /// The masked text, without the trailing newline.
+    pub text: String,
+}
+
+/// Status of an execution, stage or action, named as CodePipeline names them
+/// (the stored names are the serde names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum Status {
+    /// Running.
+    InProgress,
+    /// Finished well.
+    Succeeded,
+    /// Finished badly.
+    Failed,
+    /// Never ran because an earlier stage failed.
+    Skipped,
+    /// A newer execution replaced this one while it waited at a stage boundary.
+    Superseded,
+    /// A stop was requested; running actions are finishing.
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// An action that was running when its execution was stopped with abandon.
+    Abandoned,
+}
+
+impl Status {
+    /// The stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::InProgress => "InProgress",
+            Status::Succeeded => "Succeeded",
+            Status::Failed => "Failed",
+            Status::Skipped => "Skipped",
+            Status::Superseded => "Superseded",
+            Status::Stopping => "Stopping",
+            Status::Stopped => "Stopped",
+            Status::Abandoned => "Abandoned",
+        }
+    }
+
+    /// The status stored under `name`.
+    pub fn from_name(name: &str) -> Option<Status> {
+        [
+            Status::InProgress,
+            Status::Succeeded,
+            Status::Failed,
+            Status::Skipped,
+            Status::Superseded,
+            Status::Stopping,
+            Status::Stopped,
+            Status::Abandoned,
+        ]
+        .into_iter()
+        .find(|status| status.name() == name)
+    }
+
+    /// Whether nothing more happens to what has this status.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::InProgress | Status::Stopping)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// An output artifact as recorded for an action run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OutputRecord {
+    /// Artifact name.
+    pub name: String,
+    /// blake3 digest.
+    pub digest: String,
+    /// Regular files.
+    pub files: u64,
+    /// Total bytes.
+    pub bytes: u64,
+}
+
+/// One execution row.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExecutionRecord {
+    /// Execution id.
+    pub id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Pipeline file path.
+    pub pipeline_file: String,
+    /// Its status.
+    pub status: Status,
+    /// Start, ms since the epoch.
+    pub started_ms: i64,
+    /// End, ms since the epoch.
+    pub ended_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Pipeline variables as resolved at start (JSON object).
+    pub variables: serde_json::Value,
+    /// Registered pipeline version it ran (None for `sluice run` of a file).
+    pub pipeline_version: Option<i64>,
+    /// What started it: the `#{trigger.*}` variables.
+    pub trigger: serde_json::Value,
+}
+
+/// Which executions to list, newest first.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutionFilter<'a> {
+    /// Only this pipeline.
+    pub pipeline: Option<&'a str>,
+    /// Only this status.
+    pub status: Option<&'a str>,
+    /// At most this many.
+    pub limit: usize,
+    /// Skip this many (paging).
+    pub offset: usize,
+}
+
+/// One stage run row.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StageRecord {
+    /// Stage name.
+    pub stage: String,
+    /// Its status.
+    pub status: Status,
+    /// Start.
+    pub started_ms: i64,
+    /// End.
+    pub ended_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// One action run row.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActionRecord {
+    /// Stage name.
+    pub stage: String,
+    /// Action name.
+    pub action: String,
+    /// Run order.
+    pub run_order: u32,
+    /// `name@version` of the plugin.
+    pub plugin: String,
+    /// Its status.
+    pub status: Status,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Start.
+    pub started_ms: i64,
+    /// End.
+    pub ended_ms: Option<i64>,
+    /// Configuration after variable resolution.
+    pub resolved_config: Vec<(String, String)>,
+    /// Summary from the plugin.
+    pub summary: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Output variables.
+    pub variables: Vec<(String, String)>,
+    /// Output artifacts.
+    pub outputs: Vec<OutputRecord>,
+    /// Latest progress report: percent.
+    pub percent: Option<u8>,
+    /// Latest progress report: message.
+    pub progress: Option<String>,
+    /// Token of the next round, while a continuing action waits: encrypted
+    /// ([`ExecutionStore::open_continuation`] decrypts it).
+    pub continuation: Option<String>,
+    /// When the next round is due.
+    pub continue_at_ms: Option<i64>,
+}
+
+/// One stored log line.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogRecord {
+    /// Increasing id: a cursor for reading only newer lines ([`ExecutionStore::logs_after`]).
+    pub id: i64,
+    /// Action name.
+    pub action: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// ms since the epoch.
+    pub ts_ms: i64,
+    /// Stream name.
+    pub stream: String,
+    /// Masked text.
+    pub line: String,
+}
+
+/// One stored version of a registered pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PipelineRecord {
+    /// Pipeline name.
+    pub name: String,
+    /// Version, from 1, incremented by every update.
+    pub version: i64,
+    /// The pipeline file's text.
+    pub source: String,
+    /// When this version was registered.
+    pub created_ms: i64,
+}
+
+/// An API token, without its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenRecord {
+    /// Public id (also shown in the audit log).
+    pub id: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Pipelines it is limited to; empty for all.
+    pub pipelines: Vec<String>,
+    /// Free text.
+    pub description: String,
+    /// When it stops being accepted, ms since the epoch; None: never.
+    pub expires_ms: Option<i64>,
+    /// When it was revoked, ms since the epoch.
+    pub revoked_ms: Option<i64>,
+}
+
+/// The state of a manual approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalStatus {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved: the action succeeds.
+    Approved,
+    /// Rejected: the action fails.
+    Rejected,
+    /// Its deadline passed: the action fails.
+    Expired,
+}
+
+impl ApprovalStatus {
+    /// The status stored under `name` (`pending`, `approved`, …).
+    pub fn from_name(name: &str) -> Option<ApprovalStatus> {
+        match name {
+            "pending" => Some(ApprovalStatus::Pending),
+            "approved" => Some(ApprovalStatus::Approved),
+            "rejected" => Some(ApprovalStatus::Rejected),
+            "expired" => Some(ApprovalStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Rejected => "rejected",
+            ApprovalStatus::Expired => "expired",
+        })
+    }
+}
+
+/// A manual approval and its decision.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApprovalRecord {
+    /// Execution id.
+    pub execution_id: String,
+    /// Approval action name.
+    pub action: String,
+    /// Token a decision must quote (shown by the pipeline state).
+    pub token: String,
+    /// Least role that may decide.
+    pub approvers: String,
+    /// What is asked.
+    pub message: String,
+    /// Pending, approved, rejected or expired.
+    pub status: ApprovalStatus,
+    /// Deadline, ms since the epoch.
+    pub expires_ms: i64,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_ms: Option<i64>,
+    /// Their comment.
+    pub comment: Option<String>,
+}
+
+/// A state change of a pipeline execution, stage or action, as delivered to
+/// subscribers (at least once: resume with the last `seq` seen).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventRecord {
+    /// Order of events; the SSE id.
+    pub seq: i64,
+    /// When, ms since the epoch.
+    pub ts_ms: i64,
+    /// Execution id.
+    pub execution: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// `pipeline`, `stage` or `action`.
+    pub kind: String,
+    /// The pipeline, stage or action name.
+    pub name: String,
+    /// STARTED, SUCCEEDED, FAILED, SKIPPED (stages), RETRYING (actions), STOPPED,
+    /// SUPERSEDED, ABANDONED or RESUMED.
+    pub state: String,
+    /// Summary or reason.
+    pub detail: String,
+}
+
+/// A decision on a manual approval.
+#[derive(Clone, Copy, Debug)]
+pub struct Decision<'a> {
+    /// The approval's token.
+    pub token: &'a str,
+    /// Approve (true) or reject.
+    pub approve: bool,
+    /// Who decides.
+    pub by: &'a str,
+    /// Why.
+    pub comment: &'a str,
+    /// When, ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// One audit log entry.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditRecord {
+    /// Order of entries.
+    pub seq: i64,
+    /// When, ms since the epoch.
+    pub ts_ms: i64,
+    /// Who: a token id.
+    pub actor: String,
+    /// What: method and route.
+    pub action: String,
+    /// On what: pipeline or execution.
+    pub target: String,
+    /// How it ended: the HTTP status.
+    pub result: String,
+    /// The pipeline it concerns; None for global entries (token management).
+    pub pipeline: Option<String>,
+}
+
+/// How an action run ended, for [`ExecutionStore::finish_action`].
+pub struct ActionEnd<'a> {
+    /// Final status.
+    pub status: Status,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Summary.
+    pub summary: Option<&'a str>,
+    /// Error.
+    pub error: Option<&'a str>,
+    /// Output variables.
+    pub variables: &'a [(String, String)],
+    /// Output artifacts.
+    pub outputs: &'a [OutputRecord],
+}
+
+/// Rows a retention sweep removed from the state store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcCounts {
+    /// Finished executions.
+    pub executions: u64,
+    /// Their stage runs.
+    pub stage_runs: u64,
+    /// Their action runs.
+    pub action_runs: u64,
+    /// Their log lines.
+    pub log_lines: u64,
+    /// Their approvals.
+    pub approvals: u64,
+    /// Events older than the cutoff.
+    pub events: u64,
+    /// Audit rows older than the cutoff.
+    pub audit_rows: u64,
+    /// Webhook delivery ids (kept to drop repeats) older than the cutoff.
+    pub webhook_deliveries: u64,
+}
