@@ -535,7 +535,15 @@ fn assert_events_tell_each_story_once(
 /// Start the executions, kill the server after each threshold of ledger
 /// runs and restart it, then check everything.
 fn crash_and_recover(kill_thresholds: &[usize]) {
+    crash_and_recover_on(kill_thresholds, None);
+}
+
+/// [`crash_and_recover`] with every process (server and CLI) on `database`.
+fn crash_and_recover_on(kill_thresholds: &[usize], database: Option<&str>) -> Workspace {
     let mut workspace = Workspace::new();
+    if let Some(url) = database {
+        workspace.env("SLUICE_DATABASE", url);
+    }
     let admin = token(&workspace, &["--role", "admin"]);
     let ledger = Ledger::start();
     let mut server = start_server(&mut workspace, 1);
@@ -556,6 +564,7 @@ fn crash_and_recover(kill_thresholds: &[usize]) {
     assert_runs_match_records(&ledger.runs(), &at_kills, &finals);
     let events = events_by_execution(&server, &admin);
     assert_events_tell_each_story_once(&events, &ids, kill_thresholds.len());
+    workspace
 }
 
 #[test]
@@ -567,4 +576,15 @@ fn a_server_killed_under_many_executions_loses_repeats_and_reorders_nothing() {
 #[test]
 fn a_server_killed_twice_in_a_row_still_runs_everything_once() {
     crash_and_recover(&[EXECUTIONS / 2, EXECUTIONS * 2]);
+}
+
+#[test]
+fn a_server_on_postgresql_killed_under_many_executions_loses_repeats_and_reorders_nothing() {
+    let schema = crate::harness::PostgresSchema::new();
+    let workspace = crash_and_recover_on(&[EXECUTIONS], Some(&schema.url));
+    assert_eq!(schema.count("executions"), EXECUTIONS as i64);
+    assert!(
+        !workspace.path(".sluice/state.db").exists(),
+        "nothing may fall back to SQLite"
+    );
 }

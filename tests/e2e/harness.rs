@@ -209,3 +209,48 @@ pub fn eventually(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// A PostgreSQL schema of its own on the test database, dropped when the test
+/// ends: `url` makes `sluice --database` use it. The database is
+/// `SLUICE_TEST_POSTGRES`, or the local server this project's machines (and
+/// CI) run: trust auth, database `test`.
+pub struct PostgresSchema {
+    /// `--database` for this schema.
+    pub url: String,
+    name: String,
+}
+
+impl PostgresSchema {
+    pub fn new() -> PostgresSchema {
+        let name = format!("sluice_e2e_{}", uuid::Uuid::new_v4().simple());
+        postgres_admin(&format!("CREATE SCHEMA {name}"));
+        let url = format!("{}?options=-csearch_path%3D{name}", test_database());
+        PostgresSchema { url, name }
+    }
+}
+
+impl PostgresSchema {
+    /// Rows of `table` in this schema.
+    pub fn count(&self, table: &str) -> i64 {
+        let mut client = postgres::Client::connect(&test_database(), postgres::NoTls).unwrap();
+        let sql = format!("SELECT COUNT(*) FROM {}.{table}", self.name);
+        client.query_one(&sql, &[]).unwrap().get(0)
+    }
+}
+
+impl Drop for PostgresSchema {
+    fn drop(&mut self) {
+        postgres_admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+fn test_database() -> String {
+    std::env::var("SLUICE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+fn postgres_admin(sql: &str) {
+    let mut client = postgres::Client::connect(&test_database(), postgres::NoTls)
+        .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", test_database()));
+    client.batch_execute(sql).unwrap();
+}

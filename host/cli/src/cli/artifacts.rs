@@ -14,7 +14,6 @@ use sluice_api::ArtifactList;
 use sluice_api::views::{ArtifactEntry, artifact_entries};
 use sluice_core::units::format_bytes;
 use sluice_store::artifact::ArtifactStore;
-use sluice_store::state::prelude::*;
 use sluice_store::state::{GcCounts, Store};
 
 /// Artifact commands.
@@ -42,7 +41,7 @@ pub fn local(command: ArtifactsCommand, paths: &Paths, json: bool) -> anyhow::Re
     let state = paths.state()?;
     match command {
         ArtifactsCommand::Ls { execution } => {
-            let id = super::history::resolve_id(&state, &execution)?;
+            let id = super::history::resolve_id(state.as_ref(), &execution)?;
             let entries = artifact_entries(&state.actions(&id)?);
             print_list(&sluice_api::views::artifacts(&id, &entries), json);
         }
@@ -51,7 +50,7 @@ pub fn local(command: ArtifactsCommand, paths: &Paths, json: bool) -> anyhow::Re
             name,
             to,
         } => {
-            let id = super::history::resolve_id(&state, &execution)?;
+            let id = super::history::resolve_id(state.as_ref(), &execution)?;
             let entry = find(artifact_entries(&state.actions(&id)?), &id, &name)?;
             let store = ArtifactStore::open(&paths.data_dir.join("artifacts"))?;
             let stored = sluice_store::export::verified_path(&store, &entry.name, &entry.digest)?;
@@ -229,7 +228,7 @@ fn describe(swept: &Swept) -> String {
 /// `sluice gc --older-than D`.
 pub fn gc(paths: &Paths, older_than: Duration, json: bool) -> anyhow::Result<ExitCode> {
     let swept = sweep(
-        &paths.state()?,
+        paths.state()?.as_ref(),
         &paths.data_dir.join("artifacts"),
         older_than,
     )?;
@@ -250,7 +249,7 @@ pub fn spawn_retention(paths: &Paths, keep: Duration) -> anyhow::Result<()> {
         .name("retention".into())
         .spawn(move || {
             loop {
-                match sweep(&state, &root, keep) {
+                match sweep(state.as_ref(), &root, keep) {
                     Ok(swept) => tracing::info!("retention: {}", describe(&swept)),
                     Err(e) => tracing::error!("retention sweep failed: {e:#}"),
                 }

@@ -6,7 +6,6 @@ use clap::Subcommand;
 
 use super::Paths;
 use sluice_store::state::Store;
-use sluice_store::state::prelude::*;
 
 /// Execution history commands.
 #[derive(Subcommand)]
@@ -75,7 +74,7 @@ pub fn executions(
             }
             Ok(ExitCode::SUCCESS)
         }
-        ExecutionsCommand::Show { id, json: flag } => show(&state, &id, json || flag),
+        ExecutionsCommand::Show { id, json: flag } => show(state.as_ref(), &id, json || flag),
     }
 }
 
@@ -129,9 +128,9 @@ pub fn logs(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let state = paths.state()?;
-    let id = resolve_id(&state, execution)?;
+    let id = resolve_id(state.as_ref(), execution)?;
     if follow {
-        return follow_logs(&state, &id, action);
+        return follow_logs(state.as_ref(), &id, action);
     }
     // Read before the lines, as the server does: a final status means all lines.
     let status = state

@@ -23,8 +23,7 @@ use sluice_engine::executor::Executor;
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::SecretSource;
-use sluice_store::state::prelude::*;
-use sluice_store::state::{SqliteStore, Status, Store};
+use sluice_store::state::{PostgresStore, SqliteStore, Status, Store};
 
 /// Self-hosted continuous delivery: every action is a sandboxed WASI component.
 #[derive(Parser)]
@@ -55,6 +54,10 @@ struct Cli {
     #[arg(long, global = true, env = "SLUICE_SANDBOX_SLOTS", default_value_t = sluice_sandbox::DEFAULT_SANDBOX_SLOTS,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     sandbox_slots: u32,
+    /// State database: a `postgres://` URL, or SQLite at <data-dir>/state.db
+    /// when not given. Artifacts and plugins stay in the data directory.
+    #[arg(long, global = true, env = "SLUICE_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -274,6 +277,8 @@ struct Paths {
     json: bool,
     /// `--sandbox-slots`.
     sandbox_slots: u32,
+    /// `--database`: a PostgreSQL URL, or None for SQLite in the data directory.
+    database: Option<String>,
 }
 
 impl Paths {
@@ -281,8 +286,19 @@ impl Paths {
         Registry::open(&self.plugins)
     }
 
-    fn state(&self) -> anyhow::Result<SqliteStore> {
-        SqliteStore::open(&self.data_dir.join("state.db"))
+    /// The state store: PostgreSQL when `--database` names one, else SQLite
+    /// in the data directory. The continuation key stays in the data directory.
+    fn state(&self) -> anyhow::Result<Arc<dyn Store>> {
+        let key = self.data_dir.join("continuation.key");
+        Ok(match &self.database {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Arc::new(PostgresStore::connect(url, &key)?)
+            }
+            Some(other) => anyhow::bail!(
+                "--database `{other}` is not a postgres:// URL (leave it out for SQLite in the data directory)"
+            ),
+            None => Arc::new(SqliteStore::open(&self.data_dir.join("state.db"))?),
+        })
     }
 }
 
@@ -313,6 +329,7 @@ pub fn main() -> ExitCode {
         data_dir: absolute(&cli.data_dir),
         output: cli.output,
         sandbox_slots: cli.sandbox_slots,
+        database: cli.database.clone(),
     };
     let client = cli.server.as_deref().map(|server| {
         remote::Client::new(server, cli.token.clone(), cli.output == OutputFormat::Json)
@@ -389,7 +406,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             comment,
         } => {
             let state = paths.state()?;
-            let execution = history::resolve_id(&state, &execution)?;
+            let execution = history::resolve_id(state.as_ref(), &execution)?;
             let by = format!(
                 "local:{}",
                 std::env::var("USER").unwrap_or_else(|_| "user".into())
@@ -435,8 +452,13 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             expires,
         }) => {
             let state = paths.state()?;
-            let (token, secret) =
-                sluice_server::auth::create_token(&state, role, pipelines, description, expires)?;
+            let (token, secret) = sluice_server::auth::create_token(
+                state.as_ref(),
+                role,
+                pipelines,
+                description,
+                expires,
+            )?;
             if paths.json {
                 let document = serde_json::json!({ "token": token, "secret": secret });
                 println!("{}", serde_json::to_string_pretty(&document)?);
@@ -450,12 +472,15 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Revoke { id }) => {
-            sluice_server::auth::revoke_token(&paths.state()?, &id)?;
+            sluice_server::auth::revoke_token(paths.state()?.as_ref(), &id)?;
             eprintln!("revoked {id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::List) => {
-            print!("{}", sluice_server::auth::list_tokens(&paths.state()?)?);
+            print!(
+                "{}",
+                sluice_server::auth::list_tokens(paths.state()?.as_ref())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {
@@ -680,7 +705,7 @@ fn executor(
     secrets_file: Option<&Path>,
     events: sluice_engine::executor::EventSink,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<Executor>)> {
-    let state = Arc::new(paths.state()?);
+    let state = paths.state()?;
     let executor = Executor::new(
         Arc::new(Runtime::with_slots(paths.sandbox_slots)?),
         ArtifactStore::open(&paths.data_dir.join("artifacts"))?,

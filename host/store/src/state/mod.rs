@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 mod conformance;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The entity traits, for calling store methods on a `dyn Store`.

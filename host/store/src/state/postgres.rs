@@ -1,0 +1,1314 @@
+//! The PostgreSQL implementation of the state store: the scale-out engine.
+//!
+//! The same tables as SQLite, with `BIGINT` times and counters and identity
+//! columns where SQLite used its `rowid`. Migrations are numbered like SQLite's;
+//! the version is the row count of `sluice_schema`, and each step runs in one
+//! transaction holding an advisory lock, so processes starting together take
+//! each step once. A database newer than the binary is refused.
+//!
+//! Callers are synchronous and often on a tokio worker thread, where the
+//! `postgres` client (which drives its own runtime) must not block. Each call
+//! therefore runs on a short-lived scoped thread holding the connection.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use ::postgres::types::ToSql;
+use ::postgres::{Client, GenericClient, NoTls, Row};
+use anyhow::Context as _;
+
+use super::*;
+
+/// Every migration, in order; the database's version is how many it took.
+/// Append only; never edit one that shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE executions (
+    id TEXT PRIMARY KEY,
+    ord BIGINT GENERATED ALWAYS AS IDENTITY,
+    pipeline TEXT NOT NULL,
+    pipeline_file TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_ms BIGINT NOT NULL,
+    ended_ms BIGINT,
+    error TEXT,
+    variables TEXT NOT NULL DEFAULT '{}',
+    trigger TEXT NOT NULL DEFAULT '{}',
+    pipeline_version BIGINT
+);
+CREATE INDEX executions_by_start ON executions (started_ms);
+CREATE TABLE stage_runs (
+    execution_id TEXT NOT NULL REFERENCES executions(id),
+    stage TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    started_ms BIGINT NOT NULL,
+    ended_ms BIGINT,
+    error TEXT,
+    PRIMARY KEY (execution_id, stage)
+);
+CREATE TABLE action_runs (
+    execution_id TEXT NOT NULL REFERENCES executions(id),
+    stage TEXT NOT NULL,
+    action TEXT NOT NULL,
+    run_order BIGINT NOT NULL,
+    plugin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    started_ms BIGINT NOT NULL,
+    ended_ms BIGINT,
+    resolved_config TEXT NOT NULL DEFAULT '[]',
+    summary TEXT,
+    error TEXT,
+    variables TEXT NOT NULL DEFAULT '[]',
+    outputs TEXT NOT NULL DEFAULT '[]',
+    percent BIGINT,
+    progress TEXT,
+    continuation TEXT,
+    continue_at_ms BIGINT,
+    PRIMARY KEY (execution_id, action)
+);
+CREATE TABLE action_logs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    execution_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    ts_ms BIGINT NOT NULL,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX action_logs_by_action ON action_logs (execution_id, action, seq);
+CREATE TABLE pipelines (
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    deleted BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    pipelines TEXT NOT NULL DEFAULT '[]',
+    description TEXT NOT NULL DEFAULT '',
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT,
+    revoked_ms BIGINT
+);
+CREATE TABLE transitions (
+    pipeline TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    disabled_reason TEXT,
+    changed_by TEXT NOT NULL,
+    changed_ms BIGINT NOT NULL,
+    PRIMARY KEY (pipeline, stage)
+);
+CREATE TABLE approvals (
+    execution_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    token TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    message TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    decided_by TEXT,
+    decided_ms BIGINT,
+    comment TEXT,
+    PRIMARY KEY (execution_id, action)
+);
+CREATE TABLE events (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    execution_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE poll_state (
+    pipeline TEXT NOT NULL,
+    action TEXT NOT NULL,
+    last_revision TEXT NOT NULL,
+    polled_ms BIGINT NOT NULL,
+    PRIMARY KEY (pipeline, action)
+);
+CREATE TABLE notify_cursor (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL
+);
+CREATE TABLE audit (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    result TEXT NOT NULL,
+    pipeline TEXT
+);
+CREATE TABLE webhook_deliveries (
+    pipeline TEXT NOT NULL,
+    delivery TEXT NOT NULL,
+    execution_id TEXT,
+    received_ms BIGINT NOT NULL,
+    PRIMARY KEY (pipeline, delivery)
+);
+"#];
+
+/// The advisory lock key migrations hold ("sluice" in ASCII).
+const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
+
+/// The state store on a PostgreSQL database.
+pub struct PostgresStore {
+    client: Mutex<Client>,
+    /// Encrypts continuation tokens (they may carry secrets) while stored.
+    sealer: crate::secrets::TokenSealer,
+    /// Masks the host's secrets in events and audit rows.
+    masker: std::sync::OnceLock<std::sync::Arc<crate::secrets::Masker>>,
+}
+
+impl PostgresStore {
+    /// Connect to `url` (`postgres://user@host/db`, libpq options such as
+    /// `?options=-csearch_path%3Dmy_schema` included) and create or migrate the
+    /// schema. Continuation tokens are sealed with the key at `key` (created if
+    /// missing; every process sharing the database needs the same key).
+    pub fn connect(url: &str, key: &Path) -> anyhow::Result<Self> {
+        let url = url.to_string();
+        let client = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<Client> {
+                    let mut client = Client::connect(&url, NoTls)
+                        .with_context(|| format!("connecting to {}", redacted(&url)))?;
+                    migrate(&mut client).context("creating or migrating the state database")?;
+                    Ok(client)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
+        })?;
+        Ok(Self {
+            client: Mutex::new(client),
+            sealer: crate::secrets::TokenSealer::new(key.to_path_buf()),
+            masker: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn mask(&self, text: &str) -> String {
+        match self.masker.get() {
+            Some(masker) => masker.mask(text),
+            None => text.to_string(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `work` with the connection on a thread outside any tokio runtime.
+    fn with<T: Send>(
+        &self,
+        work: impl FnOnce(&mut Client) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let mut client = self.lock();
+        let client = &mut *client;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || work(client))
+                .join()
+                .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
+        })
+    }
+
+    /// One statement; returns the rows it changed.
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> anyhow::Result<u64> {
+        self.with(|db| Ok(db.execute(sql, params)?))
+    }
+
+    /// One query's rows.
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> anyhow::Result<Vec<Row>> {
+        self.with(|db| Ok(db.query(sql, params)?))
+    }
+
+    /// One write and the event announcing it, committed together.
+    fn write_announced(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        let event = event.map(|mut e| {
+            e.detail = self.mask(&e.detail);
+            e
+        });
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            transaction.execute(sql, params)?;
+            let stored = event
+                .map(|e| insert_event(&mut transaction, e))
+                .transpose()?;
+            transaction.commit()?;
+            Ok(stored)
+        })
+    }
+}
+
+/// Bring the schema to the newest version this binary knows, one step per
+/// transaction under an advisory lock; refuse a database a newer binary moved on.
+fn migrate(client: &mut Client) -> anyhow::Result<()> {
+    client.batch_execute("CREATE TABLE IF NOT EXISTS sluice_schema (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")?;
+    loop {
+        let mut transaction = client.transaction()?;
+        transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        let version: i64 = transaction
+            .query_one("SELECT COUNT(*) FROM sluice_schema", &[])?
+            .get(0);
+        let known = MIGRATIONS.len() as i64;
+        anyhow::ensure!(
+            version <= known,
+            "the database's schema is at version {version}, newer than this binary knows ({known}); upgrade Sluice"
+        );
+        if version == known {
+            return Ok(());
+        }
+        transaction
+            .batch_execute(MIGRATIONS[version as usize])
+            .with_context(|| format!("migration {}", version + 1))?;
+        transaction.execute(
+            "INSERT INTO sluice_schema (version, applied_ms) VALUES ($1, $2)",
+            &[&(version + 1), &sluice_core::units::now_ms()],
+        )?;
+        transaction.commit()?;
+    }
+}
+
+/// A connection string without its password, for errors.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A status column.
+fn status(row: &Row, index: usize) -> anyhow::Result<Status> {
+    let name: String = row.try_get(index)?;
+    Status::from_name(&name).with_context(|| format!("unknown status `{name}`"))
+}
+
+/// A JSON column read into `T`; bad JSON is an error naming the column.
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    index: usize,
+    column: &'static str,
+) -> anyhow::Result<T> {
+    let text: String = row.try_get(index)?;
+    serde_json::from_str(&text).with_context(|| format!("column {column} holds bad JSON"))
+}
+
+/// A count for `LIMIT`/`OFFSET`, clamped to what BIGINT holds.
+fn sql_count(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// An unsigned counter stored as BIGINT.
+fn counter(row: &Row, index: usize) -> anyhow::Result<u32> {
+    let value: i64 = row.try_get(index)?;
+    u32::try_from(value).with_context(|| format!("counter {value} out of range"))
+}
+
+const EXECUTION_COLUMNS: &str = "id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version, trigger";
+
+fn execution_from_row(row: &Row) -> anyhow::Result<ExecutionRecord> {
+    Ok(ExecutionRecord {
+        id: row.try_get(0)?,
+        pipeline: row.try_get(1)?,
+        pipeline_file: row.try_get(2)?,
+        status: status(row, 3)?,
+        started_ms: row.try_get(4)?,
+        ended_ms: row.try_get(5)?,
+        error: row.try_get(6)?,
+        variables: json_column(row, 7, "executions.variables")?,
+        pipeline_version: row.try_get(8)?,
+        trigger: json_column(row, 9, "executions.trigger")?,
+    })
+}
+
+fn pipeline_from_row(row: &Row) -> anyhow::Result<PipelineRecord> {
+    Ok(PipelineRecord {
+        name: row.try_get(0)?,
+        version: row.try_get(1)?,
+        source: row.try_get(2)?,
+        created_ms: row.try_get(3)?,
+    })
+}
+
+/// A row of `SELECT id, action, attempt, ts_ms, stream, line FROM action_logs`.
+fn log_record(row: &Row) -> anyhow::Result<LogRecord> {
+    Ok(LogRecord {
+        id: row.try_get(0)?,
+        action: row.try_get(1)?,
+        attempt: counter(row, 2)?,
+        ts_ms: row.try_get(3)?,
+        stream: row.try_get(4)?,
+        line: row.try_get(5)?,
+    })
+}
+
+fn event_from_row(row: &Row) -> anyhow::Result<EventRecord> {
+    Ok(EventRecord {
+        seq: row.try_get(0)?,
+        ts_ms: row.try_get(1)?,
+        execution: row.try_get(2)?,
+        pipeline: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        name: row.try_get(5)?,
+        state: row.try_get(6)?,
+        detail: row.try_get(7)?,
+    })
+}
+
+/// Insert an (already masked) event; returns it with its sequence number.
+fn insert_event(
+    db: &mut impl GenericClient,
+    mut event: EventRecord,
+) -> anyhow::Result<EventRecord> {
+    let row = db.query_one(
+        "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+        &[&event.ts_ms, &event.execution, &event.pipeline, &event.kind, &event.name, &event.state, &event.detail],
+    )?;
+    event.seq = row.try_get(0)?;
+    Ok(event)
+}
+
+fn collect<T>(rows: Vec<Row>, read: impl Fn(&Row) -> anyhow::Result<T>) -> anyhow::Result<Vec<T>> {
+    rows.iter().map(read).collect()
+}
+
+impl ExecutionStore for PostgresStore {
+    fn open_continuation(&self, stored: &str) -> anyhow::Result<String> {
+        self.sealer.open(stored)
+    }
+
+    fn start_execution(
+        &self,
+        id: &str,
+        pipeline: &str,
+        file: &Path,
+        variables: &serde_json::Value,
+        trigger: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&id, &pipeline, &file.display().to_string(), &Status::InProgress.name(), &now_ms, &variables.to_string(), &trigger.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn finish_execution(
+        &self,
+        id: &str,
+        status: Status,
+        error: Option<&str>,
+        now_ms: i64,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
+            "UPDATE executions SET status = $2, error = $3, ended_ms = $4 WHERE id = $1",
+            &[&id, &status.name(), &error, &now_ms],
+            event,
+        )
+    }
+
+    fn start_stage(
+        &self,
+        execution: &str,
+        stage: &str,
+        position: usize,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (execution_id, stage) DO UPDATE SET position = excluded.position, status = excluded.status, started_ms = excluded.started_ms, ended_ms = NULL, error = NULL",
+            &[&execution, &stage, &sql_count(position), &Status::InProgress.name(), &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn finish_stage(
+        &self,
+        execution: &str,
+        stage: &str,
+        status: Status,
+        error: Option<&str>,
+        now_ms: i64,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
+            "UPDATE stage_runs SET status = $3, error = $4, ended_ms = $5 WHERE execution_id = $1 AND stage = $2",
+            &[&execution, &stage, &status.name(), &error, &now_ms],
+            event,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_action(
+        &self,
+        execution: &str,
+        stage: &str,
+        action: &str,
+        run_order: u32,
+        plugin: &str,
+        resolved_config: &[(String, String)],
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        // Like SQLite's INSERT OR REPLACE: a rerun starts from a clean row.
+        self.execute(
+            "INSERT INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (execution_id, action) DO UPDATE SET stage = excluded.stage, run_order = excluded.run_order, plugin = excluded.plugin, status = excluded.status,
+               started_ms = excluded.started_ms, resolved_config = excluded.resolved_config, attempts = 0, ended_ms = NULL, summary = NULL, error = NULL,
+               variables = '[]', outputs = '[]', percent = NULL, progress = NULL, continuation = NULL, continue_at_ms = NULL",
+            &[&execution, &stage, &action, &i64::from(run_order), &plugin, &Status::InProgress.name(), &now_ms, &serde_json::to_string(resolved_config)?],
+        )?;
+        Ok(())
+    }
+
+    fn finish_action(
+        &self,
+        execution: &str,
+        action: &str,
+        end: &ActionEnd<'_>,
+        now_ms: i64,
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
+            "UPDATE action_runs SET status = $3, attempts = $4, summary = $5, error = $6, variables = $7, outputs = $8, ended_ms = $9, continuation = NULL, continue_at_ms = NULL WHERE execution_id = $1 AND action = $2",
+            &[
+                &execution,
+                &action,
+                &end.status.name(),
+                &i64::from(end.attempts),
+                &end.summary,
+                &end.error,
+                &serde_json::to_string(end.variables)?,
+                &serde_json::to_string(end.outputs)?,
+                &now_ms,
+            ],
+            event,
+        )
+    }
+
+    fn append_logs(
+        &self,
+        execution: &str,
+        action: &str,
+        attempt: u32,
+        lines: &[LogLine],
+    ) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            // One writer of an action's lines at a time keeps `seq` dense.
+            transaction.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
+                &[&execution, &action],
+            )?;
+            let next: i64 = transaction
+                .query_one(
+                    "SELECT COALESCE(MAX(seq) + 1, 0) FROM action_logs WHERE execution_id = $1 AND action = $2",
+                    &[&execution, &action],
+                )?
+                .get(0);
+            let insert = transaction.prepare(
+                "INSERT INTO action_logs (execution_id, action, attempt, seq, ts_ms, stream, line) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )?;
+            for (i, line) in lines.iter().enumerate() {
+                transaction.execute(
+                    &insert,
+                    &[&execution, &action, &i64::from(attempt), &(next + i as i64), &line.timestamp_ms, &line.stream, &line.text],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+    }
+
+    fn list_executions(
+        &self,
+        filter: &ExecutionFilter<'_>,
+    ) -> anyhow::Result<Vec<ExecutionRecord>> {
+        let rows = self.query(
+            &format!(
+                "SELECT {EXECUTION_COLUMNS} FROM executions
+                 WHERE ($1::TEXT IS NULL OR pipeline = $1) AND ($2::TEXT IS NULL OR status = $2)
+                 ORDER BY started_ms DESC, ord DESC LIMIT $3 OFFSET $4"
+            ),
+            &[
+                &filter.pipeline,
+                &filter.status,
+                &sql_count(filter.limit),
+                &sql_count(filter.offset),
+            ],
+        )?;
+        collect(rows, execution_from_row)
+    }
+
+    fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>> {
+        // A prefix is matched literally: escape LIKE's wildcards.
+        let pattern = format!(
+            "{}%",
+            id_or_prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows = self.query(
+            &format!(
+                "SELECT {EXECUTION_COLUMNS} FROM executions
+                 WHERE id = $1 OR id LIKE $2 ORDER BY (id = $1) DESC LIMIT 2"
+            ),
+            &[&id_or_prefix, &pattern],
+        )?;
+        let rows = collect(rows, execution_from_row)?;
+        match rows.as_slice() {
+            [] => Ok(None),
+            [only] => Ok(Some(only.clone())),
+            [first, ..] if first.id == id_or_prefix => Ok(Some(first.clone())),
+            _ => anyhow::bail!(
+                "execution id prefix `{id_or_prefix}` is ambiguous; give more characters"
+            ),
+        }
+    }
+
+    fn stages(&self, execution: &str) -> anyhow::Result<Vec<StageRecord>> {
+        let rows = self.query(
+            "SELECT stage, status, started_ms, ended_ms, error FROM stage_runs WHERE execution_id = $1 ORDER BY position",
+            &[&execution],
+        )?;
+        collect(rows, |row| {
+            Ok(StageRecord {
+                stage: row.try_get(0)?,
+                status: status(row, 1)?,
+                started_ms: row.try_get(2)?,
+                ended_ms: row.try_get(3)?,
+                error: row.try_get(4)?,
+            })
+        })
+    }
+
+    fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>> {
+        let rows = self.query(
+            "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs, percent, progress, continuation, continue_at_ms
+             FROM action_runs a LEFT JOIN stage_runs s ON s.execution_id = a.execution_id AND s.stage = a.stage
+             WHERE a.execution_id = $1 ORDER BY s.position, run_order, a.started_ms, action",
+            &[&execution],
+        )?;
+        collect(rows, |row| {
+            let percent: Option<i64> = row.try_get(13)?;
+            Ok(ActionRecord {
+                stage: row.try_get(0)?,
+                action: row.try_get(1)?,
+                run_order: counter(row, 2)?,
+                plugin: row.try_get(3)?,
+                status: status(row, 4)?,
+                attempts: counter(row, 5)?,
+                started_ms: row.try_get(6)?,
+                ended_ms: row.try_get(7)?,
+                resolved_config: json_column(row, 8, "action_runs.resolved_config")?,
+                summary: row.try_get(9)?,
+                error: row.try_get(10)?,
+                variables: json_column(row, 11, "action_runs.variables")?,
+                outputs: json_column(row, 12, "action_runs.outputs")?,
+                percent: percent.map(|p| p.clamp(0, 100) as u8),
+                progress: row.try_get(14)?,
+                continuation: row.try_get(15)?,
+                continue_at_ms: row.try_get(16)?,
+            })
+        })
+    }
+
+    fn logs(&self, execution: &str, action: Option<&str>) -> anyhow::Result<Vec<LogRecord>> {
+        let rows = self.query(
+            "SELECT id, action, attempt, ts_ms, stream, line FROM action_logs
+             WHERE execution_id = $1 AND ($2::TEXT IS NULL OR action = $2) ORDER BY ts_ms, action, seq",
+            &[&execution, &action],
+        )?;
+        collect(rows, log_record)
+    }
+
+    fn logs_after(
+        &self,
+        execution: &str,
+        action: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<LogRecord>> {
+        let rows = self.query(
+            "SELECT id, action, attempt, ts_ms, stream, line FROM action_logs
+             WHERE execution_id = $1 AND ($2::TEXT IS NULL OR action = $2) AND id > $3
+             ORDER BY id LIMIT $4",
+            &[&execution, &action, &after, &sql_count(limit)],
+        )?;
+        collect(rows, log_record)
+    }
+
+    fn set_execution_version(&self, id: &str, version: i64) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE executions SET pipeline_version = $2 WHERE id = $1",
+            &[&id, &version],
+        )?;
+        Ok(())
+    }
+
+    fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()> {
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            for table in ["action_runs", "stage_runs"] {
+                transaction.execute(
+                    &format!("UPDATE {table} SET status = 'Failed', error = $2, ended_ms = $3 WHERE execution_id = $1 AND status = 'InProgress'"),
+                    &[&id, &reason, &now_ms],
+                )?;
+            }
+            transaction.execute(
+                "UPDATE executions SET status = 'Failed', error = $2, ended_ms = $3 WHERE id = $1",
+                &[&id, &reason, &now_ms],
+            )?;
+            transaction.commit()?;
+            Ok(())
+        })
+    }
+
+    fn set_continuation(
+        &self,
+        execution: &str,
+        action: &str,
+        token: &str,
+        due_ms: i64,
+        summary: &str,
+    ) -> anyhow::Result<()> {
+        let token = self.sealer.seal(token)?;
+        self.execute(
+            "UPDATE action_runs SET continuation = $3, continue_at_ms = $4, summary = $5 WHERE execution_id = $1 AND action = $2",
+            &[&execution, &action, &token, &due_ms, &summary],
+        )?;
+        Ok(())
+    }
+
+    fn set_progress(
+        &self,
+        execution: &str,
+        action: &str,
+        percent: u8,
+        message: &str,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE action_runs SET percent = $3, progress = $4 WHERE execution_id = $1 AND action = $2",
+            &[&execution, &action, &i64::from(percent), &message],
+        )?;
+        Ok(())
+    }
+
+    fn in_progress(&self, pipeline: &str) -> anyhow::Result<usize> {
+        let rows = self.query(
+            "SELECT COUNT(*) FROM executions WHERE pipeline = $1 AND status IN ('InProgress', 'Stopping')",
+            &[&pipeline],
+        )?;
+        let count: i64 = rows[0].try_get(0)?;
+        Ok(count as usize)
+    }
+
+    fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE executions SET status = $2 WHERE id = $1",
+            &[&id, &status.name()],
+        )?;
+        Ok(())
+    }
+
+    fn reopen_execution(&self, id: &str) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL WHERE id = $1",
+            &[&id],
+        )?;
+        Ok(())
+    }
+
+    fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = self.query(
+            "SELECT status, COUNT(*) FROM executions GROUP BY status ORDER BY status",
+            &[],
+        )?;
+        collect(rows, |row| Ok((row.try_get(0)?, row.try_get(1)?)))
+    }
+
+    fn latest_execution(&self) -> anyhow::Result<Option<String>> {
+        let rows = self.query(
+            "SELECT id FROM executions ORDER BY started_ms DESC, ord DESC LIMIT 1",
+            &[],
+        )?;
+        rows.first().map(|row| Ok(row.try_get(0)?)).transpose()
+    }
+
+    fn oldest_running_start(&self) -> anyhow::Result<Option<i64>> {
+        let rows = self.query(
+            "SELECT MIN(started_ms) FROM executions WHERE status IN ('InProgress', 'Stopping')",
+            &[],
+        )?;
+        Ok(rows[0].try_get(0)?)
+    }
+}
+
+impl PipelineStore for PostgresStore {
+    fn put_pipeline(&self, name: &str, source: &str, now_ms: i64) -> anyhow::Result<i64> {
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            // Two registrations at once must not take the same version.
+            transaction.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&name])?;
+            let version: i64 = transaction
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM pipelines WHERE name = $1",
+                    &[&name],
+                )?
+                .get(0);
+            transaction.execute(
+                "INSERT INTO pipelines (name, version, source, created_ms) VALUES ($1, $2, $3, $4)",
+                &[&name, &version, &source, &now_ms],
+            )?;
+            // Re-registering a deleted pipeline brings it back with a new version.
+            transaction.execute(
+                "UPDATE pipelines SET deleted = FALSE WHERE name = $1",
+                &[&name],
+            )?;
+            transaction.commit()?;
+            Ok(version)
+        })
+    }
+
+    fn pipeline(&self, name: &str, version: Option<i64>) -> anyhow::Result<Option<PipelineRecord>> {
+        let rows = self.query(
+            "SELECT name, version, source, created_ms FROM pipelines
+             WHERE name = $1 AND NOT deleted AND ($2::BIGINT IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+            &[&name, &version],
+        )?;
+        rows.first().map(pipeline_from_row).transpose()
+    }
+
+    fn pipelines(&self) -> anyhow::Result<Vec<PipelineRecord>> {
+        let rows = self.query(
+            "SELECT DISTINCT ON (name) name, version, source, created_ms FROM pipelines
+             WHERE NOT deleted ORDER BY name, version DESC",
+            &[],
+        )?;
+        collect(rows, pipeline_from_row)
+    }
+
+    fn delete_pipeline(&self, name: &str) -> anyhow::Result<bool> {
+        let changed = self.execute(
+            "UPDATE pipelines SET deleted = TRUE WHERE name = $1 AND NOT deleted",
+            &[&name],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn set_transition(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        disabled: Option<&str>,
+        by: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO transitions (pipeline, stage, disabled_reason, changed_by, changed_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (pipeline, stage) DO UPDATE SET disabled_reason = excluded.disabled_reason, changed_by = excluded.changed_by, changed_ms = excluded.changed_ms",
+            &[&pipeline, &stage, &disabled, &by, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn disabled_transitions(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let rows = self.query(
+            "SELECT pipeline, stage, disabled_reason FROM transitions WHERE disabled_reason IS NOT NULL",
+            &[],
+        )?;
+        collect(rows, |row| {
+            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        })
+    }
+}
+
+impl ApprovalStore for PostgresStore {
+    fn open_approval(
+        &self,
+        execution: &str,
+        action: &str,
+        approvers: &str,
+        message: &str,
+        expires_ms: i64,
+    ) -> anyhow::Result<ApprovalRecord> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.execute(
+            "INSERT INTO approvals (execution_id, action, token, approvers, message, status, expires_ms) VALUES ($1, $2, $3, $4, $5, 'pending', $6)
+             ON CONFLICT (execution_id, action) DO UPDATE SET status = 'pending', token = excluded.token, expires_ms = excluded.expires_ms, decided_by = NULL, decided_ms = NULL, comment = NULL
+             WHERE approvals.status IN ('rejected', 'expired')",
+            &[&execution, &action, &token, &approvers, &message, &expires_ms],
+        )?;
+        self.approval(execution, action)?
+            .context("approval not recorded")
+    }
+
+    fn approval(&self, execution: &str, action: &str) -> anyhow::Result<Option<ApprovalRecord>> {
+        let rows = self.query(
+            "SELECT execution_id, action, token, approvers, message, status, expires_ms, decided_by, decided_ms, comment
+             FROM approvals WHERE execution_id = $1 AND action = $2",
+            &[&execution, &action],
+        )?;
+        rows.first()
+            .map(|row| {
+                let name: String = row.try_get(5)?;
+                Ok(ApprovalRecord {
+                    execution_id: row.try_get(0)?,
+                    action: row.try_get(1)?,
+                    token: row.try_get(2)?,
+                    approvers: row.try_get(3)?,
+                    message: row.try_get(4)?,
+                    status: ApprovalStatus::from_name(&name)
+                        .with_context(|| format!("unknown approval status `{name}`"))?,
+                    expires_ms: row.try_get(6)?,
+                    decided_by: row.try_get(7)?,
+                    decided_ms: row.try_get(8)?,
+                    comment: row.try_get(9)?,
+                })
+            })
+            .transpose()
+    }
+
+    fn decide_approval(
+        &self,
+        execution: &str,
+        action: &str,
+        decision: &Decision<'_>,
+    ) -> anyhow::Result<bool> {
+        let Decision {
+            token,
+            approve,
+            by,
+            comment,
+            now_ms,
+        } = *decision;
+        let status = if approve { "approved" } else { "rejected" };
+        let changed = self.execute(
+            "UPDATE approvals SET status = $4, decided_by = $5, decided_ms = $6, comment = $7
+             WHERE execution_id = $1 AND action = $2 AND token = $3 AND status = 'pending'",
+            &[&execution, &action, &token, &status, &by, &now_ms, &comment],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn expire_approval(&self, execution: &str, action: &str) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE approvals SET status = 'expired' WHERE execution_id = $1 AND action = $2 AND status = 'pending'",
+            &[&execution, &action],
+        )?;
+        Ok(())
+    }
+}
+
+impl EventStore for PostgresStore {
+    fn mask_with(&self, masker: std::sync::Arc<crate::secrets::Masker>) {
+        let _ = self.masker.set(masker);
+    }
+
+    fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
+        event.detail = self.mask(&event.detail);
+        self.with(|db| insert_event(db, event))
+    }
+
+    fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
+        let rows = self.query(
+            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after_seq, &sql_count(limit)],
+        )?;
+        collect(rows, event_from_row)
+    }
+
+    fn notify_cursor(&self) -> anyhow::Result<i64> {
+        let rows = self.query("SELECT seq FROM notify_cursor WHERE id = 1", &[])?;
+        Ok(match rows.first() {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        })
+    }
+
+    fn set_notify_cursor(&self, seq: i64) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO notify_cursor (id, seq) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+            &[&seq],
+        )?;
+        Ok(())
+    }
+
+    fn last_event_seq(&self) -> anyhow::Result<i64> {
+        let rows = self.query("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?;
+        Ok(rows[0].try_get(0)?)
+    }
+}
+
+impl AccessStore for PostgresStore {
+    fn add_token(&self, token: &TokenRecord, secret_hash: &str, now_ms: i64) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO tokens (id, secret_hash, role, pipelines, description, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&token.id, &secret_hash, &token.role, &serde_json::to_string(&token.pipelines)?, &token.description, &now_ms, &token.expires_ms],
+        )?;
+        Ok(())
+    }
+
+    fn tokens(&self) -> anyhow::Result<Vec<(TokenRecord, String)>> {
+        let rows = self.query(
+            "SELECT id, role, pipelines, description, expires_ms, revoked_ms, secret_hash FROM tokens ORDER BY created_ms, id",
+            &[],
+        )?;
+        collect(rows, |row| {
+            let record = TokenRecord {
+                id: row.try_get(0)?,
+                role: row.try_get(1)?,
+                pipelines: json_column(row, 2, "tokens.pipelines")?,
+                description: row.try_get(3)?,
+                expires_ms: row.try_get(4)?,
+                revoked_ms: row.try_get(5)?,
+            };
+            Ok((record, row.try_get(6)?))
+        })
+    }
+
+    fn revoke_token(&self, id: &str, now_ms: i64) -> anyhow::Result<bool> {
+        let changed = self.execute(
+            "UPDATE tokens SET revoked_ms = COALESCE(revoked_ms, $2) WHERE id = $1",
+            &[&id, &now_ms],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn audit(&self, entry: &AuditRecord) -> anyhow::Result<()> {
+        let (action, target, result) = (
+            self.mask(&entry.action),
+            self.mask(&entry.target),
+            self.mask(&entry.result),
+        );
+        self.execute(
+            "INSERT INTO audit (ts_ms, actor, action, target, result, pipeline) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&entry.ts_ms, &entry.actor, &action, &target, &result, &entry.pipeline],
+        )?;
+        Ok(())
+    }
+
+    fn audit_log(
+        &self,
+        after_seq: i64,
+        limit: usize,
+        scope: Option<&[String]>,
+    ) -> anyhow::Result<Vec<AuditRecord>> {
+        let scope: Option<Vec<String>> = scope.map(<[String]>::to_vec);
+        let rows = self.query(
+            "SELECT seq, ts_ms, actor, action, target, result, pipeline FROM audit
+             WHERE seq > $1 AND ($3::TEXT[] IS NULL OR pipeline = ANY($3))
+             ORDER BY seq LIMIT $2",
+            &[&after_seq, &sql_count(limit), &scope],
+        )?;
+        collect(rows, |row| {
+            Ok(AuditRecord {
+                seq: row.try_get(0)?,
+                ts_ms: row.try_get(1)?,
+                actor: row.try_get(2)?,
+                action: row.try_get(3)?,
+                target: row.try_get(4)?,
+                result: row.try_get(5)?,
+                pipeline: row.try_get(6)?,
+            })
+        })
+    }
+}
+
+impl TriggerStore for PostgresStore {
+    fn poll_revision(&self, pipeline: &str, action: &str) -> anyhow::Result<Option<String>> {
+        let rows = self.query(
+            "SELECT last_revision FROM poll_state WHERE pipeline = $1 AND action = $2",
+            &[&pipeline, &action],
+        )?;
+        rows.first().map(|row| Ok(row.try_get(0)?)).transpose()
+    }
+
+    fn set_poll_revision(
+        &self,
+        pipeline: &str,
+        action: &str,
+        revision: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pipeline, action) DO UPDATE SET last_revision = excluded.last_revision, polled_ms = excluded.polled_ms",
+            &[&pipeline, &action, &revision, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn claim_delivery(
+        &self,
+        pipeline: &str,
+        delivery: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<Option<Option<String>>> {
+        self.with(|db| {
+            let inserted = db.execute(
+                "INSERT INTO webhook_deliveries (pipeline, delivery, received_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&pipeline, &delivery, &now_ms],
+            )?;
+            if inserted > 0 {
+                return Ok(None);
+            }
+            let row = db.query_one(
+                "SELECT execution_id FROM webhook_deliveries WHERE pipeline = $1 AND delivery = $2",
+                &[&pipeline, &delivery],
+            )?;
+            Ok(Some(row.try_get(0)?))
+        })
+    }
+
+    fn set_delivery_execution(
+        &self,
+        pipeline: &str,
+        delivery: &str,
+        execution: &str,
+    ) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE webhook_deliveries SET execution_id = $3 WHERE pipeline = $1 AND delivery = $2",
+            &[&pipeline, &delivery, &execution],
+        )?;
+        Ok(())
+    }
+
+    fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()> {
+        self.execute(
+            "DELETE FROM webhook_deliveries WHERE pipeline = $1 AND delivery = $2 AND execution_id IS NULL",
+            &[&pipeline, &delivery],
+        )?;
+        Ok(())
+    }
+}
+
+/// Which executions a retention sweep removes: finished before the cutoff ($1).
+const GC_DOOMED: &str = "SELECT id FROM executions WHERE status NOT IN ('InProgress', 'Stopping') AND ended_ms IS NOT NULL AND ended_ms < $1";
+
+impl RetentionStore for PostgresStore {
+    fn gc(&self, cutoff_ms: i64) -> anyhow::Result<GcCounts> {
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            let mut children = |table: &str| -> anyhow::Result<u64> {
+                let sql = format!("DELETE FROM {table} WHERE execution_id IN ({GC_DOOMED})");
+                Ok(transaction.execute(&sql, &[&cutoff_ms])?)
+            };
+            let mut counts = GcCounts {
+                log_lines: children("action_logs")?,
+                action_runs: children("action_runs")?,
+                stage_runs: children("stage_runs")?,
+                approvals: children("approvals")?,
+                ..GcCounts::default()
+            };
+            counts.executions = transaction.execute(
+                &format!("DELETE FROM executions WHERE id IN ({GC_DOOMED})"),
+                &[&cutoff_ms],
+            )?;
+            // An event the notification loop has not delivered yet stays (see SQLite's).
+            counts.events = transaction.execute(
+                "DELETE FROM events WHERE ts_ms < $1
+                   AND seq <= COALESCE((SELECT seq FROM notify_cursor), seq)",
+                &[&cutoff_ms],
+            )?;
+            counts.webhook_deliveries = transaction.execute(
+                "DELETE FROM webhook_deliveries WHERE received_ms < $1",
+                &[&cutoff_ms],
+            )?;
+            counts.audit_rows =
+                transaction.execute("DELETE FROM audit WHERE ts_ms < $1", &[&cutoff_ms])?;
+            transaction.commit()?;
+            Ok(counts)
+        })
+    }
+
+    fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let rows = self.query("SELECT outputs FROM action_runs", &[])?;
+        let mut digests = std::collections::HashSet::new();
+        for row in &rows {
+            // An unreadable row is an error, not "no outputs" (see SQLite's).
+            let outputs: Vec<OutputRecord> = json_column(row, 0, "action_runs.outputs")?;
+            digests.extend(outputs.into_iter().map(|o| o.digest));
+        }
+        Ok(digests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The database the tests use: `SLUICE_TEST_POSTGRES`, or the local
+    /// server this project's machines run (trust auth, database `test`).
+    fn test_database() -> String {
+        std::env::var("SLUICE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+    }
+
+    /// A store in a schema of its own, dropped when the test ends.
+    struct Scratch {
+        store: PostgresStore,
+        schema: String,
+        _key: tempfile::TempDir,
+    }
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let schema = format!("sluice_test_{}", uuid::Uuid::new_v4().simple());
+            admin(&format!("CREATE SCHEMA {schema}"));
+            let url = format!("{}?options=-csearch_path%3D{schema}", test_database());
+            let key = tempfile::tempdir().unwrap();
+            let store = PostgresStore::connect(&url, &key.path().join("continuation.key"))
+                .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e:#}", test_database()));
+            Scratch {
+                store,
+                schema,
+                _key: key,
+            }
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+
+    /// One statement on the test database, outside any store.
+    fn admin(sql: &str) {
+        let url = test_database();
+        let sql = sql.to_string();
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&url, NoTls).expect("the test database");
+            client.batch_execute(&sql).expect("an admin statement");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Every engine-independent check of the store, on a fresh schema each.
+    macro_rules! conformance {
+        ($($check:ident),* $(,)?) => {$(
+            #[test]
+            fn $check() {
+                let scratch = Scratch::new();
+                super::super::conformance::$check(&scratch.store);
+            }
+        )*};
+    }
+
+    conformance!(
+        paging_past_the_end_lists_nothing,
+        an_end_is_stored_with_its_event,
+        gc_keeps_undelivered_events_and_prunes_old_webhook_deliveries,
+        a_webhook_delivery_is_claimed_once,
+        an_approval_is_decided_once,
+        pipeline_versions_count_up_and_stay,
+    );
+
+    #[test]
+    fn a_second_connection_finds_the_schema_migrated_and_takes_nothing_twice() {
+        let scratch = Scratch::new();
+        let url = format!(
+            "{}?options=-csearch_path%3D{}",
+            test_database(),
+            scratch.schema
+        );
+        let key = tempfile::tempdir().unwrap();
+        let again = PostgresStore::connect(&url, &key.path().join("k")).unwrap();
+        let versions = again
+            .query("SELECT version FROM sluice_schema", &[])
+            .unwrap();
+        assert_eq!(versions.len(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_database_newer_than_the_binary_is_refused() {
+        let scratch = Scratch::new();
+        scratch
+            .store
+            .execute(
+                "INSERT INTO sluice_schema (version, applied_ms) VALUES ($1, 0)",
+                &[&(MIGRATIONS.len() as i64 + 1)],
+            )
+            .unwrap();
+        let url = format!(
+            "{}?options=-csearch_path%3D{}",
+            test_database(),
+            scratch.schema
+        );
+        let key = tempfile::tempdir().unwrap();
+        let error = match PostgresStore::connect(&url, &key.path().join("k")) {
+            Ok(_) => panic!("a newer database must be refused"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(error.contains("newer than this binary knows"), "{error}");
+    }
+
+    #[test]
+    fn a_row_with_bad_json_is_an_error_naming_its_column() {
+        let scratch = Scratch::new();
+        let none = serde_json::json!({});
+        scratch
+            .store
+            .start_execution("e", "p", Path::new("p.toml"), &none, &none, 1)
+            .unwrap();
+        scratch
+            .store
+            .execute(
+                "UPDATE executions SET variables = '{\"who\": ' WHERE id = 'e'",
+                &[],
+            )
+            .unwrap();
+        let error = scratch.store.execution("e").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("column executions.variables holds bad JSON"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn an_id_prefix_with_like_wildcards_matches_literally() {
+        let scratch = Scratch::new();
+        let none = serde_json::json!({});
+        for id in ["abc", "abd"] {
+            scratch
+                .store
+                .start_execution(id, "p", Path::new("p.toml"), &none, &none, 1)
+                .unwrap();
+        }
+        assert!(scratch.store.execution("a%").unwrap().is_none());
+        assert!(scratch.store.execution("a_c").unwrap().is_none());
+        assert_eq!(scratch.store.execution("abc").unwrap().unwrap().id, "abc");
+        assert!(scratch.store.execution("ab").is_err(), "ambiguous");
+    }
+
+    #[test]
+    fn the_password_never_appears_in_a_connection_error() {
+        assert_eq!(
+            redacted("postgres://sluice:hunter2@db.internal/ci"),
+            "postgres://sluice@db.internal/ci"
+        );
+        assert_eq!(redacted("host=x user=y"), "host=x user=y");
+    }
+}
