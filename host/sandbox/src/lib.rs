@@ -268,7 +268,10 @@ pub struct Runtime {
     /// rather than fail when every slot is taken.
     slots: Arc<tokio::sync::Semaphore>,
     linker: Linker<SandboxState>,
-    loaded: Mutex<HashMap<PathBuf, LoadedPlugin>>,
+    /// Loaded plugins by precompiled file. Each entry has a lock of its own,
+    /// held while that plugin is deserialized (or compiled), so one plugin's
+    /// load never waits for another's and a plugin is compiled once.
+    loaded: Mutex<HashMap<PathBuf, Arc<Mutex<Option<LoadedPlugin>>>>>,
     compilations: AtomicU64,
     compatibility_key: String,
     /// How long instantiating a plugin took, per invocation.
@@ -343,9 +346,15 @@ impl Runtime {
 
     /// Load a plugin: from its precompiled file when present, else compile the
     /// component and write the precompiled file for next time. Cached per file.
+    /// Blocking (deserializing takes milliseconds, compiling seconds): async
+    /// callers look in [`Runtime::loaded`] first and run this off their workers.
     pub fn load(&self, component: &Path, precompiled: &Path) -> anyhow::Result<LoadedPlugin> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(plugin) = loaded.get(precompiled) {
+        let entry = {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            loaded.entry(precompiled.to_path_buf()).or_default().clone()
+        };
+        let mut entry = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plugin) = entry.as_ref() {
             return Ok(plugin.clone());
         }
         if !precompiled.exists() {
@@ -365,8 +374,20 @@ impl Runtime {
         let plugin = LoadedPlugin {
             pre: self.link(&component)?,
         };
-        loaded.insert(precompiled.to_path_buf(), plugin.clone());
+        *entry = Some(plugin.clone());
         Ok(plugin)
+    }
+
+    /// The plugin [`Runtime::load`] already loaded from `precompiled`, if any:
+    /// a map lookup, for callers that must not block on a load.
+    pub fn loaded(&self, precompiled: &Path) -> Option<LoadedPlugin> {
+        let entry = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(precompiled)?
+            .clone();
+        entry.try_lock().ok()?.clone()
     }
 
     fn link(&self, component: &Component) -> anyhow::Result<ActionPre<SandboxState>> {

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use super::runner::{ActionRunner, AttemptFailure, AttemptRequest, Attempted};
 use super::{Event, EventSink, ExecutionContext, lock, resolve_config};
 use crate::cache::CacheStore;
+use sluice_core::pipeline::limits::Limits;
 use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, Plan};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_sandbox::log::{LineHook, LogSink, LogStream, ProgressHook, now_ms};
@@ -58,15 +59,9 @@ impl ActionRunner for SandboxRunner {
     #[tracing::instrument(name = "attempt", skip_all, fields(attempt = request.attempt))]
     async fn attempt(&self, request: AttemptRequest<'_>) -> Result<Attempted, AttemptFailure> {
         let installed = request.plugin;
-        let plugin = self
-            .runtime
-            .load(
-                &installed.component_path(),
-                &installed.precompiled_path(self.runtime.compatibility_key()),
-            )
-            .map_err(|e| {
-                AttemptFailure::NotLoaded(format!("loading plugin {}: {e:#}", installed.id()))
-            })?;
+        let plugin = self.load(installed).await.map_err(|e| {
+            AttemptFailure::NotLoaded(format!("loading plugin {}: {e:#}", installed.id()))
+        })?;
         self.attempt_in_sandbox(&request, &plugin)
             .await
             .map_err(|(error, kept_outputs)| AttemptFailure::Failed {
@@ -166,7 +161,7 @@ impl ActionRunner for SandboxRunner {
         };
         let context =
             ExecutionContext::outside(&plan, format!("poll-{}", uuid::Uuid::new_v4()), "poll")?;
-        let (call, spec) = self.side_call(&context, &action, installed)?;
+        let (call, spec) = self.side_call(&context, &action, installed).await?;
         let lease = self.caches.acquire(&plan, &action.grants.caches, &call.log);
         let result = match lease.await {
             Ok(lease) => {
@@ -203,7 +198,7 @@ impl ActionRunner for SandboxRunner {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         lock(&context.namespaces).insert("event".into(), values);
-        let (call, spec) = self.side_call(&context, &action, installed)?;
+        let (call, spec) = self.side_call(&context, &action, installed).await?;
         let result = self.runtime.invoke(&call.plugin, spec).await;
         call.finish(&format!("notify {}", plan.name));
         result
@@ -221,6 +216,17 @@ impl ActionRunner for SandboxRunner {
 }
 
 impl SandboxRunner {
+    /// The loaded plugin: from the runtime's cache, else loaded (deserialized,
+    /// or compiled) off the async workers.
+    async fn load(&self, installed: &InstalledPlugin) -> anyhow::Result<LoadedPlugin> {
+        let precompiled = installed.precompiled_path(self.runtime.compatibility_key());
+        if let Some(plugin) = self.runtime.loaded(&precompiled) {
+            return Ok(plugin);
+        }
+        let (runtime, component) = (self.runtime.clone(), installed.component_path());
+        off_workers(move || runtime.load(&component, &precompiled)).await
+    }
+
     /// One attempt of a loaded plugin; a failure comes with the outputs kept
     /// from it (see [`SandboxRunner::keep_failed_outputs`]).
     async fn attempt_in_sandbox(
@@ -241,10 +247,15 @@ impl SandboxRunner {
         let workspace = work.join("workspace");
         // A server killed during this attempt left its directories behind: the
         // rerun after the restart starts as empty as the first run did.
-        sluice_store::artifact::remove_tree(&work).map_err(|e| {
-            let error = AttemptError::Host(format!("clearing {}: {e:#}", work.display()));
-            (error, None)
-        })?;
+        if work.exists() {
+            let stale = work.clone();
+            off_workers(move || sluice_store::artifact::remove_tree(&stale))
+                .await
+                .map_err(|e| {
+                    let error = AttemptError::Host(format!("clearing {}: {e:#}", work.display()));
+                    (error, None)
+                })?;
+        }
         for dir in outputs.iter().map(|(_, d)| d).chain([&workspace]) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 let error = AttemptError::Host(format!("creating {}: {e}", dir.display()));
@@ -297,15 +308,16 @@ impl SandboxRunner {
         });
         let ingested = match result {
             Ok(outcome) => self
-                .ingest(action, &outputs)
+                .ingest(action, outputs)
+                .await
                 .map(|outputs| Attempted { outcome, outputs })
                 .map_err(|error| (error, None)),
             Err(error) => {
-                let kept = self.keep_failed_outputs(action, &error, &outputs);
+                let kept = self.keep_failed_outputs(action, &error, &outputs).await;
                 Err((AttemptError::Action(error), kept))
             }
         };
-        std::fs::remove_dir_all(&work).ok();
+        off_workers(move || std::fs::remove_dir_all(&work).ok()).await;
         if let Err(e) = stored {
             return Err((AttemptError::Host(format!("storing logs: {e:#}")), None));
         }
@@ -315,7 +327,7 @@ impl SandboxRunner {
     /// A plugin that failed on purpose may still have left outputs (a test
     /// run's reports, with `collect-on-failure`): store the non-empty ones, to
     /// be recorded with the failed action so they can be downloaded.
-    fn keep_failed_outputs(
+    async fn keep_failed_outputs(
         &self,
         action: &ActionPlan,
         error: &ActionError,
@@ -329,7 +341,7 @@ impl SandboxRunner {
             .filter(|(_, dir)| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()))
             .cloned()
             .collect();
-        Some(self.ingest(action, &filled).unwrap_or_default())
+        Some(self.ingest(action, filled).await.unwrap_or_default())
     }
 
     /// Await `call`, storing the log lines it captures every [`LOG_FLUSH`] so
@@ -415,32 +427,17 @@ impl SandboxRunner {
             .collect()
     }
 
-    fn ingest(
+    /// Store the output directories (hashing every byte: off the async workers).
+    async fn ingest(
         &self,
         action: &ActionPlan,
-        outputs: &[(String, PathBuf)],
+        outputs: Vec<(String, PathBuf)>,
     ) -> Result<Vec<OutputRecord>, AttemptError> {
-        // Counted from metadata before anything is hashed or stored, so an
-        // action over its output quota costs no more than a directory walk.
-        let mut budget = sluice_store::artifact::OutputBudget::new(&action.limits);
-        for (_, dir) in outputs {
-            budget
-                .charge(dir)
-                .map_err(|hit| AttemptError::Action(ActionError::Limit(hit)))?;
+        if outputs.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut records = Vec::new();
-        for (name, dir) in outputs {
-            let info = self.artifacts.ingest(dir).map_err(|e| {
-                AttemptError::Host(format!("storing output artifact `{name}`: {e:#}"))
-            })?;
-            records.push(OutputRecord {
-                name: name.clone(),
-                digest: info.digest.clone(),
-                files: info.files,
-                bytes: info.bytes,
-            });
-        }
-        Ok(records)
+        let (artifacts, limits) = (self.artifacts.clone(), action.limits);
+        off_workers(move || ingest_outputs(&artifacts, &limits, &outputs)).await
     }
 
     /// What the sandbox of one call may reach: the action's grants, its inputs
@@ -484,17 +481,14 @@ impl SandboxRunner {
 
     /// A one-off sandboxed call of `action` outside an execution (polls,
     /// notifications): its own workspace, no inputs or outputs.
-    fn side_call(
+    async fn side_call(
         &self,
         context: &ExecutionContext,
         action: &ActionPlan,
         installed: &InstalledPlugin,
     ) -> anyhow::Result<(SideCall, SandboxSpec)> {
         let config = resolve_config(context, action, &self.caches).map_err(anyhow::Error::msg)?;
-        let plugin = self.runtime.load(
-            &installed.component_path(),
-            &installed.precompiled_path(self.runtime.compatibility_key()),
-        )?;
+        let plugin = self.load(installed).await?;
         let workspace = self
             .work_root
             .join(format!("side-{}", uuid::Uuid::new_v4()));
@@ -552,4 +546,44 @@ enum AttemptError {
     /// The host failed around it.
     #[error("{0}")]
     Host(String),
+}
+
+/// Run blocking file-system work (hashing, copying, removing trees, loading a
+/// plugin) on tokio's blocking pool: the async workers must stay free to drive
+/// every other running action.
+async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// Store each output directory in the artifact store, refusing the lot when
+/// they are over the action's output limits.
+fn ingest_outputs(
+    artifacts: &ArtifactStore,
+    limits: &Limits,
+    outputs: &[(String, PathBuf)],
+) -> Result<Vec<OutputRecord>, AttemptError> {
+    // Counted from metadata before anything is hashed or stored, so an
+    // action over its output quota costs no more than a directory walk.
+    let mut budget = sluice_store::artifact::OutputBudget::new(limits);
+    for (_, dir) in outputs {
+        budget
+            .charge(dir)
+            .map_err(|hit| AttemptError::Action(ActionError::Limit(hit)))?;
+    }
+    let mut records = Vec::new();
+    for (name, dir) in outputs {
+        let info = artifacts
+            .ingest(dir)
+            .map_err(|e| AttemptError::Host(format!("storing output artifact `{name}`: {e:#}")))?;
+        records.push(OutputRecord {
+            name: name.clone(),
+            digest: info.digest.clone(),
+            files: info.files,
+            bytes: info.bytes,
+        });
+    }
+    Ok(records)
 }
