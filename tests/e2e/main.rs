@@ -19,6 +19,7 @@ mod quotas;
 mod scaffolds;
 mod secrets;
 mod server;
+mod shared;
 mod supervision;
 mod triggers;
 mod validation;

@@ -1077,12 +1077,18 @@ async fn follow_events(
         if full_page {
             continue;
         }
-        match live.recv().await {
-            Ok(_) | Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return,
+        // This process's events wake the stream at once; other processes on
+        // the same database are seen at the next look.
+        match tokio::time::timeout(STORE_LOOK, live.recv()).await {
+            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+            Ok(Err(RecvError::Closed)) => return,
         }
     }
 }
+
+/// How often an idle event stream reads the store for events other processes
+/// (servers on the same database) recorded.
+const STORE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most events read from the store at once for one event stream.
 const EVENT_PAGE: usize = 1000;

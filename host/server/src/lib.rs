@@ -502,20 +502,26 @@ async fn run_cron(app: AppState) {
         };
         for record in pipelines {
             let key = (record.name.clone(), record.version);
-            let due: Vec<String> = schedules
+            let due: Vec<(String, i64)> = schedules
                 .entry(key)
                 .or_insert_with(|| cron_schedules(&app, &record))
                 .iter()
-                .filter(|(_, schedule)| {
-                    schedule
-                        .after(&last_check)
-                        .next()
-                        .is_some_and(|next| next <= now)
+                .filter_map(|(expression, schedule)| {
+                    let next = schedule.after(&last_check).next()?;
+                    (next <= now).then(|| (expression.clone(), next.timestamp_millis()))
                 })
-                .map(|(expression, _)| expression.clone())
                 .collect();
-            for expression in due {
-                if let Err(e) = start_scheduled(&app, &record, &expression) {
+            for (expression, due_ms) in due {
+                // Servers sharing the database all see the fire: one claims it.
+                match app.state.claim_cron_fire(&record.name, &expression, due_ms) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!("cron: claiming a fire of {} failed: {e:#}", record.name);
+                        continue;
+                    }
+                }
+                if let Err(e) = start_scheduled(&app, &record, &expression, due_ms) {
                     tracing::warn!("cron: {} not started: {e:#}", record.name);
                 }
             }
@@ -637,12 +643,17 @@ fn start_scheduled(
     app: &AppState,
     record: &sluice_store::state::PipelineRecord,
     expression: &str,
+    due_ms: i64,
 ) -> anyhow::Result<()> {
     let plan = plans::parse_registered(app, &record.name, &record.source)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let scheduled = chrono::DateTime::from_timestamp_millis(due_ms)
+        .map(|due| due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
     let trigger = std::collections::BTreeMap::from([
         ("kind".to_string(), "cron".to_string()),
         ("event".to_string(), expression.to_string()),
+        ("scheduled".to_string(), scheduled),
     ]);
     let started = handlers::admit(app, Arc::new(plan), &Default::default(), trigger)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -169,8 +169,9 @@ impl Notifications {
 /// Keys of the `event` namespace, usable in `[notifications]` configuration.
 pub const EVENT_KEYS: [&str; 6] = ["kind", "name", "state", "detail", "execution", "pipeline"];
 
-/// Keys of the built-in `trigger` namespace: what started the execution.
-pub const TRIGGER_KEYS: [&str; 5] = ["kind", "event", "revision", "branch", "tag"];
+/// Keys of the built-in `trigger` namespace: what started the execution
+/// (`scheduled`: the RFC 3339 time a cron fire was due).
+pub const TRIGGER_KEYS: [&str; 6] = ["kind", "event", "revision", "branch", "tag", "scheduled"];
 
 /// A validated stage.
 #[derive(Clone, Debug)]

@@ -158,6 +158,18 @@ pub fn an_approval_is_decided_once(store: &dyn Store) {
     );
 }
 
+/// A cron fire is claimed once, per pipeline, schedule and due time; the sweep
+/// forgets old claims.
+pub fn a_cron_fire_is_claimed_once(store: &dyn Store) {
+    assert!(store.claim_cron_fire("p", "* * * * * *", 1_000).unwrap());
+    assert!(!store.claim_cron_fire("p", "* * * * * *", 1_000).unwrap());
+    assert!(store.claim_cron_fire("p", "* * * * * *", 2_000).unwrap());
+    assert!(store.claim_cron_fire("p", "0 * * * * *", 1_000).unwrap());
+    assert!(store.claim_cron_fire("q", "* * * * * *", 1_000).unwrap());
+    assert_eq!(store.gc(1_500).unwrap().cron_fires, 3);
+    assert!(!store.claim_cron_fire("p", "* * * * * *", 2_000).unwrap());
+}
+
 /// Registering a pipeline adds a version; old versions stay readable.
 pub fn pipeline_versions_count_up_and_stay(store: &dyn Store) {
     assert_eq!(store.put_pipeline("p", "v1", 1).unwrap(), 1);

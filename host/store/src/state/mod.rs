@@ -347,6 +347,15 @@ pub trait TriggerStore {
     /// Forget a claimed delivery that failed before it was handled, so that
     /// the sender's redelivery is handled instead of answered as a duplicate.
     fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()>;
+
+    /// Claim the fire of a cron schedule due at `due_ms`: true for the one
+    /// caller that gets it, so servers sharing a database start it once.
+    fn claim_cron_fire(
+        &self,
+        pipeline: &str,
+        expression: &str,
+        due_ms: i64,
+    ) -> anyhow::Result<bool>;
 }
 
 /// The retention sweep.
@@ -745,4 +754,6 @@ pub struct GcCounts {
     pub audit_rows: u64,
     /// Webhook delivery ids (kept to drop repeats) older than the cutoff.
     pub webhook_deliveries: u64,
+    /// Claimed cron fires older than the cutoff.
+    pub cron_fires: u64,
 }

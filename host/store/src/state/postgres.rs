@@ -21,7 +21,8 @@ use super::*;
 
 /// Every migration, in order; the database's version is how many it took.
 /// Append only; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE executions (
     id TEXT PRIMARY KEY,
     ord BIGINT GENERATED ALWAYS AS IDENTITY,
@@ -154,7 +155,16 @@ CREATE TABLE webhook_deliveries (
     received_ms BIGINT NOT NULL,
     PRIMARY KEY (pipeline, delivery)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE cron_fires (
+    pipeline TEXT NOT NULL,
+    expression TEXT NOT NULL,
+    due_ms BIGINT NOT NULL,
+    PRIMARY KEY (pipeline, expression, due_ms)
+);
+"#,
+];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
 const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
@@ -371,11 +381,19 @@ fn event_from_row(row: &Row) -> anyhow::Result<EventRecord> {
     })
 }
 
-/// Insert an (already masked) event; returns it with its sequence number.
+/// The advisory lock event inserts hold until their transaction commits.
+const EVENTS_LOCK: i64 = 0x736c_7569_6365_0001;
+
+/// Insert an (already masked) event inside a transaction; returns it with its
+/// sequence number. The lock, held to the commit, makes sequence order commit
+/// order across every process on the database: a reader that has seen event
+/// N never sees an event below N appear later (the SSE stream and the
+/// notification cursor both resume "after N").
 fn insert_event(
     db: &mut impl GenericClient,
     mut event: EventRecord,
 ) -> anyhow::Result<EventRecord> {
+    db.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])?;
     let row = db.query_one(
         "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
         &[&event.ts_ms, &event.execution, &event.pipeline, &event.kind, &event.name, &event.state, &event.detail],
@@ -927,7 +945,12 @@ impl EventStore for PostgresStore {
 
     fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
         event.detail = self.mask(&event.detail);
-        self.with(|db| insert_event(db, event))
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            let stored = insert_event(&mut transaction, event)?;
+            transaction.commit()?;
+            Ok(stored)
+        })
     }
 
     fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
@@ -1094,6 +1117,19 @@ impl TriggerStore for PostgresStore {
         Ok(())
     }
 
+    fn claim_cron_fire(
+        &self,
+        pipeline: &str,
+        expression: &str,
+        due_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let inserted = self.execute(
+            "INSERT INTO cron_fires (pipeline, expression, due_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&pipeline, &expression, &due_ms],
+        )?;
+        Ok(inserted > 0)
+    }
+
     fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()> {
         self.execute(
             "DELETE FROM webhook_deliveries WHERE pipeline = $1 AND delivery = $2 AND execution_id IS NULL",
@@ -1137,6 +1173,8 @@ impl RetentionStore for PostgresStore {
             )?;
             counts.audit_rows =
                 transaction.execute("DELETE FROM audit WHERE ts_ms < $1", &[&cutoff_ms])?;
+            counts.cron_fires =
+                transaction.execute("DELETE FROM cron_fires WHERE due_ms < $1", &[&cutoff_ms])?;
             transaction.commit()?;
             Ok(counts)
         })
@@ -1224,6 +1262,7 @@ mod tests {
         a_webhook_delivery_is_claimed_once,
         an_approval_is_decided_once,
         pipeline_versions_count_up_and_stay,
+        a_cron_fire_is_claimed_once,
     );
 
     #[test]

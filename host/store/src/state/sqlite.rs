@@ -163,10 +163,23 @@ struct Migration {
 
 /// Every migration, in order: the database's version is how many it took.
 /// Append only; never edit one that shipped.
-const MIGRATIONS: &[Migration] = &[Migration {
-    describe: "the schema as it was before numbered migrations",
-    apply: baseline,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        describe: "the schema as it was before numbered migrations",
+        apply: baseline,
+    },
+    Migration {
+        describe: "claimed cron fires",
+        apply: cron_fires,
+    },
+];
+
+/// Migration 2: cron fires, claimed once by whichever server gets there first.
+fn cron_fires(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "CREATE TABLE cron_fires (pipeline TEXT NOT NULL, expression TEXT NOT NULL, due_ms INTEGER NOT NULL, PRIMARY KEY (pipeline, expression, due_ms))",
+    )
+}
 
 /// Migration 1: create what is missing of the original schema, and adopt a
 /// database made before numbered migrations by adding the columns it lacks.
@@ -1058,6 +1071,19 @@ impl TriggerStore for SqliteStore {
         )
     }
 
+    fn claim_cron_fire(
+        &self,
+        pipeline: &str,
+        expression: &str,
+        due_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let inserted = self.db().execute(
+            "INSERT OR IGNORE INTO cron_fires (pipeline, expression, due_ms) VALUES (?1, ?2, ?3)",
+            params![pipeline, expression, due_ms],
+        )?;
+        Ok(inserted > 0)
+    }
+
     fn release_delivery(&self, pipeline: &str, delivery: &str) -> anyhow::Result<()> {
         self.write(
             "DELETE FROM webhook_deliveries WHERE pipeline = ?1 AND delivery = ?2 AND execution_id IS NULL",
@@ -1099,6 +1125,10 @@ impl RetentionStore for SqliteStore {
         )? as u64;
         counts.audit_rows =
             tx.execute("DELETE FROM audit WHERE ts_ms < ?1", params![cutoff_ms])? as u64;
+        counts.cron_fires = tx.execute(
+            "DELETE FROM cron_fires WHERE due_ms < ?1",
+            params![cutoff_ms],
+        )? as u64;
         tx.commit()?;
         Ok(counts)
     }
@@ -1312,5 +1342,6 @@ mod tests {
         a_webhook_delivery_is_claimed_once,
         an_approval_is_decided_once,
         pipeline_versions_count_up_and_stay,
+        a_cron_fire_is_claimed_once,
     );
 }

@@ -1,0 +1,125 @@
+//! Two `sluice serve` processes on one PostgreSQL database: a cron fire starts
+//! one execution whichever server sees it first, and an event stream on either
+//! server carries the executions the other one ran.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{PostgresSchema, Workspace, eventually};
+use crate::server::{Server, token, wait_for_end};
+
+const TICKING: &str = r#"
+[pipeline]
+name = "ticking"
+execution-mode = "parallel"
+max-executions = 100
+[triggers]
+cron = ["* * * * * *"]
+[[stages]]
+name = "Say"
+[[stages.actions]]
+name = "say"
+plugin = "command@0.1"
+config = { run = "echo fired for #{trigger.scheduled}" }
+grants = { commands = ["echo"] }
+"#;
+
+/// A live event stream (`GET /events` from now on) read on its own thread:
+/// the pipeline events it carried, as (execution, state), once it goes quiet.
+fn subscribe(server: &Server, admin: &str) -> std::thread::JoinHandle<Vec<(String, String)>> {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(6)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?pipeline=ticking HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        // Keep-alives come every 15 s: six quiet seconds end the reading.
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(data.trim()).unwrap();
+            if event["kind"] == "pipeline" {
+                let field = |name: &str| event[name].as_str().unwrap().to_string();
+                seen.push((field("execution"), field("state")));
+            }
+        }
+        seen
+    })
+}
+
+fn executions(server: &Server, admin: &str) -> Vec<Value> {
+    let (status, listed) = server.call(
+        "GET",
+        "/api/v1/executions?pipeline=ticking&limit=500",
+        Some(admin),
+        None,
+    );
+    assert_eq!(status, 200, "{listed}");
+    listed["executions"].as_array().unwrap().clone()
+}
+
+#[test]
+fn servers_sharing_a_database_fire_each_cron_tick_once_and_stream_each_others_events() {
+    let schema = PostgresSchema::new();
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_DATABASE", &schema.url);
+    let admin = token(&workspace, &["--role", "admin"]);
+    let first = Server::start(&workspace);
+    let second = Server::start(&workspace);
+    let streams = [subscribe(&first, &admin), subscribe(&second, &admin)];
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (status, body) = first.call(
+        "PUT",
+        "/api/v1/pipelines/ticking",
+        Some(&admin),
+        Some(TICKING),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        eventually(60, || executions(&second, &admin).len() >= 4),
+        "the schedule fired fewer than 4 times"
+    );
+    let (status, body) = second.call("DELETE", "/api/v1/pipelines/ticking", Some(&admin), None);
+    assert_eq!(status, 204, "{body}");
+    // A fire claimed just before the delete may still start: settle first.
+    std::thread::sleep(Duration::from_secs(2));
+    let all = executions(&first, &admin);
+    let mut by_fire: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for execution in &all {
+        let id = execution["id"].as_str().unwrap().to_string();
+        let done = wait_for_end(&first, &admin, &id);
+        assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+        let fire = execution["trigger"]["scheduled"].as_str().unwrap();
+        by_fire.entry(fire.to_string()).or_default().push(id);
+    }
+    let repeated: Vec<_> = by_fire.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(repeated.is_empty(), "fires started twice: {repeated:?}");
+
+    let ids: BTreeSet<String> = all
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    for (server, stream) in ["first", "second"].into_iter().zip(streams) {
+        let seen = stream.join().unwrap();
+        let ended: BTreeSet<String> = seen
+            .iter()
+            .filter(|(_, state)| state == "SUCCEEDED")
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(ended, ids, "the {server} server's stream: {seen:?}");
+        let started = seen.iter().filter(|(_, state)| state == "STARTED").count();
+        assert_eq!(started, ids.len(), "the {server} server's stream: {seen:?}");
+    }
+}
