@@ -123,3 +123,101 @@ fn servers_sharing_a_database_fire_each_cron_tick_once_and_stream_each_others_ev
         assert_eq!(started, ids.len(), "the {server} server's stream: {seen:?}");
     }
 }
+
+const SLOW: &str = r#"
+[pipeline]
+name = "slow"
+execution-mode = "parallel"
+[[stages]]
+name = "Work"
+[[stages.actions]]
+name = "work"
+plugin = "command@0.1"
+config = { script = "sleep 4; echo done", shell = "bash" }
+grants = { commands = ["bash", "sleep", "echo"] }
+"#;
+
+/// The stored events of one execution, as `kind name STATE`.
+fn stored_events(server: &Server, admin: &str, id: &str) -> Vec<String> {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?after=0&execution={id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\r\n"
+    )
+    .unwrap();
+    BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let event: Value = serde_json::from_str(line.strip_prefix("data:")?.trim()).ok()?;
+            let field = |name: &str| event[name].as_str().unwrap_or_default().to_string();
+            Some(format!(
+                "{} {} {}",
+                field("kind"),
+                field("name"),
+                field("state")
+            ))
+        })
+        .collect()
+}
+
+fn start(server: &Server, admin: &str) -> String {
+    let (status, body) = server.call(
+        "POST",
+        "/api/v1/pipelines/slow/executions",
+        Some(admin),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_live_server_keeps_its_executions_and_a_dead_ones_are_taken_over_once() {
+    let schema = PostgresSchema::new();
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_DATABASE", &schema.url);
+    let admin = token(&workspace, &["--role", "admin"]);
+    // Leases of 2 s against an action of 4 s: only renewing keeps them.
+    let mut first = Server::start_with(&workspace, &["--lease", "2s"]);
+    let second = Server::start_with(&workspace, &["--lease", "2s"]);
+    let (status, body) = first.call("PUT", "/api/v1/pipelines/slow", Some(&admin), Some(SLOW));
+    assert_eq!(status, 201, "{body}");
+
+    let kept = start(&first, &admin);
+    let done = wait_for_end(&second, &admin, &kept);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let events = stored_events(&second, &admin, &kept);
+    assert!(
+        !events.iter().any(|e| e.ends_with("RESUMED")),
+        "the other server took a live server's execution: {events:?}"
+    );
+
+    let orphan = start(&first, &admin);
+    assert!(
+        eventually(30, || {
+            let (_, detail) = second.call(
+                "GET",
+                &format!("/api/v1/executions/{orphan}"),
+                Some(&admin),
+                None,
+            );
+            detail["actions"][0]["status"] == "InProgress"
+        }),
+        "the action never started"
+    );
+    first.kill9();
+    let done = wait_for_end(&second, &admin, &orphan);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let events = stored_events(&second, &admin, &orphan);
+    let resumed = events.iter().filter(|e| e.ends_with("RESUMED")).count();
+    assert_eq!(resumed, 1, "{events:?}");
+    let ended = events
+        .iter()
+        .filter(|e| *e == "pipeline slow SUCCEEDED")
+        .count();
+    assert_eq!(ended, 1, "{events:?}");
+}

@@ -39,7 +39,7 @@ use sluice_core::pipeline::Plan;
 use sluice_core::plugin::Registry;
 use sluice_core::units::now_ms;
 use sluice_store::state::Store;
-use sluice_store::state::{ExecutionFilter, ExecutionRecord};
+use sluice_store::state::{ExecutionRecord, Owner};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -57,6 +57,8 @@ pub struct AppState {
     plans: Arc<plans::PlanCache>,
     /// Held from the limit check to the recorded start of an execution.
     admission: Arc<std::sync::Mutex<()>>,
+    /// This server as the holder of executions' leases.
+    lease: Owner,
 }
 
 /// Most bytes a request body may have, except webhook deliveries (axum's default).
@@ -114,7 +116,17 @@ impl AppState {
             limits: Limits::default(),
             plans: Arc::default(),
             admission: Arc::default(),
+            lease: Owner {
+                id: format!("serve-{}", uuid::Uuid::new_v4().simple()),
+                lease_ms: 30_000,
+            },
         }
+    }
+
+    /// The same, holding executions' leases as `owner`.
+    pub fn with_lease(mut self, owner: Owner) -> Self {
+        self.lease = owner;
+        self
     }
 
     /// The same, with these limits.
@@ -343,7 +355,9 @@ pub async fn serve(
         app.executor
             .set_transition(&pipeline, &stage, Default::default(), Some(reason));
     }
-    resume_interrupted(&app)?;
+    app.state.lease_as(app.lease.clone());
+    take_over(&app, true)?;
+    tokio::spawn(run_leases(app.clone()));
     tokio::spawn(run_cron(app.clone()));
     tokio::spawn(run_polls(app.clone()));
     tokio::spawn(run_notifications(app.clone()));
@@ -661,36 +675,76 @@ fn start_scheduled(
     Ok(())
 }
 
-/// Continue every execution left InProgress, or fail it with the reason it cannot.
-fn resume_interrupted(app: &AppState) -> anyhow::Result<()> {
-    let filter = ExecutionFilter {
-        pipeline: None,
-        status: Some("InProgress"),
-        limit: usize::MAX >> 1,
-        offset: 0,
-    };
-    for execution in app.state.list_executions(&filter)? {
-        let reopened = resumable_plan(app, &execution).and_then(|plan| {
-            app.executor
-                .reopen(plan, &execution.id)
-                .map_err(|e| format!("interrupted, and resuming failed: {e:#}"))
-        });
-        match reopened {
-            Ok(Reopened::Resume(started)) => {
-                tracing::info!(
-                    execution = %execution.id,
-                    pipeline = %execution.pipeline,
-                    "resuming an interrupted execution"
-                );
-                run_to_end(started);
-            }
-            Ok(Reopened::Failed(reason)) => {
-                tracing::warn!(execution = %execution.id, "failed on restart: {reason}")
-            }
-            Err(reason) => {
-                tracing::warn!(execution = %execution.id, "failed on restart: {reason}");
-                app.state.fail_execution(&execution.id, &reason, now_ms())?;
-            }
+/// Take over the InProgress executions no live process holds (their holder
+/// died: its lease ran out), and with `own` those this server's id holds (its
+/// previous life), and continue each, or fail it with the reason it cannot.
+/// Two servers racing for one execution: the lease goes to one.
+fn take_over(app: &AppState, own: bool) -> anyhow::Result<()> {
+    let owner = &app.lease;
+    let now = now_ms();
+    for id in app.state.unleased_executions(&owner.id, now, own)? {
+        let until = now.saturating_add(owner.lease_ms);
+        if !app.state.claim_execution(&id, &owner.id, now, until)? {
+            continue;
+        }
+        if let Some(execution) = app.state.execution(&id)? {
+            resume(app, &execution)?;
+        }
+    }
+    Ok(())
+}
+
+/// Renew this server's leases every third of their length, and take over
+/// executions whose holder stopped renewing.
+async fn run_leases(app: AppState) {
+    let every = Duration::from_millis(u64::try_from(app.lease.lease_ms / 3).unwrap_or(1).max(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let until = now_ms().saturating_add(app.lease.lease_ms);
+        if let Err(e) = app.state.renew_leases(&app.lease.id, until) {
+            tracing::error!("renewing execution leases failed: {e:#}");
+        }
+        if let Err(e) = take_over(&app, false) {
+            tracing::error!("taking over executions failed: {e:#}");
+        }
+    }
+}
+
+/// Keep `owner`'s leases (a `sluice run` holding its one execution) until the
+/// task is dropped with its runtime.
+pub async fn renew_leases_while_running(state: Arc<dyn Store>, owner: Owner) {
+    let every = Duration::from_millis(u64::try_from(owner.lease_ms / 3).unwrap_or(1).max(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let until = now_ms().saturating_add(owner.lease_ms);
+        if let Err(e) = state.renew_leases(&owner.id, until) {
+            tracing::error!("renewing execution leases failed: {e:#}");
+        }
+    }
+}
+
+/// Continue an interrupted execution, or fail it with the reason it cannot.
+fn resume(app: &AppState, execution: &ExecutionRecord) -> anyhow::Result<()> {
+    let reopened = resumable_plan(app, execution).and_then(|plan| {
+        app.executor
+            .reopen(plan, &execution.id)
+            .map_err(|e| format!("interrupted, and resuming failed: {e:#}"))
+    });
+    match reopened {
+        Ok(Reopened::Resume(started)) => {
+            tracing::info!(
+                execution = %execution.id,
+                pipeline = %execution.pipeline,
+                "resuming an interrupted execution"
+            );
+            run_to_end(started);
+        }
+        Ok(Reopened::Failed(reason)) => {
+            tracing::warn!(execution = %execution.id, "failed on restart: {reason}")
+        }
+        Err(reason) => {
+            tracing::warn!(execution = %execution.id, "failed on restart: {reason}");
+            app.state.fail_execution(&execution.id, &reason, now_ms())?;
         }
     }
     Ok(())

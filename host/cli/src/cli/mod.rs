@@ -23,7 +23,7 @@ use sluice_engine::executor::Executor;
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::SecretSource;
-use sluice_store::state::{PostgresStore, SqliteStore, Status, Store};
+use sluice_store::state::{Owner, PostgresStore, SqliteStore, Status, Store};
 
 /// Self-hosted continuous delivery: every action is a sandboxed WASI component.
 #[derive(Parser)]
@@ -120,6 +120,11 @@ enum Command {
         /// level: RUST_LOG or SLUICE_LOG (e.g. `sluice=debug`), info by default.
         #[arg(long, value_enum, default_value = "text")]
         log_format: logging::LogFormat,
+        /// How long this server's hold on a running execution lasts unless
+        /// renewed (every third of it). Another server on the same database
+        /// takes over and resumes an execution whose holder stopped renewing.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        lease: std::time::Duration,
         #[command(flatten)]
         limits: sluice_server::Limits,
     },
@@ -385,6 +390,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             drain_timeout,
             retention,
             limits,
+            lease,
             log_format: _,
         } => {
             if let Some(keep) = retention {
@@ -395,7 +401,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
                 listen,
                 pipelines_root,
                 secrets.as_deref(),
-                (drain_timeout, limits),
+                (drain_timeout, limits, lease),
             )
         }
         Command::Approve {
@@ -586,7 +592,19 @@ fn run(
         false => report::live_printer(quiet),
     };
     let (state, executor) = executor(paths, secrets_file, live)?;
+    // A server sharing the database leaves this execution alone while the run
+    // renews its lease; once this process dies, a server fails it (a `sluice
+    // run` does not resume).
+    let owner = Owner {
+        id: format!("run-{}", uuid::Uuid::new_v4().simple()),
+        lease_ms: 30_000,
+    };
+    state.lease_as(owner.clone());
     let runtime = tokio_runtime()?;
+    runtime.spawn(sluice_server::renew_leases_while_running(
+        state.clone(),
+        owner,
+    ));
     let result = runtime.block_on(run_until_interrupted(&executor, plan, &overrides))?;
     // The execution is recorded and its work is over: `run | head` may now end quietly.
     quiet_broken_pipe();
@@ -642,8 +660,18 @@ fn serve(
     listen: std::net::SocketAddr,
     pipelines_root: Option<PathBuf>,
     secrets_file: Option<&Path>,
-    (drain_timeout, limits): (std::time::Duration, sluice_server::Limits),
+    (drain_timeout, limits, lease): (
+        std::time::Duration,
+        sluice_server::Limits,
+        std::time::Duration,
+    ),
 ) -> anyhow::Result<ExitCode> {
+    // Held until the process exits: the data directory's instance id is ours.
+    let (instance, _instance_lock) = instance_id(&paths.data_dir)?;
+    let owner = Owner {
+        id: instance,
+        lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1),
+    };
     let action_durations = Arc::new(sluice_core::metrics::Histogram::default());
     let (state, executor) = executor(paths, secrets_file, metrics_sink(action_durations.clone()))?;
     let root = pipelines_root
@@ -656,11 +684,42 @@ fn serve(
         root,
         action_durations,
     )
-    .with_limits(limits);
+    .with_limits(limits)
+    .with_lease(owner);
     // Tests and scripts read the real address from stdout (the port may have been 0).
     let announce = |address| println!("listening on http://{address}");
     tokio_runtime()?.block_on(sluice_server::serve(app, listen, drain_timeout, announce))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// This server's owner id for execution leases: the data directory's
+/// `instance-id`, kept across restarts (a restarted server takes its own
+/// executions back at once, without waiting for their leases to run out) and
+/// locked while the process lives. A second server on the same data directory
+/// finds it locked and takes a fresh id.
+fn instance_id(data_dir: &Path) -> anyhow::Result<(String, Option<std::fs::File>)> {
+    use std::io::{Read as _, Write as _};
+    let path = data_dir.join("instance-id");
+    std::fs::create_dir_all(data_dir)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    if file.try_lock().is_err() {
+        return Ok((format!("serve-{}", uuid::Uuid::new_v4().simple()), None));
+    }
+    let mut id = String::new();
+    file.read_to_string(&mut id)?;
+    let id = id.trim().to_string();
+    if !id.is_empty() {
+        return Ok((id, Some(file)));
+    }
+    let id = format!("serve-{}", uuid::Uuid::new_v4().simple());
+    file.write_all(id.as_bytes())?;
+    Ok((id, Some(file)))
 }
 
 /// An event sink that records finished actions' durations.

@@ -170,6 +170,60 @@ pub fn a_cron_fire_is_claimed_once(store: &dyn Store) {
     assert!(!store.claim_cron_fire("p", "* * * * * *", 2_000).unwrap());
 }
 
+/// A lease is taken by one owner while it lasts; an ended one can be taken
+/// by another, a renewed one cannot; finished executions are never leased.
+pub fn a_lease_is_held_by_one_owner_until_it_runs_out(store: &dyn Store) {
+    store.lease_as(Owner {
+        id: "a".into(),
+        lease_ms: 100,
+    });
+    start(store, "e1", 1_000);
+    start(store, "e2", 1_001);
+    assert!(
+        store
+            .unleased_executions("b", 1_050, false)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.unleased_executions("a", 1_050, true).unwrap(),
+        ["e1", "e2"]
+    );
+    assert!(
+        !store.claim_execution("e1", "b", 1_050, 1_150).unwrap(),
+        "a holds it"
+    );
+    assert_eq!(store.renew_leases("a", 1_300).unwrap(), 2);
+    assert!(
+        !store.claim_execution("e1", "b", 1_200, 1_400).unwrap(),
+        "renewed"
+    );
+    assert_eq!(
+        store.unleased_executions("b", 1_301, false).unwrap(),
+        ["e1", "e2"]
+    );
+    assert!(
+        store.claim_execution("e1", "b", 1_301, 1_500).unwrap(),
+        "ran out"
+    );
+    assert!(
+        !store.claim_execution("e1", "c", 1_302, 1_500).unwrap(),
+        "b holds it now"
+    );
+    assert_eq!(store.renew_leases("a", 1_600).unwrap(), 1, "a lost e1");
+    store
+        .finish_execution("e2", Status::Succeeded, None, 1_400, None)
+        .unwrap();
+    assert!(
+        !store.claim_execution("e2", "b", 9_999, 10_000).unwrap(),
+        "finished"
+    );
+    assert_eq!(
+        store.unleased_executions("b", 9_999, false).unwrap(),
+        ["e1"]
+    );
+}
+
 /// Registering a pipeline adds a version; old versions stay readable.
 pub fn pipeline_versions_count_up_and_stay(store: &dyn Store) {
     assert_eq!(store.put_pipeline("p", "v1", 1).unwrap(), 1);

@@ -22,14 +22,15 @@ pub use sqlite::SqliteStore;
 /// The entity traits, for calling store methods on a `dyn Store`.
 pub mod prelude {
     pub use super::{
-        AccessStore, ApprovalStore, EventStore, ExecutionStore, PipelineStore, RetentionStore,
-        Store, TriggerStore,
+        AccessStore, ApprovalStore, EventStore, ExecutionStore, LeaseStore, PipelineStore,
+        RetentionStore, Store, TriggerStore,
     };
 }
 
 /// Everything Sluice records: every entity trait, shareable across threads.
 pub trait Store:
     ExecutionStore
+    + LeaseStore
     + PipelineStore
     + ApprovalStore
     + EventStore
@@ -43,6 +44,7 @@ pub trait Store:
 
 impl<T> Store for T where
     T: ExecutionStore
+        + LeaseStore
         + PipelineStore
         + ApprovalStore
         + EventStore
@@ -206,6 +208,59 @@ pub trait ExecutionStore {
     /// When the oldest execution still running or stopping started: artifacts
     /// stored since then may belong to it before its action run records them.
     fn oldest_running_start(&self) -> anyhow::Result<Option<i64>>;
+}
+
+/// Who runs an execution: the process holding its lease, which renews it while
+/// it runs. A lease that ran out (its holder died) may be taken by another
+/// process, which resumes the execution.
+pub trait LeaseStore {
+    /// From now on, executions started through this store are leased to
+    /// `owner` (without this, they are leased to no one).
+    fn lease_as(&self, owner: Owner);
+
+    /// Take the lease of unfinished execution `id` for `owner` until
+    /// `until_ms`, if it has none, `owner` holds it already, or it ran out
+    /// before `now_ms`. Whether it was taken: one process wins a race.
+    fn claim_execution(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Extend to `until_ms` every lease `owner` holds on an unfinished
+    /// execution; returns how many.
+    fn renew_leases(&self, owner: &str, until_ms: i64) -> anyhow::Result<u64>;
+
+    /// InProgress executions no live process holds (no lease, or one that ran
+    /// out before `now_ms`), and with `own`, those `owner` holds; oldest first.
+    fn unleased_executions(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        own: bool,
+    ) -> anyhow::Result<Vec<String>>;
+}
+
+/// A process that holds executions' leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Unique among the live processes sharing the store.
+    pub id: String,
+    /// How long a lease lasts unless renewed, in ms.
+    pub lease_ms: i64,
+}
+
+/// The owner and lease end a new execution is recorded with: none without an owner.
+fn lease(owner: Option<&Owner>, now_ms: i64) -> (Option<&str>, Option<i64>) {
+    match owner {
+        Some(owner) => (
+            Some(owner.id.as_str()),
+            Some(now_ms.saturating_add(owner.lease_ms)),
+        ),
+        None => (None, None),
+    }
 }
 
 /// Registered pipelines, their versions and their stage transitions.

@@ -164,6 +164,10 @@ CREATE TABLE cron_fires (
     PRIMARY KEY (pipeline, expression, due_ms)
 );
 "#,
+    r#"
+ALTER TABLE executions ADD COLUMN owner TEXT;
+ALTER TABLE executions ADD COLUMN lease_until_ms BIGINT;
+"#,
 ];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
@@ -176,6 +180,8 @@ pub struct PostgresStore {
     sealer: crate::secrets::TokenSealer,
     /// Masks the host's secrets in events and audit rows.
     masker: std::sync::OnceLock<std::sync::Arc<crate::secrets::Masker>>,
+    /// Who new executions are leased to ([`LeaseStore::lease_as`]).
+    owner: std::sync::OnceLock<Owner>,
 }
 
 impl PostgresStore {
@@ -200,6 +206,7 @@ impl PostgresStore {
             client: Mutex::new(client),
             sealer: crate::secrets::TokenSealer::new(key.to_path_buf()),
             masker: std::sync::OnceLock::new(),
+            owner: std::sync::OnceLock::new(),
         })
     }
 
@@ -420,9 +427,10 @@ impl ExecutionStore for PostgresStore {
         trigger: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<()> {
+        let (owner, until) = lease(self.owner.get(), now_ms);
         self.execute(
-            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&id, &pipeline, &file.display().to_string(), &Status::InProgress.name(), &now_ms, &variables.to_string(), &trigger.to_string()],
+            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger, owner, lease_until_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[&id, &pipeline, &file.display().to_string(), &Status::InProgress.name(), &now_ms, &variables.to_string(), &trigger.to_string(), &owner, &until],
         )?;
         Ok(())
     }
@@ -779,6 +787,49 @@ impl ExecutionStore for PostgresStore {
             &[],
         )?;
         Ok(rows[0].try_get(0)?)
+    }
+}
+
+impl LeaseStore for PostgresStore {
+    fn lease_as(&self, owner: Owner) {
+        let _ = self.owner.set(owner);
+    }
+
+    fn claim_execution(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let changed = self.execute(
+            "UPDATE executions SET owner = $2, lease_until_ms = $4 WHERE id = $1 AND status = 'InProgress'
+               AND (owner IS NULL OR owner = $2 OR lease_until_ms IS NULL OR lease_until_ms < $3)",
+            &[&id, &owner, &now_ms, &until_ms],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn renew_leases(&self, owner: &str, until_ms: i64) -> anyhow::Result<u64> {
+        self.execute(
+            "UPDATE executions SET lease_until_ms = $2 WHERE owner = $1 AND status IN ('InProgress', 'Stopping')",
+            &[&owner, &until_ms],
+        )
+    }
+
+    fn unleased_executions(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        own: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let rows = self.query(
+            "SELECT id FROM executions WHERE status = 'InProgress'
+               AND (owner IS NULL OR lease_until_ms IS NULL OR lease_until_ms < $2 OR ($3 AND owner = $1))
+             ORDER BY started_ms, ord",
+            &[&owner, &now_ms, &own],
+        )?;
+        collect(rows, |row| Ok(row.try_get(0)?))
     }
 }
 
@@ -1263,6 +1314,7 @@ mod tests {
         an_approval_is_decided_once,
         pipeline_versions_count_up_and_stay,
         a_cron_fire_is_claimed_once,
+        a_lease_is_held_by_one_owner_until_it_runs_out,
     );
 
     #[test]

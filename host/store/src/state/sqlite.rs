@@ -172,7 +172,18 @@ const MIGRATIONS: &[Migration] = &[
         describe: "claimed cron fires",
         apply: cron_fires,
     },
+    Migration {
+        describe: "execution leases",
+        apply: execution_leases,
+    },
 ];
+
+/// Migration 3: the process holding each execution, and until when.
+fn execution_leases(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "ALTER TABLE executions ADD COLUMN owner TEXT; ALTER TABLE executions ADD COLUMN lease_until_ms INTEGER",
+    )
+}
 
 /// Migration 2: cron fires, claimed once by whichever server gets there first.
 fn cron_fires(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -251,6 +262,8 @@ pub struct SqliteStore {
     sealer: crate::secrets::TokenSealer,
     /// Masks the host's secrets in events and audit rows (see [`SqliteStore::mask_with`]).
     masker: std::sync::OnceLock<std::sync::Arc<crate::secrets::Masker>>,
+    /// Who new executions are leased to ([`LeaseStore::lease_as`]).
+    owner: std::sync::OnceLock<Owner>,
 }
 
 /// Switch to WAL, create and migrate the schema. Processes opening one new
@@ -316,6 +329,7 @@ impl SqliteStore {
             connection: Mutex::new(connection),
             sealer: crate::secrets::TokenSealer::new(key),
             masker: std::sync::OnceLock::new(),
+            owner: std::sync::OnceLock::new(),
         })
     }
 
@@ -371,9 +385,10 @@ impl ExecutionStore for SqliteStore {
         trigger: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<()> {
+        let (owner, until) = lease(self.owner.get(), now_ms);
         self.write(
-            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, pipeline, file.display().to_string(), Status::InProgress.name(), now_ms, variables.to_string(), trigger.to_string()],
+            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger, owner, lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![id, pipeline, file.display().to_string(), Status::InProgress.name(), now_ms, variables.to_string(), trigger.to_string(), owner, until],
         )?;
         Ok(())
     }
@@ -723,6 +738,51 @@ impl ExecutionStore for SqliteStore {
             [],
             |row| row.get(0),
         )?)
+    }
+}
+
+impl LeaseStore for SqliteStore {
+    fn lease_as(&self, owner: Owner) {
+        let _ = self.owner.set(owner);
+    }
+
+    fn claim_execution(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let changed = self.db().execute(
+            "UPDATE executions SET owner = ?2, lease_until_ms = ?4 WHERE id = ?1 AND status = 'InProgress'
+               AND (owner IS NULL OR owner = ?2 OR lease_until_ms IS NULL OR lease_until_ms < ?3)",
+            params![id, owner, now_ms, until_ms],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn renew_leases(&self, owner: &str, until_ms: i64) -> anyhow::Result<u64> {
+        let changed = self.db().execute(
+            "UPDATE executions SET lease_until_ms = ?2 WHERE owner = ?1 AND status IN ('InProgress', 'Stopping')",
+            params![owner, until_ms],
+        )?;
+        Ok(changed as u64)
+    }
+
+    fn unleased_executions(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        own: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let db = self.db();
+        let mut statement = db.prepare(
+            "SELECT id FROM executions WHERE status = 'InProgress'
+               AND (owner IS NULL OR lease_until_ms IS NULL OR lease_until_ms < ?2 OR (?3 AND owner = ?1))
+             ORDER BY started_ms, rowid",
+        )?;
+        let rows = statement.query_map(params![owner, now_ms, own], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -1343,5 +1403,6 @@ mod tests {
         an_approval_is_decided_once,
         pipeline_versions_count_up_and_stay,
         a_cron_fire_is_claimed_once,
+        a_lease_is_held_by_one_owner_until_it_runs_out,
     );
 }
