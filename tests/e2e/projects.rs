@@ -7,14 +7,26 @@ use std::process::Command;
 
 use crate::harness::{Workspace, action, text};
 
-/// Run a host command for the test's own setup; it must succeed.
+/// Run a host command for the test's own setup; it must succeed. It is tried
+/// three times: `npm pack` once failed silently under the full suite's load,
+/// and the setup is not what these tests are about.
 fn setup(dir: &Path, program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .current_dir(dir)
-        .args(args)
-        .env("HOME", dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (the test needs it on PATH)"));
+    let run = || {
+        Command::new(program)
+            .current_dir(dir)
+            .args(args)
+            .env("HOME", dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e} (the test needs it on PATH)"))
+    };
+    let mut output = run();
+    for _ in 0..2 {
+        if output.status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        output = run();
+    }
     assert!(output.status.success(), "{program} {args:?}: {output:?}");
 }
 
@@ -33,7 +45,7 @@ fn node_project(workspace: &Workspace) {
     setup(
         &workspace.path("tool"),
         "npm",
-        &["pack", "--silent", "--pack-destination", "../app/vendor"],
+        &["pack", "--pack-destination", "../app/vendor"],
     );
     workspace.write(
         "app/package.json",
