@@ -114,6 +114,15 @@ impl Server {
         self.child.wait().unwrap().code()
     }
 
+    /// Send a signal (`STOP`, `CONT`, …) to the server process.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {name}");
+    }
+
     pub(crate) fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

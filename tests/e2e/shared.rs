@@ -221,3 +221,58 @@ fn a_live_server_keeps_its_executions_and_a_dead_ones_are_taken_over_once() {
         .count();
     assert_eq!(ended, 1, "{events:?}");
 }
+
+#[test]
+fn a_paused_server_that_lost_its_lease_records_nothing_when_it_wakes() {
+    let schema = PostgresSchema::new();
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_DATABASE", &schema.url);
+    let admin = token(&workspace, &["--role", "admin"]);
+    let first = Server::start_with(&workspace, &["--lease", "2s"]);
+    let second = Server::start_with(&workspace, &["--lease", "2s"]);
+    let (status, body) = first.call("PUT", "/api/v1/pipelines/slow", Some(&admin), Some(SLOW));
+    assert_eq!(status, 201, "{body}");
+    let id = start(&first, &admin);
+    assert!(
+        eventually(30, || {
+            let (_, detail) = second.call(
+                "GET",
+                &format!("/api/v1/executions/{id}"),
+                Some(&admin),
+                None,
+            );
+            detail["actions"][0]["status"] == "InProgress"
+        }),
+        "the action never started"
+    );
+    // Paused mid-action (as a stalled VM or a long GC would be): its lease
+    // runs out, the other server takes the execution over and finishes it.
+    first.signal("STOP");
+    let done = wait_for_end(&second, &admin, &id);
+    first.signal("CONT");
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    // The woken server's action ends too; what it would record is refused.
+    std::thread::sleep(Duration::from_secs(6));
+    let (_, after) = second.call(
+        "GET",
+        &format!("/api/v1/executions/{id}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(after["execution"], done["execution"], "{after:#}");
+    assert_eq!(after["actions"], done["actions"], "{after:#}");
+    let events = stored_events(&second, &admin, &id);
+    let ends: Vec<_> = events
+        .iter()
+        .filter(|e| e.ends_with("SUCCEEDED") || e.ends_with("FAILED"))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            "action work SUCCEEDED",
+            "stage Work SUCCEEDED",
+            "pipeline slow SUCCEEDED"
+        ],
+        "{events:?}"
+    );
+}

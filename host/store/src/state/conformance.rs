@@ -224,6 +224,49 @@ pub fn a_lease_is_held_by_one_owner_until_it_runs_out(store: &dyn Store) {
     );
 }
 
+/// A process whose lease was taken over records nothing more of the
+/// execution: not its ends, not its events, not its logs.
+pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {
+    store.lease_as(Owner {
+        id: "a".into(),
+        lease_ms: 100,
+    });
+    start(store, "e", 1_000);
+    store.start_stage("e", "S", 0, 1_001).unwrap();
+    assert!(store.claim_execution("e", "b", 2_000, 3_000).unwrap());
+    let refused = [
+        store
+            .finish_stage(
+                "e",
+                "S",
+                Status::Succeeded,
+                None,
+                2_001,
+                Some(event("e", "X", 2_001)),
+            )
+            .map(|_| ()),
+        store.append_event(event("e", "X", 2_002)).map(|_| ()),
+        store.start_stage("e", "T", 1, 2_003),
+        store
+            .finish_execution("e", Status::Succeeded, None, 2_004, None)
+            .map(|_| ()),
+        store.fail_execution("e", "late", 2_005),
+        store.set_execution_status("e", Status::Stopping),
+    ];
+    for result in refused {
+        let error = format!("{:#}", result.unwrap_err());
+        assert!(error.contains("held by b now"), "{error}");
+    }
+    let stages = store.stages("e").unwrap();
+    assert_eq!(stages.len(), 1);
+    assert_eq!(stages[0].status, Status::InProgress);
+    assert_eq!(
+        store.execution("e").unwrap().unwrap().status,
+        Status::InProgress
+    );
+    assert!(store.events_after(0, 10).unwrap().is_empty());
+}
+
 /// Registering a pipeline adds a version; old versions stay readable.
 pub fn pipeline_versions_count_up_and_stay(store: &dyn Store) {
     assert_eq!(store.put_pipeline("p", "v1", 1).unwrap(), 1);

@@ -263,6 +263,13 @@ fn lease(owner: Option<&Owner>, now_ms: i64) -> (Option<&str>, Option<i64>) {
     }
 }
 
+/// The error of a write refused because another process holds the execution.
+fn lease_lost(execution: &str, holder: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "execution {execution} is held by {holder} now: this process lost its lease and records nothing more of it"
+    )
+}
+
 /// Registered pipelines, their versions and their stage transitions.
 pub trait PipelineStore {
     /// Register a new version of a pipeline; returns the version number.

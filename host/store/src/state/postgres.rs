@@ -176,6 +176,8 @@ const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
 /// The state store on a PostgreSQL database.
 pub struct PostgresStore {
     client: Mutex<Client>,
+    /// To connect again when the server closed the session.
+    url: String,
     /// Encrypts continuation tokens (they may carry secrets) while stored.
     sealer: crate::secrets::TokenSealer,
     /// Masks the host's secrets in events and audit rows.
@@ -194,8 +196,7 @@ impl PostgresStore {
         let client = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> anyhow::Result<Client> {
-                    let mut client = Client::connect(&url, NoTls)
-                        .with_context(|| format!("connecting to {}", redacted(&url)))?;
+                    let mut client = session(&url)?;
                     migrate(&mut client).context("creating or migrating the state database")?;
                     Ok(client)
                 })
@@ -204,6 +205,7 @@ impl PostgresStore {
         })?;
         Ok(Self {
             client: Mutex::new(client),
+            url,
             sealer: crate::secrets::TokenSealer::new(key.to_path_buf()),
             masker: std::sync::OnceLock::new(),
             owner: std::sync::OnceLock::new(),
@@ -228,9 +230,26 @@ impl PostgresStore {
     ) -> anyhow::Result<T> {
         let mut client = self.lock();
         let client = &mut *client;
+        let url = &self.url;
         std::thread::scope(|scope| {
             scope
-                .spawn(move || work(client))
+                .spawn(move || {
+                    // The server ends a session that sat in a transaction too
+                    // long (this process was paused): start a new one.
+                    if client.is_closed() {
+                        *client = session(url)?;
+                    }
+                    let result = work(client);
+                    // Closed under this call: it failed (a transaction is rolled
+                    // back with its session); the next call starts a new one.
+                    if result.is_err()
+                        && client.is_closed()
+                        && let Ok(fresh) = session(url)
+                    {
+                        *client = fresh;
+                    }
+                    result
+                })
                 .join()
                 .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
         })
@@ -246,9 +265,28 @@ impl PostgresStore {
         self.with(|db| Ok(db.query(sql, params)?))
     }
 
-    /// One write and the event announcing it, committed together.
+    /// One write to an execution this process holds (see [`held_by_us`]).
+    fn write_held(
+        &self,
+        execution: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> anyhow::Result<()> {
+        let owner = self.owner.get();
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            held_by_us(&mut transaction, owner, execution)?;
+            transaction.execute(sql, params)?;
+            transaction.commit()?;
+            Ok(())
+        })
+    }
+
+    /// One write to an execution this process holds and the event announcing
+    /// it, committed together.
     fn write_announced(
         &self,
+        execution: &str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         event: Option<EventRecord>,
@@ -257,8 +295,10 @@ impl PostgresStore {
             e.detail = self.mask(&e.detail);
             e
         });
+        let owner = self.owner.get();
         self.with(|db| {
             let mut transaction = db.transaction()?;
+            held_by_us(&mut transaction, owner, execution)?;
             transaction.execute(sql, params)?;
             let stored = event
                 .map(|e| insert_event(&mut transaction, e))
@@ -267,6 +307,23 @@ impl PostgresStore {
             Ok(stored)
         })
     }
+}
+
+/// How long the server lets a session sit idle inside a transaction before it
+/// ends it. Transactions here never wait on anything but the database, so an
+/// idle one means this process stalled (paused, swapped out) while holding row
+/// locks that other servers' writes and lease claims would otherwise wait on
+/// for as long as it stays stalled.
+const STALLED_TRANSACTION: &str = "5s";
+
+/// A new session on `url`, set up as every Sluice session is.
+fn session(url: &str) -> anyhow::Result<Client> {
+    let mut client =
+        Client::connect(url, NoTls).with_context(|| format!("connecting to {}", redacted(url)))?;
+    client.batch_execute(&format!(
+        "SET idle_in_transaction_session_timeout = '{STALLED_TRANSACTION}'"
+    ))?;
+    Ok(client)
 }
 
 /// Bring the schema to the newest version this binary knows, one step per
@@ -388,6 +445,30 @@ fn event_from_row(row: &Row) -> anyhow::Result<EventRecord> {
     })
 }
 
+/// Refuse a write to `execution` when another process holds it now (see
+/// SQLite's). The row lock taken here holds off a claim until the write commits.
+fn held_by_us(
+    db: &mut impl GenericClient,
+    owner: Option<&Owner>,
+    execution: &str,
+) -> anyhow::Result<()> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    let rows = db.query(
+        "SELECT owner FROM executions WHERE id = $1 FOR UPDATE",
+        &[&execution],
+    )?;
+    let holder: Option<String> = match rows.first() {
+        Some(row) => row.try_get(0)?,
+        None => None,
+    };
+    match holder {
+        Some(holder) if holder != owner.id => Err(lease_lost(execution, &holder)),
+        _ => Ok(()),
+    }
+}
+
 /// The advisory lock event inserts hold until their transaction commits.
 const EVENTS_LOCK: i64 = 0x736c_7569_6365_0001;
 
@@ -444,6 +525,7 @@ impl ExecutionStore for PostgresStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         self.write_announced(
+            id,
             "UPDATE executions SET status = $2, error = $3, ended_ms = $4 WHERE id = $1",
             &[&id, &status.name(), &error, &now_ms],
             event,
@@ -457,7 +539,8 @@ impl ExecutionStore for PostgresStore {
         position: usize,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.execute(
+        self.write_held(
+            execution,
             "INSERT INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (execution_id, stage) DO UPDATE SET position = excluded.position, status = excluded.status, started_ms = excluded.started_ms, ended_ms = NULL, error = NULL",
             &[&execution, &stage, &sql_count(position), &Status::InProgress.name(), &now_ms],
@@ -475,6 +558,7 @@ impl ExecutionStore for PostgresStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         self.write_announced(
+            execution,
             "UPDATE stage_runs SET status = $3, error = $4, ended_ms = $5 WHERE execution_id = $1 AND stage = $2",
             &[&execution, &stage, &status.name(), &error, &now_ms],
             event,
@@ -493,7 +577,8 @@ impl ExecutionStore for PostgresStore {
         now_ms: i64,
     ) -> anyhow::Result<()> {
         // Like SQLite's INSERT OR REPLACE: a rerun starts from a clean row.
-        self.execute(
+        self.write_held(
+            execution,
             "INSERT INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (execution_id, action) DO UPDATE SET stage = excluded.stage, run_order = excluded.run_order, plugin = excluded.plugin, status = excluded.status,
                started_ms = excluded.started_ms, resolved_config = excluded.resolved_config, attempts = 0, ended_ms = NULL, summary = NULL, error = NULL,
@@ -512,6 +597,7 @@ impl ExecutionStore for PostgresStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         self.write_announced(
+            execution,
             "UPDATE action_runs SET status = $3, attempts = $4, summary = $5, error = $6, variables = $7, outputs = $8, ended_ms = $9, continuation = NULL, continue_at_ms = NULL WHERE execution_id = $1 AND action = $2",
             &[
                 &execution,
@@ -538,8 +624,10 @@ impl ExecutionStore for PostgresStore {
         if lines.is_empty() {
             return Ok(());
         }
+        let owner = self.owner.get();
         self.with(|db| {
             let mut transaction = db.transaction()?;
+            held_by_us(&mut transaction, owner, execution)?;
             // One writer of an action's lines at a time keeps `seq` dense.
             transaction.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
@@ -685,7 +773,8 @@ impl ExecutionStore for PostgresStore {
     }
 
     fn set_execution_version(&self, id: &str, version: i64) -> anyhow::Result<()> {
-        self.execute(
+        self.write_held(
+            id,
             "UPDATE executions SET pipeline_version = $2 WHERE id = $1",
             &[&id, &version],
         )?;
@@ -693,8 +782,10 @@ impl ExecutionStore for PostgresStore {
     }
 
     fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()> {
+        let owner = self.owner.get();
         self.with(|db| {
             let mut transaction = db.transaction()?;
+            held_by_us(&mut transaction, owner, id)?;
             for table in ["action_runs", "stage_runs"] {
                 transaction.execute(
                     &format!("UPDATE {table} SET status = 'Failed', error = $2, ended_ms = $3 WHERE execution_id = $1 AND status = 'InProgress'"),
@@ -719,7 +810,8 @@ impl ExecutionStore for PostgresStore {
         summary: &str,
     ) -> anyhow::Result<()> {
         let token = self.sealer.seal(token)?;
-        self.execute(
+        self.write_held(
+            execution,
             "UPDATE action_runs SET continuation = $3, continue_at_ms = $4, summary = $5 WHERE execution_id = $1 AND action = $2",
             &[&execution, &action, &token, &due_ms, &summary],
         )?;
@@ -733,7 +825,8 @@ impl ExecutionStore for PostgresStore {
         percent: u8,
         message: &str,
     ) -> anyhow::Result<()> {
-        self.execute(
+        self.write_held(
+            execution,
             "UPDATE action_runs SET percent = $3, progress = $4 WHERE execution_id = $1 AND action = $2",
             &[&execution, &action, &i64::from(percent), &message],
         )?;
@@ -750,7 +843,8 @@ impl ExecutionStore for PostgresStore {
     }
 
     fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()> {
-        self.execute(
+        self.write_held(
+            id,
             "UPDATE executions SET status = $2 WHERE id = $1",
             &[&id, &status.name()],
         )?;
@@ -758,9 +852,11 @@ impl ExecutionStore for PostgresStore {
     }
 
     fn reopen_execution(&self, id: &str) -> anyhow::Result<()> {
+        // Whoever retries a finished execution runs it, so it holds it now.
+        let (owner, until) = lease(self.owner.get(), sluice_core::units::now_ms());
         self.execute(
-            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL WHERE id = $1",
-            &[&id],
+            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL, owner = $2, lease_until_ms = $3 WHERE id = $1",
+            &[&id, &owner, &until],
         )?;
         Ok(())
     }
@@ -996,8 +1092,10 @@ impl EventStore for PostgresStore {
 
     fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
         event.detail = self.mask(&event.detail);
+        let owner = self.owner.get();
         self.with(|db| {
             let mut transaction = db.transaction()?;
+            held_by_us(&mut transaction, owner, &event.execution)?;
             let stored = insert_event(&mut transaction, event)?;
             transaction.commit()?;
             Ok(stored)
@@ -1315,6 +1413,7 @@ mod tests {
         pipeline_versions_count_up_and_stay,
         a_cron_fire_is_claimed_once,
         a_lease_is_held_by_one_owner_until_it_runs_out,
+        a_process_that_lost_its_lease_records_nothing_more,
     );
 
     #[test]
@@ -1392,6 +1491,21 @@ mod tests {
         assert!(scratch.store.execution("a_c").unwrap().is_none());
         assert_eq!(scratch.store.execution("abc").unwrap().unwrap().id, "abc");
         assert!(scratch.store.execution("ab").is_err(), "ambiguous");
+    }
+
+    #[test]
+    fn a_session_stalled_in_a_transaction_is_ended_and_the_store_connects_again() {
+        let scratch = Scratch::new();
+        scratch
+            .store
+            .with(|db| Ok(db.batch_execute("BEGIN; SELECT 1")?))
+            .unwrap();
+        // As a paused process would: sit in the transaction past the timeout.
+        std::thread::sleep(std::time::Duration::from_secs(7));
+        // The first call may find the session ended under it; then the store
+        // connects again for the next.
+        let _first = scratch.store.last_event_seq();
+        assert_eq!(scratch.store.last_event_seq().unwrap(), 0);
     }
 
     #[test]

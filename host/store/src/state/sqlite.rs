@@ -351,9 +351,26 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// One write and the event announcing it, committed together.
+    /// One write to an execution this process holds (see [`held_by_us`]).
+    fn write_held(
+        &self,
+        execution: &str,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> anyhow::Result<()> {
+        let mut db = self.db();
+        let transaction = write_transaction(&mut db)?;
+        held_by_us(&transaction, self.owner.get(), execution)?;
+        transaction.prepare_cached(sql)?.execute(params)?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// One write to an execution this process holds and the event announcing
+    /// it, committed together.
     fn write_announced(
         &self,
+        execution: &str,
         sql: &str,
         params: impl rusqlite::Params,
         event: Option<EventRecord>,
@@ -363,7 +380,8 @@ impl SqliteStore {
             e
         });
         let mut db = self.db();
-        let transaction = db.transaction()?;
+        let transaction = write_transaction(&mut db)?;
+        held_by_us(&transaction, self.owner.get(), execution)?;
         transaction.prepare_cached(sql)?.execute(params)?;
         let stored = event.map(|e| insert_event(&transaction, e)).transpose()?;
         transaction.commit()?;
@@ -402,6 +420,7 @@ impl ExecutionStore for SqliteStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         self.write_announced(
+            id,
             "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
             params![id, status.name(), error, now_ms],
             event,
@@ -415,7 +434,8 @@ impl ExecutionStore for SqliteStore {
         position: usize,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.write(
+        self.write_held(
+            execution,
             "INSERT OR REPLACE INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![execution, stage, position as i64, Status::InProgress.name(), now_ms],
         )?;
@@ -432,6 +452,7 @@ impl ExecutionStore for SqliteStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         self.write_announced(
+            execution,
             "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
             params![execution, stage, status.name(), error, now_ms],
             event,
@@ -449,7 +470,8 @@ impl ExecutionStore for SqliteStore {
         resolved_config: &[(String, String)],
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.write(
+        self.write_held(
+            execution,
             "INSERT OR REPLACE INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![execution, stage, action, run_order, plugin, Status::InProgress.name(), now_ms, serde_json::to_string(resolved_config)?],
         )?;
@@ -465,6 +487,7 @@ impl ExecutionStore for SqliteStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         self.write_announced(
+            execution,
             "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9, continuation = NULL, continue_at_ms = NULL WHERE execution_id = ?1 AND action = ?2",
             params![
                 execution,
@@ -493,6 +516,7 @@ impl ExecutionStore for SqliteStore {
         }
         let mut db = self.db();
         let tx = write_transaction(&mut db)?;
+        held_by_us(&tx, self.owner.get(), execution)?;
         let next: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq) + 1, 0) FROM action_logs WHERE execution_id = ?1 AND action = ?2",
             params![execution, action],
@@ -638,7 +662,8 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn set_execution_version(&self, id: &str, version: i64) -> anyhow::Result<()> {
-        self.write(
+        self.write_held(
+            id,
             "UPDATE executions SET pipeline_version = ?2 WHERE id = ?1",
             params![id, version],
         )
@@ -647,6 +672,7 @@ impl ExecutionStore for SqliteStore {
     fn fail_execution(&self, id: &str, reason: &str, now_ms: i64) -> anyhow::Result<()> {
         let mut db = self.db();
         let tx = write_transaction(&mut db)?;
+        held_by_us(&tx, self.owner.get(), id)?;
         for table in ["action_runs", "stage_runs"] {
             tx.execute(
                 &format!("UPDATE {table} SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE execution_id = ?1 AND status = 'InProgress'"),
@@ -670,7 +696,8 @@ impl ExecutionStore for SqliteStore {
         summary: &str,
     ) -> anyhow::Result<()> {
         let token = self.sealer.seal(token)?;
-        self.write(
+        self.write_held(
+            execution,
             "UPDATE action_runs SET continuation = ?3, continue_at_ms = ?4, summary = ?5 WHERE execution_id = ?1 AND action = ?2",
             params![execution, action, token, due_ms, summary],
         )
@@ -683,7 +710,8 @@ impl ExecutionStore for SqliteStore {
         percent: u8,
         message: &str,
     ) -> anyhow::Result<()> {
-        self.write(
+        self.write_held(
+            execution,
             "UPDATE action_runs SET percent = ?3, progress = ?4 WHERE execution_id = ?1 AND action = ?2",
             params![execution, action, percent, message],
         )
@@ -699,16 +727,19 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()> {
-        self.write(
+        self.write_held(
+            id,
             "UPDATE executions SET status = ?2 WHERE id = ?1",
             params![id, status.name()],
         )
     }
 
     fn reopen_execution(&self, id: &str) -> anyhow::Result<()> {
+        // Whoever retries a finished execution runs it, so it holds it now.
+        let (owner, until) = lease(self.owner.get(), sluice_core::units::now_ms());
         self.write(
-            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL WHERE id = ?1",
-            params![id],
+            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL, owner = ?2, lease_until_ms = ?3 WHERE id = ?1",
+            params![id, owner, until],
         )
     }
 
@@ -948,7 +979,12 @@ impl EventStore for SqliteStore {
 
     fn append_event(&self, mut event: EventRecord) -> anyhow::Result<EventRecord> {
         event.detail = self.mask(&event.detail);
-        insert_event(&self.db(), event)
+        let mut db = self.db();
+        let transaction = write_transaction(&mut db)?;
+        held_by_us(&transaction, self.owner.get(), &event.execution)?;
+        let stored = insert_event(&transaction, event)?;
+        transaction.commit()?;
+        Ok(stored)
     }
 
     fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
@@ -1280,6 +1316,27 @@ fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
     })
 }
 
+/// Refuse a write to `execution` when another process holds it now: this one
+/// lost its lease (it stopped renewing, e.g. paused), and the execution was
+/// taken over. Runs inside the write's transaction, so no claim falls between
+/// the check and the write. Without an owner (no lease taken) nothing is refused.
+fn held_by_us(db: &Connection, owner: Option<&Owner>, execution: &str) -> anyhow::Result<()> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    let holder: Option<Option<String>> = db
+        .query_row(
+            "SELECT owner FROM executions WHERE id = ?1",
+            params![execution],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match holder {
+        Some(Some(holder)) if holder != owner.id => Err(lease_lost(execution, &holder)),
+        _ => Ok(()),
+    }
+}
+
 /// Insert an (already masked) event; returns it with its sequence number.
 fn insert_event(db: &Connection, mut event: EventRecord) -> anyhow::Result<EventRecord> {
     db.prepare_cached(
@@ -1404,5 +1461,6 @@ mod tests {
         pipeline_versions_count_up_and_stay,
         a_cron_fire_is_claimed_once,
         a_lease_is_held_by_one_owner_until_it_runs_out,
+        a_process_that_lost_its_lease_records_nothing_more,
     );
 }
