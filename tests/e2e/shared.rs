@@ -276,3 +276,40 @@ fn a_paused_server_that_lost_its_lease_records_nothing_when_it_wakes() {
         "{events:?}"
     );
 }
+
+#[test]
+fn max_executions_holds_across_servers_starting_at_once() {
+    let schema = PostgresSchema::new();
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_DATABASE", &schema.url);
+    let admin = token(&workspace, &["--role", "admin"]);
+    let servers = [Server::start(&workspace), Server::start(&workspace)];
+    let single = SLOW
+        .replace("name = \"slow\"", "name = \"single\"")
+        .replace("execution-mode = \"parallel\"", "max-executions = 1");
+    let (status, body) = servers[0].call(
+        "PUT",
+        "/api/v1/pipelines/single",
+        Some(&admin),
+        Some(&single),
+    );
+    assert_eq!(status, 201, "{body}");
+    let barrier = std::sync::Barrier::new(16);
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..16)
+            .map(|i| {
+                let (server, barrier, admin) = (&servers[i % 2], &barrier, &admin);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let path = "/api/v1/pipelines/single/executions";
+                    server.call("POST", path, Some(admin), None).0
+                })
+            })
+            .collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let admitted = answers.iter().filter(|s| **s == 202).count();
+    let refused = answers.iter().filter(|s| **s == 429).count();
+    assert_eq!((admitted, refused), (1, 15), "{answers:?}");
+    assert_eq!(schema.count("executions"), 1);
+}

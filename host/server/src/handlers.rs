@@ -245,10 +245,11 @@ async fn start_execution(
     ))
 }
 
-/// Refuse a start beyond the pipeline's limits, loudly (never drop silently).
-/// Start an execution of `plan` if its limits allow. The check and the start
-/// hold one lock: two starts at the same moment cannot both take the last
-/// free place under `max-executions`.
+/// Start an execution of `plan` if its limits allow, refusing loudly (never
+/// dropping silently). The check and the start hold one lock in this process
+/// and one in the store: two starts at the same moment, on this server or on
+/// two sharing the database, cannot both take the last free place under
+/// `max-executions`.
 pub(super) fn admit(
     app: &AppState,
     plan: Arc<Plan>,
@@ -256,6 +257,10 @@ pub(super) fn admit(
     trigger: BTreeMap<String, String>,
 ) -> ApiResult<crate::engine::Begun> {
     let _admission = app.admission.lock().unwrap_or_else(|e| e.into_inner());
+    let _across_servers = app
+        .state
+        .hold_admission(&plan.name)
+        .map_err(ApiError::internal)?;
     check_limits(app, &plan)?;
     app.executor
         .begin(plan, overrides, trigger)

@@ -267,6 +267,28 @@ pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {
     assert!(store.events_after(0, 10).unwrap().is_empty());
 }
 
+/// Two stores on one database (two processes): while one holds a pipeline's
+/// admission, the other waits for it; another pipeline's is free.
+pub fn admission_is_held_by_one_process_at_a_time(first: &dyn Store, second: &dyn Store) {
+    let held = first.hold_admission("p").unwrap();
+    let acquired = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let hold = second.hold_admission("p").unwrap();
+            acquired.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(hold);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !acquired.load(std::sync::atomic::Ordering::SeqCst),
+            "both held the admission of `p` at once"
+        );
+        drop(held);
+        waiter.join().unwrap();
+    });
+    assert!(acquired.load(std::sync::atomic::Ordering::SeqCst));
+}
+
 /// Registering a pipeline adds a version; old versions stay readable.
 pub fn pipeline_versions_count_up_and_stay(store: &dyn Store) {
     assert_eq!(store.put_pipeline("p", "v1", 1).unwrap(), 1);

@@ -233,6 +233,12 @@ pub trait LeaseStore {
     /// execution; returns how many.
     fn renew_leases(&self, owner: &str, until_ms: i64) -> anyhow::Result<u64>;
 
+    /// Hold the right to admit executions of `pipeline` until the returned
+    /// guard drops: between counting what runs and recording a new start, no
+    /// other process sharing the store admits one (`max-executions` holds
+    /// across servers). Waits while another process holds it.
+    fn hold_admission<'a>(&'a self, pipeline: &str) -> anyhow::Result<AdmissionHold<'a>>;
+
     /// InProgress executions no live process holds (no lease, or one that ran
     /// out before `now_ms`), and with `own`, those `owner` holds; oldest first.
     fn unleased_executions(
@@ -241,6 +247,28 @@ pub trait LeaseStore {
         now_ms: i64,
         own: bool,
     ) -> anyhow::Result<Vec<String>>;
+}
+
+/// The right to admit executions of one pipeline, released when dropped.
+pub struct AdmissionHold<'a> {
+    release: Option<Box<dyn FnOnce() + Send + 'a>>,
+}
+
+impl<'a> AdmissionHold<'a> {
+    /// A hold that `release` gives up.
+    pub fn new(release: impl FnOnce() + Send + 'a) -> Self {
+        Self {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for AdmissionHold<'_> {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
 }
 
 /// A process that holds executions' leases.

@@ -913,6 +913,19 @@ impl LeaseStore for PostgresStore {
         )
     }
 
+    fn hold_admission<'a>(&'a self, pipeline: &str) -> anyhow::Result<AdmissionHold<'a>> {
+        // A session lock: held across the calls that count and start, which
+        // all use this process's one session (the caller holds its own
+        // in-process lock meanwhile). Ended sessions release it too.
+        let key = format!("admission/{pipeline}");
+        self.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])?;
+        Ok(AdmissionHold::new(move || {
+            if let Err(e) = self.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key]) {
+                tracing::warn!("releasing the admission lock of {key}: {e:#}");
+            }
+        }))
+    }
+
     fn unleased_executions(
         &self,
         owner: &str,
@@ -1402,6 +1415,22 @@ mod tests {
                 super::super::conformance::$check(&scratch.store);
             }
         )*};
+    }
+
+    #[test]
+    fn admission_is_held_by_one_process_at_a_time() {
+        let scratch = Scratch::new();
+        let url = format!(
+            "{}?options=-csearch_path%3D{}",
+            test_database(),
+            scratch.schema
+        );
+        let key = tempfile::tempdir().unwrap();
+        let second = PostgresStore::connect(&url, &key.path().join("k")).unwrap();
+        super::super::conformance::admission_is_held_by_one_process_at_a_time(
+            &scratch.store,
+            &second,
+        );
     }
 
     conformance!(

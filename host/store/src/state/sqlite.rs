@@ -264,6 +264,8 @@ pub struct SqliteStore {
     masker: std::sync::OnceLock<std::sync::Arc<crate::secrets::Masker>>,
     /// Who new executions are leased to ([`LeaseStore::lease_as`]).
     owner: std::sync::OnceLock<Owner>,
+    /// `<database>-admission`: flock'ed while a process admits executions.
+    admission: std::path::PathBuf,
 }
 
 /// Switch to WAL, create and migrate the schema. Processes opening one new
@@ -330,6 +332,10 @@ impl SqliteStore {
             sealer: crate::secrets::TokenSealer::new(key),
             masker: std::sync::OnceLock::new(),
             owner: std::sync::OnceLock::new(),
+            admission: path.with_file_name(format!(
+                "{}-admission",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )),
         })
     }
 
@@ -798,6 +804,20 @@ impl LeaseStore for SqliteStore {
             params![owner, until_ms],
         )?;
         Ok(changed as u64)
+    }
+
+    fn hold_admission<'a>(&'a self, _pipeline: &str) -> anyhow::Result<AdmissionHold<'a>> {
+        // One lock file for every pipeline: admissions are short, and other
+        // processes on this database are on this machine.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.admission)
+            .with_context(|| format!("opening {}", self.admission.display()))?;
+        file.lock()
+            .with_context(|| format!("locking {}", self.admission.display()))?;
+        Ok(AdmissionHold::new(move || drop(file)))
     }
 
     fn unleased_executions(
@@ -1450,6 +1470,17 @@ mod tests {
                 super::super::conformance::$check(&store);
             }
         )*};
+    }
+
+    #[test]
+    fn admission_is_held_by_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (first, second) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        super::super::conformance::admission_is_held_by_one_process_at_a_time(&first, &second);
     }
 
     conformance!(
