@@ -289,6 +289,20 @@ pub fn admission_is_held_by_one_process_at_a_time(first: &dyn Store, second: &dy
     assert!(acquired.load(std::sync::atomic::Ordering::SeqCst));
 }
 
+/// An execution is found by its id or a unique prefix of it, taken literally:
+/// no wildcards, no case folding.
+pub fn an_id_prefix_matches_literally(store: &dyn Store) {
+    for id in ["abc", "abd"] {
+        start(store, id, 1);
+    }
+    assert!(store.execution("a%").unwrap().is_none());
+    assert!(store.execution("a_c").unwrap().is_none());
+    assert!(store.execution("ABC").unwrap().is_none());
+    assert_eq!(store.execution("abc").unwrap().unwrap().id, "abc");
+    assert_eq!(store.execution("abd").unwrap().unwrap().id, "abd");
+    assert!(store.execution("ab").is_err(), "ambiguous");
+}
+
 /// Registering a pipeline adds a version; old versions stay readable.
 pub fn pipeline_versions_count_up_and_stay(store: &dyn Store) {
     assert_eq!(store.put_pipeline("p", "v1", 1).unwrap(), 1);

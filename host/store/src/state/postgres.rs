@@ -1443,6 +1443,7 @@ mod tests {
         a_cron_fire_is_claimed_once,
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
+        an_id_prefix_matches_literally,
     );
 
     #[test]
@@ -1504,22 +1505,6 @@ mod tests {
             format!("{error:#}").contains("column executions.variables holds bad JSON"),
             "{error:#}"
         );
-    }
-
-    #[test]
-    fn an_id_prefix_with_like_wildcards_matches_literally() {
-        let scratch = Scratch::new();
-        let none = serde_json::json!({});
-        for id in ["abc", "abd"] {
-            scratch
-                .store
-                .start_execution(id, "p", Path::new("p.toml"), &none, &none, 1)
-                .unwrap();
-        }
-        assert!(scratch.store.execution("a%").unwrap().is_none());
-        assert!(scratch.store.execution("a_c").unwrap().is_none());
-        assert_eq!(scratch.store.execution("abc").unwrap().unwrap().id, "abc");
-        assert!(scratch.store.execution("ab").is_err(), "ambiguous");
     }
 
     #[test]

@@ -574,7 +574,7 @@ impl ExecutionStore for SqliteStore {
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version, trigger FROM executions
-             WHERE id = ?1 OR id LIKE ?1 || '%' ORDER BY (id = ?1) DESC LIMIT 2",
+             WHERE id = ?1 OR substr(id, 1, length(?1)) = ?1 ORDER BY (id = ?1) DESC LIMIT 2",
         )?;
         let rows: Vec<ExecutionRecord> = statement
             .query_map(params![id_or_prefix], execution_from_row)?
@@ -1493,5 +1493,6 @@ mod tests {
         a_cron_fire_is_claimed_once,
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
+        an_id_prefix_matches_literally,
     );
 }
