@@ -697,13 +697,9 @@ fn take_over(app: &AppState, own: bool) -> anyhow::Result<()> {
 /// Renew this server's leases every third of their length, and take over
 /// executions whose holder stopped renewing.
 async fn run_leases(app: AppState) {
-    let every = Duration::from_millis(u64::try_from(app.lease.lease_ms / 3).unwrap_or(1).max(50));
     loop {
-        tokio::time::sleep(every).await;
-        let until = now_ms().saturating_add(app.lease.lease_ms);
-        if let Err(e) = app.state.renew_leases(&app.lease.id, until) {
-            tracing::error!("renewing execution leases failed: {e:#}");
-        }
+        tokio::time::sleep(renewal_interval(&app.lease)).await;
+        renew(app.state.as_ref(), &app.lease);
         if let Err(e) = take_over(&app, false) {
             tracing::error!("taking over executions failed: {e:#}");
         }
@@ -713,13 +709,22 @@ async fn run_leases(app: AppState) {
 /// Keep `owner`'s leases (a `sluice run` holding its one execution) until the
 /// task is dropped with its runtime.
 pub async fn renew_leases_while_running(state: Arc<dyn Store>, owner: Owner) {
-    let every = Duration::from_millis(u64::try_from(owner.lease_ms / 3).unwrap_or(1).max(50));
     loop {
-        tokio::time::sleep(every).await;
-        let until = now_ms().saturating_add(owner.lease_ms);
-        if let Err(e) = state.renew_leases(&owner.id, until) {
-            tracing::error!("renewing execution leases failed: {e:#}");
-        }
+        tokio::time::sleep(renewal_interval(&owner)).await;
+        renew(state.as_ref(), &owner);
+    }
+}
+
+/// A third of the lease: two renewals may fail before it runs out.
+fn renewal_interval(owner: &Owner) -> Duration {
+    Duration::from_millis(u64::try_from(owner.lease_ms / 3).unwrap_or(1).max(50))
+}
+
+/// Extend every lease `owner` holds by its full length from now.
+fn renew(state: &dyn Store, owner: &Owner) {
+    let until = now_ms().saturating_add(owner.lease_ms);
+    if let Err(e) = state.renew_leases(&owner.id, until) {
+        tracing::error!("renewing execution leases failed: {e:#}");
     }
 }
 

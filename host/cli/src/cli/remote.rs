@@ -366,12 +366,7 @@ impl Client {
         );
         let answer: Decided = self.call("POST", &path, Some(to_json(&body)?))?;
         self.print(&answer, |a| {
-            let status = serde_json::to_value(a.status).unwrap_or_default();
-            println!(
-                "{} {action} of {}",
-                status.as_str().unwrap_or(""),
-                a.execution
-            )
+            println!("{} {action} of {}", a.status, a.execution)
         });
         Ok(ExitCode::SUCCESS)
     }
