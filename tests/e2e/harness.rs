@@ -238,6 +238,18 @@ impl PostgresSchema {
     }
 }
 
+impl PostgresSchema {
+    /// The rows of a query in this schema.
+    pub fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Vec<postgres::Row> {
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        client.query(sql, params).unwrap()
+    }
+}
+
 impl Drop for PostgresSchema {
     fn drop(&mut self) {
         postgres_admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
@@ -253,4 +265,83 @@ fn postgres_admin(sql: &str) {
     let mut client = postgres::Client::connect(&test_database(), postgres::NoTls)
         .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", test_database()));
     client.batch_execute(sql).unwrap();
+}
+
+/// An S3-compatible server for one test: moto's server mode (`pip install
+/// 'moto[server]'`, which `.ci/run` does) on a free port of 127.0.0.1, with
+/// one empty bucket. Stopped when dropped.
+pub struct S3Bucket {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3Bucket {
+    pub fn start() -> S3Bucket {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting moto's server (pip install 'moto[server]'): {e}"));
+        let bucket = S3Bucket { child, port };
+        let ready = eventually(30, || {
+            bucket.request("PUT", "/sluice").is_some_and(|s| s == 200)
+        });
+        assert!(
+            ready,
+            "moto_server did not create the bucket on port {port}"
+        );
+        bucket
+    }
+
+    /// One request without a body; the status, if the server answered.
+    fn request(&self, method: &str, path: &str) -> Option<u16> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The environment that points `sluice --artifacts` at the bucket.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("SLUICE_ARTIFACTS", "s3://sluice/e2e".to_string()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Bucket {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

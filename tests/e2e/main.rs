@@ -23,3 +23,4 @@ mod shared;
 mod supervision;
 mod triggers;
 mod validation;
+mod workers;

@@ -156,6 +156,7 @@ impl Bench {
             SecretSource::default(),
             data.join("work"),
             events,
+            Default::default(),
         ))
     }
 
@@ -420,6 +421,7 @@ fn plan(
         notifications: None,
         queue_depth: usize::MAX,
         variables: BTreeMap::new(),
+        source: "".into(),
         caches: BTreeMap::new(),
         stages: (0..stages).map(stage).collect(),
     }

@@ -116,6 +116,10 @@ impl Engine for LocalEngine {
         self.0.artifacts()
     }
 
+    fn fetch_artifact<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.0.fetch_artifact(digest).boxed()
+    }
+
     fn secret(&self, name: &str) -> Option<String> {
         self.0.secrets().granted(&[name.to_string()]).remove(name)
     }

@@ -98,6 +98,10 @@ pub trait Engine: Send + Sync + 'static {
     /// The artifact store outputs are kept in.
     fn artifacts(&self) -> &ArtifactStore;
 
+    /// Make artifact `digest` present in [`Engine::artifacts`]: a worker on
+    /// another machine may have produced it, and shared it through a bucket.
+    fn fetch_artifact<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+
     /// The value of a host secret, if this host has one by that name.
     fn secret(&self, name: &str) -> Option<String>;
 

@@ -993,6 +993,9 @@ async fn get_artifact(
                 execution.id
             ))
         })?;
+    if let Err(e) = app.executor.fetch_artifact(&entry.digest).await {
+        tracing::warn!("fetching artifact {}: {e:#}", entry.digest);
+    }
     let store = app.executor.artifacts().clone();
     if !store.contains(&entry.digest) {
         return Err(ApiError::not_found(format!(

@@ -46,6 +46,13 @@ impl ArtifactStore {
         self.root.join(digest)
     }
 
+    /// A fresh path in the store's directory (so on its filesystem) for a
+    /// transfer or staging tree; dot-named, so never taken for an artifact.
+    pub fn scratch_path(&self, label: &str) -> PathBuf {
+        self.root
+            .join(format!(".{label}-{}", uuid::Uuid::new_v4().simple()))
+    }
+
     /// Whether an artifact is stored.
     pub fn contains(&self, digest: &str) -> bool {
         self.path_of(digest).is_dir()

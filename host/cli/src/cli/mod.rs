@@ -19,7 +19,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use sluice_core::plugin::Registry;
-use sluice_engine::executor::Executor;
+use sluice_engine::executor::{Executor, Placement, Sharing, Worker};
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::SecretSource;
@@ -58,8 +58,46 @@ struct Cli {
     /// when not given. Artifacts and plugins stay in the data directory.
     #[arg(long, global = true, env = "SLUICE_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// A bucket shared by processes on several machines (`s3://bucket/prefix`,
+    /// or `file:///dir`): outputs are uploaded to it, missing inputs and
+    /// plugins downloaded from it and checked against their digests.
+    #[arg(long, global = true, env = "SLUICE_ARTIFACTS")]
+    artifacts: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where `sluice serve` runs actions.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ActionsAt {
+    /// In this process.
+    Here,
+    /// In `sluice worker` processes.
+    Workers,
+    /// Queued for workers, and this process works the queue too.
+    Both,
+}
+
+/// `sluice worker`'s options.
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Relative host paths in pipelines resolve against this [default: .].
+    #[arg(long, value_name = "DIR")]
+    pipelines_root: Option<PathBuf>,
+    /// TOML file of secret values (NAME = "value"); SLUICE_SECRET_<NAME> also works.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    /// Most attempts this worker runs at once; the rest wait in the queue
+    /// for it or another worker.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// How long a claim on an attempt lasts unless renewed (every third of
+    /// it). Another worker takes over an attempt whose worker stopped renewing.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease: std::time::Duration,
+    /// Log lines on stderr as text or as JSON objects, one a line.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
 }
 
 /// How client verbs print their answers.
@@ -125,9 +163,16 @@ enum Command {
         /// takes over and resumes an execution whose holder stopped renewing.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         lease: std::time::Duration,
+        /// Where actions run: in this process (`here`), only in `sluice worker`
+        /// processes on the same database (`workers`), or both.
+        #[arg(long, value_enum, default_value = "here")]
+        actions: ActionsAt,
         #[command(flatten)]
         limits: sluice_server::Limits,
     },
+    /// Run actions that servers on the same `--database` queue (see `serve
+    /// --actions workers`); needs no inbound port.
+    Worker(WorkerArgs),
     /// Registered pipelines on a server (needs --server).
     #[command(subcommand)]
     Pipelines(remote::PipelinesCommand),
@@ -284,11 +329,30 @@ struct Paths {
     sandbox_slots: u32,
     /// `--database`: a PostgreSQL URL, or None for SQLite in the data directory.
     database: Option<String>,
+    /// `--artifacts`: the shared bucket's URL.
+    artifacts: Option<String>,
 }
 
 impl Paths {
     fn registry(&self) -> anyhow::Result<Registry> {
         Registry::open(&self.plugins)
+    }
+
+    /// The shared bucket `--artifacts` names, if any.
+    fn remote(&self) -> anyhow::Result<Option<sluice_store::remote::RemoteArtifacts>> {
+        self.artifacts
+            .as_deref()
+            .map(sluice_store::remote::RemoteArtifacts::open)
+            .transpose()
+    }
+
+    /// Local artifacts shared through `--artifacts` when given; actions run
+    /// as `placement` says.
+    fn sharing(&self, placement: Placement) -> anyhow::Result<Sharing> {
+        Ok(Sharing {
+            placement,
+            remote: self.remote()?,
+        })
     }
 
     /// The state store: PostgreSQL when `--database` names one, else SQLite
@@ -317,9 +381,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(&match cli.command {
         Command::Serve { log_format, .. } => logging::LogSettings::serve(log_format),
+        Command::Worker(WorkerArgs { log_format, .. }) => logging::LogSettings::serve(log_format),
         _ => logging::LogSettings::command(),
     });
-    if !matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::Serve { .. } | Command::Worker(_)
+    ) {
         quiet_broken_pipe();
     }
     let paths = Paths {
@@ -335,6 +403,7 @@ pub fn main() -> ExitCode {
         output: cli.output,
         sandbox_slots: cli.sandbox_slots,
         database: cli.database.clone(),
+        artifacts: cli.artifacts.clone(),
     };
     let client = cli.server.as_deref().map(|server| {
         remote::Client::new(server, cli.token.clone(), cli.output == OutputFormat::Json)
@@ -391,6 +460,7 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
             retention,
             limits,
             lease,
+            actions,
             log_format: _,
         } => {
             if let Some(keep) = retention {
@@ -401,9 +471,10 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
                 listen,
                 pipelines_root,
                 secrets.as_deref(),
-                (drain_timeout, limits, lease),
+                (drain_timeout, limits, lease, actions),
             )
         }
+        Command::Worker(args) => worker(paths, args),
         Command::Approve {
             execution,
             action,
@@ -591,7 +662,7 @@ fn run(
         true => Arc::new(|_| {}),
         false => report::live_printer(quiet),
     };
-    let (state, executor) = executor(paths, secrets_file, live)?;
+    let (state, executor) = executor(paths, secrets_file, live, paths.sharing(Placement::Here)?)?;
     // A server sharing the database leaves this execution alone while the run
     // renews its lease; once this process dies, a server fails it (a `sluice
     // run` does not resume).
@@ -660,10 +731,11 @@ fn serve(
     listen: std::net::SocketAddr,
     pipelines_root: Option<PathBuf>,
     secrets_file: Option<&Path>,
-    (drain_timeout, limits, lease): (
+    (drain_timeout, limits, lease, actions): (
         std::time::Duration,
         sluice_server::Limits,
         std::time::Duration,
+        ActionsAt,
     ),
 ) -> anyhow::Result<ExitCode> {
     // Held until the process exits: the data directory's instance id is ours.
@@ -673,10 +745,29 @@ fn serve(
         lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1),
     };
     let action_durations = Arc::new(sluice_core::metrics::Histogram::default());
-    let (state, executor) = executor(paths, secrets_file, metrics_sink(action_durations.clone()))?;
+    let placement = match actions {
+        ActionsAt::Here => Placement::Here,
+        ActionsAt::Workers | ActionsAt::Both => Placement::Workers,
+    };
+    let (state, executor) = executor(
+        paths,
+        secrets_file,
+        metrics_sink(action_durations.clone()),
+        paths.sharing(placement)?,
+    )?;
     let root = pipelines_root
         .map(Ok)
         .unwrap_or_else(std::env::current_dir)?;
+    let in_process_worker = match actions {
+        ActionsAt::Both => Some(Worker::new(
+            executor.clone(),
+            paths.registry()?,
+            root.clone(),
+            owner.id.clone(),
+            DEFAULT_WORKER_LEASE,
+        )),
+        ActionsAt::Here | ActionsAt::Workers => None,
+    };
     let app = sluice_server::AppState::new(
         state,
         paths.registry()?,
@@ -688,7 +779,52 @@ fn serve(
     .with_lease(owner);
     // Tests and scripts read the real address from stdout (the port may have been 0).
     let announce = |address| println!("listening on http://{address}");
-    tokio_runtime()?.block_on(sluice_server::serve(app, listen, drain_timeout, announce))?;
+    let runtime = tokio_runtime()?;
+    if let Some(worker) = in_process_worker {
+        runtime.spawn(worker.run(DEFAULT_WORKER_CONCURRENCY, std::future::pending()));
+    }
+    runtime.block_on(sluice_server::serve(app, listen, drain_timeout, announce))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long `serve --actions both`'s own worker holds a claim unless renewed.
+const DEFAULT_WORKER_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+/// Most attempts `serve --actions both`'s own worker runs at once.
+const DEFAULT_WORKER_CONCURRENCY: usize = 8;
+
+/// `sluice worker`: claim attempts from the database and run them here until
+/// SIGTERM or Ctrl-C, then let the running ones finish.
+fn worker(paths: &Paths, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        paths.database.is_some(),
+        "a worker needs --database postgres://… shared with the servers that queue its work"
+    );
+    let (instance, _instance_lock) = instance_id(&paths.data_dir)?;
+    let id = instance.replacen("serve-", "worker-", 1);
+    let sharing = paths.sharing(Placement::Here)?;
+    let (_state, executor) = executor(paths, args.secrets.as_deref(), Arc::new(|_| {}), sharing)?;
+    let root = args
+        .pipelines_root
+        .map(Ok)
+        .unwrap_or_else(std::env::current_dir)?;
+    let worker = Worker::new(executor, paths.registry()?, root, id.clone(), args.lease);
+    let runtime = tokio_runtime()?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        // Tests and scripts wait for this line.
+        println!("worker {id} ready");
+        let shutdown = async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("stopping: running attempts finish first");
+        };
+        worker.run(args.concurrency as usize, shutdown).await;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -763,6 +899,7 @@ fn executor(
     paths: &Paths,
     secrets_file: Option<&Path>,
     events: sluice_engine::executor::EventSink,
+    sharing: Sharing,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<Executor>)> {
     let state = paths.state()?;
     let executor = Executor::new(
@@ -772,6 +909,7 @@ fn executor(
         SecretSource::load(secrets_file)?,
         paths.data_dir.join("work"),
         events,
+        sharing,
     );
     Ok((state, executor))
 }

@@ -55,7 +55,10 @@ pub enum PluginCommand {
 pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
     let registry = paths.registry()?;
     match command {
-        PluginCommand::Install { dirs, yes } => install(&registry, &dirs, yes, paths.json),
+        PluginCommand::Install { dirs, yes } => {
+            let remote = paths.remote()?;
+            install(&registry, &dirs, yes, paths.json, remote.as_ref())
+        }
         PluginCommand::List if paths.json => {
             let plugins: Vec<_> = registry.list()?.iter().map(plugin_json).collect();
             print_json(&serde_json::json!({ "plugins": plugins }))
@@ -76,11 +79,14 @@ pub fn dispatch(command: PluginCommand, paths: &Paths) -> anyhow::Result<ExitCod
     }
 }
 
+/// Install into the local registry, and with `--artifacts` also into the
+/// shared bucket, where workers pull it from by digest.
 fn install(
     registry: &Registry,
     dirs: &[PathBuf],
     yes: bool,
     json: bool,
+    remote: Option<&sluice_store::remote::RemoteArtifacts>,
 ) -> anyhow::Result<ExitCode> {
     // With --output json, stdout carries only the final document.
     let say = |line: String| match json {
@@ -111,6 +117,10 @@ fn install(
             installed.id(),
             installed.dir.display()
         ));
+        if let Some(remote) = remote {
+            share_plugin(remote, &installed)?;
+            say(format!("  shared through {}", remote.url()));
+        }
         installed_json.push(serde_json::json!({ "id": installed.id(), "dir": installed.dir }));
     }
     if json {
@@ -121,6 +131,17 @@ fn install(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Upload an installed (so verified) plugin under its component's sha256.
+fn share_plugin(
+    remote: &sluice_store::remote::RemoteArtifacts,
+    installed: &sluice_core::plugin::InstalledPlugin,
+) -> anyhow::Result<()> {
+    let manifest = &installed.manifest;
+    let sha256 = manifest.sha256.as_deref().unwrap_or_default();
+    let upload = remote.upload_plugin(&installed.dir, sha256, &manifest.component);
+    super::tokio_runtime()?.block_on(upload)
 }
 
 fn new(

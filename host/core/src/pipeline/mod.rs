@@ -133,6 +133,9 @@ pub struct Plan {
     pub caches: BTreeMap<String, u64>,
     /// Stages, in order.
     pub stages: Vec<StagePlan>,
+    /// The text it was parsed from (a worker on another machine parses it
+    /// again against its own registry); empty for plans built in code.
+    pub source: std::sync::Arc<str>,
 }
 
 /// A pipeline's triggers.
@@ -394,7 +397,9 @@ pub fn parse(
         let offset = e.span().map(|s| s.start).unwrap_or(0);
         Diagnostics(vec![source.at(offset, e.message().trim().to_string())])
     })?;
-    validate::validate(&source, &parsed, registry, base_dir)
+    let mut plan = validate::validate(&source, &parsed, registry, base_dir)?;
+    plan.source = source.text.as_str().into();
+    Ok(plan)
 }
 
 #[cfg(test)]

@@ -131,6 +131,7 @@ impl Validator<'_> {
         Plan {
             name: file.pipeline.name.get_ref().clone(),
             file: self.source.path.clone(),
+            source: "".into(),
             execution_mode,
             triggers: self.triggers(file),
             notifications: self.notifications(file),

@@ -453,6 +453,7 @@ mod tests {
             triggers: Default::default(),
             notifications: None,
             variables: Default::default(),
+            source: "".into(),
             caches: Default::default(),
             stages: vec![
                 stage(

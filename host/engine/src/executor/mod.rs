@@ -23,6 +23,7 @@ mod runner;
 mod sandbox_runner;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ pub use machine::StopMode;
 use machine::{OnResume, StopRequest};
 pub use runner::{ActionRunner, AttemptFailure, AttemptRequest, Attempted};
 pub use sandbox_runner::SandboxRunner;
+pub use workers::{Placement, Sharing, Worker};
 
 /// How an execution ended.
 #[derive(Clone, Debug)]
@@ -186,6 +188,7 @@ impl Executor<SandboxRunner> {
         secrets: SecretSource,
         work_root: PathBuf,
         events: EventSink,
+        sharing: Sharing,
     ) -> Arc<Self> {
         let data_dir = work_root.parent().unwrap_or(&work_root);
         let caches = CacheStore::under(data_dir);
@@ -200,6 +203,7 @@ impl Executor<SandboxRunner> {
             caches: caches.clone(),
             events: events.clone(),
             approvals: tokio::sync::Notify::new(),
+            sharing,
         };
         Self::with_runner(runner, state, masker, caches, events)
     }
@@ -217,6 +221,15 @@ impl Executor<SandboxRunner> {
     /// The artifact store outputs are ingested into (downloads read from it).
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.runner.artifacts
+    }
+
+    /// Make artifact `digest` present in [`Executor::artifacts`], downloading
+    /// it (digest checked) from the shared bucket when there is one.
+    pub async fn fetch_artifact(&self, digest: &str) -> anyhow::Result<()> {
+        match &self.runner.sharing.remote {
+            Some(remote) => remote.download(&self.runner.artifacts, digest).await,
+            None => Ok(()),
+        }
     }
 
     /// Pipeline variables for a start: defaults, then `overrides`.
@@ -322,6 +335,9 @@ impl<R: ActionRunner> Executor<R> {
         all: bool,
     ) -> anyhow::Result<Started> {
         self.state.reopen_execution(id)?;
+        // The failed actions run again from their first attempt: not the
+        // results their earlier attempts left in the queue.
+        self.state.forget_attempts(id)?;
         match self.reopen_with(plan, id, Some((stage, all)))? {
             Reopened::Resume(started) => Ok(started),
             Reopened::Failed(reason) => anyhow::bail!(reason),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::runner::{ActionRunner, AttemptFailure, AttemptRequest, Attempted};
+use super::workers::{Placement, Sharing};
 use super::{Event, EventSink, ExecutionContext, lock, resolve_config};
 use crate::cache::CacheStore;
 use sluice_core::pipeline::limits::Limits;
@@ -37,6 +38,8 @@ pub struct SandboxRunner {
     pub(super) events: EventSink,
     /// Woken when a decision on an approval is recorded in this process.
     pub(super) approvals: tokio::sync::Notify,
+    /// Where attempts run, and the bucket artifacts are shared through.
+    pub(super) sharing: Sharing,
 }
 
 /// What one sandboxed call of an action is given.
@@ -58,17 +61,10 @@ impl ActionRunner for SandboxRunner {
     /// [`LOG_FLUSH`] and shown live, the granted caches locked around the call.
     #[tracing::instrument(name = "attempt", skip_all, fields(attempt = request.attempt))]
     async fn attempt(&self, request: AttemptRequest<'_>) -> Result<Attempted, AttemptFailure> {
-        let installed = request.plugin;
-        let plugin = self.load(installed).await.map_err(|e| {
-            AttemptFailure::NotLoaded(format!("loading plugin {}: {e:#}", installed.id()))
-        })?;
-        self.attempt_in_sandbox(&request, &plugin)
-            .await
-            .map_err(|(error, kept_outputs)| AttemptFailure::Failed {
-                retryable: matches!(&error, AttemptError::Action(e) if e.retryable()),
-                error: error.to_string(),
-                kept_outputs,
-            })
+        match self.sharing.placement {
+            Placement::Here => self.attempt_here(request).await,
+            Placement::Workers => super::workers::dispatch(self, request).await,
+        }
     }
 
     /// Waits on the state store's approval record, created once (with its
@@ -216,6 +212,26 @@ impl ActionRunner for SandboxRunner {
 }
 
 impl SandboxRunner {
+    /// One attempt in a sandbox of this process: inputs fetched from the
+    /// shared bucket if missing here, outputs ingested (and shared).
+    pub(super) async fn attempt_here(
+        &self,
+        request: AttemptRequest<'_>,
+    ) -> Result<Attempted, AttemptFailure> {
+        let installed = request.plugin;
+
+        let plugin = self.load(installed).await.map_err(|e| {
+            AttemptFailure::NotLoaded(format!("loading plugin {}: {e:#}", installed.id()))
+        })?;
+        self.attempt_in_sandbox(&request, &plugin)
+            .await
+            .map_err(|(error, kept_outputs)| AttemptFailure::Failed {
+                retryable: matches!(&error, AttemptError::Action(e) if e.retryable()),
+                error: error.to_string(),
+                kept_outputs,
+            })
+    }
+
     /// The loaded plugin: from the runtime's cache, else loaded (deserialized,
     /// or compiled) off the async workers.
     async fn load(&self, installed: &InstalledPlugin) -> anyhow::Result<LoadedPlugin> {
@@ -235,6 +251,10 @@ impl SandboxRunner {
         plugin: &LoadedPlugin,
     ) -> Result<Attempted, (AttemptError, Option<Vec<OutputRecord>>)> {
         let (action, attempt) = (request.action, request.attempt);
+        self.fetch_inputs(&request.inputs).await.map_err(|e| {
+            let error = AttemptError::Host(format!("fetching input artifacts: {e:#}"));
+            (error, None)
+        })?;
         let work = self
             .work_root
             .join(request.execution)
@@ -384,7 +404,7 @@ impl SandboxRunner {
     }
 
     /// Stores each progress report (shown by the pipeline state API) and shows it.
-    fn progress_hook(&self, execution: &str, action: &ActionPlan) -> ProgressHook {
+    pub(super) fn progress_hook(&self, execution: &str, action: &ActionPlan) -> ProgressHook {
         let events = self.events.clone();
         let name = action.name.clone();
         let (state, id) = (self.state.clone(), execution.to_string());
@@ -437,7 +457,33 @@ impl SandboxRunner {
             return Ok(Vec::new());
         }
         let (artifacts, limits) = (self.artifacts.clone(), action.limits);
-        off_workers(move || ingest_outputs(&artifacts, &limits, &outputs)).await
+        let records = off_workers(move || ingest_outputs(&artifacts, &limits, &outputs)).await?;
+        if let Some(remote) = &self.sharing.remote {
+            for record in &records {
+                remote
+                    .upload(&self.artifacts, &record.digest)
+                    .await
+                    .map_err(|e| {
+                        AttemptError::Host(format!("sharing output `{}`: {e:#}", record.name))
+                    })?;
+            }
+        }
+        Ok(records)
+    }
+
+    /// Inputs another machine produced are downloaded (and their digests
+    /// checked) before the sandbox opens them.
+    async fn fetch_inputs(&self, inputs: &[(String, String)]) -> anyhow::Result<()> {
+        let Some(remote) = &self.sharing.remote else {
+            return Ok(());
+        };
+        for (name, digest) in inputs {
+            remote
+                .download(&self.artifacts, digest)
+                .await
+                .with_context(|| format!("input `{name}`"))?;
+        }
+        Ok(())
     }
 
     /// What the sandbox of one call may reach: the action's grants, its inputs

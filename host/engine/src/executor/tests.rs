@@ -260,6 +260,7 @@ fn plan(mode: ExecutionMode, stages: &[(&str, &[(&str, u32)])]) -> Plan {
         triggers: Default::default(),
         notifications: None,
         variables: BTreeMap::new(),
+        source: "".into(),
         caches: BTreeMap::new(),
         stages: stages
             .iter()

@@ -316,3 +316,93 @@ pub fn pipeline_versions_count_up_and_stay(store: &dyn Store) {
     assert!(store.pipeline("p", None).unwrap().is_none());
     assert!(!store.delete_pipeline("p").unwrap());
 }
+
+/// A claim is fenced: once it runs out and another worker claims the attempt,
+/// the first can neither renew nor complete it, and only the second's result
+/// is recorded. Queuing the key again leaves the done attempt as it is.
+pub fn an_attempt_is_fenced_after_its_claim_runs_out(store: &dyn Store) {
+    store.queue_attempt("e/a/1/", "e", "payload").unwrap();
+    let first = store.claim_attempt("w1", 0, 100).unwrap().expect("queued");
+    assert_eq!(
+        (first.key.as_str(), first.payload.as_str()),
+        ("e/a/1/", "payload")
+    );
+    assert!(
+        store.claim_attempt("w2", 50, 150).unwrap().is_none(),
+        "claimed twice"
+    );
+    assert!(store.renew_attempt("e/a/1/", first.fence, 200).unwrap());
+    let second = store
+        .claim_attempt("w2", 201, 300)
+        .unwrap()
+        .expect("ran out");
+    assert!(second.fence > first.fence);
+    assert!(!store.renew_attempt("e/a/1/", first.fence, 400).unwrap());
+    assert!(
+        !store
+            .complete_attempt("e/a/1/", first.fence, "late")
+            .unwrap()
+    );
+    assert!(
+        store
+            .complete_attempt("e/a/1/", second.fence, "ok")
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_attempt("e/a/1/", second.fence, "again")
+            .unwrap()
+    );
+    store.queue_attempt("e/a/1/", "e", "payload").unwrap();
+    let queued = store.queued_attempt("e/a/1/").unwrap().unwrap();
+    assert_eq!(queued.state, AttemptState::Done);
+    assert_eq!(queued.worker.as_deref(), Some("w2"));
+    assert_eq!(queued.result.as_deref(), Some("ok"));
+    assert!(store.claim_attempt("w3", 10_000, 10_100).unwrap().is_none());
+}
+
+/// A cancelled attempt is not claimed, its worker loses its claim, and it
+/// can be queued again; a stage retry forgets finished attempts.
+pub fn a_cancelled_attempt_is_withdrawn_and_can_be_queued_again(store: &dyn Store) {
+    store.queue_attempt("e/a/1/", "e", "p").unwrap();
+    let claim = store.claim_attempt("w1", 0, 100).unwrap().unwrap();
+    store.cancel_attempt("e/a/1/").unwrap();
+    assert!(!store.renew_attempt("e/a/1/", claim.fence, 200).unwrap());
+    assert!(!store.complete_attempt("e/a/1/", claim.fence, "r").unwrap());
+    assert!(store.claim_attempt("w2", 1_000, 1_100).unwrap().is_none());
+    store.queue_attempt("e/a/1/", "e", "p2").unwrap();
+    let again = store.claim_attempt("w2", 0, 100).unwrap().unwrap();
+    assert_eq!(again.payload, "p2");
+    assert!(store.complete_attempt("e/a/1/", again.fence, "r").unwrap());
+    store.forget_attempts("e").unwrap();
+    assert!(store.queued_attempt("e/a/1/").unwrap().is_none());
+}
+
+/// Workers claiming at once through two connections never get the same
+/// attempt, and every queued attempt is claimed.
+pub fn concurrent_claimers_never_share_an_attempt(first: &dyn Store, second: &dyn Store) {
+    const ATTEMPTS: usize = 60;
+    for i in 0..ATTEMPTS {
+        first
+            .queue_attempt(&format!("e/a{i}/1/"), "e", "p")
+            .unwrap();
+    }
+    let claimed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for (n, store) in [first, second, first, second].into_iter().enumerate() {
+            let claimed = &claimed;
+            scope.spawn(move || {
+                let worker = format!("w{n}");
+                while let Some(claim) = store.claim_attempt(&worker, 0, i64::MAX).unwrap() {
+                    claimed.lock().unwrap().push(claim.key);
+                }
+            });
+        }
+    });
+    let mut claimed = claimed.into_inner().unwrap();
+    claimed.sort();
+    let before = claimed.len();
+    claimed.dedup();
+    assert_eq!(before, claimed.len(), "an attempt was claimed twice");
+    assert_eq!(claimed.len(), ATTEMPTS);
+}

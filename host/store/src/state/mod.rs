@@ -22,8 +22,8 @@ pub use sqlite::SqliteStore;
 /// The entity traits, for calling store methods on a `dyn Store`.
 pub mod prelude {
     pub use super::{
-        AccessStore, ApprovalStore, EventStore, ExecutionStore, LeaseStore, PipelineStore,
-        RetentionStore, Store, TriggerStore,
+        AccessStore, ApprovalStore, AttemptQueue, EventStore, ExecutionStore, LeaseStore,
+        PipelineStore, RetentionStore, Store, TriggerStore,
     };
 }
 
@@ -37,6 +37,7 @@ pub trait Store:
     + AccessStore
     + TriggerStore
     + RetentionStore
+    + AttemptQueue
     + Send
     + Sync
 {
@@ -51,6 +52,7 @@ impl<T> Store for T where
         + AccessStore
         + TriggerStore
         + RetentionStore
+        + AttemptQueue
         + Send
         + Sync
 {
@@ -458,6 +460,112 @@ pub trait RetentionStore {
 
     /// Digests of every artifact an action run of a remaining execution records.
     fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>>;
+}
+
+/// Action attempts handed to worker processes (`sluice worker`) through the
+/// database: queued by the executor, claimed by one worker at a time under a
+/// lease it renews, and completed under the fencing token of its claim.
+///
+/// A claim increments the attempt's `fence`; renewals and the completion
+/// name the fence they hold, so a worker whose lease ran out (killed, paused,
+/// cut off) and was claimed again by another can neither renew nor complete:
+/// its late result is refused. Never two live runs of one attempt.
+pub trait AttemptQueue {
+    /// Queue an attempt under `key` (execution, action, attempt and round);
+    /// a key queued before is left as it is, so an executor resumed after a
+    /// crash waits on the same attempt instead of running it again.
+    fn queue_attempt(&self, key: &str, execution: &str, payload: &str) -> anyhow::Result<()>;
+
+    /// Claim the oldest attempt that is queued or whose claim ran out before
+    /// `now_ms`, for `worker` until `until_ms`. Concurrent claimers never get
+    /// the same one (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
+    fn claim_attempt(
+        &self,
+        worker: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> anyhow::Result<Option<ClaimedAttempt>>;
+
+    /// Extend a claim to `until_ms`; false when `fence` no longer holds it
+    /// (claimed again, completed or cancelled): the worker must stop.
+    fn renew_attempt(&self, key: &str, fence: i64, until_ms: i64) -> anyhow::Result<bool>;
+
+    /// Record the result of a claimed attempt; false (nothing recorded) when
+    /// `fence` no longer holds it.
+    fn complete_attempt(&self, key: &str, fence: i64, result: &str) -> anyhow::Result<bool>;
+
+    /// The attempt queued under `key`, if any.
+    fn queued_attempt(&self, key: &str) -> anyhow::Result<Option<QueuedAttempt>>;
+
+    /// Withdraw an attempt that is not done (its execution was stopped): no
+    /// worker claims it, and the one running it loses its claim.
+    fn cancel_attempt(&self, key: &str) -> anyhow::Result<()>;
+
+    /// Forget the finished attempts of `execution` (a stage retry runs its
+    /// failed actions again from their first attempt).
+    fn forget_attempts(&self, execution: &str) -> anyhow::Result<()>;
+}
+
+/// Where a queued attempt is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptState {
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed by a worker.
+    Running,
+    /// Its result is recorded.
+    Done,
+    /// Withdrawn before it was done.
+    Cancelled,
+}
+
+impl AttemptState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state stored as `name`.
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        Ok(match name {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "done" => Self::Done,
+            "cancelled" => Self::Cancelled,
+            other => anyhow::bail!("unknown attempt state `{other}` in the database"),
+        })
+    }
+}
+
+/// An attempt as the queue holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedAttempt {
+    /// Where it is.
+    pub state: AttemptState,
+    /// The worker that claimed it last.
+    pub worker: Option<String>,
+    /// How many times it was claimed (the fence of the last claim).
+    pub fence: i64,
+    /// The result, once done.
+    pub result: Option<String>,
+}
+
+/// An attempt a worker claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedAttempt {
+    /// Its key.
+    pub key: String,
+    /// The execution it belongs to.
+    pub execution: String,
+    /// What to run, as the executor queued it.
+    pub payload: String,
+    /// The fencing token of this claim.
+    pub fence: i64,
 }
 
 /// One captured, masked log line of an action, as stored.

@@ -168,6 +168,22 @@ CREATE TABLE cron_fires (
 ALTER TABLE executions ADD COLUMN owner TEXT;
 ALTER TABLE executions ADD COLUMN lease_until_ms BIGINT;
 "#,
+    r#"
+CREATE TABLE attempts (
+    key TEXT PRIMARY KEY,
+    ord BIGINT GENERATED ALWAYS AS IDENTITY,
+    execution_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    worker TEXT,
+    fence BIGINT NOT NULL DEFAULT 0,
+    lease_until_ms BIGINT,
+    result TEXT,
+    queued_ms BIGINT NOT NULL
+);
+CREATE INDEX attempts_by_state ON attempts (state, lease_until_ms);
+CREATE INDEX attempts_by_execution ON attempts (execution_id);
+"#,
 ];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
@@ -443,6 +459,91 @@ fn event_from_row(row: &Row) -> anyhow::Result<EventRecord> {
         state: row.try_get(6)?,
         detail: row.try_get(7)?,
     })
+}
+
+impl AttemptQueue for PostgresStore {
+    fn queue_attempt(&self, key: &str, execution: &str, payload: &str) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO attempts (key, execution_id, payload, state, queued_ms) VALUES ($1, $2, $3, 'queued', $4)
+             ON CONFLICT (key) DO UPDATE SET state = 'queued', payload = excluded.payload, worker = NULL, result = NULL, lease_until_ms = NULL
+             WHERE attempts.state = 'cancelled'",
+            &[&key, &execution, &payload, &sluice_core::units::now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn claim_attempt(
+        &self,
+        worker: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> anyhow::Result<Option<ClaimedAttempt>> {
+        // SKIP LOCKED: workers claiming at once each take a different row
+        // instead of queueing behind one another's lock.
+        let rows = self.query(
+            "UPDATE attempts SET state = 'running', worker = $1, fence = fence + 1, lease_until_ms = $3
+             WHERE key = (SELECT key FROM attempts
+                          WHERE state = 'queued' OR (state = 'running' AND lease_until_ms < $2)
+                          ORDER BY ord LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING key, execution_id, payload, fence",
+            &[&worker, &now_ms, &until_ms],
+        )?;
+        Ok(rows.first().map(|row| ClaimedAttempt {
+            key: row.get(0),
+            execution: row.get(1),
+            payload: row.get(2),
+            fence: row.get(3),
+        }))
+    }
+
+    fn renew_attempt(&self, key: &str, fence: i64, until_ms: i64) -> anyhow::Result<bool> {
+        let changed = self.execute(
+            "UPDATE attempts SET lease_until_ms = $3 WHERE key = $1 AND fence = $2 AND state = 'running'",
+            &[&key, &fence, &until_ms],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn complete_attempt(&self, key: &str, fence: i64, result: &str) -> anyhow::Result<bool> {
+        let changed = self.execute(
+            "UPDATE attempts SET state = 'done', result = $3, lease_until_ms = NULL WHERE key = $1 AND fence = $2 AND state = 'running'",
+            &[&key, &fence, &result],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn queued_attempt(&self, key: &str) -> anyhow::Result<Option<QueuedAttempt>> {
+        let rows = self.query(
+            "SELECT state, worker, fence, result FROM attempts WHERE key = $1",
+            &[&key],
+        )?;
+        rows.first()
+            .map(|row| {
+                Ok(QueuedAttempt {
+                    state: AttemptState::parse(row.get(0))?,
+                    worker: row.get(1),
+                    fence: row.get(2),
+                    result: row.get(3),
+                })
+            })
+            .transpose()
+    }
+
+    fn cancel_attempt(&self, key: &str) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = $1 AND state IN ('queued', 'running')",
+            &[&key],
+        )?;
+        Ok(())
+    }
+
+    fn forget_attempts(&self, execution: &str) -> anyhow::Result<()> {
+        self.execute(
+            "DELETE FROM attempts WHERE execution_id = $1 AND state IN ('done', 'cancelled')",
+            &[&execution],
+        )?;
+        Ok(())
+    }
 }
 
 /// Refuse a write to `execution` when another process holds it now (see
@@ -1312,6 +1413,7 @@ impl RetentionStore for PostgresStore {
                 let sql = format!("DELETE FROM {table} WHERE execution_id IN ({GC_DOOMED})");
                 Ok(transaction.execute(&sql, &[&cutoff_ms])?)
             };
+            children("attempts")?;
             let mut counts = GcCounts {
                 log_lines: children("action_logs")?,
                 action_runs: children("action_runs")?,
@@ -1433,6 +1535,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn concurrent_claimers_never_share_an_attempt() {
+        let scratch = Scratch::new();
+        let url = format!(
+            "{}?options=-csearch_path%3D{}",
+            test_database(),
+            scratch.schema
+        );
+        let key = tempfile::tempdir().unwrap();
+        let second = PostgresStore::connect(&url, &key.path().join("k")).unwrap();
+        super::super::conformance::concurrent_claimers_never_share_an_attempt(
+            &scratch.store,
+            &second,
+        );
+    }
+
     conformance!(
         paging_past_the_end_lists_nothing,
         an_end_is_stored_with_its_event,
@@ -1444,6 +1562,8 @@ mod tests {
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
         an_id_prefix_matches_literally,
+        an_attempt_is_fenced_after_its_claim_runs_out,
+        a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
     );
 
     #[test]

@@ -176,7 +176,20 @@ const MIGRATIONS: &[Migration] = &[
         describe: "execution leases",
         apply: execution_leases,
     },
+    Migration {
+        describe: "attempts queued for workers",
+        apply: attempt_queue,
+    },
 ];
+
+/// Migration 4: action attempts queued for worker processes.
+fn attempt_queue(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "CREATE TABLE attempts (key TEXT PRIMARY KEY, execution_id TEXT NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL, worker TEXT, fence INTEGER NOT NULL DEFAULT 0, lease_until_ms INTEGER, result TEXT, queued_ms INTEGER NOT NULL);
+         CREATE INDEX attempts_by_state ON attempts (state, lease_until_ms);
+         CREATE INDEX attempts_by_execution ON attempts (execution_id)",
+    )
+}
 
 /// Migration 3: the process holding each execution, and until when.
 fn execution_leases(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -1216,6 +1229,7 @@ impl RetentionStore for SqliteStore {
             let sql = format!("DELETE FROM {table} WHERE execution_id IN ({GC_DOOMED})");
             Ok(tx.execute(&sql, params![cutoff_ms])? as u64)
         };
+        children("attempts")?;
         let mut counts = GcCounts {
             log_lines: children("action_logs")?,
             action_runs: children("action_runs")?,
@@ -1334,6 +1348,111 @@ fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
         stream: row.get(4)?,
         line: row.get(5)?,
     })
+}
+
+impl AttemptQueue for SqliteStore {
+    fn queue_attempt(&self, key: &str, execution: &str, payload: &str) -> anyhow::Result<()> {
+        self.db().execute(
+            "INSERT INTO attempts (key, execution_id, payload, state, queued_ms) VALUES (?1, ?2, ?3, 'queued', ?4)
+             ON CONFLICT (key) DO UPDATE SET state = 'queued', payload = excluded.payload, worker = NULL, result = NULL, lease_until_ms = NULL
+             WHERE attempts.state = 'cancelled'",
+            params![key, execution, payload, sluice_core::units::now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn claim_attempt(
+        &self,
+        worker: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> anyhow::Result<Option<ClaimedAttempt>> {
+        let mut db = self.db();
+        let tx = write_transaction(&mut db)?;
+        let found = tx
+            .query_row(
+                "SELECT key, execution_id, payload, fence FROM attempts
+                 WHERE state = 'queued' OR (state = 'running' AND lease_until_ms < ?1)
+                 ORDER BY rowid LIMIT 1",
+                params![now_ms],
+                |row| {
+                    Ok(ClaimedAttempt {
+                        key: row.get(0)?,
+                        execution: row.get(1)?,
+                        payload: row.get(2)?,
+                        fence: row.get::<_, i64>(3)? + 1,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(claimed) = &found {
+            tx.execute(
+                "UPDATE attempts SET state = 'running', worker = ?2, fence = ?3, lease_until_ms = ?4 WHERE key = ?1",
+                params![claimed.key, worker, claimed.fence, until_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(found)
+    }
+
+    fn renew_attempt(&self, key: &str, fence: i64, until_ms: i64) -> anyhow::Result<bool> {
+        let changed = self.db().execute(
+            "UPDATE attempts SET lease_until_ms = ?3 WHERE key = ?1 AND fence = ?2 AND state = 'running'",
+            params![key, fence, until_ms],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn complete_attempt(&self, key: &str, fence: i64, result: &str) -> anyhow::Result<bool> {
+        let changed = self.db().execute(
+            "UPDATE attempts SET state = 'done', result = ?3, lease_until_ms = NULL WHERE key = ?1 AND fence = ?2 AND state = 'running'",
+            params![key, fence, result],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn queued_attempt(&self, key: &str) -> anyhow::Result<Option<QueuedAttempt>> {
+        let row = self
+            .db()
+            .query_row(
+                "SELECT state, worker, fence, result FROM attempts WHERE key = ?1",
+                params![key],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(state, worker, fence, result)| {
+            Ok(QueuedAttempt {
+                state: AttemptState::parse(&state)?,
+                worker,
+                fence,
+                result,
+            })
+        })
+        .transpose()
+    }
+
+    fn cancel_attempt(&self, key: &str) -> anyhow::Result<()> {
+        self.db().execute(
+            "UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = ?1 AND state IN ('queued', 'running')",
+            params![key],
+        )?;
+        Ok(())
+    }
+
+    fn forget_attempts(&self, execution: &str) -> anyhow::Result<()> {
+        self.db().execute(
+            "DELETE FROM attempts WHERE execution_id = ?1 AND state IN ('done', 'cancelled')",
+            params![execution],
+        )?;
+        Ok(())
+    }
 }
 
 /// Refuse a write to `execution` when another process holds it now: this one
@@ -1483,6 +1602,17 @@ mod tests {
         super::super::conformance::admission_is_held_by_one_process_at_a_time(&first, &second);
     }
 
+    #[test]
+    fn concurrent_claimers_never_share_an_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (first, second) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        super::super::conformance::concurrent_claimers_never_share_an_attempt(&first, &second);
+    }
+
     conformance!(
         paging_past_the_end_lists_nothing,
         an_end_is_stored_with_its_event,
@@ -1494,5 +1624,7 @@ mod tests {
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
         an_id_prefix_matches_literally,
+        an_attempt_is_fenced_after_its_claim_runs_out,
+        a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
     );
 }

@@ -1,0 +1,364 @@
+//! Scale-out: one `sluice serve --actions workers` and two `sluice worker`
+//! processes, each with its own data directory and an empty plugin registry
+//! (as on other machines), on one PostgreSQL schema and one S3 bucket (moto's
+//! server). Outputs go through the bucket from the worker that made them to
+//! the worker that reads them; a worker killed with `kill -9` mid-action has
+//! its attempt finished once by the other; a server killed mid-flight and
+//! restarted waits on the attempts already queued instead of running them
+//! again; live event streams miss nothing.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{PostgresSchema, S3Bucket, Workspace, eventually, packaged_plugins, text};
+use crate::server::{Server, token, wait_for_end};
+
+/// Build writes a file naming the execution (after an optional pause); Check,
+/// in the next stage and so on whichever worker claims it, reads it from its
+/// input artifact.
+const HANDOFF: &str = r#"
+[pipeline]
+name = "handoff"
+execution-mode = "parallel"
+max-executions = 100
+[variables]
+pause = { default = "0" }
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+outputs = ["bin"]
+config = { script = "mkdir -p out; echo built #{execution.id} > out/app.txt; sleep #{variables.pause}", outputs = "bin=out/**" }
+grants = { commands = ["sh", "mkdir", "echo", "sleep"] }
+[[stages]]
+name = "Check"
+[[stages.actions]]
+name = "check"
+plugin = "command@0.1"
+inputs = ["bin"]
+config = { run = "cat out/app.txt" }
+grants = { commands = ["cat"] }
+"#;
+
+/// A running `sluice worker`, killed when dropped.
+struct WorkerProcess {
+    child: Child,
+    id: String,
+    /// The worker's data directory and registry (its log is `worker.log`).
+    home: Workspace,
+}
+
+impl WorkerProcess {
+    /// A worker with a data directory and an empty registry of its own.
+    fn start(envs: &[(String, String)]) -> Self {
+        let mut home = Workspace::with_private_registry();
+        for (key, value) in envs {
+            home.env(key, value);
+        }
+        let mut child = home
+            .command(&["worker", "--lease", "2s"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(home.path("worker.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let id = line
+            .trim()
+            .strip_prefix("worker ")
+            .and_then(|rest| rest.strip_suffix(" ready"))
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Self { child, id, home }
+    }
+
+    /// Send a signal (`STOP`, `CONT`, …) to the worker process.
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {name}");
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A live stream of the pipeline's events, read on its own thread until
+/// the server goes away: the sequence numbers it carried.
+fn subscribe(server: &Server, admin: &str) -> std::thread::JoinHandle<Vec<i64>> {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?pipeline=handoff HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::spawn(move || {
+        BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| {
+                let event: Value = serde_json::from_str(line.strip_prefix("data:")?.trim()).ok()?;
+                event["seq"].as_i64()
+            })
+            .collect()
+    })
+}
+
+/// Every stored event of the pipeline: (seq, execution, kind, name, state).
+fn stored_events(server: &Server, admin: &str) -> Vec<(i64, String, String)> {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?after=0&pipeline=handoff HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\r\n"
+    )
+    .unwrap();
+    BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let event: Value = serde_json::from_str(line.strip_prefix("data:")?.trim()).ok()?;
+            let field = |name: &str| event[name].as_str().unwrap_or_default().to_string();
+            let what = format!("{} {} {}", field("kind"), field("name"), field("state"));
+            Some((event["seq"].as_i64()?, field("execution"), what))
+        })
+        .collect()
+}
+
+fn start(server: &Server, admin: &str, pause: u32) -> String {
+    let (status, body) = server.call(
+        "POST",
+        "/api/v1/pipelines/handoff/executions",
+        Some(admin),
+        Some(&format!(r#"{{"variables": {{"pause": "{pause}"}}}}"#)),
+    );
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// The execution succeeded, and Check read what Build wrote for it.
+fn assert_handed_off(server: &Server, admin: &str, id: &str) {
+    let done = wait_for_end(server, admin, id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let (status, logs) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{id}/logs?action=check"),
+        Some(admin),
+        None,
+    );
+    assert_eq!(status, 200, "{logs}");
+    assert!(
+        logs.to_string().contains(&format!("built {id}")),
+        "check did not read build's output: {logs}"
+    );
+}
+
+/// (worker, fence, state) of each queued attempt of `execution`'s `action`.
+fn attempts(schema: &PostgresSchema, execution: &str, action: &str) -> Vec<(String, i64, String)> {
+    schema
+        .rows(
+            "SELECT COALESCE(worker, ''), fence, state FROM attempts WHERE execution_id = $1 AND key LIKE $2",
+            &[&execution, &format!("{execution}/{action}/%")],
+        )
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+#[test]
+fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kills() {
+    let schema = PostgresSchema::new();
+    let bucket = S3Bucket::start();
+    let mut envs = bucket.env();
+    envs.push(("SLUICE_DATABASE".into(), schema.url.clone()));
+    let mut workspace = Workspace::with_private_registry();
+    for (key, value) in &envs {
+        workspace.env(key, value);
+    }
+    // Installed on the server's machine and shared through the bucket: the
+    // workers' registries are empty, they pull it by digest.
+    let command = packaged_plugins().join("command");
+    let output = workspace.sluice(&["plugin", "install", "--yes", command.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("shared through s3://"),
+        "{}",
+        text(&output)
+    );
+    let admin = token(&workspace, &["--role", "admin"]);
+    let mut server = Server::start_with(&workspace, &["--actions", "workers", "--lease", "3s"]);
+    let mut workers = [WorkerProcess::start(&envs), WorkerProcess::start(&envs)];
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/handoff",
+        Some(&admin),
+        Some(HANDOFF),
+    );
+    assert_eq!(status, 201, "{body}");
+    let streams = [subscribe(&server, &admin), subscribe(&server, &admin)];
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Many executions: every one hands its artifact over through the bucket.
+    let many: Vec<String> = (0..12).map(|_| start(&server, &admin, 0)).collect();
+    for id in &many {
+        assert_handed_off(&server, &admin, id);
+    }
+    let ran_on: BTreeSet<String> = many
+        .iter()
+        .flat_map(|id| {
+            attempts(&schema, id, "build")
+                .into_iter()
+                .chain(attempts(&schema, id, "check"))
+        })
+        .map(|(worker, fence, state)| {
+            assert_eq!((fence, state.as_str()), (1, "done"), "an attempt ran twice");
+            worker
+        })
+        .collect();
+    let ids: BTreeSet<String> = workers.iter().map(|w| w.id.clone()).collect();
+    assert!(ran_on.is_subset(&ids), "{ran_on:?} not in {ids:?}");
+
+    // kill -9 the worker running an action: the other finishes it, once.
+    let slow = start(&server, &admin, 4);
+    let mut holder = String::new();
+    assert!(
+        eventually(60, || {
+            holder = attempts(&schema, &slow, "build")
+                .into_iter()
+                .find(|(_, _, state)| state == "running")
+                .map(|(worker, _, _)| worker)
+                .unwrap_or_default();
+            !holder.is_empty()
+        }),
+        "no worker claimed the build"
+    );
+    let victim = workers.iter_mut().find(|w| w.id == holder).unwrap();
+    victim.kill9();
+    assert_handed_off(&server, &admin, &slow);
+    let build = attempts(&schema, &slow, "build");
+    assert_eq!(build.len(), 1, "{build:?}");
+    let (worker, fence, state) = &build[0];
+    assert_eq!((*fence, state.as_str()), (2, "done"), "{build:?}");
+    assert_ne!(worker, &holder, "the killed worker's result was recorded");
+    let (_, detail) = server.call(
+        "GET",
+        &format!("/api/v1/executions/{slow}"),
+        Some(&admin),
+        None,
+    );
+    let recorded = &detail["actions"][0];
+    assert_eq!(
+        (recorded["action"].as_str(), recorded["attempts"].as_i64()),
+        (Some("build"), Some(1)),
+        "{detail:#}"
+    );
+    let survivor = workers.iter().position(|w| w.id != holder).unwrap();
+    workers[1 - survivor] = WorkerProcess::start(&envs);
+
+    // A worker paused past its lease (SIGSTOP) loses the attempt to the
+    // other; woken, it records nothing: the fence refuses it.
+    let paused = start(&server, &admin, 4);
+    let mut holder = String::new();
+    assert!(
+        eventually(60, || {
+            holder = attempts(&schema, &paused, "build")
+                .into_iter()
+                .find(|(_, _, state)| state == "running")
+                .map(|(worker, _, _)| worker)
+                .unwrap_or_default();
+            !holder.is_empty()
+        }),
+        "no worker claimed the build"
+    );
+    let sleeper = workers.iter().find(|w| w.id == holder).unwrap();
+    sleeper.signal("STOP");
+    assert_handed_off(&server, &admin, &paused);
+    sleeper.signal("CONT");
+    std::thread::sleep(Duration::from_secs(6));
+    let build = attempts(&schema, &paused, "build");
+    assert_eq!(build.len(), 1, "{build:?}");
+    assert_eq!((build[0].1, build[0].2.as_str()), (2, "done"), "{build:?}");
+    assert_ne!(
+        build[0].0, holder,
+        "the paused worker's result was recorded"
+    );
+    let log = std::fs::read_to_string(sleeper.home.path("worker.log")).unwrap();
+    assert!(
+        log.contains("lost the claim") || log.contains("came too late"),
+        "the woken worker did not notice it lost the attempt:\n{log}"
+    );
+
+    // kill -9 the server mid-flight; the restarted one waits on the queued
+    // attempts: each runs once, and every execution ends.
+    let inflight: Vec<String> = (0..4).map(|_| start(&server, &admin, 2)).collect();
+    assert!(
+        eventually(60, || inflight
+            .iter()
+            .all(|id| !attempts(&schema, id, "build").is_empty())),
+        "the builds were never queued"
+    );
+    server.kill9();
+    let seen: Vec<Vec<i64>> = streams.into_iter().map(|s| s.join().unwrap()).collect();
+    let server = Server::start_with(&workspace, &["--actions", "workers", "--lease", "3s"]);
+    for id in &inflight {
+        assert_handed_off(&server, &admin, id);
+        for action in ["build", "check"] {
+            let rows = attempts(&schema, id, action);
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(
+                (rows[0].1, rows[0].2.as_str()),
+                (1, "done"),
+                "{action} of {id} ran twice: {rows:?}"
+            );
+        }
+    }
+
+    // Each live stream carried every stored event of its lifetime, in order.
+    let stored = stored_events(&server, &admin);
+    for events in &seen {
+        assert!(!events.is_empty());
+        let (first, last) = (events[0], *events.last().unwrap());
+        let expected: Vec<i64> = stored
+            .iter()
+            .map(|(seq, _, _)| *seq)
+            .filter(|seq| (first..=last).contains(seq))
+            .collect();
+        assert_eq!(
+            events, &expected,
+            "a live stream skipped or reordered events"
+        );
+        for id in many.iter().chain([&slow]) {
+            let ended = stored
+                .iter()
+                .filter(|(seq, execution, what)| {
+                    execution == id
+                        && what.ends_with("SUCCEEDED")
+                        && what.starts_with("pipeline")
+                        && events.contains(seq)
+                })
+                .count();
+            assert_eq!(ended, 1, "the stream missed the end of {id}");
+        }
+    }
+}
