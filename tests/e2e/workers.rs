@@ -362,3 +362,80 @@ fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kil
         }
     }
 }
+
+/// Whether a process whose command line contains `pattern` runs.
+fn running_process(pattern: &str) -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn stopping_an_execution_withdraws_its_attempt_and_the_worker_kills_the_command() {
+    let schema = PostgresSchema::new();
+    let bucket = S3Bucket::start();
+    let mut envs = bucket.env();
+    envs.push(("SLUICE_DATABASE".into(), schema.url.clone()));
+    let mut workspace = Workspace::with_private_registry();
+    for (key, value) in &envs {
+        workspace.env(key, value);
+    }
+    let command = packaged_plugins().join("command");
+    let output = workspace.sluice(&["plugin", "install", "--yes", command.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start_with(&workspace, &["--actions", "workers"]);
+    let worker = WorkerProcess::start(&envs);
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/handoff",
+        Some(&admin),
+        Some(HANDOFF),
+    );
+    assert_eq!(status, 201, "{body}");
+    // A duration no other process uses, to find the command by.
+    let nap = format!(
+        "{}.{}",
+        40 + std::process::id() % 50,
+        std::process::id() % 997
+    );
+    let id = {
+        let (status, body) = server.call(
+            "POST",
+            "/api/v1/pipelines/handoff/executions",
+            Some(&admin),
+            Some(&format!(r#"{{"variables": {{"pause": "{nap}"}}}}"#)),
+        );
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    };
+    let pattern = format!("sleep {nap}");
+    assert!(
+        eventually(60, || running_process(&pattern)),
+        "the worker never ran the command"
+    );
+    let (status, body) = server.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/stop"),
+        Some(&admin),
+        Some(r#"{"mode": "abandon"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let stopped = wait_for_end(&server, &admin, &id);
+    assert_eq!(stopped["execution"]["status"], "Stopped", "{stopped:#}");
+    let rows = attempts(&schema, &id, "build");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].2, "cancelled", "{rows:?}");
+    assert!(
+        eventually(30, || !running_process(&pattern)),
+        "the worker left the command running after the execution stopped"
+    );
+    let log = std::fs::read_to_string(worker.home.path("worker.log")).unwrap();
+    assert!(log.contains("lost the claim"), "{log}");
+    // The worker is free again: the next execution runs to its end.
+    let next = start(&server, &admin, 0);
+    assert_handed_off(&server, &admin, &next);
+}

@@ -250,3 +250,118 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| anyhow::anyhow!("a blocking transfer task failed: {e}"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    /// A bucket in a directory, and two local stores (two machines).
+    fn machines() -> (
+        tempfile::TempDir,
+        RemoteArtifacts,
+        ArtifactStore,
+        ArtifactStore,
+    ) {
+        let temp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", temp.path().join("bucket").display());
+        let remote = RemoteArtifacts::open(&url).unwrap();
+        let first = ArtifactStore::open(&temp.path().join("first")).unwrap();
+        let second = ArtifactStore::open(&temp.path().join("second")).unwrap();
+        (temp, remote, first, second)
+    }
+
+    fn stored(store: &ArtifactStore, dir: &Path, files: &[(&str, &str)]) -> ArtifactInfo {
+        for (name, content) in files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        store.ingest(dir).unwrap()
+    }
+
+    #[test]
+    fn an_artifact_made_on_one_machine_arrives_identical_on_another() {
+        let (temp, remote, first, second) = machines();
+        let info = stored(&first, &temp.path().join("out"), &[("a/b.txt", "hello")]);
+        block_on(remote.upload(&first, &info.digest)).unwrap();
+        block_on(remote.download(&second, &info.digest)).unwrap();
+        let copy = second.path_of(&info.digest);
+        assert_eq!(
+            std::fs::read_to_string(copy.join("a/b.txt")).unwrap(),
+            "hello"
+        );
+        assert_eq!(crate::artifact::digest_tree(&copy).unwrap(), info);
+    }
+
+    #[test]
+    fn an_object_changed_in_the_bucket_is_refused_and_nothing_is_stored() {
+        let (temp, remote, first, second) = machines();
+        let info = stored(&first, &temp.path().join("out"), &[("app.txt", "genuine")]);
+        let other = stored(
+            &first,
+            &temp.path().join("evil"),
+            &[("app.txt", "tampered")],
+        );
+        for digest in [&info.digest, &other.digest] {
+            block_on(remote.upload(&first, digest)).unwrap();
+        }
+        // Someone with write access to the bucket swaps the object's bytes.
+        let objects = temp.path().join("bucket/artifacts");
+        std::fs::copy(
+            objects.join(format!("{}.tar", other.digest)),
+            objects.join(format!("{}.tar", info.digest)),
+        )
+        .unwrap();
+        let error = block_on(remote.download(&second, &info.digest)).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("does not match its digest"),
+            "{error:#}"
+        );
+        assert!(!second.contains(&info.digest));
+        assert!(!second.contains(&other.digest));
+    }
+
+    #[test]
+    fn an_object_that_climbs_out_of_its_tree_is_refused() {
+        let (temp, remote, _, second) = machines();
+        let digest = "0".repeat(64);
+        let objects = temp.path().join("bucket/artifacts");
+        std::fs::create_dir_all(&objects).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        // Written raw: the tar crate refuses to build `..` paths itself.
+        header.as_old_mut().name[..13].copy_from_slice(b"../escaped.sh");
+        header.set_cksum();
+        tar.append(&header, &b"boom"[..]).unwrap();
+        std::fs::write(
+            objects.join(format!("{digest}.tar")),
+            tar.into_inner().unwrap(),
+        )
+        .unwrap();
+        let error = block_on(remote.download(&second, &digest)).unwrap_err();
+        assert!(format!("{error:#}").contains(".."), "{error:#}");
+        assert!(!temp.path().join("escaped.sh").exists());
+        assert!(!temp.path().join("second/escaped.sh").exists());
+    }
+
+    #[test]
+    fn a_missing_object_names_the_bucket() {
+        let (_temp, remote, _, second) = machines();
+        let error = block_on(remote.download(&second, &"f".repeat(64))).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("is not in file://"),
+            "{error:#}"
+        );
+    }
+}
