@@ -308,6 +308,10 @@ struct BenchArgs {
     /// Only measure what the native-command sandbox adds per command.
     #[arg(long)]
     native_only: bool,
+    /// Also measure actions/s on this PostgreSQL database, in the process and
+    /// with 1, 2 and 4 `sluice worker` processes (a scratch schema each).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
 }
 
 fn parse_assignment(text: &str) -> Result<(String, String), String> {
@@ -799,8 +803,13 @@ fn worker(paths: &Paths, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         paths.database.is_some(),
         "a worker needs --database postgres://… shared with the servers that queue its work"
     );
-    let (instance, _instance_lock) = instance_id(&paths.data_dir)?;
+    let (instance, instance_lock) = instance_id(&paths.data_dir)?;
     let id = instance.replacen("serve-", "worker-", 1);
+    if instance_lock.is_some() {
+        // This data directory is ours alone: what attempts of a previous
+        // life left in `work/` (it was killed mid-attempt) goes.
+        sluice_store::artifact::remove_tree(&paths.data_dir.join("work"))?;
+    }
     let sharing = paths.sharing(Placement::Here)?;
     let (_state, executor) = executor(paths, args.secrets.as_deref(), Arc::new(|_| {}), sharing)?;
     let root = args
@@ -881,6 +890,9 @@ fn bench(paths: &Paths, args: BenchArgs) -> anyhow::Result<ExitCode> {
         max_artifact: args.max_artifact,
         sleepers: args.sleepers,
         native_only: args.native_only,
+        postgres: args.postgres,
+        // With --artifacts, the handoff between machines through that bucket.
+        remote: paths.artifacts.clone(),
     };
     println!("sluice bench on {}", crate::bench::machine());
     let result = tokio_runtime()?.block_on(crate::bench::run(&options));

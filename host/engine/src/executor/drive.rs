@@ -116,11 +116,12 @@ impl<R: ActionRunner> Executor<R> {
 
     fn start_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {
         let name = &context.plan.stages[stage].name;
-        self.state.start_stage(&context.id, name, stage, now_ms())?;
         let event = Event::StageStarted {
             stage: name.clone(),
         };
-        self.publish(context, event);
+        let record = self.change_record(context, &event);
+        let stored = (self.state).start_stage(&context.id, name, stage, now_ms(), record)?;
+        self.announce(stored, event);
         Ok(())
     }
 
@@ -148,7 +149,8 @@ impl<R: ActionRunner> Executor<R> {
 
     fn skip_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {
         let name = &context.plan.stages[stage].name;
-        self.state.start_stage(&context.id, name, stage, now_ms())?;
+        self.state
+            .start_stage(&context.id, name, stage, now_ms(), None)?;
         let event = Event::StageSkipped {
             stage: name.clone(),
         };
@@ -259,21 +261,6 @@ impl<R: ActionRunner> Executor<R> {
             .iter()
             .map(|(k, v)| (k.clone(), self.masker.mask(v)))
             .collect();
-        let record = self.state.start_action(
-            &context.id,
-            &action.stage,
-            &action.name,
-            action.run_order,
-            &action.provider(),
-            &masked_config,
-            now_ms(),
-        );
-        if let Err(e) = record {
-            return Err(format!(
-                "action `{}`: recording its start failed: {e:#}",
-                action.name
-            ));
-        }
         let plugin = match &action.kind {
             ActionKind::Plugin(installed) => installed.id(),
             ActionKind::Approval(policy) => format!("approval by {}", policy.approvers),
@@ -285,7 +272,26 @@ impl<R: ActionRunner> Executor<R> {
             attempt: 1,
             first: true,
         };
-        self.publish(context, event);
+        let record = self.change_record(context, &event);
+        let stored = self.state.start_action(
+            &context.id,
+            &action.stage,
+            &action.name,
+            action.run_order,
+            &action.provider(),
+            &masked_config,
+            now_ms(),
+            record,
+        );
+        match stored {
+            Ok(stored) => self.announce(stored, event),
+            Err(e) => {
+                return Err(format!(
+                    "action `{}`: recording its start failed: {e:#}",
+                    action.name
+                ));
+            }
+        }
         let result = match (resolved, &action.kind) {
             (Ok(config), ActionKind::Plugin(installed)) => {
                 self.attempts(context, action, installed, &config).await

@@ -193,6 +193,7 @@ impl Executor<SandboxRunner> {
         let data_dir = work_root.parent().unwrap_or(&work_root);
         let caches = CacheStore::under(data_dir);
         let masker = Arc::new(secrets.masker());
+        let workspaces = sandbox_runner::IdleWorkspaces::under(work_root.clone());
         let runner = SandboxRunner {
             runtime,
             artifacts,
@@ -204,6 +205,7 @@ impl Executor<SandboxRunner> {
             events: events.clone(),
             approvals: tokio::sync::Notify::new(),
             sharing,
+            workspaces,
         };
         Self::with_runner(runner, state, masker, caches, events)
     }

@@ -773,9 +773,9 @@ fn interrupted_execution(state: &dyn Store, plan: &Plan) -> String {
     state
         .start_execution(&id, &plan.name, &plan.file, &json, &json, 1)
         .unwrap();
-    state.start_stage(&id, "Build", 0, 1).unwrap();
+    state.start_stage(&id, "Build", 0, 1, None).unwrap();
     state
-        .start_action(&id, "Build", "build", 1, "fake@0.1.0", &[], 1)
+        .start_action(&id, "Build", "build", 1, "fake@0.1.0", &[], 1, None)
         .unwrap();
     let end = ActionEnd {
         status: Status::Succeeded,
@@ -789,9 +789,9 @@ fn interrupted_execution(state: &dyn Store, plan: &Plan) -> String {
     state
         .finish_stage(&id, "Build", Status::Succeeded, None, 2, None)
         .unwrap();
-    state.start_stage(&id, "Deploy", 1, 3).unwrap();
+    state.start_stage(&id, "Deploy", 1, 3, None).unwrap();
     state
-        .start_action(&id, "Deploy", "deploy", 1, "fake@0.1.0", &[], 3)
+        .start_action(&id, "Deploy", "deploy", 1, "fake@0.1.0", &[], 3, None)
         .unwrap();
     id
 }

@@ -442,12 +442,7 @@ impl Worker {
             attempt: job.attempt,
             continuation: job.continuation.clone(),
         };
-        let result = self.executor.runner.attempt_here(request).await;
-        // The attempt removed its own directory; the execution's is removed
-        // once no other attempt of it runs here.
-        let runs = self.executor.runner.work_root.join(&job.execution);
-        std::fs::remove_dir(runs).ok();
-        result.into()
+        self.executor.runner.attempt_here(request).await.into()
     }
 
     /// The job's plan, parsed here against this worker's registry once its

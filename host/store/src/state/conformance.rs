@@ -232,7 +232,7 @@ pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {
         lease_ms: 100,
     });
     start(store, "e", 1_000);
-    store.start_stage("e", "S", 0, 1_001).unwrap();
+    store.start_stage("e", "S", 0, 1_001, None).unwrap();
     assert!(store.claim_execution("e", "b", 2_000, 3_000).unwrap());
     let refused = [
         store
@@ -246,7 +246,7 @@ pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {
             )
             .map(|_| ()),
         store.append_event(event("e", "X", 2_002)).map(|_| ()),
-        store.start_stage("e", "T", 1, 2_003),
+        store.start_stage("e", "T", 1, 2_003, None).map(|_| ()),
         store
             .finish_execution("e", Status::Succeeded, None, 2_004, None)
             .map(|_| ()),

@@ -87,14 +87,15 @@ pub trait ExecutionStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>>;
 
-    /// Record a stage starting.
+    /// Record a stage starting, with its event in the same transaction.
     fn start_stage(
         &self,
         execution: &str,
         stage: &str,
         position: usize,
         now_ms: i64,
-    ) -> anyhow::Result<()>;
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>>;
 
     /// Record how a stage ended, with its event in the same transaction (see
     /// [`ExecutionStore::finish_execution`]).
@@ -108,7 +109,8 @@ pub trait ExecutionStore {
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>>;
 
-    /// Record an action starting, with its resolved configuration.
+    /// Record an action starting, with its resolved configuration, and its
+    /// event in the same transaction (one commit, not two, per start).
     #[allow(clippy::too_many_arguments)]
     fn start_action(
         &self,
@@ -119,7 +121,8 @@ pub trait ExecutionStore {
         plugin: &str,
         resolved_config: &[(String, String)],
         now_ms: i64,
-    ) -> anyhow::Result<()>;
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>>;
 
     /// Record how an action ended, with its event in the same transaction (see
     /// [`ExecutionStore::finish_execution`]).

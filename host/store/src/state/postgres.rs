@@ -191,7 +191,8 @@ const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
 
 /// The state store on a PostgreSQL database.
 pub struct PostgresStore {
-    client: Mutex<Client>,
+    /// `None` only while being dropped (see the `Drop` impl).
+    client: Mutex<Option<Client>>,
     /// To connect again when the server closed the session.
     url: String,
     /// Encrypts continuation tokens (they may carry secrets) while stored.
@@ -220,7 +221,7 @@ impl PostgresStore {
                 .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
         })?;
         Ok(Self {
-            client: Mutex::new(client),
+            client: Mutex::new(Some(client)),
             url,
             sealer: crate::secrets::TokenSealer::new(key.to_path_buf()),
             masker: std::sync::OnceLock::new(),
@@ -235,7 +236,7 @@ impl PostgresStore {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Client> {
+    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
         self.client.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -245,7 +246,9 @@ impl PostgresStore {
         work: impl FnOnce(&mut Client) -> anyhow::Result<T> + Send,
     ) -> anyhow::Result<T> {
         let mut client = self.lock();
-        let client = &mut *client;
+        let client = client
+            .as_mut()
+            .expect("the connection lives until the store drops");
         let url = &self.url;
         std::thread::scope(|scope| {
             scope
@@ -461,6 +464,15 @@ fn event_from_row(row: &Row) -> anyhow::Result<EventRecord> {
     })
 }
 
+/// The `postgres` client owns a runtime, which must not be dropped on a
+/// tokio worker (it panics there): close it on a thread of its own.
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        let client = self.lock().take();
+        std::thread::spawn(move || drop(client)).join().ok();
+    }
+}
+
 impl AttemptQueue for PostgresStore {
     fn queue_attempt(&self, key: &str, execution: &str, payload: &str) -> anyhow::Result<()> {
         self.execute(
@@ -639,14 +651,15 @@ impl ExecutionStore for PostgresStore {
         stage: &str,
         position: usize,
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write_held(
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
             execution,
             "INSERT INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (execution_id, stage) DO UPDATE SET position = excluded.position, status = excluded.status, started_ms = excluded.started_ms, ended_ms = NULL, error = NULL",
             &[&execution, &stage, &sql_count(position), &Status::InProgress.name(), &now_ms],
-        )?;
-        Ok(())
+            event,
+        )
     }
 
     fn finish_stage(
@@ -676,17 +689,18 @@ impl ExecutionStore for PostgresStore {
         plugin: &str,
         resolved_config: &[(String, String)],
         now_ms: i64,
-    ) -> anyhow::Result<()> {
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
         // Like SQLite's INSERT OR REPLACE: a rerun starts from a clean row.
-        self.write_held(
+        self.write_announced(
             execution,
             "INSERT INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (execution_id, action) DO UPDATE SET stage = excluded.stage, run_order = excluded.run_order, plugin = excluded.plugin, status = excluded.status,
                started_ms = excluded.started_ms, resolved_config = excluded.resolved_config, attempts = 0, ended_ms = NULL, summary = NULL, error = NULL,
                variables = '[]', outputs = '[]', percent = NULL, progress = NULL, continuation = NULL, continue_at_ms = NULL",
             &[&execution, &stage, &action, &i64::from(run_order), &plugin, &Status::InProgress.name(), &now_ms, &serde_json::to_string(resolved_config)?],
-        )?;
-        Ok(())
+            event,
+        )
     }
 
     fn finish_action(

@@ -452,13 +452,14 @@ impl ExecutionStore for SqliteStore {
         stage: &str,
         position: usize,
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write_held(
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
             execution,
             "INSERT OR REPLACE INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![execution, stage, position as i64, Status::InProgress.name(), now_ms],
-        )?;
-        Ok(())
+            event,
+        )
     }
 
     fn finish_stage(
@@ -488,13 +489,14 @@ impl ExecutionStore for SqliteStore {
         plugin: &str,
         resolved_config: &[(String, String)],
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write_held(
+        event: Option<EventRecord>,
+    ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced(
             execution,
             "INSERT OR REPLACE INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![execution, stage, action, run_order, plugin, Status::InProgress.name(), now_ms, serde_json::to_string(resolved_config)?],
-        )?;
-        Ok(())
+            event,
+        )
     }
 
     fn finish_action(

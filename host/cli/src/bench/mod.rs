@@ -6,6 +6,8 @@
 //! the fork+exec floor, throughput, plugin load, artifact handoff and ingest, and
 //! peak memory with many concurrent sleeping actions.
 
+mod scale_out;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,11 @@ pub struct BenchOptions {
     pub sleepers: usize,
     /// Measure only the native-command sandbox (no plugins needed).
     pub native_only: bool,
+    /// A PostgreSQL database for the scale-out figures (a schema is created
+    /// and dropped per figure); `None` skips them.
+    pub postgres: Option<String>,
+    /// A bucket for the handoff-between-machines figure; `None` skips it.
+    pub remote: Option<String>,
 }
 
 /// One measured figure.
@@ -82,6 +89,14 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Figure>> {
     bench.throughput(&noop, options.executions).await?;
     bench.plugin_loads()?;
     bench.handoff(&noop, options.max_artifact).await?;
+    if let Some(database) = &options.postgres {
+        bench
+            .scale_out(database, options.executions.min(100))
+            .await?;
+    }
+    if let Some(url) = &options.remote {
+        bench.remote_handoff(url).await?;
+    }
     bench
         .figures
         .extend(native_sandbox(&options.scratch, options.actions.min(500))?);
