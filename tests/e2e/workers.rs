@@ -46,6 +46,44 @@ config = { run = "cat out/app.txt" }
 grants = { commands = ["cat"] }
 "#;
 
+/// A PostgreSQL schema and an S3 bucket, with the server's workspace on
+/// them: `command` installed there and shared through the bucket (the
+/// workers' registries are empty: they pull it by digest).
+struct Cluster {
+    schema: PostgresSchema,
+    _bucket: S3Bucket,
+    /// What points a process at the schema and the bucket.
+    envs: Vec<(String, String)>,
+    workspace: Workspace,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let schema = PostgresSchema::new();
+        let bucket = S3Bucket::start();
+        let mut envs = bucket.env();
+        envs.push(("SLUICE_DATABASE".into(), schema.url.clone()));
+        let mut workspace = Workspace::with_private_registry();
+        for (key, value) in &envs {
+            workspace.env(key, value);
+        }
+        let command = packaged_plugins().join("command");
+        let output = workspace.sluice(&["plugin", "install", "--yes", command.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", text(&output));
+        assert!(
+            text(&output).contains("shared through s3://"),
+            "{}",
+            text(&output)
+        );
+        Self {
+            schema,
+            _bucket: bucket,
+            envs,
+            workspace,
+        }
+    }
+}
+
 /// A running `sluice worker`, killed when dropped.
 struct WorkerProcess {
     child: Child,
@@ -188,24 +226,12 @@ fn attempts(schema: &PostgresSchema, execution: &str, action: &str) -> Vec<(Stri
 
 #[test]
 fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kills() {
-    let schema = PostgresSchema::new();
-    let bucket = S3Bucket::start();
-    let mut envs = bucket.env();
-    envs.push(("SLUICE_DATABASE".into(), schema.url.clone()));
-    let mut workspace = Workspace::with_private_registry();
-    for (key, value) in &envs {
-        workspace.env(key, value);
-    }
-    // Installed on the server's machine and shared through the bucket: the
-    // workers' registries are empty, they pull it by digest.
-    let command = packaged_plugins().join("command");
-    let output = workspace.sluice(&["plugin", "install", "--yes", command.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", text(&output));
-    assert!(
-        text(&output).contains("shared through s3://"),
-        "{}",
-        text(&output)
-    );
+    let Cluster {
+        schema,
+        _bucket,
+        envs,
+        workspace,
+    } = Cluster::new();
     let admin = token(&workspace, &["--role", "admin"]);
     let mut server = Server::start_with(&workspace, &["--actions", "workers", "--lease", "3s"]);
     let mut workers = [WorkerProcess::start(&envs), WorkerProcess::start(&envs)];
@@ -375,17 +401,12 @@ fn running_process(pattern: &str) -> bool {
 
 #[test]
 fn stopping_an_execution_withdraws_its_attempt_and_the_worker_kills_the_command() {
-    let schema = PostgresSchema::new();
-    let bucket = S3Bucket::start();
-    let mut envs = bucket.env();
-    envs.push(("SLUICE_DATABASE".into(), schema.url.clone()));
-    let mut workspace = Workspace::with_private_registry();
-    for (key, value) in &envs {
-        workspace.env(key, value);
-    }
-    let command = packaged_plugins().join("command");
-    let output = workspace.sluice(&["plugin", "install", "--yes", command.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", text(&output));
+    let Cluster {
+        schema,
+        _bucket,
+        envs,
+        workspace,
+    } = Cluster::new();
     let admin = token(&workspace, &["--role", "admin"]);
     let server = Server::start_with(&workspace, &["--actions", "workers"]);
     let worker = WorkerProcess::start(&envs);

@@ -1504,6 +1504,24 @@ mod tests {
         }
     }
 
+    impl Scratch {
+        /// `--database` for this scratch schema.
+        fn url(&self) -> String {
+            format!(
+                "{}?options=-csearch_path%3D{}",
+                test_database(),
+                self.schema
+            )
+        }
+
+        /// Another process's store on the same schema (its own connection).
+        fn second_store(&self) -> (PostgresStore, tempfile::TempDir) {
+            let key = tempfile::tempdir().unwrap();
+            let store = PostgresStore::connect(&self.url(), &key.path().join("k")).unwrap();
+            (store, key)
+        }
+    }
+
     impl Drop for Scratch {
         fn drop(&mut self) {
             admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
@@ -1536,13 +1554,7 @@ mod tests {
     #[test]
     fn admission_is_held_by_one_process_at_a_time() {
         let scratch = Scratch::new();
-        let url = format!(
-            "{}?options=-csearch_path%3D{}",
-            test_database(),
-            scratch.schema
-        );
-        let key = tempfile::tempdir().unwrap();
-        let second = PostgresStore::connect(&url, &key.path().join("k")).unwrap();
+        let (second, _key) = scratch.second_store();
         super::super::conformance::admission_is_held_by_one_process_at_a_time(
             &scratch.store,
             &second,
@@ -1552,13 +1564,7 @@ mod tests {
     #[test]
     fn concurrent_claimers_never_share_an_attempt() {
         let scratch = Scratch::new();
-        let url = format!(
-            "{}?options=-csearch_path%3D{}",
-            test_database(),
-            scratch.schema
-        );
-        let key = tempfile::tempdir().unwrap();
-        let second = PostgresStore::connect(&url, &key.path().join("k")).unwrap();
+        let (second, _key) = scratch.second_store();
         super::super::conformance::concurrent_claimers_never_share_an_attempt(
             &scratch.store,
             &second,
@@ -1583,13 +1589,7 @@ mod tests {
     #[test]
     fn a_second_connection_finds_the_schema_migrated_and_takes_nothing_twice() {
         let scratch = Scratch::new();
-        let url = format!(
-            "{}?options=-csearch_path%3D{}",
-            test_database(),
-            scratch.schema
-        );
-        let key = tempfile::tempdir().unwrap();
-        let again = PostgresStore::connect(&url, &key.path().join("k")).unwrap();
+        let (again, _key) = scratch.second_store();
         let versions = again
             .query("SELECT version FROM sluice_schema", &[])
             .unwrap();
@@ -1606,13 +1606,8 @@ mod tests {
                 &[&(MIGRATIONS.len() as i64 + 1)],
             )
             .unwrap();
-        let url = format!(
-            "{}?options=-csearch_path%3D{}",
-            test_database(),
-            scratch.schema
-        );
         let key = tempfile::tempdir().unwrap();
-        let error = match PostgresStore::connect(&url, &key.path().join("k")) {
+        let error = match PostgresStore::connect(&scratch.url(), &key.path().join("k")) {
             Ok(_) => panic!("a newer database must be refused"),
             Err(error) => format!("{error:#}"),
         };
