@@ -313,3 +313,92 @@ fn max_executions_holds_across_servers_starting_at_once() {
     assert_eq!((admitted, refused), (1, 15), "{answers:?}");
     assert_eq!(schema.count("executions"), 1);
 }
+
+/// Whether process `pid` descends from process `ancestor` (by /proc's ppid).
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    while pid > 1 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces, so split after ')'.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            return false;
+        };
+        if ppid == ancestor {
+            return true;
+        }
+        pid = ppid;
+    }
+    false
+}
+
+/// Processes whose command line contains `pattern` (the shell running a
+/// script that names it, as well as the command itself).
+fn processes_with(pattern: &str) -> Vec<u32> {
+    let output = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_server_that_wakes_without_its_lease_kills_the_command_it_had_started() {
+    let schema = PostgresSchema::new();
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_DATABASE", &schema.url);
+    let admin = token(&workspace, &["--role", "admin"]);
+    let first = Server::start_with(&workspace, &["--lease", "2s"]);
+    let second = Server::start_with(&workspace, &["--lease", "2s"]);
+    // A duration no other process uses, to find the command by.
+    let nap = format!("60.{}", std::process::id() % 9973);
+    let pipeline = SLOW.replace("sleep 4; echo done", &format!("sleep {nap}; echo done"));
+    let (status, body) = first.call(
+        "PUT",
+        "/api/v1/pipelines/slow",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = start(&first, &admin);
+    let pattern = format!("sleep {nap}");
+    let by = |server: &Server| {
+        processes_with(&pattern)
+            .into_iter()
+            .filter(|pid| descends_from(*pid, server.pid()))
+            .count()
+    };
+    assert!(
+        eventually(30, || by(&first) > 0),
+        "the first server never ran the command"
+    );
+    // Paused past its lease: the second server takes the execution over and
+    // runs the action again.
+    first.signal("STOP");
+    assert!(
+        eventually(30, || by(&second) > 0),
+        "the second server never took over"
+    );
+    first.signal("CONT");
+    assert!(
+        eventually(15, || by(&first) == 0),
+        "the woken server left its command running next to the new holder's"
+    );
+    assert!(by(&second) > 0, "the new holder's command must go on");
+    let (status, body) = second.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/stop"),
+        Some(&admin),
+        Some(r#"{"mode": "abandon"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let done = wait_for_end(&second, &admin, &id);
+    assert_eq!(done["execution"]["status"], "Stopped", "{done:#}");
+}

@@ -112,6 +112,14 @@ impl Engine for LocalEngine {
         self.0.notify(plan, event).boxed()
     }
 
+    fn running_ids(&self) -> Vec<String> {
+        self.0.running_ids()
+    }
+
+    fn let_go(&self, id: &str, reason: &str) -> bool {
+        self.0.let_go(id, reason)
+    }
+
     fn artifacts(&self) -> &ArtifactStore {
         self.0.artifacts()
     }

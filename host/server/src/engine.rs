@@ -95,6 +95,13 @@ pub trait Engine: Send + Sync + 'static {
         event: &'a EventRecord,
     ) -> BoxFuture<'a, anyhow::Result<()>>;
 
+    /// The ids of the executions running in this process.
+    fn running_ids(&self) -> Vec<String>;
+
+    /// Abandon the running actions of `id` here without recording anything:
+    /// another process holds it now. Whether it was running here.
+    fn let_go(&self, id: &str, reason: &str) -> bool;
+
     /// The artifact store outputs are kept in.
     fn artifacts(&self) -> &ArtifactStore;
 

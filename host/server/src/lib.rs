@@ -700,8 +700,26 @@ async fn run_leases(app: AppState) {
     loop {
         tokio::time::sleep(renewal_interval(&app.lease)).await;
         renew(app.state.as_ref(), &app.lease);
+        let_go_of_lost(&app);
         if let Err(e) = take_over(&app, false) {
             tracing::error!("taking over executions failed: {e:#}");
+        }
+    }
+}
+
+/// Stop running here what another server took over while this one could not
+/// renew (it was paused, or cut off from the database): its actions'
+/// commands would otherwise run on next to the new holder's.
+fn let_go_of_lost(app: &AppState) {
+    for id in app.executor.running_ids() {
+        match app.state.lease_holder(&id) {
+            Ok(Some(holder)) if holder != app.lease.id => {
+                tracing::warn!(execution = %id, holder, "lost the lease: abandoning it here");
+                app.executor
+                    .let_go(&id, &format!("the lease went to {holder}"));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("looking up the lease of {id} failed: {e:#}"),
         }
     }
 }

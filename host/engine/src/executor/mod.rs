@@ -525,6 +525,27 @@ impl<R: ActionRunner> Executor<R> {
         lock(&self.running).len()
     }
 
+    /// The ids of the executions this process runs.
+    pub fn running_ids(&self) -> Vec<String> {
+        lock(&self.running).keys().cloned().collect()
+    }
+
+    /// Another process holds `id` now (this one lost its lease while alive):
+    /// abandon its running actions here, which kills their native commands,
+    /// without recording anything (the store would refuse every write).
+    /// Whether it was running here.
+    pub fn let_go(&self, id: &str, reason: &str) -> bool {
+        let Some(context) = lock(&self.running).get(id).cloned() else {
+            return false;
+        };
+        let request = StopRequest {
+            mode: StopMode::Abandon,
+            reason: reason.to_string(),
+        };
+        context.stop.send_replace(Some(request));
+        true
+    }
+
     /// The stage gates (execution modes and disabled transitions).
     pub fn gates(&self) -> &StageGates {
         &self.gates

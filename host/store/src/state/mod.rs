@@ -238,6 +238,9 @@ pub trait LeaseStore {
     /// execution; returns how many.
     fn renew_leases(&self, owner: &str, until_ms: i64) -> anyhow::Result<u64>;
 
+    /// Who holds the lease of `execution` (`None`: no one, or no such execution).
+    fn lease_holder(&self, execution: &str) -> anyhow::Result<Option<String>>;
+
     /// Hold the right to admit executions of `pipeline` until the returned
     /// guard drops: between counting what runs and recording a new start, no
     /// other process sharing the store admits one (`max-executions` holds

@@ -1028,6 +1028,11 @@ impl LeaseStore for PostgresStore {
         )
     }
 
+    fn lease_holder(&self, execution: &str) -> anyhow::Result<Option<String>> {
+        let rows = self.query("SELECT owner FROM executions WHERE id = $1", &[&execution])?;
+        Ok(rows.first().and_then(|row| row.get(0)))
+    }
+
     fn hold_admission<'a>(&'a self, pipeline: &str) -> anyhow::Result<AdmissionHold<'a>> {
         // A session lock: held across the calls that count and start, which
         // all use this process's one session (the caller holds its own

@@ -821,6 +821,18 @@ impl LeaseStore for SqliteStore {
         Ok(changed as u64)
     }
 
+    fn lease_holder(&self, execution: &str) -> anyhow::Result<Option<String>> {
+        let holder: Option<Option<String>> = self
+            .db()
+            .query_row(
+                "SELECT owner FROM executions WHERE id = ?1",
+                params![execution],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(holder.flatten())
+    }
+
     fn hold_admission<'a>(&'a self, _pipeline: &str) -> anyhow::Result<AdmissionHold<'a>> {
         // One lock file for every pipeline: admissions are short, and other
         // processes on this database are on this machine.
