@@ -402,3 +402,55 @@ fn a_server_that_wakes_without_its_lease_kills_the_command_it_had_started() {
     let done = wait_for_end(&second, &admin, &id);
     assert_eq!(done["execution"]["status"], "Stopped", "{done:#}");
 }
+
+#[test]
+fn a_stop_asked_of_the_other_server_stops_the_execution_where_it_runs() {
+    let schema = PostgresSchema::new();
+    let mut workspace = Workspace::new();
+    workspace.env("SLUICE_DATABASE", &schema.url);
+    let admin = token(&workspace, &["--role", "admin"]);
+    let first = Server::start_with(&workspace, &["--lease", "3s"]);
+    let second = Server::start_with(&workspace, &["--lease", "3s"]);
+    let pipeline = SLOW.replace("sleep 4; echo done", "sleep 60; echo done");
+    let (status, body) = first.call(
+        "PUT",
+        "/api/v1/pipelines/slow",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = start(&first, &admin);
+    assert!(
+        eventually(30, || {
+            let (_, detail) = second.call(
+                "GET",
+                &format!("/api/v1/executions/{id}"),
+                Some(&admin),
+                None,
+            );
+            detail["actions"][0]["status"] == "InProgress"
+        }),
+        "the action never started"
+    );
+    let (status, body) = second.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/stop"),
+        Some(&admin),
+        Some(r#"{"mode": "abandon", "reason": "wrong branch"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let done = wait_for_end(&second, &admin, &id);
+    assert_eq!(done["execution"]["status"], "Stopped", "{done:#}");
+    assert_eq!(done["actions"][0]["status"], "Abandoned", "{done:#}");
+    assert!(
+        done.to_string().contains("wrong branch"),
+        "the reason was lost: {done:#}"
+    );
+    let (status, _) = second.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/stop"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 409, "a finished execution cannot be stopped");
+}

@@ -315,11 +315,23 @@ async fn stop_execution(
     let reason = request
         .reason
         .unwrap_or_else(|| format!("requested by {}", caller.id));
-    if !app
+    let stopped_here = app
         .executor
         .stop(&execution.id, request.mode, &reason)
-        .map_err(ApiError::internal)?
-    {
+        .map_err(ApiError::internal)?;
+    // Another server runs it: its lease loop applies the request (within a
+    // third of its lease).
+    let asked_holder = !stopped_here && {
+        let forwarded = StopRequest {
+            mode: request.mode,
+            reason: Some(reason),
+        };
+        let forwarded = serde_json::to_string(&forwarded).map_err(ApiError::internal)?;
+        (app.state)
+            .request_stop(&execution.id, &forwarded)
+            .map_err(ApiError::internal)?
+    };
+    if !stopped_here && !asked_holder {
         return Err(conflict(format!(
             "execution {id} is {}, not running",
             execution.status

@@ -701,6 +701,7 @@ async fn run_leases(app: AppState) {
         tokio::time::sleep(renewal_interval(&app.lease)).await;
         renew(app.state.as_ref(), &app.lease);
         let_go_of_lost(&app);
+        apply_stop_requests(&app);
         if let Err(e) = take_over(&app, false) {
             tracing::error!("taking over executions failed: {e:#}");
         }
@@ -720,6 +721,31 @@ fn let_go_of_lost(app: &AppState) {
             }
             Ok(_) => {}
             Err(e) => tracing::error!("looking up the lease of {id} failed: {e:#}"),
+        }
+    }
+}
+
+/// Stop the executions this server holds that someone asked to stop through
+/// another server (see `handlers::stop_execution`).
+fn apply_stop_requests(app: &AppState) {
+    let requests = match app.state.stop_requests(&app.lease.id) {
+        Ok(requests) => requests,
+        Err(e) => {
+            tracing::error!("reading stop requests failed: {e:#}");
+            return;
+        }
+    };
+    for (id, request) in requests {
+        let request: sluice_api::StopRequest = match serde_json::from_str(&request) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::error!(execution = %id, "an unreadable stop request: {e}");
+                continue;
+            }
+        };
+        let reason = request.reason.unwrap_or_default();
+        if let Err(e) = app.executor.stop(&id, request.mode, &reason) {
+            tracing::error!(execution = %id, "stopping as asked failed: {e:#}");
         }
     }
 }

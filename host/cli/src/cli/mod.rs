@@ -678,7 +678,12 @@ fn run(
     let runtime = tokio_runtime()?;
     runtime.spawn(sluice_server::renew_leases_while_running(
         state.clone(),
-        owner,
+        owner.clone(),
+    ));
+    runtime.spawn(apply_stop_requests(
+        state.clone(),
+        executor.clone(),
+        owner.id,
     ));
     let result = runtime.block_on(run_until_interrupted(&executor, plan, &overrides))?;
     // The execution is recorded and its work is over: `run | head` may now end quietly.
@@ -695,6 +700,30 @@ fn run(
         Status::Stopped => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
+}
+
+/// A server sharing the database may be asked to stop this run's execution:
+/// it records the request, and this applies it (checked every second).
+async fn apply_stop_requests(state: Arc<dyn Store>, executor: Arc<Executor>, owner: String) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Ok(requests) = state.stop_requests(&owner) else {
+            continue;
+        };
+        for (id, request) in requests {
+            let Ok(request) = serde_json::from_str::<sluice_api::StopRequest>(&request) else {
+                continue;
+            };
+            let mode = match request.mode {
+                sluice_api::StopMode::Finish => sluice_engine::executor::StopMode::Finish,
+                sluice_api::StopMode::Abandon => sluice_engine::executor::StopMode::Abandon,
+            };
+            let reason = request.reason.unwrap_or_default();
+            if let Err(e) = executor.stop(&id, mode, &reason) {
+                eprintln!("error: stopping {id} as asked: {e:#}");
+            }
+        }
+    }
 }
 
 /// Run an execution to its end. The first Ctrl-C (or SIGTERM) stops it:

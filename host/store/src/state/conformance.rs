@@ -406,3 +406,25 @@ pub fn concurrent_claimers_never_share_an_attempt(first: &dyn Store, second: &dy
     assert_eq!(before, claimed.len(), "an attempt was claimed twice");
     assert_eq!(claimed.len(), ATTEMPTS);
 }
+
+/// Any process may ask for a stop; only the holder is handed it, and only
+/// while the execution runs.
+pub fn a_stop_request_reaches_the_holder_only(store: &dyn Store) {
+    store.lease_as(Owner {
+        id: "a".into(),
+        lease_ms: 60_000,
+    });
+    start(store, "e", 1_000);
+    assert!(store.request_stop("e", r#"{"mode":"abandon"}"#).unwrap());
+    assert_eq!(
+        store.stop_requests("a").unwrap(),
+        [("e".to_string(), r#"{"mode":"abandon"}"#.to_string())]
+    );
+    assert!(store.stop_requests("b").unwrap().is_empty());
+    store
+        .finish_execution("e", Status::Stopped, None, 2_000, None)
+        .unwrap();
+    assert!(store.stop_requests("a").unwrap().is_empty());
+    assert!(!store.request_stop("e", "{}").unwrap());
+    assert!(!store.request_stop("missing", "{}").unwrap());
+}

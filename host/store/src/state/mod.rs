@@ -241,6 +241,14 @@ pub trait LeaseStore {
     /// Who holds the lease of `execution` (`None`: no one, or no such execution).
     fn lease_holder(&self, execution: &str) -> anyhow::Result<Option<String>>;
 
+    /// Ask whichever process holds InProgress `execution` to stop it
+    /// (`request`: the stop's mode and reason, as JSON). Not fenced: any
+    /// process may ask. Whether it was InProgress.
+    fn request_stop(&self, execution: &str, request: &str) -> anyhow::Result<bool>;
+
+    /// Stops asked of InProgress executions `owner` holds: (id, request).
+    fn stop_requests(&self, owner: &str) -> anyhow::Result<Vec<(String, String)>>;
+
     /// Hold the right to admit executions of `pipeline` until the returned
     /// guard drops: between counting what runs and recording a new start, no
     /// other process sharing the store admits one (`max-executions` holds

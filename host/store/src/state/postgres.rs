@@ -184,6 +184,7 @@ CREATE TABLE attempts (
 CREATE INDEX attempts_by_state ON attempts (state, lease_until_ms);
 CREATE INDEX attempts_by_execution ON attempts (execution_id);
 "#,
+    "ALTER TABLE executions ADD COLUMN stop_request TEXT;",
 ];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
@@ -1033,6 +1034,22 @@ impl LeaseStore for PostgresStore {
         Ok(rows.first().and_then(|row| row.get(0)))
     }
 
+    fn request_stop(&self, execution: &str, request: &str) -> anyhow::Result<bool> {
+        let changed = self.execute(
+            "UPDATE executions SET stop_request = $2 WHERE id = $1 AND status = 'InProgress'",
+            &[&execution, &request],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn stop_requests(&self, owner: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = self.query(
+            "SELECT id, stop_request FROM executions WHERE owner = $1 AND status = 'InProgress' AND stop_request IS NOT NULL",
+            &[&owner],
+        )?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
     fn hold_admission<'a>(&'a self, pipeline: &str) -> anyhow::Result<AdmissionHold<'a>> {
         // A session lock: held across the calls that count and start, which
         // all use this process's one session (the caller holds its own
@@ -1589,6 +1606,7 @@ mod tests {
         an_id_prefix_matches_literally,
         an_attempt_is_fenced_after_its_claim_runs_out,
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
+        a_stop_request_reaches_the_holder_only,
     );
 
     #[test]

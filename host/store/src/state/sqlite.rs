@@ -180,7 +180,16 @@ const MIGRATIONS: &[Migration] = &[
         describe: "attempts queued for workers",
         apply: attempt_queue,
     },
+    Migration {
+        describe: "stops asked through another server",
+        apply: stop_requests,
+    },
 ];
+
+/// Migration 5: a stop asked of an execution another process runs.
+fn stop_requests(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch("ALTER TABLE executions ADD COLUMN stop_request TEXT")
+}
 
 /// Migration 4: action attempts queued for worker processes.
 fn attempt_queue(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -831,6 +840,23 @@ impl LeaseStore for SqliteStore {
             )
             .optional()?;
         Ok(holder.flatten())
+    }
+
+    fn request_stop(&self, execution: &str, request: &str) -> anyhow::Result<bool> {
+        let changed = self.db().execute(
+            "UPDATE executions SET stop_request = ?2 WHERE id = ?1 AND status = 'InProgress'",
+            params![execution, request],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn stop_requests(&self, owner: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let db = self.db();
+        let mut query = db.prepare_cached(
+            "SELECT id, stop_request FROM executions WHERE owner = ?1 AND status = 'InProgress' AND stop_request IS NOT NULL",
+        )?;
+        let rows = query.query_map(params![owner], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn hold_admission<'a>(&'a self, _pipeline: &str) -> anyhow::Result<AdmissionHold<'a>> {
@@ -1640,5 +1666,6 @@ mod tests {
         an_id_prefix_matches_literally,
         an_attempt_is_fenced_after_its_claim_runs_out,
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
+        a_stop_request_reaches_the_holder_only,
     );
 }
