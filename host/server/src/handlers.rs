@@ -892,7 +892,12 @@ async fn retry_stage(
     let started = app
         .executor
         .reopen_for_retry(plan, &execution.id, &stage, all)
-        .map_err(ApiError::internal)?;
+        .map_err(
+            |e| match e.downcast_ref::<sluice_store::state::AlreadyRunning>() {
+                Some(running) => conflict(running.to_string()),
+                None => ApiError::internal(e),
+            },
+        )?;
     super::run_to_end(started);
     Ok((
         StatusCode::ACCEPTED,

@@ -336,7 +336,9 @@ impl<R: ActionRunner> Executor<R> {
         stage: &str,
         all: bool,
     ) -> anyhow::Result<Started> {
-        self.state.reopen_execution(id)?;
+        if !self.state.reopen_execution(id)? {
+            return Err(sluice_store::state::AlreadyRunning(id.to_string()).into());
+        }
         // The failed actions run again from their first attempt: not the
         // results their earlier attempts left in the queue.
         self.state.forget_attempts(id)?;

@@ -428,3 +428,21 @@ pub fn a_stop_request_reaches_the_holder_only(store: &dyn Store) {
     assert!(!store.request_stop("e", "{}").unwrap());
     assert!(!store.request_stop("missing", "{}").unwrap());
 }
+
+/// A finished execution is reopened once: a second retry racing the first
+/// (through another server) is told it runs already, and the reopener holds it.
+pub fn a_finished_execution_is_reopened_once(store: &dyn Store) {
+    start(store, "e", 1_000);
+    store
+        .finish_execution("e", Status::Failed, Some("boom"), 2_000, None)
+        .unwrap();
+    store.lease_as(Owner {
+        id: "b".into(),
+        lease_ms: 60_000,
+    });
+    assert!(store.reopen_execution("e").unwrap());
+    assert!(!store.reopen_execution("e").unwrap());
+    assert_eq!(store.lease_holder("e").unwrap().as_deref(), Some("b"));
+    let execution = store.execution("e").unwrap().unwrap();
+    assert_eq!(execution.status, Status::InProgress);
+}

@@ -201,8 +201,10 @@ pub trait ExecutionStore {
     /// Set an execution's status without ending it (Stopping).
     fn set_execution_status(&self, id: &str, status: Status) -> anyhow::Result<()>;
 
-    /// Put a finished execution back InProgress (a stage retry).
-    fn reopen_execution(&self, id: &str) -> anyhow::Result<()>;
+    /// Put a finished execution back InProgress (a stage retry), held by
+    /// this process. False when it is not finished (two retries racing
+    /// through two servers: one reopens it, the other is told so).
+    fn reopen_execution(&self, id: &str) -> anyhow::Result<bool>;
 
     /// How many executions are recorded in each status.
     fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>>;
@@ -519,6 +521,19 @@ pub trait AttemptQueue {
     /// failed actions again from their first attempt).
     fn forget_attempts(&self, execution: &str) -> anyhow::Result<()>;
 }
+
+/// A retry found the execution running again: another retry, perhaps
+/// through another server, reopened it first.
+#[derive(Debug)]
+pub struct AlreadyRunning(pub String);
+
+impl std::fmt::Display for AlreadyRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "execution {} is running again already", self.0)
+    }
+}
+
+impl std::error::Error for AlreadyRunning {}
 
 /// Where a queued attempt is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

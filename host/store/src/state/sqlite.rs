@@ -764,13 +764,15 @@ impl ExecutionStore for SqliteStore {
         )
     }
 
-    fn reopen_execution(&self, id: &str) -> anyhow::Result<()> {
+    fn reopen_execution(&self, id: &str) -> anyhow::Result<bool> {
         // Whoever retries a finished execution runs it, so it holds it now.
         let (owner, until) = lease(self.owner.get(), sluice_core::units::now_ms());
-        self.write(
-            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL, owner = ?2, lease_until_ms = ?3 WHERE id = ?1",
+        let changed = self.db().execute(
+            "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL, owner = ?2, lease_until_ms = ?3
+             WHERE id = ?1 AND status NOT IN ('InProgress', 'Stopping')",
             params![id, owner, until],
-        )
+        )?;
+        Ok(changed == 1)
     }
 
     fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
@@ -1667,5 +1669,6 @@ mod tests {
         an_attempt_is_fenced_after_its_claim_runs_out,
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
         a_stop_request_reaches_the_holder_only,
+        a_finished_execution_is_reopened_once,
     );
 }
