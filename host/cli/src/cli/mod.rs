@@ -778,6 +778,15 @@ fn serve(
         lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1),
     };
     let action_durations = Arc::new(sluice_core::metrics::Histogram::default());
+    anyhow::ensure!(
+        actions != ActionsAt::Workers || paths.database.is_some(),
+        "serve --actions workers needs --database postgres://… shared with the `sluice worker`s (or --actions both, to work the queue here too)"
+    );
+    if actions != ActionsAt::Here && paths.artifacts.is_none() {
+        tracing::warn!(
+            "actions run in workers but no --artifacts bucket is set: an action's inputs are found only if its worker shares this data directory"
+        );
+    }
     let placement = match actions {
         ActionsAt::Here => Placement::Here,
         ActionsAt::Workers | ActionsAt::Both => Placement::Workers,

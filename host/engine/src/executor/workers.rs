@@ -38,6 +38,9 @@ const FIRST_LOOK: Duration = Duration::from_millis(10);
 const LAST_LOOK: Duration = Duration::from_millis(250);
 /// How long an idle worker waits before it looks for work again.
 const IDLE_LOOK: Duration = Duration::from_millis(100);
+/// Most plans a worker keeps; past it the cache starts over (pipelines are
+/// re-registered over time, and a plan is cheap to parse again).
+const MOST_PLANS: usize = 256;
 
 /// Where this process runs the actions of its executions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -473,6 +476,9 @@ impl Worker {
             );
         }
         let plan = Arc::new(plan);
+        if plans.len() >= MOST_PLANS {
+            plans.clear();
+        }
         plans.insert(key, plan.clone());
         Ok(plan)
     }
