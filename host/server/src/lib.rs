@@ -616,7 +616,10 @@ async fn poll_once(
     action: &str,
 ) -> anyhow::Result<()> {
     let last = app.state.poll_revision(&record.name, action)?;
-    let revisions = app.executor.poll(plan.clone(), action, last).await?;
+    let revisions = app
+        .executor
+        .poll(plan.clone(), action, last.clone())
+        .await?;
     let Some(newest) = revisions.last() else {
         return Ok(());
     };
@@ -625,14 +628,22 @@ async fn poll_once(
         ("event".to_string(), action.to_string()),
         ("revision".to_string(), newest.clone()),
     ]);
-    // Record the execution before the revision: a crash in between repeats the
-    // start (at least once) rather than losing it.
-    let started = handlers::admit(app, plan, &Default::default(), trigger)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    launch(app, started, record.version)?;
-    app.state
-        .set_poll_revision(&record.name, action, newest, now_ms())?;
-    Ok(())
+    // Claimed before the start, as a cron fire is: of the servers polling
+    // this source, the one whose swap succeeds starts the execution. A start
+    // that is refused (max-executions) gives the revision back for the next
+    // poll; a crash in between loses that start (at most once, like cron).
+    let state = &app.state;
+    let (name, newest) = (&record.name, newest.as_str());
+    if !state.swap_poll_revision(name, action, last.as_deref(), Some(newest), now_ms())? {
+        return Ok(());
+    }
+    match handlers::admit(app, plan, &Default::default(), trigger) {
+        Ok(started) => launch(app, started, record.version).map(|_| ()),
+        Err(e) => {
+            state.swap_poll_revision(name, action, Some(newest), last.as_deref(), now_ms())?;
+            Err(anyhow::anyhow!("{e}"))
+        }
+    }
 }
 
 fn cron_schedules(

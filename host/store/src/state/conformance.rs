@@ -446,3 +446,23 @@ pub fn a_finished_execution_is_reopened_once(store: &dyn Store) {
     let execution = store.execution("e").unwrap().unwrap();
     assert_eq!(execution.status, Status::InProgress);
 }
+
+/// A new polled revision is taken by one poller: the swap succeeds only from
+/// the revision stored now, and a refused start can give it back.
+pub fn a_polled_revision_is_claimed_once(store: &dyn Store) {
+    let swap = |from, to| store.swap_poll_revision("p", "src", from, to, 1).unwrap();
+    assert!(swap(None, Some("r1")));
+    assert!(!swap(None, Some("r1")), "a second first claim");
+    assert!(swap(Some("r1"), Some("r2")));
+    assert!(
+        !swap(Some("r1"), Some("r2")),
+        "a claim from a stale revision"
+    );
+    assert_eq!(
+        store.poll_revision("p", "src").unwrap().as_deref(),
+        Some("r2")
+    );
+    assert!(swap(Some("r2"), Some("r1")), "giving r2 back");
+    assert!(swap(Some("r1"), None), "giving the first revision back");
+    assert_eq!(store.poll_revision("p", "src").unwrap(), None);
+}

@@ -425,14 +425,18 @@ pub trait TriggerStore {
     /// The last revision a poll of `pipeline`'s `action` started an execution for.
     fn poll_revision(&self, pipeline: &str, action: &str) -> anyhow::Result<Option<String>>;
 
-    /// Remember the newest revision a poll started an execution for.
-    fn set_poll_revision(
+    /// Move the last polled revision of `pipeline`'s `action` from `from` to
+    /// `to` (`None`: no revision recorded), if it is still `from`: servers
+    /// polling the same source race for a new revision, and the one whose
+    /// swap succeeds starts the execution. Whether it swapped.
+    fn swap_poll_revision(
         &self,
         pipeline: &str,
         action: &str,
-        revision: &str,
+        from: Option<&str>,
+        to: Option<&str>,
         now_ms: i64,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<bool>;
 
     /// Claim a webhook delivery id for `pipeline`. None when it is new (the
     /// caller goes on to handle it); otherwise the execution the first

@@ -1367,19 +1367,30 @@ impl TriggerStore for PostgresStore {
         rows.first().map(|row| Ok(row.try_get(0)?)).transpose()
     }
 
-    fn set_poll_revision(
+    fn swap_poll_revision(
         &self,
         pipeline: &str,
         action: &str,
-        revision: &str,
+        from: Option<&str>,
+        to: Option<&str>,
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.execute(
-            "INSERT INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (pipeline, action) DO UPDATE SET last_revision = excluded.last_revision, polled_ms = excluded.polled_ms",
-            &[&pipeline, &action, &revision, &now_ms],
-        )?;
-        Ok(())
+    ) -> anyhow::Result<bool> {
+        let changed = match (from, to) {
+            (None, Some(to)) => self.execute(
+                "INSERT INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&pipeline, &action, &to, &now_ms],
+            )?,
+            (Some(from), Some(to)) => self.execute(
+                "UPDATE poll_state SET last_revision = $4, polled_ms = $5 WHERE pipeline = $1 AND action = $2 AND last_revision = $3",
+                &[&pipeline, &action, &from, &to, &now_ms],
+            )?,
+            (Some(from), None) => self.execute(
+                "DELETE FROM poll_state WHERE pipeline = $1 AND action = $2 AND last_revision = $3",
+                &[&pipeline, &action, &from],
+            )?,
+            (None, None) => 0,
+        };
+        Ok(changed == 1)
     }
 
     fn claim_delivery(
@@ -1609,6 +1620,7 @@ mod tests {
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
         a_stop_request_reaches_the_holder_only,
         a_finished_execution_is_reopened_once,
+        a_polled_revision_is_claimed_once,
     );
 
     #[test]

@@ -1195,17 +1195,31 @@ impl TriggerStore for SqliteStore {
             .optional()?)
     }
 
-    fn set_poll_revision(
+    fn swap_poll_revision(
         &self,
         pipeline: &str,
         action: &str,
-        revision: &str,
+        from: Option<&str>,
+        to: Option<&str>,
         now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.write(
-            "INSERT OR REPLACE INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![pipeline, action, revision, now_ms],
-        )
+    ) -> anyhow::Result<bool> {
+        let db = self.db();
+        let changed = match (from, to) {
+            (None, Some(to)) => db.execute(
+                "INSERT INTO poll_state (pipeline, action, last_revision, polled_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![pipeline, action, to, now_ms],
+            )?,
+            (Some(from), Some(to)) => db.execute(
+                "UPDATE poll_state SET last_revision = ?4, polled_ms = ?5 WHERE pipeline = ?1 AND action = ?2 AND last_revision = ?3",
+                params![pipeline, action, from, to, now_ms],
+            )?,
+            (Some(from), None) => db.execute(
+                "DELETE FROM poll_state WHERE pipeline = ?1 AND action = ?2 AND last_revision = ?3",
+                params![pipeline, action, from],
+            )?,
+            (None, None) => 0,
+        };
+        Ok(changed == 1)
     }
 
     fn claim_delivery(
@@ -1670,5 +1684,6 @@ mod tests {
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
         a_stop_request_reaches_the_holder_only,
         a_finished_execution_is_reopened_once,
+        a_polled_revision_is_claimed_once,
     );
 }
