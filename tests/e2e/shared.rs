@@ -164,6 +164,56 @@ fn stored_events(server: &Server, admin: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Two servers on one PostgreSQL schema with leases of `lease`, `slow`
+/// registered with `script` as its action.
+struct TwoServers {
+    _schema: PostgresSchema,
+    _workspace: Workspace,
+    admin: String,
+    first: Server,
+    second: Server,
+}
+
+impl TwoServers {
+    fn new(lease: &str, script: &str) -> Self {
+        let schema = PostgresSchema::new();
+        let mut workspace = Workspace::new();
+        workspace.env("SLUICE_DATABASE", &schema.url);
+        let admin = token(&workspace, &["--role", "admin"]);
+        let first = Server::start_with(&workspace, &["--lease", lease]);
+        let second = Server::start_with(&workspace, &["--lease", lease]);
+        let pipeline = SLOW.replace("sleep 4; echo done", script);
+        let (status, body) = first.call(
+            "PUT",
+            "/api/v1/pipelines/slow",
+            Some(&admin),
+            Some(&pipeline),
+        );
+        assert_eq!(status, 201, "{body}");
+        Self {
+            _schema: schema,
+            _workspace: workspace,
+            admin,
+            first,
+            second,
+        }
+    }
+}
+
+/// Wait until the first action of `id` runs, as `server` sees it.
+fn wait_running(server: &Server, admin: &str, id: &str) {
+    let running = eventually(30, || {
+        let (_, detail) = server.call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(admin),
+            None,
+        );
+        detail["actions"][0]["status"] == "InProgress"
+    });
+    assert!(running, "the action of {id} never started");
+}
+
 fn start(server: &Server, admin: &str) -> String {
     let (status, body) = server.call(
         "POST",
@@ -177,15 +227,14 @@ fn start(server: &Server, admin: &str) -> String {
 
 #[test]
 fn a_live_server_keeps_its_executions_and_a_dead_ones_are_taken_over_once() {
-    let schema = PostgresSchema::new();
-    let mut workspace = Workspace::new();
-    workspace.env("SLUICE_DATABASE", &schema.url);
-    let admin = token(&workspace, &["--role", "admin"]);
     // Leases of 2 s against an action of 4 s: only renewing keeps them.
-    let mut first = Server::start_with(&workspace, &["--lease", "2s"]);
-    let second = Server::start_with(&workspace, &["--lease", "2s"]);
-    let (status, body) = first.call("PUT", "/api/v1/pipelines/slow", Some(&admin), Some(SLOW));
-    assert_eq!(status, 201, "{body}");
+    let TwoServers {
+        _schema,
+        _workspace,
+        admin,
+        mut first,
+        second,
+    } = TwoServers::new("2s", "sleep 4; echo done");
 
     let kept = start(&first, &admin);
     let done = wait_for_end(&second, &admin, &kept);
@@ -197,18 +246,7 @@ fn a_live_server_keeps_its_executions_and_a_dead_ones_are_taken_over_once() {
     );
 
     let orphan = start(&first, &admin);
-    assert!(
-        eventually(30, || {
-            let (_, detail) = second.call(
-                "GET",
-                &format!("/api/v1/executions/{orphan}"),
-                Some(&admin),
-                None,
-            );
-            detail["actions"][0]["status"] == "InProgress"
-        }),
-        "the action never started"
-    );
+    wait_running(&second, &admin, &orphan);
     first.kill9();
     let done = wait_for_end(&second, &admin, &orphan);
     assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
@@ -224,27 +262,15 @@ fn a_live_server_keeps_its_executions_and_a_dead_ones_are_taken_over_once() {
 
 #[test]
 fn a_paused_server_that_lost_its_lease_records_nothing_when_it_wakes() {
-    let schema = PostgresSchema::new();
-    let mut workspace = Workspace::new();
-    workspace.env("SLUICE_DATABASE", &schema.url);
-    let admin = token(&workspace, &["--role", "admin"]);
-    let first = Server::start_with(&workspace, &["--lease", "2s"]);
-    let second = Server::start_with(&workspace, &["--lease", "2s"]);
-    let (status, body) = first.call("PUT", "/api/v1/pipelines/slow", Some(&admin), Some(SLOW));
-    assert_eq!(status, 201, "{body}");
+    let TwoServers {
+        _schema,
+        _workspace,
+        admin,
+        first,
+        second,
+    } = TwoServers::new("2s", "sleep 4; echo done");
     let id = start(&first, &admin);
-    assert!(
-        eventually(30, || {
-            let (_, detail) = second.call(
-                "GET",
-                &format!("/api/v1/executions/{id}"),
-                Some(&admin),
-                None,
-            );
-            detail["actions"][0]["status"] == "InProgress"
-        }),
-        "the action never started"
-    );
+    wait_running(&second, &admin, &id);
     // Paused mid-action (as a stalled VM or a long GC would be): its lease
     // runs out, the other server takes the execution over and finishes it.
     first.signal("STOP");
@@ -351,22 +377,15 @@ fn processes_with(pattern: &str) -> Vec<u32> {
 
 #[test]
 fn a_server_that_wakes_without_its_lease_kills_the_command_it_had_started() {
-    let schema = PostgresSchema::new();
-    let mut workspace = Workspace::new();
-    workspace.env("SLUICE_DATABASE", &schema.url);
-    let admin = token(&workspace, &["--role", "admin"]);
-    let first = Server::start_with(&workspace, &["--lease", "2s"]);
-    let second = Server::start_with(&workspace, &["--lease", "2s"]);
     // A duration no other process uses, to find the command by.
     let nap = format!("60.{}", std::process::id() % 9973);
-    let pipeline = SLOW.replace("sleep 4; echo done", &format!("sleep {nap}; echo done"));
-    let (status, body) = first.call(
-        "PUT",
-        "/api/v1/pipelines/slow",
-        Some(&admin),
-        Some(&pipeline),
-    );
-    assert_eq!(status, 201, "{body}");
+    let TwoServers {
+        _schema,
+        _workspace,
+        admin,
+        first,
+        second,
+    } = TwoServers::new("2s", &format!("sleep {nap}; echo done"));
     let id = start(&first, &admin);
     let pattern = format!("sleep {nap}");
     let by = |server: &Server| {
@@ -405,33 +424,15 @@ fn a_server_that_wakes_without_its_lease_kills_the_command_it_had_started() {
 
 #[test]
 fn a_stop_asked_of_the_other_server_stops_the_execution_where_it_runs() {
-    let schema = PostgresSchema::new();
-    let mut workspace = Workspace::new();
-    workspace.env("SLUICE_DATABASE", &schema.url);
-    let admin = token(&workspace, &["--role", "admin"]);
-    let first = Server::start_with(&workspace, &["--lease", "3s"]);
-    let second = Server::start_with(&workspace, &["--lease", "3s"]);
-    let pipeline = SLOW.replace("sleep 4; echo done", "sleep 60; echo done");
-    let (status, body) = first.call(
-        "PUT",
-        "/api/v1/pipelines/slow",
-        Some(&admin),
-        Some(&pipeline),
-    );
-    assert_eq!(status, 201, "{body}");
+    let TwoServers {
+        _schema,
+        _workspace,
+        admin,
+        first,
+        second,
+    } = TwoServers::new("3s", "sleep 60; echo done");
     let id = start(&first, &admin);
-    assert!(
-        eventually(30, || {
-            let (_, detail) = second.call(
-                "GET",
-                &format!("/api/v1/executions/{id}"),
-                Some(&admin),
-                None,
-            );
-            detail["actions"][0]["status"] == "InProgress"
-        }),
-        "the action never started"
-    );
+    wait_running(&second, &admin, &id);
     let (status, body) = second.call(
         "POST",
         &format!("/api/v1/executions/{id}/stop"),

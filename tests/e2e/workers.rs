@@ -224,6 +224,21 @@ fn attempts(schema: &PostgresSchema, execution: &str, action: &str) -> Vec<(Stri
         .collect()
 }
 
+/// The worker that claimed `execution`'s `action` and runs it now.
+fn claimant(schema: &PostgresSchema, execution: &str, action: &str) -> String {
+    let mut holder = String::new();
+    let claimed = eventually(60, || {
+        holder = attempts(schema, execution, action)
+            .into_iter()
+            .find(|(_, _, state)| state == "running")
+            .map(|(worker, _, _)| worker)
+            .unwrap_or_default();
+        !holder.is_empty()
+    });
+    assert!(claimed, "no worker claimed {action} of {execution}");
+    holder
+}
+
 #[test]
 fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kills() {
     let Cluster {
@@ -267,18 +282,7 @@ fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kil
 
     // kill -9 the worker running an action: the other finishes it, once.
     let slow = start(&server, &admin, 4);
-    let mut holder = String::new();
-    assert!(
-        eventually(60, || {
-            holder = attempts(&schema, &slow, "build")
-                .into_iter()
-                .find(|(_, _, state)| state == "running")
-                .map(|(worker, _, _)| worker)
-                .unwrap_or_default();
-            !holder.is_empty()
-        }),
-        "no worker claimed the build"
-    );
+    let holder = claimant(&schema, &slow, "build");
     let victim = workers.iter_mut().find(|w| w.id == holder).unwrap();
     victim.kill9();
     assert_handed_off(&server, &admin, &slow);
@@ -305,18 +309,7 @@ fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kil
     // A worker paused past its lease (SIGSTOP) loses the attempt to the
     // other; woken, it records nothing: the fence refuses it.
     let paused = start(&server, &admin, 4);
-    let mut holder = String::new();
-    assert!(
-        eventually(60, || {
-            holder = attempts(&schema, &paused, "build")
-                .into_iter()
-                .find(|(_, _, state)| state == "running")
-                .map(|(worker, _, _)| worker)
-                .unwrap_or_default();
-            !holder.is_empty()
-        }),
-        "no worker claimed the build"
-    );
+    let holder = claimant(&schema, &paused, "build");
     let sleeper = workers.iter().find(|w| w.id == holder).unwrap();
     sleeper.signal("STOP");
     assert_handed_off(&server, &admin, &paused);
