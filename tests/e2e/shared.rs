@@ -164,8 +164,13 @@ fn stored_events(server: &Server, admin: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Two servers on one PostgreSQL schema with leases of `lease`, `slow`
-/// registered with `script` as its action.
+/// The `slow` pipeline with `script` as its action's.
+fn slow(script: &str) -> String {
+    SLOW.replace("sleep 4; echo done", script)
+}
+
+/// Two servers on one PostgreSQL schema with leases of `lease`, `pipeline`
+/// (one named `slow`) registered.
 struct TwoServers {
     _schema: PostgresSchema,
     _workspace: Workspace,
@@ -175,19 +180,18 @@ struct TwoServers {
 }
 
 impl TwoServers {
-    fn new(lease: &str, script: &str) -> Self {
+    fn new(lease: &str, pipeline: &str) -> Self {
         let schema = PostgresSchema::new();
         let mut workspace = Workspace::new();
         workspace.env("SLUICE_DATABASE", &schema.url);
         let admin = token(&workspace, &["--role", "admin"]);
         let first = Server::start_with(&workspace, &["--lease", lease]);
         let second = Server::start_with(&workspace, &["--lease", lease]);
-        let pipeline = SLOW.replace("sleep 4; echo done", script);
         let (status, body) = first.call(
             "PUT",
             "/api/v1/pipelines/slow",
             Some(&admin),
-            Some(&pipeline),
+            Some(pipeline),
         );
         assert_eq!(status, 201, "{body}");
         Self {
@@ -234,7 +238,7 @@ fn a_live_server_keeps_its_executions_and_a_dead_ones_are_taken_over_once() {
         admin,
         mut first,
         second,
-    } = TwoServers::new("2s", "sleep 4; echo done");
+    } = TwoServers::new("2s", &slow("sleep 4; echo done"));
 
     let kept = start(&first, &admin);
     let done = wait_for_end(&second, &admin, &kept);
@@ -268,7 +272,7 @@ fn a_paused_server_that_lost_its_lease_records_nothing_when_it_wakes() {
         admin,
         first,
         second,
-    } = TwoServers::new("2s", "sleep 4; echo done");
+    } = TwoServers::new("2s", &slow("sleep 4; echo done"));
     let id = start(&first, &admin);
     wait_running(&second, &admin, &id);
     // Paused mid-action (as a stalled VM or a long GC would be): its lease
@@ -385,7 +389,7 @@ fn a_server_that_wakes_without_its_lease_kills_the_command_it_had_started() {
         admin,
         first,
         second,
-    } = TwoServers::new("2s", &format!("sleep {nap}; echo done"));
+    } = TwoServers::new("2s", &slow(&format!("sleep {nap}; echo done")));
     let id = start(&first, &admin);
     let pattern = format!("sleep {nap}");
     let by = |server: &Server| {
@@ -430,7 +434,7 @@ fn a_stop_asked_of_the_other_server_stops_the_execution_where_it_runs() {
         admin,
         first,
         second,
-    } = TwoServers::new("3s", "sleep 60; echo done");
+    } = TwoServers::new("3s", &slow("sleep 60; echo done"));
     let id = start(&first, &admin);
     wait_running(&second, &admin, &id);
     let (status, body) = second.call(
@@ -454,4 +458,40 @@ fn a_stop_asked_of_the_other_server_stops_the_execution_where_it_runs() {
         None,
     );
     assert_eq!(status, 409, "a finished execution cannot be stopped");
+}
+
+#[test]
+fn queued_mode_and_queue_depth_hold_across_servers() {
+    let queued = slow("sleep 3; echo done").replace(
+        "execution-mode = \"parallel\"",
+        "execution-mode = \"queued\"\nqueue-depth = 1",
+    );
+    let TwoServers {
+        _schema,
+        _workspace,
+        admin,
+        first,
+        second,
+    } = TwoServers::new("15s", &queued);
+    let ahead = start(&first, &admin);
+    wait_running(&second, &admin, &ahead);
+    let behind = start(&second, &admin);
+    // The line (one place) is full, whichever server is asked.
+    for server in [&first, &second] {
+        let path = "/api/v1/pipelines/slow/executions";
+        let (status, body) = server.call("POST", path, Some(&admin), None);
+        assert_eq!(status, 429, "{body}");
+        assert!(body.to_string().contains("queue-depth = 1"), "{body}");
+    }
+    let ahead = wait_for_end(&first, &admin, &ahead);
+    let behind = wait_for_end(&second, &admin, &behind);
+    for done in [&ahead, &behind] {
+        assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    }
+    let left = ahead["stages"][0]["ended_ms"].as_i64().unwrap();
+    let entered = behind["stages"][0]["started_ms"].as_i64().unwrap();
+    assert!(
+        entered >= left,
+        "the second server let its execution into the stage while the first one's was inside ({entered} < {left})"
+    );
 }

@@ -9,7 +9,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use sluice_api::StopMode;
 use sluice_core::metrics::Histogram;
-use sluice_core::pipeline::{ExecutionMode, Plan};
+use sluice_core::pipeline::Plan;
 use sluice_engine::executor::{self, Executor, Started};
 use sluice_server::{Begun, Engine, Reopened};
 use sluice_store::artifact::ArtifactStore;
@@ -70,21 +70,16 @@ impl Engine for LocalEngine {
         self.0.running_executions()
     }
 
-    fn waiting(&self, pipeline: &str) -> usize {
+    fn waiting(&self, pipeline: &str) -> anyhow::Result<usize> {
         self.0.gates().waiting(pipeline)
     }
 
-    fn set_transition(
-        &self,
-        pipeline: &str,
-        stage: &str,
-        mode: ExecutionMode,
-        disabled: Option<String>,
-    ) {
-        self.0
-            .gates()
-            .gate(pipeline, stage, mode)
-            .set_disabled(disabled);
+    fn set_transition(&self, pipeline: &str, stage: &str, disabled: Option<String>) {
+        self.0.gates().set_disabled(pipeline, stage, disabled);
+    }
+
+    fn sync_transitions(&self, all: Vec<(String, String, String)>) {
+        self.0.gates().set_all_disabled(all);
     }
 
     fn approvals_changed(&self) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use sluice_api::StopMode;
 use sluice_core::metrics::Histogram;
-use sluice_core::pipeline::{ExecutionMode, Plan};
+use sluice_core::pipeline::Plan;
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::state::EventRecord;
 
@@ -62,17 +62,16 @@ pub trait Engine: Send + Sync + 'static {
     /// How many executions this engine is running.
     fn running_executions(&self) -> usize;
 
-    /// How many executions of `pipeline` wait at its stage boundaries.
-    fn waiting(&self, pipeline: &str) -> usize;
+    /// How many executions of `pipeline` wait at its stage boundaries, in
+    /// every process on the database.
+    fn waiting(&self, pipeline: &str) -> anyhow::Result<usize>;
 
     /// Disable (with the reason) or enable the transition into `stage`.
-    fn set_transition(
-        &self,
-        pipeline: &str,
-        stage: &str,
-        mode: ExecutionMode,
-        disabled: Option<String>,
-    );
+    fn set_transition(&self, pipeline: &str, stage: &str, disabled: Option<String>);
+
+    /// The disabled transitions are exactly `all` (pipeline, stage, reason),
+    /// as the store holds them now (another server may have changed them).
+    fn sync_transitions(&self, all: Vec<(String, String, String)>);
 
     /// An approval was decided: waiting approval actions look again.
     fn approvals_changed(&self);

@@ -281,7 +281,10 @@ fn check_limits(app: &AppState, plan: &Plan) -> ApiResult<()> {
             ),
         ));
     }
-    let waiting = app.executor.waiting(&plan.name);
+    let waiting = app
+        .executor
+        .waiting(&plan.name)
+        .map_err(ApiError::internal)?;
     if waiting >= plan.queue_depth {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -456,8 +459,7 @@ async fn set_transition(
     app.state
         .set_transition(&name, &stage, disabled.as_deref(), &caller.id, now_ms())
         .map_err(ApiError::internal)?;
-    app.executor
-        .set_transition(&name, &stage, plan.execution_mode, disabled.clone());
+    app.executor.set_transition(&name, &stage, disabled.clone());
     Ok(Json(Transition {
         pipeline: name,
         stage,

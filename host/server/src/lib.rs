@@ -351,10 +351,8 @@ pub async fn serve(
     drain: Duration,
     listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    for (pipeline, stage, reason) in app.state.disabled_transitions()? {
-        app.executor
-            .set_transition(&pipeline, &stage, Default::default(), Some(reason));
-    }
+    app.executor
+        .sync_transitions(app.state.disabled_transitions()?);
     app.state.lease_as(app.lease.clone());
     take_over(&app, true)?;
     tokio::spawn(run_leases(app.clone()));
@@ -480,7 +478,9 @@ async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
     }
     out.push_str("# HELP sluice_queue_depth Executions waiting at stage boundaries, by pipeline.\n# TYPE sluice_queue_depth gauge\n");
     for pipeline in app.state.pipelines().map_err(ApiError::internal)? {
-        let waiting = app.executor.waiting(&pipeline.name);
+        let waiting = (app.executor)
+            .waiting(&pipeline.name)
+            .map_err(ApiError::internal)?;
         out.push_str(&format!(
             "sluice_queue_depth{{pipeline=\"{}\"}} {waiting}\n",
             escape_label_value(&pipeline.name)
@@ -713,6 +713,11 @@ async fn run_leases(app: AppState) {
         renew(app.state.as_ref(), &app.lease);
         let_go_of_lost(&app);
         apply_stop_requests(&app);
+        // Another server may have disabled or enabled a transition.
+        match app.state.disabled_transitions() {
+            Ok(all) => app.executor.sync_transitions(all),
+            Err(e) => tracing::error!("reading transitions failed: {e:#}"),
+        }
         if let Err(e) = take_over(&app, false) {
             tracing::error!("taking over executions failed: {e:#}");
         }

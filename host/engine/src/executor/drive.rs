@@ -12,7 +12,7 @@ use super::events::SKIPPED_BECAUSE;
 use super::machine::{self, AfterFailure, GroupEnd, Outcome, RunState, Step};
 use super::runner::{ActionRunner, AttemptFailure, AttemptRequest};
 use super::{Event, ExecutionContext, Executor, lock, resolve_config};
-use crate::gates::{Entry, GatePass};
+use crate::gates::Entry;
 use sluice_core::pipeline::{ActionKind, ActionPlan};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_core::units::now_ms;
@@ -21,7 +21,7 @@ use sluice_store::state::{ActionEnd, OutputRecord, Status};
 
 /// How waiting at a gate ended.
 enum GateResult {
-    Entered(GatePass),
+    Entered,
     Superseded,
     /// A stop arrived while waiting; the place in line is given up.
     Stopped,
@@ -61,16 +61,13 @@ impl<R: ActionRunner> Executor<R> {
     ) -> anyhow::Result<Outcome> {
         let mut walk = RunState::new(&context.plan, context.done.clone())
             .ended_before_restart(context.ended_stages.clone());
-        // Held while inside a stage; dropping it lets the next execution in.
-        let mut pass: Option<GatePass> = None;
         let mut stage_started = Instant::now();
         loop {
             tell_stop(&mut walk, context);
             match walk.next_step() {
                 Step::Skip { stage } => self.skip_stage(context, stage)?,
-                Step::Enter { stage } => match self.enter_gate(context, stage).await {
-                    GateResult::Entered(entered) => {
-                        pass = Some(entered);
+                Step::Enter { stage } => match self.enter_gate(context, stage).await? {
+                    GateResult::Entered => {
                         walk.entered();
                         stage_started = Instant::now();
                         self.start_stage(context, stage)?;
@@ -84,34 +81,36 @@ impl<R: ActionRunner> Executor<R> {
                     walk.group_ended(end);
                 }
                 Step::EndStage { stage, outcome } => {
+                    // Recording the end gives the place inside up.
                     self.end_stage(context, stage, &outcome, stage_started.elapsed())?;
-                    pass = None;
+                    self.gates.changed();
                 }
-                Step::End(outcome) => {
-                    drop(pass);
-                    return Ok(outcome);
-                }
+                Step::End(outcome) => return Ok(outcome),
             }
         }
     }
 
     /// Wait at the gate into `stage` until the execution may enter, a newer
     /// one replaces it, or someone stops it.
-    async fn enter_gate(&self, context: &ExecutionContext, stage: usize) -> GateResult {
+    async fn enter_gate(
+        &self,
+        context: &ExecutionContext,
+        stage: usize,
+    ) -> anyhow::Result<GateResult> {
         let plan = &context.plan;
         let name = &plan.stages[stage].name;
         let gate = self.gates.gate(&plan.name, name, plan.execution_mode);
         let mut stop = context.stop.subscribe();
-        tokio::select! {
-            entry = gate.enter(&context.id) => match entry {
-                Entry::Entered(pass) => GateResult::Entered(pass),
+        Ok(tokio::select! {
+            entry = gate.enter(&context.id) => match entry? {
+                Entry::Entered => GateResult::Entered,
                 Entry::Superseded => GateResult::Superseded,
             },
             _ = stop.wait_for(Option::is_some) => {
-                gate.withdraw(&context.id);
+                gate.withdraw(&context.id)?;
                 GateResult::Stopped
             }
-        }
+        })
     }
 
     fn start_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {

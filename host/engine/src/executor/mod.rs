@@ -256,11 +256,11 @@ impl<R: ActionRunner> Executor<R> {
         state.mask_with(masker.clone());
         Arc::new(Self {
             runner,
+            gates: StageGates::new(state.clone()),
             state,
             masker,
             caches,
             events,
-            gates: StageGates::default(),
             running: Mutex::new(HashMap::new()),
             event_log: tokio::sync::broadcast::Sender::new(1024),
         })
@@ -315,7 +315,7 @@ impl<R: ActionRunner> Executor<R> {
             },
         );
         if let Some(gate) = self.first_gate(&context.plan) {
-            gate.join(&context.id);
+            gate.join(&context.id)?;
         }
         Ok(Started(context))
     }
@@ -475,10 +475,9 @@ impl<R: ActionRunner> Executor<R> {
         lock(&self.running).insert(id.clone(), context.clone());
         let outcome = self.drive(&context).await;
         lock(&self.running).remove(&id);
-        // A place taken at `begin` that was never used must not block the line.
-        if let Some(gate) = self.first_gate(&context.plan) {
-            gate.withdraw(&id);
-        }
+        // Recording the end gave up any place at a gate (one taken at `begin`
+        // and never used too): the next in line may go.
+        self.gates.changed();
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -514,7 +513,7 @@ impl<R: ActionRunner> Executor<R> {
     }
 
     /// The gate of the plan's first stage, where `begin` queues an execution.
-    fn first_gate(&self, plan: &Plan) -> Option<Arc<crate::gates::Gate>> {
+    fn first_gate<'a>(&'a self, plan: &'a Plan) -> Option<crate::gates::Gate<'a>> {
         let stage = plan.stages.first()?;
         Some(
             self.gates

@@ -660,7 +660,7 @@ async fn a_stop_while_waiting_at_a_gate_leaves_the_line() {
     assert_eq!(stopped.status, Status::Stopped);
     assert!(harness.stage_statuses(&second_id).is_empty());
     assert_eq!(shipped.status, Status::Succeeded);
-    assert_eq!(harness.executor.gates().waiting("demo"), 0);
+    assert_eq!(harness.executor.gates().waiting("demo").unwrap(), 0);
     assert!(harness.runner().attempted(&second_id, "ship").is_empty());
 }
 
@@ -677,7 +677,11 @@ async fn queued_executions_take_a_stage_one_at_a_time_in_order() {
     harness.until("one ships", |r| r.in_flight() == 1).await;
     harness.settle().await;
 
-    assert_eq!(harness.executor.gates().waiting("demo"), 1, "one waits");
+    assert_eq!(
+        harness.executor.gates().waiting("demo").unwrap(),
+        1,
+        "one waits"
+    );
     harness.runner().release("ship", 2);
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
 
@@ -718,7 +722,7 @@ async fn superseded_replaces_the_waiting_execution_with_the_newer_one() {
     let replaced = older.await.expect("the task ends");
     harness.settle().await;
     assert_eq!(
-        harness.executor.gates().waiting("demo"),
+        harness.executor.gates().waiting("demo").unwrap(),
         1,
         "the newer waits"
     );

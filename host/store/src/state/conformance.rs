@@ -466,3 +466,110 @@ pub fn a_polled_revision_is_claimed_once(store: &dyn Store) {
     assert!(swap(Some("r1"), None), "giving the first revision back");
     assert_eq!(store.poll_revision("p", "src").unwrap(), None);
 }
+
+fn enter(store: &dyn Store, execution: &str) -> GateTry {
+    store.try_enter_gate("p", "s", execution, true).unwrap()
+}
+
+/// One at a time, in the order executions joined the line; leaving is ending
+/// the stage or the execution, and a place of an execution that ended some
+/// other way (its process died) blocks nobody.
+pub fn a_gate_admits_one_execution_at_a_time_in_line_order(store: &dyn Store) {
+    for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        start(store, id, i as i64);
+        store.join_gate("p", "s", id, false).unwrap();
+    }
+    assert_eq!(enter(store, "b"), GateTry::Wait, "b is behind a");
+    assert_eq!(enter(store, "a"), GateTry::Entered);
+    assert_eq!(
+        enter(store, "a"),
+        GateTry::Entered,
+        "entering again keeps the place"
+    );
+    assert_eq!(enter(store, "b"), GateTry::Wait, "a is inside");
+    assert_eq!(store.gate_waiting("p").unwrap(), 3);
+    store
+        .finish_stage("a", "s", Status::Succeeded, None, 10, None)
+        .unwrap();
+    assert_eq!(enter(store, "c"), GateTry::Wait, "b is ahead of c");
+    assert_eq!(enter(store, "b"), GateTry::Entered);
+    store.set_execution_status("b", Status::Failed).unwrap();
+    assert_eq!(
+        enter(store, "c"),
+        GateTry::Entered,
+        "b ended without leaving"
+    );
+    store.leave_gate_line("p", "s", "c").unwrap();
+    assert_eq!(
+        enter(store, "c"),
+        GateTry::Entered,
+        "c is inside, not in line"
+    );
+    store
+        .finish_execution("c", Status::Failed, None, 20, None)
+        .unwrap();
+    assert_eq!(store.gate_waiting("p").unwrap(), 1);
+    store.leave_gate_line("p", "s", "d").unwrap();
+    assert_eq!(store.gate_waiting("p").unwrap(), 0, "d gave up its place");
+}
+
+/// A newer execution joining a superseding line replaces the older ones still
+/// waiting (not the one inside); a parallel gate only keeps the line a
+/// disabled transition made.
+pub fn a_superseding_gate_replaces_older_waiting_executions(store: &dyn Store) {
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        start(store, id, i as i64);
+    }
+    store.join_gate("p", "s", "a", true).unwrap();
+    assert_eq!(enter(store, "a"), GateTry::Entered);
+    store.join_gate("p", "s", "b", true).unwrap();
+    store.join_gate("p", "s", "c", true).unwrap();
+    store.join_gate("p", "s", "b", true).unwrap();
+    assert_eq!(enter(store, "b"), GateTry::Superseded);
+    assert_eq!(enter(store, "a"), GateTry::Entered, "a was inside");
+    assert_eq!(store.gate_waiting("p").unwrap(), 1, "only c waits");
+    store
+        .finish_stage("a", "s", Status::Succeeded, None, 10, None)
+        .unwrap();
+    assert_eq!(enter(store, "c"), GateTry::Entered);
+
+    start(store, "d", 5);
+    store.join_gate("p", "t", "d", false).unwrap();
+    assert_eq!(store.gate_waiting("p").unwrap(), 1);
+    let parallel = store.try_enter_gate("p", "t", "d", false).unwrap();
+    assert_eq!(parallel, GateTry::Entered);
+    assert_eq!(store.gate_waiting("p").unwrap(), 0);
+}
+
+/// Processes racing to enter one gate through two connections: never two
+/// inside at once, and they enter in the order they joined.
+pub fn racing_processes_enter_a_gate_one_at_a_time_in_order(first: &dyn Store, second: &dyn Store) {
+    const EXECUTIONS: usize = 8;
+    let ids: Vec<String> = (0..EXECUTIONS).map(|i| format!("x{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        start(first, id, i as i64);
+        first.join_gate("p", "s", id, false).unwrap();
+    }
+    let inside = std::sync::atomic::AtomicUsize::new(0);
+    let order = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for (n, id) in ids.iter().enumerate() {
+            let store = if n % 2 == 0 { first } else { second };
+            let (inside, order) = (&inside, &order);
+            scope.spawn(move || {
+                while enter(store, id) != GateTry::Entered {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                let before = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert_eq!(before, 0, "{id} entered while another was inside");
+                order.lock().unwrap().push(id.clone());
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                store
+                    .finish_stage(id, "s", Status::Succeeded, None, 100, None)
+                    .unwrap();
+            });
+        }
+    });
+    assert_eq!(order.into_inner().unwrap(), ids);
+}

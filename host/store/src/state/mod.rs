@@ -22,8 +22,8 @@ pub use sqlite::SqliteStore;
 /// The entity traits, for calling store methods on a `dyn Store`.
 pub mod prelude {
     pub use super::{
-        AccessStore, ApprovalStore, AttemptQueue, EventStore, ExecutionStore, LeaseStore,
-        PipelineStore, RetentionStore, Store, TriggerStore,
+        AccessStore, ApprovalStore, AttemptQueue, EventStore, ExecutionStore, GateStore,
+        LeaseStore, PipelineStore, RetentionStore, Store, TriggerStore,
     };
 }
 
@@ -38,6 +38,7 @@ pub trait Store:
     + TriggerStore
     + RetentionStore
     + AttemptQueue
+    + GateStore
     + Send
     + Sync
 {
@@ -53,6 +54,7 @@ impl<T> Store for T where
         + TriggerStore
         + RetentionStore
         + AttemptQueue
+        + GateStore
         + Send
         + Sync
 {
@@ -524,6 +526,59 @@ pub trait AttemptQueue {
     /// Forget the finished attempts of `execution` (a stage retry runs its
     /// failed actions again from their first attempt).
     fn forget_attempts(&self, execution: &str) -> anyhow::Result<()>;
+}
+
+/// Stage gates, shared by every process on the database: who waits in line
+/// at, and who is inside, each stage boundary (execution modes `queued` and
+/// `superseded` admit one execution at a time across all servers;
+/// `queue-depth` counts the line).
+///
+/// A place is kept until the stage ends ([`ExecutionStore::finish_stage`]
+/// removes it) or the execution does (`finish_execution`, `fail_execution`);
+/// places of executions no longer in progress are ignored, so a crash never
+/// blocks a line. Joining again keeps the place, so an execution resumed by
+/// another process after a crash keeps its turn, and one resumed inside a
+/// stage enters it again at once.
+pub trait GateStore {
+    /// Take a place in line at `stage` for `execution`, unless it has one.
+    /// With `supersede`, a new place supersedes every older one still
+    /// waiting there (they end as Superseded when they next try to enter).
+    fn join_gate(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        execution: &str,
+        supersede: bool,
+    ) -> anyhow::Result<()>;
+
+    /// Enter `stage` if `execution` may: it was not superseded and, when
+    /// `one_at_a_time`, it is first in line and no other execution in
+    /// progress is inside.
+    fn try_enter_gate(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        execution: &str,
+        one_at_a_time: bool,
+    ) -> anyhow::Result<GateTry>;
+
+    /// Give up a place in line (not one inside the stage): the execution was
+    /// stopped while it waited. Idempotent.
+    fn leave_gate_line(&self, pipeline: &str, stage: &str, execution: &str) -> anyhow::Result<()>;
+
+    /// Executions in progress waiting in line at any stage of `pipeline`.
+    fn gate_waiting(&self, pipeline: &str) -> anyhow::Result<usize>;
+}
+
+/// What trying to enter a stage found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateTry {
+    /// Inside the stage now (or still, after a restart).
+    Entered,
+    /// A newer execution replaced this one in line; its place is gone.
+    Superseded,
+    /// Not yet: another execution is inside or ahead in line.
+    Wait,
 }
 
 /// A retry found the execution running again: another retry, perhaps

@@ -185,6 +185,17 @@ CREATE INDEX attempts_by_state ON attempts (state, lease_until_ms);
 CREATE INDEX attempts_by_execution ON attempts (execution_id);
 "#,
     "ALTER TABLE executions ADD COLUMN stop_request TEXT;",
+    r#"
+CREATE TABLE gate_places (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    UNIQUE (pipeline, stage, execution_id)
+);
+CREATE INDEX gate_places_by_execution ON gate_places (execution_id);
+"#,
 ];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
@@ -311,6 +322,18 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced_then(execution, sql, params, event, |_| Ok(()))
+    }
+
+    /// [`Self::write_announced`], with `then` run in the same transaction.
+    fn write_announced_then(
+        &self,
+        execution: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        event: Option<EventRecord>,
+        then: impl FnOnce(&mut ::postgres::Transaction<'_>) -> anyhow::Result<()> + Send,
+    ) -> anyhow::Result<Option<EventRecord>> {
         let event = event.map(|mut e| {
             e.detail = self.mask(&e.detail);
             e
@@ -320,6 +343,7 @@ impl PostgresStore {
             let mut transaction = db.transaction()?;
             held_by_us(&mut transaction, owner, execution)?;
             transaction.execute(sql, params)?;
+            then(&mut transaction)?;
             let stored = event
                 .map(|e| insert_event(&mut transaction, e))
                 .transpose()?;
@@ -474,6 +498,103 @@ impl Drop for PostgresStore {
     }
 }
 
+impl GateStore for PostgresStore {
+    fn join_gate(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        execution: &str,
+        supersede: bool,
+    ) -> anyhow::Result<()> {
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            lock_gate(&mut tx, pipeline, stage)?;
+            let joined = tx.execute(
+                "INSERT INTO gate_places (pipeline, stage, execution_id, state) VALUES ($1, $2, $3, 'waiting') ON CONFLICT DO NOTHING",
+                &[&pipeline, &stage, &execution],
+            )?;
+            if joined == 1 && supersede {
+                tx.execute(
+                    "UPDATE gate_places SET state = 'superseded' WHERE pipeline = $1 AND stage = $2 AND execution_id <> $3 AND state = 'waiting'",
+                    &[&pipeline, &stage, &execution],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn try_enter_gate(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        execution: &str,
+        one_at_a_time: bool,
+    ) -> anyhow::Result<GateTry> {
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            lock_gate(&mut tx, pipeline, stage)?;
+            let key: [&(dyn ToSql + Sync); 3] = [&pipeline, &stage, &execution];
+            let place: Option<String> = tx
+                .query_opt(
+                    "SELECT state FROM gate_places WHERE pipeline = $1 AND stage = $2 AND execution_id = $3",
+                    &key,
+                )?
+                .map(|row| row.try_get(0))
+                .transpose()?;
+            let remove = "DELETE FROM gate_places WHERE pipeline = $1 AND stage = $2 AND execution_id = $3";
+            let entry = match place.as_deref() {
+                Some("inside") => GateTry::Entered,
+                Some("superseded") => {
+                    tx.execute(remove, &key)?;
+                    GateTry::Superseded
+                }
+                _ if !one_at_a_time => {
+                    tx.execute(remove, &key)?;
+                    GateTry::Entered
+                }
+                _ => {
+                    if place.is_none() {
+                        tx.execute("INSERT INTO gate_places (pipeline, stage, execution_id, state) VALUES ($1, $2, $3, 'waiting')", &key)?;
+                    }
+                    let occupied: bool = tx
+                        .query_one(&format!("SELECT EXISTS (SELECT 1 {LIVE_PLACES} AND g.pipeline = $1 AND g.stage = $2 AND g.state = 'inside' AND g.execution_id <> $3)"), &key)?
+                        .try_get(0)?;
+                    let first: Option<String> = tx
+                        .query_opt(&format!("SELECT g.execution_id {LIVE_PLACES} AND g.pipeline = $1 AND g.stage = $2 AND g.state = 'waiting' ORDER BY g.seq LIMIT 1"), &[&pipeline, &stage])?
+                        .map(|row| row.try_get(0))
+                        .transpose()?;
+                    if occupied || first.as_deref() != Some(execution) {
+                        GateTry::Wait
+                    } else {
+                        tx.execute("UPDATE gate_places SET state = 'inside' WHERE pipeline = $1 AND stage = $2 AND execution_id = $3", &key)?;
+                        GateTry::Entered
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(entry)
+        })
+    }
+
+    fn leave_gate_line(&self, pipeline: &str, stage: &str, execution: &str) -> anyhow::Result<()> {
+        self.execute(
+            "DELETE FROM gate_places WHERE pipeline = $1 AND stage = $2 AND execution_id = $3 AND state <> 'inside'",
+            &[&pipeline, &stage, &execution],
+        )?;
+        Ok(())
+    }
+
+    fn gate_waiting(&self, pipeline: &str) -> anyhow::Result<usize> {
+        let row = self.query(
+            &format!("SELECT COUNT(*) {LIVE_PLACES} AND g.pipeline = $1 AND g.state = 'waiting'"),
+            &[&pipeline],
+        )?;
+        let count: i64 = row[0].try_get(0)?;
+        Ok(count as usize)
+    }
+}
+
 impl AttemptQueue for PostgresStore {
     fn queue_attempt(&self, key: &str, execution: &str, payload: &str) -> anyhow::Result<()> {
         self.execute(
@@ -583,6 +704,39 @@ fn held_by_us(
     }
 }
 
+/// Remove the places `execution` holds at stage gates (see SQLite's).
+fn leave_gates(
+    db: &mut impl GenericClient,
+    execution: &str,
+    stage: Option<&str>,
+) -> anyhow::Result<()> {
+    match stage {
+        Some(stage) => db.execute(
+            "DELETE FROM gate_places WHERE execution_id = $1 AND stage = $2",
+            &[&execution, &stage],
+        )?,
+        None => db.execute(
+            "DELETE FROM gate_places WHERE execution_id = $1",
+            &[&execution],
+        )?,
+    };
+    Ok(())
+}
+
+/// Places at a gate that count: those of executions still in progress.
+const LIVE_PLACES: &str =
+    "FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress'";
+
+/// Serialize every change at one gate across processes, to the commit: the
+/// line's order and "nobody inside" are read and acted on as one step.
+fn lock_gate(db: &mut impl GenericClient, pipeline: &str, stage: &str) -> anyhow::Result<()> {
+    db.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('gate/' || $1 || '/' || $2))",
+        &[&pipeline, &stage],
+    )?;
+    Ok(())
+}
+
 /// The advisory lock event inserts hold until their transaction commits.
 const EVENTS_LOCK: i64 = 0x736c_7569_6365_0001;
 
@@ -638,11 +792,12 @@ impl ExecutionStore for PostgresStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced(
+        self.write_announced_then(
             id,
             "UPDATE executions SET status = $2, error = $3, ended_ms = $4 WHERE id = $1",
             &[&id, &status.name(), &error, &now_ms],
             event,
+            |tx| leave_gates(tx, id, None),
         )
     }
 
@@ -672,11 +827,12 @@ impl ExecutionStore for PostgresStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced(
+        self.write_announced_then(
             execution,
             "UPDATE stage_runs SET status = $3, error = $4, ended_ms = $5 WHERE execution_id = $1 AND stage = $2",
             &[&execution, &stage, &status.name(), &error, &now_ms],
             event,
+            |tx| leave_gates(tx, execution, Some(stage)),
         )
     }
 
@@ -912,6 +1068,7 @@ impl ExecutionStore for PostgresStore {
                 "UPDATE executions SET status = 'Failed', error = $2, ended_ms = $3 WHERE id = $1",
                 &[&id, &reason, &now_ms],
             )?;
+            leave_gates(&mut transaction, id, None)?;
             transaction.commit()?;
             Ok(())
         })
@@ -1462,6 +1619,7 @@ impl RetentionStore for PostgresStore {
                 Ok(transaction.execute(&sql, &[&cutoff_ms])?)
             };
             children("attempts")?;
+            children("gate_places")?;
             let mut counts = GcCounts {
                 log_lines: children("action_logs")?,
                 action_runs: children("action_runs")?,
@@ -1605,6 +1763,16 @@ mod tests {
         );
     }
 
+    #[test]
+    fn racing_processes_enter_a_gate_one_at_a_time_in_order() {
+        let scratch = Scratch::new();
+        let (second, _key) = scratch.second_store();
+        super::super::conformance::racing_processes_enter_a_gate_one_at_a_time_in_order(
+            &scratch.store,
+            &second,
+        );
+    }
+
     conformance!(
         paging_past_the_end_lists_nothing,
         an_end_is_stored_with_its_event,
@@ -1621,6 +1789,8 @@ mod tests {
         a_stop_request_reaches_the_holder_only,
         a_finished_execution_is_reopened_once,
         a_polled_revision_is_claimed_once,
+        a_gate_admits_one_execution_at_a_time_in_line_order,
+        a_superseding_gate_replaces_older_waiting_executions,
     );
 
     #[test]

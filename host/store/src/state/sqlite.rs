@@ -184,7 +184,19 @@ const MIGRATIONS: &[Migration] = &[
         describe: "stops asked through another server",
         apply: stop_requests,
     },
+    Migration {
+        describe: "stage gates shared by every process",
+        apply: gate_places,
+    },
 ];
+
+/// Migration 6: places in line at, and inside, stage boundaries.
+fn gate_places(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "CREATE TABLE gate_places (seq INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL, stage TEXT NOT NULL, execution_id TEXT NOT NULL, state TEXT NOT NULL, UNIQUE (pipeline, stage, execution_id));
+         CREATE INDEX gate_places_by_execution ON gate_places (execution_id)",
+    )
+}
 
 /// Migration 5: a stop asked of an execution another process runs.
 fn stop_requests(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -326,6 +338,24 @@ fn is_busy(error: &rusqlite::Error) -> bool {
     )
 }
 
+/// Remove the places `execution` holds at stage gates: at `stage` (it ended
+/// there), or everywhere (the execution ended).
+fn leave_gates(
+    tx: &rusqlite::Transaction<'_>,
+    execution: &str,
+    stage: Option<&str>,
+) -> rusqlite::Result<()> {
+    match stage {
+        Some(stage) => tx
+            .prepare_cached("DELETE FROM gate_places WHERE execution_id = ?1 AND stage = ?2")?
+            .execute(params![execution, stage])?,
+        None => tx
+            .prepare_cached("DELETE FROM gate_places WHERE execution_id = ?1")?
+            .execute(params![execution])?,
+    };
+    Ok(())
+}
+
 /// A transaction that takes the write lock up front. A deferred one that reads
 /// and then writes gets SQLITE_BUSY at once, without the busy timeout, when
 /// another process (a second `sluice run` on the data directory) wrote meanwhile.
@@ -403,6 +433,18 @@ impl SqliteStore {
         params: impl rusqlite::Params,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
+        self.write_announced_then(execution, sql, params, event, |_| Ok(()))
+    }
+
+    /// [`Self::write_announced`], with `then` run in the same transaction.
+    fn write_announced_then(
+        &self,
+        execution: &str,
+        sql: &str,
+        params: impl rusqlite::Params,
+        event: Option<EventRecord>,
+        then: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> anyhow::Result<Option<EventRecord>> {
         let event = event.map(|mut e| {
             e.detail = self.mask(&e.detail);
             e
@@ -411,6 +453,7 @@ impl SqliteStore {
         let transaction = write_transaction(&mut db)?;
         held_by_us(&transaction, self.owner.get(), execution)?;
         transaction.prepare_cached(sql)?.execute(params)?;
+        then(&transaction)?;
         let stored = event.map(|e| insert_event(&transaction, e)).transpose()?;
         transaction.commit()?;
         Ok(stored)
@@ -447,11 +490,12 @@ impl ExecutionStore for SqliteStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced(
+        self.write_announced_then(
             id,
             "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
             params![id, status.name(), error, now_ms],
             event,
+            |tx| leave_gates(tx, id, None),
         )
     }
 
@@ -480,11 +524,12 @@ impl ExecutionStore for SqliteStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced(
+        self.write_announced_then(
             execution,
             "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
             params![execution, stage, status.name(), error, now_ms],
             event,
+            |tx| leave_gates(tx, execution, Some(stage)),
         )
     }
 
@@ -713,6 +758,7 @@ impl ExecutionStore for SqliteStore {
             "UPDATE executions SET status = 'Failed', error = ?2, ended_ms = ?3 WHERE id = ?1",
             params![id, reason, now_ms],
         )?;
+        leave_gates(&tx, id, None)?;
         tx.commit()?;
         Ok(())
     }
@@ -1286,6 +1332,7 @@ impl RetentionStore for SqliteStore {
             Ok(tx.execute(&sql, params![cutoff_ms])? as u64)
         };
         children("attempts")?;
+        children("gate_places")?;
         let mut counts = GcCounts {
             log_lines: children("action_logs")?,
             action_runs: children("action_runs")?,
@@ -1404,6 +1451,96 @@ fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
         stream: row.get(4)?,
         line: row.get(5)?,
     })
+}
+
+/// Places at a gate that count: those of executions still in progress.
+const LIVE_PLACES: &str =
+    "FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress'";
+
+impl GateStore for SqliteStore {
+    fn join_gate(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        execution: &str,
+        supersede: bool,
+    ) -> anyhow::Result<()> {
+        let mut db = self.db();
+        let tx = write_transaction(&mut db)?;
+        let joined = tx
+            .prepare_cached("INSERT INTO gate_places (pipeline, stage, execution_id, state) VALUES (?1, ?2, ?3, 'waiting') ON CONFLICT DO NOTHING")?
+            .execute(params![pipeline, stage, execution])?;
+        if joined == 1 && supersede {
+            tx.prepare_cached("UPDATE gate_places SET state = 'superseded' WHERE pipeline = ?1 AND stage = ?2 AND execution_id <> ?3 AND state = 'waiting'")?
+                .execute(params![pipeline, stage, execution])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn try_enter_gate(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        execution: &str,
+        one_at_a_time: bool,
+    ) -> anyhow::Result<GateTry> {
+        let mut db = self.db();
+        let tx = write_transaction(&mut db)?;
+        let key = params![pipeline, stage, execution];
+        let place: Option<String> = tx
+            .prepare_cached("SELECT state FROM gate_places WHERE pipeline = ?1 AND stage = ?2 AND execution_id = ?3")?
+            .query_row(key, |row| row.get(0))
+            .optional()?;
+        let entry = match place.as_deref() {
+            Some("inside") => GateTry::Entered,
+            Some("superseded") => {
+                tx.execute("DELETE FROM gate_places WHERE pipeline = ?1 AND stage = ?2 AND execution_id = ?3", key)?;
+                GateTry::Superseded
+            }
+            _ if !one_at_a_time => {
+                tx.execute("DELETE FROM gate_places WHERE pipeline = ?1 AND stage = ?2 AND execution_id = ?3", key)?;
+                GateTry::Entered
+            }
+            _ => {
+                if place.is_none() {
+                    tx.execute("INSERT INTO gate_places (pipeline, stage, execution_id, state) VALUES (?1, ?2, ?3, 'waiting')", key)?;
+                }
+                let occupied: bool = tx
+                    .prepare_cached(&format!("SELECT EXISTS (SELECT 1 {LIVE_PLACES} AND g.pipeline = ?1 AND g.stage = ?2 AND g.state = 'inside' AND g.execution_id <> ?3)"))?
+                    .query_row(key, |row| row.get(0))?;
+                let first: Option<String> = tx
+                    .prepare_cached(&format!("SELECT g.execution_id {LIVE_PLACES} AND g.pipeline = ?1 AND g.stage = ?2 AND g.state = 'waiting' ORDER BY g.seq LIMIT 1"))?
+                    .query_row(params![pipeline, stage], |row| row.get(0))
+                    .optional()?;
+                if occupied || first.as_deref() != Some(execution) {
+                    GateTry::Wait
+                } else {
+                    tx.execute("UPDATE gate_places SET state = 'inside' WHERE pipeline = ?1 AND stage = ?2 AND execution_id = ?3", key)?;
+                    GateTry::Entered
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    fn leave_gate_line(&self, pipeline: &str, stage: &str, execution: &str) -> anyhow::Result<()> {
+        self.write(
+            "DELETE FROM gate_places WHERE pipeline = ?1 AND stage = ?2 AND execution_id = ?3 AND state <> 'inside'",
+            params![pipeline, stage, execution],
+        )
+    }
+
+    fn gate_waiting(&self, pipeline: &str) -> anyhow::Result<usize> {
+        let count: i64 = self
+            .db()
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) {LIVE_PLACES} AND g.pipeline = ?1 AND g.state = 'waiting'"
+            ))?
+            .query_row(params![pipeline], |row| row.get(0))?;
+        Ok(count as usize)
+    }
 }
 
 impl AttemptQueue for SqliteStore {
@@ -1669,6 +1806,19 @@ mod tests {
         super::super::conformance::concurrent_claimers_never_share_an_attempt(&first, &second);
     }
 
+    #[test]
+    fn racing_processes_enter_a_gate_one_at_a_time_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (first, second) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        super::super::conformance::racing_processes_enter_a_gate_one_at_a_time_in_order(
+            &first, &second,
+        );
+    }
+
     conformance!(
         paging_past_the_end_lists_nothing,
         an_end_is_stored_with_its_event,
@@ -1685,5 +1835,7 @@ mod tests {
         a_stop_request_reaches_the_holder_only,
         a_finished_execution_is_reopened_once,
         a_polled_revision_is_claimed_once,
+        a_gate_admits_one_execution_at_a_time_in_line_order,
+        a_superseding_gate_replaces_older_waiting_executions,
     );
 }
