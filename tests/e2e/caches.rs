@@ -77,11 +77,14 @@ fn concurrent_runs_take_turns_with_a_cache() {
     let workspace = Workspace::new();
     workspace.write(
         "pipeline.toml",
+        // Parallel: in the other modes the second run would wait at the
+        // stage boundary before it reached the cache.
         &cache_pipeline(
             "turns",
             "{}",
             "echo start >> $CACHE/log; sleep 2; echo end >> $CACHE/log",
-        ),
+        )
+        .replace("[caches]", "execution-mode = \"parallel\"\n\n[caches]"),
     );
     let outputs: Vec<_> = std::thread::scope(|scope| {
         let runs: Vec<_> = (0..2)

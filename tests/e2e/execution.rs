@@ -290,3 +290,68 @@ fn a_state_database_from_a_newer_sluice_is_refused_with_its_version() {
     );
     assert!(!printed.contains("panicked"), "{printed}");
 }
+
+#[test]
+fn two_runs_of_a_queued_pipeline_take_the_stage_in_turn_and_say_why_one_waits() {
+    let workspace = Workspace::new();
+    workspace.write(
+        "pipeline.toml",
+        r#"
+[pipeline]
+name = "turns"
+execution-mode = "queued"
+[[stages]]
+name = "Deploy"
+[[stages.actions]]
+name = "deploy"
+plugin = "command@0.1"
+config = { run = "sleep 2" }
+grants = { commands = ["sleep"] }
+"#,
+    );
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| workspace.sluice(&["run", "pipeline.toml"])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for output in &outputs {
+        assert!(output.status.success(), "{}", text(output));
+    }
+    let waited: Vec<_> = outputs
+        .iter()
+        .filter(|o| {
+            text(o).contains("stage Deploy: waiting (execution mode queued: another execution is in the stage or ahead in line)")
+        })
+        .collect();
+    assert_eq!(
+        waited.len(),
+        1,
+        "{}\n{}",
+        text(&outputs[0]),
+        text(&outputs[1])
+    );
+    // The stage spans of the two executions do not overlap.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let output = workspace.sluice(&[&["--output", "json"], args].concat());
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let listed = json(&["executions", "list"]);
+    let mut spans: Vec<(i64, i64)> = listed["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let shown = json(&["executions", "show", e["id"].as_str().unwrap()]);
+            let stage = &shown["stages"][0];
+            (millis(stage, "started_ms"), millis(stage, "ended_ms"))
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 2, "{listed:#}");
+    assert!(
+        spans[0].1 <= spans[1].0,
+        "both were in the stage at once: {spans:?}"
+    );
+}

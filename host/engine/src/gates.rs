@@ -158,9 +158,11 @@ impl Gate<'_> {
         Ok(())
     }
 
-    /// Wait until execution `id` may enter the stage.
-    pub async fn enter(&self, id: &str) -> anyhow::Result<Entry> {
+    /// Wait until execution `id` may enter the stage. `on_wait` is told why,
+    /// once, when it has to wait.
+    pub async fn enter(&self, id: &str, on_wait: impl FnOnce(String)) -> anyhow::Result<Entry> {
         self.join(id)?;
+        let mut on_wait = Some(on_wait);
         loop {
             let notified = self.gates.changed.notified();
             tokio::pin!(notified);
@@ -168,7 +170,29 @@ impl Gate<'_> {
             if let Some(entry) = self.try_enter(id)? {
                 return Ok(entry);
             }
+            if let Some(tell) = on_wait.take() {
+                tell(self.why_waiting());
+            }
             let _ = tokio::time::timeout(LOOK_AGAIN, notified).await;
+        }
+    }
+
+    fn why_waiting(&self) -> String {
+        let disabled = self
+            .gates
+            .disabled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (self.pipeline.to_string(), self.stage.to_string());
+        match disabled.get(&key) {
+            Some(reason) => format!("the transition is disabled: {reason}"),
+            None => format!(
+                "execution mode {}: another execution is in the stage or ahead in line",
+                serde_json::to_value(self.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
         }
     }
 
@@ -259,7 +283,7 @@ mod tests {
         ) -> tokio::task::JoinHandle<bool> {
             let gates = self.gates.clone();
             tokio::spawn(async move {
-                let entry = gates.gate("p", "s", mode).enter(id).await.unwrap();
+                let entry = gates.gate("p", "s", mode).enter(id, drop).await.unwrap();
                 matches!(entry, Entry::Entered)
             })
         }
@@ -334,7 +358,10 @@ mod tests {
     async fn a_place_freed_by_another_process_is_found_without_a_wake_up() {
         let fixture = Fixture::new(&["a", "b"]);
         let gate = fixture.gates.gate("p", "s", ExecutionMode::Queued);
-        assert!(matches!(gate.enter("a").await.unwrap(), Entry::Entered));
+        assert!(matches!(
+            gate.enter("a", drop).await.unwrap(),
+            Entry::Entered
+        ));
         let b = fixture.enter_on_a_task("b", ExecutionMode::Queued);
         settle().await;
         assert!(!b.is_finished());

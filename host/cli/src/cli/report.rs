@@ -117,6 +117,9 @@ fn describe(event: &Event) -> Option<String> {
         Event::StageSkipped { stage } => {
             format!("- stage {stage} skipped (an earlier stage failed)")
         }
+        Event::StageWaiting { stage, reason } => {
+            format!("… stage {stage}: waiting ({reason})")
+        }
         Event::ActionStarted {
             action,
             plugin,

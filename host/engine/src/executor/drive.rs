@@ -102,7 +102,10 @@ impl<R: ActionRunner> Executor<R> {
         let gate = self.gates.gate(&plan.name, name, plan.execution_mode);
         let mut stop = context.stop.subscribe();
         Ok(tokio::select! {
-            entry = gate.enter(&context.id) => match entry? {
+            entry = gate.enter(&context.id, |reason| {
+                let stage = name.clone();
+                self.publish(context, Event::StageWaiting { stage, reason });
+            }) => match entry? {
                 Entry::Entered => GateResult::Entered,
                 Entry::Superseded => GateResult::Superseded,
             },

@@ -55,6 +55,13 @@ pub enum Event {
         /// Why it did not succeed, or empty.
         detail: String,
     },
+    /// The execution waits at the boundary into a stage (shown, not stored).
+    StageWaiting {
+        /// Stage name.
+        stage: String,
+        /// Why: the execution mode or a disabled transition.
+        reason: String,
+    },
     /// A stage did not run because an earlier one failed.
     StageSkipped {
         /// Stage name.
@@ -201,6 +208,7 @@ impl Event {
             } => Change::new("action", action, event_state(*status), detail),
             Event::ActionStarted { first: false, .. }
             | Event::ActionProgress { .. }
+            | Event::StageWaiting { .. }
             | Event::ActionLog { .. } => return None,
         };
         Some(change)

@@ -11,7 +11,7 @@
 //! therefore runs on a short-lived scoped thread holding the connection.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, NoTls, Row};
@@ -203,9 +203,11 @@ const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
 
 /// The state store on a PostgreSQL database.
 pub struct PostgresStore {
-    /// `None` only while being dropped (see the `Drop` impl).
-    client: Mutex<Option<Client>>,
-    /// To connect again when the server closed the session.
+    /// Sessions to the database, reused (see [`POOL_SIZE`]).
+    pool: Mutex<Pool>,
+    /// Told when a session is given back or closed.
+    freed: Condvar,
+    /// To open sessions, and again when the server closed one.
     url: String,
     /// Encrypts continuation tokens (they may carry secrets) while stored.
     sealer: crate::secrets::TokenSealer,
@@ -221,24 +223,16 @@ impl PostgresStore {
     /// schema. Continuation tokens are sealed with the key at `key` (created if
     /// missing; every process sharing the database needs the same key).
     pub fn connect(url: &str, key: &Path) -> anyhow::Result<Self> {
-        let url = url.to_string();
-        let client = std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> anyhow::Result<Client> {
-                    let mut client = session(&url)?;
-                    migrate(&mut client).context("creating or migrating the state database")?;
-                    Ok(client)
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
-        })?;
-        Ok(Self {
-            client: Mutex::new(Some(client)),
-            url,
+        let store = Self {
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
+            url: url.to_string(),
             sealer: crate::secrets::TokenSealer::new(key.to_path_buf()),
             masker: std::sync::OnceLock::new(),
             owner: std::sync::OnceLock::new(),
-        })
+        };
+        store.with(|db| migrate(db).context("creating or migrating the state database"))?;
+        Ok(store)
     }
 
     fn mask(&self, text: &str) -> String {
@@ -248,41 +242,48 @@ impl PostgresStore {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Run `work` with the connection on a thread outside any tokio runtime.
+    /// Lend a session to the caller alone: an idle one, a new one while fewer
+    /// than [`POOL_SIZE`] are open, or else the next one given back. Call it
+    /// off the tokio runtime (it may connect).
+    fn lend(&self) -> anyhow::Result<Lent<'_>> {
+        let mut pool = self.pool();
+        let idle = loop {
+            if let Some(client) = pool.idle.pop() {
+                break Some(client);
+            }
+            if pool.open < POOL_SIZE {
+                pool.open += 1;
+                break None;
+            }
+            pool = self.freed.wait(pool).unwrap_or_else(|e| e.into_inner());
+        };
+        drop(pool);
+        let mut lent = Lent {
+            store: self,
+            client: None,
+        };
+        // The server ends a session that sat in a transaction too long (this
+        // process was paused), and a failed call may have closed one.
+        lent.client = match idle {
+            Some(client) if !client.is_closed() => Some(client),
+            _ => Some(session(&self.url)?),
+        };
+        Ok(lent)
+    }
+
+    /// Run `work` with a session of its own, on a thread outside any tokio
+    /// runtime (the synchronous client drives a runtime of its own).
     fn with<T: Send>(
         &self,
         work: impl FnOnce(&mut Client) -> anyhow::Result<T> + Send,
     ) -> anyhow::Result<T> {
-        let mut client = self.lock();
-        let client = client
-            .as_mut()
-            .expect("the connection lives until the store drops");
-        let url = &self.url;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    // The server ends a session that sat in a transaction too
-                    // long (this process was paused): start a new one.
-                    if client.is_closed() {
-                        *client = session(url)?;
-                    }
-                    let result = work(client);
-                    // Closed under this call: it failed (a transaction is rolled
-                    // back with its session); the next call starts a new one.
-                    if result.is_err()
-                        && client.is_closed()
-                        && let Ok(fresh) = session(url)
-                    {
-                        *client = fresh;
-                    }
-                    result
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
+        off_runtime(|| {
+            let mut lent = self.lend()?;
+            work(lent.client())
         })
     }
 
@@ -490,12 +491,63 @@ fn event_from_row(row: &Row) -> anyhow::Result<EventRecord> {
 }
 
 /// The `postgres` client owns a runtime, which must not be dropped on a
-/// tokio worker (it panics there): close it on a thread of its own.
+/// tokio worker (it panics there): close the sessions on a thread.
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        let client = self.lock().take();
-        std::thread::spawn(move || drop(client)).join().ok();
+        let idle = std::mem::take(&mut self.pool().idle);
+        std::thread::spawn(move || drop(idle)).join().ok();
     }
+}
+
+/// How many sessions one process opens at most. Calls from concurrent
+/// executions run side by side up to this many; the next waits for one.
+pub const POOL_SIZE: usize = 8;
+
+/// The sessions of one process.
+#[derive(Default)]
+struct Pool {
+    /// Sessions nobody uses now.
+    idle: Vec<Client>,
+    /// Sessions open or being opened, lent or idle.
+    open: usize,
+}
+
+/// A session lent to one caller; given back (or, closed, forgotten) when
+/// dropped. Drop it off the tokio runtime.
+struct Lent<'a> {
+    store: &'a PostgresStore,
+    client: Option<Client>,
+}
+
+impl Lent<'_> {
+    fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("lent until dropped")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.store.pool();
+        match self.client.take() {
+            Some(client) if !client.is_closed() => pool.idle.push(client),
+            closed => {
+                pool.open -= 1;
+                drop(pool);
+                drop(closed);
+            }
+        }
+        self.store.freed.notify_one();
+    }
+}
+
+/// Run `work` on a scoped thread: outside any tokio runtime.
+fn off_runtime<T: Send>(work: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(work)
+            .join()
+            .map_err(|_| anyhow::anyhow!("the database thread panicked"))?
+    })
 }
 
 impl GateStore for PostgresStore {
@@ -1209,14 +1261,26 @@ impl LeaseStore for PostgresStore {
     }
 
     fn hold_admission<'a>(&'a self, pipeline: &str) -> anyhow::Result<AdmissionHold<'a>> {
-        // A session lock: held across the calls that count and start, which
-        // all use this process's one session (the caller holds its own
-        // in-process lock meanwhile). Ended sessions release it too.
+        // A session lock, on a session kept for it until the hold ends: the
+        // calls that count and start (on other sessions) commit while it is
+        // held. The caller holds its own in-process lock meanwhile, so one
+        // session at most is kept here. Ended sessions release it too.
         let key = format!("admission/{pipeline}");
-        self.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])?;
+        let lent = off_runtime(|| {
+            let mut lent = self.lend()?;
+            lent.client()
+                .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])?;
+            Ok(lent)
+        })?;
         Ok(AdmissionHold::new(move || {
-            if let Err(e) = self.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key]) {
-                tracing::warn!("releasing the admission lock of {key}: {e:#}");
+            let released = off_runtime(move || {
+                let mut lent = lent;
+                let unlock = "SELECT pg_advisory_unlock(hashtext($1))";
+                lent.client().execute(unlock, &[&key])?;
+                Ok(())
+            });
+            if let Err(e) = released {
+                tracing::warn!("releasing an admission lock: {e:#}");
             }
         }))
     }
@@ -1792,6 +1856,30 @@ mod tests {
         a_gate_admits_one_execution_at_a_time_in_line_order,
         a_superseding_gate_replaces_older_waiting_executions,
     );
+
+    #[test]
+    fn concurrent_calls_of_one_process_run_on_up_to_pool_size_sessions() {
+        let scratch = Scratch::new();
+        let threads = POOL_SIZE * 2;
+        let barrier = std::sync::Barrier::new(threads);
+        let sessions: std::collections::HashSet<i32> = std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (store, barrier) = (&scratch.store, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let rows = store
+                            .query("SELECT pg_backend_pid(), pg_sleep(0.3)::text", &[])
+                            .unwrap();
+                        rows[0].get::<_, i32>(0)
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert!(sessions.len() > 1, "every call waited for one session");
+        assert!(sessions.len() <= POOL_SIZE, "{} sessions", sessions.len());
+    }
 
     #[test]
     fn a_second_connection_finds_the_schema_migrated_and_takes_nothing_twice() {
