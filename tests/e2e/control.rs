@@ -718,7 +718,7 @@ fn a_continuing_action_is_called_again_with_its_token_even_across_a_restart() {
 }
 
 /// A listener that records the body of every request it gets.
-fn recording_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+pub(crate) fn recording_server() -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -355,3 +355,104 @@ grants = { commands = ["sleep"] }
         "both were in the stage at once: {spans:?}"
     );
 }
+
+#[test]
+fn stage_conditions_skip_retry_and_fail_stages_and_say_which_rule_decided() {
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(
+        r##"
+[pipeline]
+name = "gated"
+[variables]
+target = { default = "staging" }
+[caches]
+marks = {}
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+namespace = "build"
+config = { run = "true" }
+grants = { commands = ["true"] }
+[[stages]]
+name = "Deploy"
+before-entry = { result = "skip", rules = [
+  { name = "prod-only", provider = "variable-check", variable = "#{variables.target}", operator = "eq", value = "production" },
+] }
+[[stages.actions]]
+name = "deploy"
+plugin = "command@0.1"
+config = { run = "true" }
+grants = { commands = ["true"] }
+[[stages]]
+name = "Flaky"
+on-success = { rules = [{ name = "built", provider = "variable-check", variable = "#{build.exit_code}", operator = "eq", value = "0" }] }
+on-failure = { result = "retry" }
+[[stages.actions]]
+name = "flaky"
+plugin = "command@0.1"
+config = { run = "sh -c 'if [ -e $MARKS/tried ]; then echo second try; else touch $MARKS/tried; exit 1; fi'", env = "MARKS=#{cache.marks}" }
+grants = { commands = ["sh"], caches = ["marks"] }
+[[stages]]
+name = "Window"
+before-entry = { rules = [{ name = "closed", provider = "deployment-window", cron = "0 0 0 1 1 * 2001", time-zone = "Europe/Paris" }] }
+[[stages.actions]]
+name = "late"
+plugin = "command@0.1"
+config = { run = "true" }
+grants = { commands = ["true"] }
+"##,
+    );
+    let shown = text(&output);
+    assert!(!output.status.success(), "{shown}");
+    for line in [
+        "✗ Deploy before-entry rule prod-only: not: `staging` equals `production`",
+        "✓ Flaky on-success rule built: `0` equals `0`",
+        "✗ Window before-entry rule closed: not: `0 0 0 1 1 * 2001` never opens again",
+    ] {
+        assert!(shown.contains(line), "no `{line}` in:\n{shown}");
+    }
+    let json = workspace.sluice(&["--output", "json", "executions", "show", "latest"]);
+    let record: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let stages: Vec<(String, String)> = record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let field = |k: &str| s[k].as_str().unwrap_or_default().to_string();
+            (field("stage"), field("status"))
+        })
+        .collect();
+    let expected = [
+        ("Build", "Succeeded"),
+        ("Deploy", "Skipped"),
+        ("Flaky", "Succeeded"),
+        ("Window", "Failed"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(stages, expected, "{record:#}");
+    let ran = |name: &str| {
+        record["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == name)
+    };
+    assert!(
+        !ran("deploy") && !ran("late"),
+        "a stage a condition held ran: {record:#}"
+    );
+    let flaky = action(&record, "flaky");
+    assert_eq!(flaky["status"], "Succeeded", "{record:#}");
+    assert!(
+        record["execution"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rule `closed`"),
+        "{record:#}"
+    );
+}

@@ -495,3 +495,48 @@ fn queued_mode_and_queue_depth_hold_across_servers() {
         "the second server let its execution into the stage while the first one's was inside ({entered} < {left})"
     );
 }
+
+#[test]
+fn each_notification_is_delivered_once_by_servers_sharing_a_database() {
+    let (port, received) = crate::control::recording_server();
+    let notified = slow("true").replace(
+        "[[stages]]",
+        &format!(
+            r##"[notifications]
+events = ["pipeline.SUCCEEDED"]
+[notifications.action]
+name = "notify"
+plugin = "http@0.1"
+config = {{ url = "http://127.0.0.1:{port}/events", method = "POST", body = "#{{event.execution}}" }}
+grants = {{ hosts = ["127.0.0.1:{port}"] }}
+[[stages]]"##
+        ),
+    );
+    let TwoServers {
+        _schema,
+        _workspace,
+        admin,
+        first,
+        second,
+    } = TwoServers::new("3s", &notified);
+    let mut ids: Vec<String> = (0..6)
+        .map(|i| start([&first, &second][i % 2], &admin))
+        .collect();
+    for id in &ids {
+        let done = wait_for_end(&first, &admin, id);
+        assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    }
+    let mut bodies = Vec::new();
+    while bodies.len() < ids.len() {
+        let body = received
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("only {} notifications arrived: {bodies:?}", bodies.len()));
+        bodies.push(body);
+    }
+    // Both servers poll every 300 ms: a second delivery would come by now.
+    std::thread::sleep(Duration::from_secs(3));
+    bodies.extend(received.try_iter());
+    bodies.sort();
+    ids.sort();
+    assert_eq!(bodies, ids, "each execution's end notified once");
+}

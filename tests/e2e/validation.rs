@@ -281,3 +281,52 @@ fn pipeline_names_are_plain_and_short() {
         text(&output)
     );
 }
+
+#[test]
+fn stage_conditions_are_checked_with_the_line_and_column_of_each_problem() {
+    let conditions = r##"name = "Use"
+before-entry = { result = "rollback", rules = [{ name = "late", provider = "variable-check", variable = "#{late.x}", operator = "like", value = "a" }, { name = "w", provider = "deployment-window", cron = "* * 9-17 * * Mon-Fri", time-zone = "Mars/Olympus" }] }
+"##;
+    let pipeline = VALID.replace("name = \"Use\"\n", conditions);
+    rejected_at(
+        &pipeline,
+        19,
+        27,
+        "`before-entry` result `rollback` is not one of [\"fail\", \"skip\"] (rollback is not supported yet)",
+    );
+    rejected_at(
+        &pipeline,
+        19,
+        105,
+        "`#{late.x}` refers to namespace `late`, which no action declares",
+    );
+    rejected_at(
+        &pipeline,
+        19,
+        129,
+        "operator `like` is not one of eq, ne, contains, matches",
+    );
+    rejected_at(&pipeline, 19, 241, "unknown time zone `Mars/Olympus`");
+
+    let six = (0..6)
+        .map(|i| format!("{{ name = \"r{i}\", provider = \"variable-check\", variable = \"#{{make.exit_code}}\", operator = \"eq\", value = \"0\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pipeline = VALID.replace(
+        "name = \"Use\"\n",
+        &format!("name = \"Use\"\non-success = {{ rules = [{six}] }}\n"),
+    );
+    let (code, stderr) = validate(&pipeline);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`on-success` has 6 rules; a condition has at most 5"),
+        "{stderr}"
+    );
+
+    let fine = VALID.replace(
+        "name = \"Use\"\n",
+        "name = \"Use\"\nbefore-entry = { result = \"skip\", rules = [{ name = \"ok\", provider = \"variable-check\", variable = \"#{make.exit_code}\", operator = \"matches\", value = \"^0$\" }] }\non-failure = { result = \"retry\" }\n",
+    );
+    let (code, stderr) = validate(&fine);
+    assert_eq!(code, Some(0), "{stderr}");
+}

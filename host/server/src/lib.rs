@@ -579,6 +579,21 @@ async fn run_notifications(app: AppState) {
     let mut backoff = std::time::Duration::from_millis(300);
     loop {
         tokio::time::sleep(backoff).await;
+        // One server delivers at a time (the others stand by), so an event
+        // reaches its target once; a server that takes over goes on from the
+        // shared cursor.
+        let now = now_ms();
+        match app
+            .state
+            .hold_notifier(&app.lease.id, now, now + app.lease.lease_ms)
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!("claiming notification delivery failed: {e:#}");
+                continue;
+            }
+        }
         let Ok(cursor) = app.state.notify_cursor() else {
             continue;
         };

@@ -406,6 +406,7 @@ fn plan(
     config: &[(&str, &str)],
 ) -> Plan {
     let stage = |s: usize| StagePlan {
+        conditions: Default::default(),
         name: format!("s{s}"),
         actions: (0..per_stage)
             .map(|a| ActionPlan {

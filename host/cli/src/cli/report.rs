@@ -117,6 +117,16 @@ fn describe(event: &Event) -> Option<String> {
         Event::StageSkipped { stage } => {
             format!("- stage {stage} skipped (an earlier stage failed)")
         }
+        Event::RuleEvaluated {
+            stage,
+            condition,
+            rule,
+            passed,
+            detail,
+        } => {
+            let mark = if *passed { "✓" } else { "✗" };
+            format!("│ {mark} {stage} {condition} rule {rule}: {detail}")
+        }
         Event::StageWaiting { stage, reason } => {
             format!("… stage {stage}: waiting ({reason})")
         }

@@ -2,6 +2,7 @@
 //! validated [`Plan`] the executor runs.
 
 pub mod caches;
+pub mod conditions;
 pub mod limits;
 pub mod model;
 mod validate;
@@ -183,6 +184,8 @@ pub struct StagePlan {
     pub name: String,
     /// Actions, sorted by run order.
     pub actions: Vec<ActionPlan>,
+    /// Its before-entry, on-success and on-failure conditions.
+    pub conditions: conditions::StageConditions,
 }
 
 impl StagePlan {

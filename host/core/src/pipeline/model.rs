@@ -126,6 +126,15 @@ pub struct VariableDecl {
 pub struct StageDecl {
     /// Stage name.
     pub name: Spanned<String>,
+    /// Rules checked after entering, before the first action.
+    #[serde(rename = "before-entry", alias = "before_entry")]
+    pub before_entry: Option<Spanned<super::conditions::ConditionDecl>>,
+    /// Rules checked once every action succeeded.
+    #[serde(rename = "on-success", alias = "on_success")]
+    pub on_success: Option<Spanned<super::conditions::ConditionDecl>>,
+    /// Rules checked after the stage failed.
+    #[serde(rename = "on-failure", alias = "on_failure")]
+    pub on_failure: Option<Spanned<super::conditions::ConditionDecl>>,
     /// `[[stages.actions]]`.
     #[serde(default)]
     pub actions: Vec<ActionDecl>,

@@ -8,8 +8,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::Mount;
+use super::conditions::{self, StageConditions, When};
 use super::limits::{Limits, MAX_MEMORY_BYTES};
-use super::model::{ActionDecl, GrantsDecl, PipelineFile, PollDecl};
+use super::model::{ActionDecl, GrantsDecl, PipelineFile, PollDecl, StageDecl};
 use super::vars;
 use super::{
     APPROVAL, ActionKind, ActionPlan, ApprovalPolicy, Diagnostic, Diagnostics, EVENT_KEYS,
@@ -122,9 +123,11 @@ impl Validator<'_> {
                 }
             }
             actions.sort_by_key(|a| a.run_order);
+            let conditions = self.conditions(file, stage, index);
             stages.push(StagePlan {
                 name: stage.name.get_ref().clone(),
                 actions,
+                conditions,
             });
         }
         self.check_unused_caches(file);
@@ -470,6 +473,76 @@ impl Validator<'_> {
             config.insert(key.clone(), (value.span().start, text));
         }
         config
+    }
+
+    /// A stage's conditions. A before-entry rule may refer to what earlier
+    /// stages produced; on-success and on-failure rules to the stage's own
+    /// actions' variables too.
+    fn conditions(
+        &mut self,
+        file: &PipelineFile,
+        stage: &StageDecl,
+        index: usize,
+    ) -> StageConditions {
+        let mut conditions = StageConditions::default();
+        let written = [
+            (When::BeforeEntry, &stage.before_entry),
+            (When::OnSuccess, &stage.on_success),
+            (When::OnFailure, &stage.on_failure),
+        ];
+        for (when, decl) in written {
+            let Some(decl) = decl else { continue };
+            let visible_before: Position = match when {
+                When::BeforeEntry => (index, 0),
+                When::OnSuccess | When::OnFailure => (index + 1, 0),
+            };
+            let mut check = |reference: &vars::VarRef| {
+                self.condition_reference(file, reference, visible_before)
+            };
+            match conditions::validate(when, decl, &mut check) {
+                Ok(condition) => match when {
+                    When::BeforeEntry => conditions.before_entry = Some(condition),
+                    When::OnSuccess => conditions.on_success = Some(condition),
+                    When::OnFailure => conditions.on_failure = Some(condition),
+                },
+                Err(errors) => {
+                    for (offset, message) in errors {
+                        let diagnostic = self.source.at(offset, message);
+                        self.errors.push(diagnostic);
+                    }
+                }
+            }
+        }
+        conditions
+    }
+
+    /// Whether a rule may refer to `reference`: a declared pipeline variable,
+    /// a built-in, or the namespace of an action that runs before `before`.
+    fn condition_reference(
+        &self,
+        file: &PipelineFile,
+        reference: &vars::VarRef,
+        before: Position,
+    ) -> Result<(), String> {
+        let name = reference.name();
+        match reference.namespace.as_str() {
+            "variables" if file.variables.contains_key(&reference.key) => Ok(()),
+            "execution" if EXECUTION_KEYS.contains(&reference.key.as_str()) => Ok(()),
+            "trigger" if TRIGGER_KEYS.contains(&reference.key.as_str()) => Ok(()),
+            "variables" | "execution" | "trigger" | "cache" | "event" => {
+                Err(format!("`#{{{name}}}` cannot be checked by a rule"))
+            }
+            namespace => match self.namespaces.get(namespace) {
+                Some(producer) if producer.position < before => Ok(()),
+                Some(producer) => Err(format!(
+                    "`#{{{name}}}` refers to namespace `{namespace}` of action `{}`, which has not run when this rule is checked",
+                    producer.action
+                )),
+                None => Err(format!(
+                    "`#{{{name}}}` refers to namespace `{namespace}`, which no action declares"
+                )),
+            },
+        }
     }
 
     fn check_references(

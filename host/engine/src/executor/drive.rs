@@ -13,7 +13,8 @@ use super::machine::{self, AfterFailure, GroupEnd, Outcome, RunState, Step};
 use super::runner::{ActionRunner, AttemptFailure, AttemptRequest};
 use super::{Event, ExecutionContext, Executor, lock, resolve_config};
 use crate::gates::Entry;
-use sluice_core::pipeline::{ActionKind, ActionPlan};
+use sluice_core::pipeline::conditions::When;
+use sluice_core::pipeline::{ActionKind, ActionPlan, vars};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
@@ -79,6 +80,11 @@ impl<R: ActionRunner> Executor<R> {
                     let end = self.run_group(context, stage, &actions, &mut walk).await?;
                     tell_stop(&mut walk, context);
                     walk.group_ended(end);
+                }
+                Step::Check { stage, when } => {
+                    let failed = self.check_condition(context, stage, when);
+                    tell_stop(&mut walk, context);
+                    walk.condition_checked(&failed);
                 }
                 Step::EndStage { stage, outcome } => {
                     // Recording the end gives the place inside up.
@@ -147,6 +153,33 @@ impl<R: ActionRunner> Executor<R> {
             (self.state).finish_stage(&context.id, name, status, error, now_ms(), record)?;
         self.announce(stored, event);
         Ok(())
+    }
+
+    /// Evaluate every rule of stage `stage`'s condition `when`, each verdict
+    /// recorded as a `rule` event; the rules that did not pass, with why.
+    fn check_condition(&self, context: &ExecutionContext, stage: usize, when: When) -> Vec<String> {
+        let plan_stage = &context.plan.stages[stage];
+        let Some(condition) = plan_stage.conditions.get(when) else {
+            return Vec::new();
+        };
+        let now = chrono::Utc::now();
+        let resolve = |text: &str| vars::resolve(text, |ns, key| context.lookup(ns, key));
+        let mut failed = Vec::new();
+        for rule in &condition.rules {
+            let verdict = rule.evaluate(now, resolve);
+            if !verdict.passed {
+                failed.push(format!("rule `{}`: {}", verdict.rule, verdict.detail));
+            }
+            let event = Event::RuleEvaluated {
+                stage: plan_stage.name.clone(),
+                condition: when.key(),
+                rule: verdict.rule,
+                passed: verdict.passed,
+                detail: self.masker.mask(&verdict.detail),
+            };
+            self.publish(context, event);
+        }
+        failed
     }
 
     fn skip_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {

@@ -100,6 +100,19 @@ pub enum Event {
         /// The line.
         text: String,
     },
+    /// A rule of a stage condition was evaluated.
+    RuleEvaluated {
+        /// Stage name.
+        stage: String,
+        /// `before-entry`, `on-success` or `on-failure`.
+        condition: &'static str,
+        /// Rule name.
+        rule: String,
+        /// Whether it passed.
+        passed: bool,
+        /// What was found.
+        detail: String,
+    },
     /// An attempt failed and another will follow after `wait`.
     ActionRetrying {
         /// Action name.
@@ -189,6 +202,17 @@ impl Event {
                 first: true,
                 ..
             } => Change::new("action", action, "STARTED", ""),
+            Event::RuleEvaluated {
+                stage,
+                condition,
+                rule,
+                passed,
+                detail,
+            } => {
+                let name = format!("{stage}.{condition}.{rule}");
+                let state = if *passed { "PASSED" } else { "FAILED" };
+                Change::new("rule", &name, state, detail)
+            }
             Event::ActionRetrying {
                 action,
                 attempt,

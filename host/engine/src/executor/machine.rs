@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use sluice_core::pipeline::conditions::{ConditionResult, StageConditions, When};
 use sluice_core::pipeline::{ActionPlan, OnRestart, Plan, RetryPolicy};
 use sluice_store::state::Status;
 
@@ -26,6 +27,9 @@ pub enum Outcome {
     Superseded,
     /// Someone stopped it; the reason says how and why.
     Stopped(String),
+    /// (A stage only) its before-entry condition skipped it; the reason
+    /// names the rules that did not pass. The execution goes on.
+    Skipped(String),
 }
 
 impl Outcome {
@@ -36,6 +40,7 @@ impl Outcome {
             Outcome::Failed(reason) => (Status::Failed, Some(reason)),
             Outcome::Superseded => (Status::Superseded, None),
             Outcome::Stopped(reason) => (Status::Stopped, Some(reason)),
+            Outcome::Skipped(reason) => (Status::Skipped, Some(reason)),
         }
     }
 }
@@ -96,6 +101,14 @@ pub enum Step {
         /// Names of the actions, in plan order.
         actions: Vec<String>,
     },
+    /// Evaluate the rules of stage `stage`'s condition `when`, then report
+    /// [`RunState::condition_checked`].
+    Check {
+        /// Its position in the plan.
+        stage: usize,
+        /// Which condition.
+        when: When,
+    },
     /// Record the end of stage `stage` and leave it (its gate opens).
     EndStage {
         /// Its position in the plan.
@@ -130,6 +143,13 @@ enum Position {
     Inside { stage: usize, group: usize },
     /// Inside this stage while group `group` runs.
     Running { stage: usize, group: usize },
+    /// Inside this stage while its condition `when` is evaluated; `failure`
+    /// is why the stage failed (on-failure).
+    Checking {
+        stage: usize,
+        when: When,
+        failure: Option<String>,
+    },
     /// This stage is over and must be recorded before the walk goes on.
     Leaving { stage: usize, outcome: Outcome },
     /// Done.
@@ -141,6 +161,7 @@ enum Position {
 #[derive(Clone, Debug)]
 struct StageShape {
     groups: Vec<Vec<String>>,
+    conditions: StageConditions,
 }
 
 /// One execution's walk through its plan's stages and groups.
@@ -155,6 +176,8 @@ pub struct RunState {
     /// The first failed stage's reason: every later stage is skipped.
     failure: Option<String>,
     stop: Option<StopRequest>,
+    /// Stages their on-failure condition ran again (once each).
+    retried: HashSet<usize>,
 }
 
 impl RunState {
@@ -170,6 +193,7 @@ impl RunState {
                     .into_iter()
                     .map(|group| group.into_iter().map(|a| a.name.clone()).collect())
                     .collect(),
+                conditions: stage.conditions.clone(),
             })
             .collect();
         Self {
@@ -179,6 +203,7 @@ impl RunState {
             position: Position::Before(0),
             failure: None,
             stop: None,
+            retried: HashSet::new(),
         }
     }
 
@@ -205,6 +230,7 @@ impl RunState {
                             self.failure = Some(reason.clone());
                             Position::Before(stage + 1)
                         }
+                        Outcome::Skipped(_) => Position::Before(stage + 1),
                         Outcome::Superseded | Outcome::Stopped(_) => {
                             Position::Over(outcome.clone())
                         }
@@ -218,6 +244,7 @@ impl RunState {
                     let actions = self.pending(stage, group);
                     return Step::Run { stage, actions };
                 }
+                Position::Checking { stage, when, .. } => return Step::Check { stage, when },
             }
         }
     }
@@ -261,9 +288,16 @@ impl RunState {
     /// leave the stage once every group ran.
     fn inside_stage(&mut self, stage: usize, group: usize) -> Option<Step> {
         if group == self.stages[stage].groups.len() {
-            self.position = Position::Leaving {
-                stage,
-                outcome: Outcome::Succeeded,
+            self.position = match self.stages[stage].conditions.on_success {
+                Some(_) => Position::Checking {
+                    stage,
+                    when: When::OnSuccess,
+                    failure: None,
+                },
+                None => Position::Leaving {
+                    stage,
+                    outcome: Outcome::Succeeded,
+                },
             };
             return None;
         }
@@ -291,8 +325,64 @@ impl RunState {
     /// The execution entered the stage it waited at.
     pub fn entered(&mut self) {
         if let Position::AtGate(stage) = self.position {
-            self.position = Position::Inside { stage, group: 0 };
+            self.position = match self.stages[stage].conditions.before_entry {
+                Some(_) => Position::Checking {
+                    stage,
+                    when: When::BeforeEntry,
+                    failure: None,
+                },
+                None => Position::Inside { stage, group: 0 },
+            };
         }
+    }
+
+    /// The condition of the last [`Step::Check`] was evaluated: `failed`
+    /// names the rules that did not pass (empty when all did).
+    ///
+    /// - before-entry: all passed, the first group runs; else the stage is
+    ///   skipped (`skip`) or fails (`fail`);
+    /// - on-success: all passed, the stage succeeds; else it fails;
+    /// - on-failure: all passed, the stage runs again from its first group,
+    ///   once (`retry`); else it fails as it would have.
+    ///
+    /// A stop asked meanwhile ends the stage Stopped instead.
+    pub fn condition_checked(&mut self, failed: &[String]) {
+        let Position::Checking {
+            stage,
+            when,
+            failure,
+        } = self.position.clone()
+        else {
+            return;
+        };
+        let Some(condition) = self.stages[stage].conditions.get(when) else {
+            return;
+        };
+        let result = condition.result;
+        let passed = failed.is_empty();
+        let because = || format!("{} condition not met: {}", when.key(), failed.join("; "));
+        let outcome = if let Some(stop) = &self.stop {
+            Outcome::Stopped(stop.describe())
+        } else {
+            match (when, passed) {
+                (When::BeforeEntry, true) => {
+                    self.position = Position::Inside { stage, group: 0 };
+                    return;
+                }
+                (When::BeforeEntry, false) if result == ConditionResult::Skip => {
+                    Outcome::Skipped(because())
+                }
+                (When::BeforeEntry | When::OnSuccess, false) => Outcome::Failed(because()),
+                (When::OnSuccess, true) => Outcome::Succeeded,
+                (When::OnFailure, true) if result == ConditionResult::Retry => {
+                    self.retried.insert(stage);
+                    self.position = Position::Inside { stage, group: 0 };
+                    return;
+                }
+                (When::OnFailure, _) => Outcome::Failed(failure.unwrap_or_default()),
+            }
+        };
+        self.position = Position::Leaving { stage, outcome };
     }
 
     /// A newer execution replaced this one at the gate: it ends Superseded,
@@ -332,7 +422,19 @@ impl RunState {
         };
         let outcome = match end {
             GroupEnd::Ran { failures } if !failures.is_empty() => {
-                Outcome::Failed(failures.join("; "))
+                let failure = failures.join("; ");
+                let may_retry = self.stages[stage].conditions.on_failure.is_some()
+                    && !self.retried.contains(&stage)
+                    && self.stop.is_none();
+                if may_retry {
+                    self.position = Position::Checking {
+                        stage,
+                        when: When::OnFailure,
+                        failure: Some(failure),
+                    };
+                    return;
+                }
+                Outcome::Failed(failure)
             }
             GroupEnd::Ran { .. } => match &self.stop {
                 Some(stop) => Outcome::Stopped(stop.describe()),
@@ -441,6 +543,7 @@ mod tests {
     /// Build: a, b (run order 1), c (2); Deploy: d.
     fn plan() -> Plan {
         let stage = |name: &str, actions: Vec<ActionPlan>| StagePlan {
+            conditions: Default::default(),
             name: name.to_string(),
             actions,
         };
@@ -688,5 +791,184 @@ mod tests {
             on_resume(&action, Status::InProgress, false, false),
             OnResume::Fail(_)
         ));
+    }
+
+    /// `plan()` with conditions on Build written as TOML would give them.
+    fn with_conditions(result: ConditionResult, when: When) -> Plan {
+        use sluice_core::pipeline::conditions::{Condition, Operator, Rule, RuleCheck};
+        let rule = Rule {
+            name: "r".into(),
+            check: RuleCheck::VariableCheck {
+                variable: "x".into(),
+                operator: Operator::Eq,
+                value: "x".into(),
+            },
+        };
+        let condition = Some(Condition {
+            result,
+            rules: vec![rule],
+        });
+        let mut plan = plan();
+        let conditions = &mut plan.stages[0].conditions;
+        match when {
+            When::BeforeEntry => conditions.before_entry = condition,
+            When::OnSuccess => conditions.on_success = condition,
+            When::OnFailure => conditions.on_failure = condition,
+        }
+        plan
+    }
+
+    fn through_build(walk: &mut RunState) {
+        walk.group_ended(ran());
+        assert_eq!(walk.next_step(), run(0, &["c"]));
+        walk.group_ended(ran());
+    }
+
+    #[test]
+    fn a_before_entry_condition_that_fails_skips_the_stage_or_fails_it() {
+        let not_met = ["rule `r`: no".to_string()];
+        let mut walk = RunState::new(
+            &with_conditions(ConditionResult::Skip, When::BeforeEntry),
+            HashSet::new(),
+        );
+        assert_eq!(walk.next_step(), Step::Enter { stage: 0 });
+        walk.entered();
+        let check = Step::Check {
+            stage: 0,
+            when: When::BeforeEntry,
+        };
+        assert_eq!(walk.next_step(), check);
+        walk.condition_checked(&not_met);
+        let skipped = Outcome::Skipped("before-entry condition not met: rule `r`: no".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: skipped
+            }
+        );
+        assert_eq!(
+            walk.next_step(),
+            Step::Enter { stage: 1 },
+            "the execution goes on"
+        );
+
+        let mut walk = RunState::new(
+            &with_conditions(ConditionResult::Fail, When::BeforeEntry),
+            HashSet::new(),
+        );
+        walk.next_step();
+        walk.entered();
+        assert_eq!(walk.next_step(), check);
+        walk.condition_checked(&[]);
+        assert_eq!(
+            walk.next_step(),
+            run(0, &["a", "b"]),
+            "all passed: the stage runs"
+        );
+        let mut walk = RunState::new(
+            &with_conditions(ConditionResult::Fail, When::BeforeEntry),
+            HashSet::new(),
+        );
+        walk.next_step();
+        walk.entered();
+        walk.next_step();
+        walk.condition_checked(&not_met);
+        let failed = Outcome::Failed("before-entry condition not met: rule `r`: no".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: failed.clone()
+            }
+        );
+        assert_eq!(walk.next_step(), Step::Skip { stage: 1 });
+        assert_eq!(walk.next_step(), Step::End(failed));
+    }
+
+    #[test]
+    fn an_on_success_condition_is_checked_after_the_last_group_and_can_fail_the_stage() {
+        let mut walk = RunState::new(
+            &with_conditions(ConditionResult::Fail, When::OnSuccess),
+            HashSet::new(),
+        );
+        walk.next_step();
+        walk.entered();
+        assert_eq!(walk.next_step(), run(0, &["a", "b"]));
+        through_build(&mut walk);
+        assert_eq!(
+            walk.next_step(),
+            Step::Check {
+                stage: 0,
+                when: When::OnSuccess
+            }
+        );
+        walk.condition_checked(&["rule `r`: no".to_string()]);
+        let failed = Outcome::Failed("on-success condition not met: rule `r`: no".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: failed
+            }
+        );
+    }
+
+    #[test]
+    fn an_on_failure_retry_runs_the_stage_again_once() {
+        let failing = || GroupEnd::Ran {
+            failures: vec!["b failed".to_string()],
+        };
+        let mut walk = RunState::new(
+            &with_conditions(ConditionResult::Retry, When::OnFailure),
+            HashSet::new(),
+        );
+        walk.next_step();
+        walk.entered();
+        walk.next_step();
+        walk.group_ended(failing());
+        assert_eq!(
+            walk.next_step(),
+            Step::Check {
+                stage: 0,
+                when: When::OnFailure
+            }
+        );
+        walk.condition_checked(&[]);
+        assert_eq!(
+            walk.next_step(),
+            run(0, &["a", "b"]),
+            "the stage runs again"
+        );
+        walk.group_ended(failing());
+        let failed = Outcome::Failed("b failed".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: failed
+            },
+            "only once"
+        );
+
+        let mut walk = RunState::new(
+            &with_conditions(ConditionResult::Retry, When::OnFailure),
+            HashSet::new(),
+        );
+        walk.next_step();
+        walk.entered();
+        walk.next_step();
+        walk.group_ended(failing());
+        walk.next_step();
+        walk.condition_checked(&["rule `r`: no".to_string()]);
+        let failed = Outcome::Failed("b failed".into());
+        assert_eq!(
+            walk.next_step(),
+            Step::EndStage {
+                stage: 0,
+                outcome: failed
+            },
+            "rules not met: no retry"
+        );
     }
 }

@@ -265,6 +265,7 @@ fn plan(mode: ExecutionMode, stages: &[(&str, &[(&str, u32)])]) -> Plan {
         stages: stages
             .iter()
             .map(|(stage, actions)| StagePlan {
+                conditions: Default::default(),
                 name: stage.to_string(),
                 actions: actions
                     .iter()

@@ -573,3 +573,20 @@ pub fn racing_processes_enter_a_gate_one_at_a_time_in_order(first: &dyn Store, s
     });
     assert_eq!(order.into_inner().unwrap(), ids);
 }
+
+/// One server at a time delivers notifications; another takes over once the
+/// holder stops renewing.
+pub fn notifications_are_delivered_by_one_holder_at_a_time(store: &dyn Store) {
+    assert!(store.hold_notifier("a", 0, 100).unwrap());
+    assert!(!store.hold_notifier("b", 50, 150).unwrap(), "a holds it");
+    assert!(store.hold_notifier("a", 90, 200).unwrap(), "a renews");
+    assert!(
+        !store.hold_notifier("b", 150, 250).unwrap(),
+        "renewed to 200"
+    );
+    assert!(store.hold_notifier("b", 201, 300).unwrap(), "a ran out");
+    assert!(
+        !store.hold_notifier("a", 210, 310).unwrap(),
+        "b holds it now"
+    );
+}

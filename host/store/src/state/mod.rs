@@ -395,6 +395,13 @@ pub trait EventStore {
 
     /// The newest event's sequence number (0 when none).
     fn last_event_seq(&self) -> anyhow::Result<i64>;
+
+    /// Hold (or renew) the right to deliver notifications until `until_ms`:
+    /// true for `owner` when nobody holds it or its holder's ran out before
+    /// `now_ms`. One server delivers at a time, so an event is delivered
+    /// once; after a failover the new holder starts from the shared cursor
+    /// (at least once).
+    fn hold_notifier(&self, owner: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool>;
 }
 
 /// API tokens and the audit log.

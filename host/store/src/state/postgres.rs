@@ -196,6 +196,7 @@ CREATE TABLE gate_places (
 );
 CREATE INDEX gate_places_by_execution ON gate_places (execution_id);
 "#,
+    "CREATE TABLE notifier (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, until_ms BIGINT NOT NULL);",
 ];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
@@ -1502,6 +1503,16 @@ impl EventStore for PostgresStore {
         let rows = self.query("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?;
         Ok(rows[0].try_get(0)?)
     }
+
+    fn hold_notifier(&self, owner: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+        let changed = self.execute(
+            "INSERT INTO notifier (id, owner, until_ms) VALUES (1, $1, $3)
+             ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+             WHERE notifier.owner = excluded.owner OR notifier.until_ms < $2",
+            &[&owner, &now_ms, &until_ms],
+        )?;
+        Ok(changed == 1)
+    }
 }
 
 impl AccessStore for PostgresStore {
@@ -1855,6 +1866,7 @@ mod tests {
         a_polled_revision_is_claimed_once,
         a_gate_admits_one_execution_at_a_time_in_line_order,
         a_superseding_gate_replaces_older_waiting_executions,
+        notifications_are_delivered_by_one_holder_at_a_time,
     );
 
     #[test]

@@ -188,7 +188,18 @@ const MIGRATIONS: &[Migration] = &[
         describe: "stage gates shared by every process",
         apply: gate_places,
     },
+    Migration {
+        describe: "the server that delivers notifications",
+        apply: notifier,
+    },
 ];
+
+/// Migration 7: which server delivers notifications, and until when.
+fn notifier(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "CREATE TABLE notifier (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, until_ms INTEGER NOT NULL)",
+    )
+}
 
 /// Migration 6: places in line at, and inside, stage boundaries.
 fn gate_places(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -1152,6 +1163,18 @@ impl EventStore for SqliteStore {
                 row.get(0)
             })?)
     }
+
+    fn hold_notifier(&self, owner: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
+        let changed = self
+            .db()
+            .prepare_cached(
+                "INSERT INTO notifier (id, owner, until_ms) VALUES (1, ?1, ?3)
+             ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+             WHERE notifier.owner = excluded.owner OR notifier.until_ms < ?2",
+            )?
+            .execute(params![owner, now_ms, until_ms])?;
+        Ok(changed == 1)
+    }
 }
 
 impl AccessStore for SqliteStore {
@@ -1837,5 +1860,6 @@ mod tests {
         a_polled_revision_is_claimed_once,
         a_gate_admits_one_execution_at_a_time_in_line_order,
         a_superseding_gate_replaces_older_waiting_executions,
+        notifications_are_delivered_by_one_holder_at_a_time,
     );
 }
