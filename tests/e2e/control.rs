@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::Workspace;
+use crate::harness::{Workspace, text};
 use crate::server::{Server, token, wait_for_end};
 
 /// One stage whose action sleeps `seconds`, in `mode`.
@@ -889,5 +889,133 @@ fn a_live_subscriber_gets_every_event_of_concurrent_executions_once_and_in_order
     assert_eq!(
         live, stored,
         "the live stream lost, repeated or reordered events"
+    );
+}
+
+/// Source builds a `version` file from `#{variables.release}`; Deploy prints it.
+const RELEASES: &str = r##"
+[pipeline]
+name = "sleepy"
+execution-mode = "parallel"
+[variables]
+release = { default = "v0" }
+[[stages]]
+name = "Source"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+outputs = ["bundle"]
+config = { run = "sh -c 'echo #{variables.release} > version'", outputs = "bundle=version" }
+grants = { commands = ["sh"] }
+[[stages]]
+name = "Deploy"
+[[stages.actions]]
+name = "deploy"
+plugin = "command@0.1"
+inputs = ["bundle"]
+config = { run = "sh -c 'echo deploying $(cat version) with #{variables.release}'" }
+grants = { commands = ["sh", "cat"] }
+"##;
+
+impl Fixture {
+    fn start_release(&self, release: &str) -> String {
+        let body = format!(r#"{{"variables": {{"release": "{release}"}}}}"#);
+        let path = "/api/v1/pipelines/sleepy/executions";
+        let (status, started) = self
+            .server
+            .call("POST", path, Some(&self.admin), Some(&body));
+        assert_eq!(status, 202, "{started}");
+        let id = started["id"].as_str().unwrap().to_string();
+        let done = wait_for_end(&self.server, &self.admin, &id);
+        assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+        id
+    }
+
+    fn rollback(&self, stage: &str, body: Option<&str>) -> (u16, Value) {
+        let path = format!("/api/v1/pipelines/sleepy/stages/{stage}/rollback");
+        self.server.call("POST", &path, Some(&self.admin), body)
+    }
+}
+
+#[test]
+fn a_rollback_runs_the_stage_again_with_an_earlier_executions_artifacts_and_variables() {
+    let f = fixture(RELEASES);
+    let first = f.start_release("v1");
+    let _second = f.start_release("v2");
+
+    let (status, started) = f.rollback("Deploy", None);
+    assert_eq!(status, 202, "{started}");
+    let rollback = started["id"].as_str().unwrap().to_string();
+    let done = wait_for_end(&f.server, &f.admin, &rollback);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    assert_eq!(done["execution"]["trigger"]["kind"], "rollback", "{done:#}");
+    assert_eq!(
+        done["execution"]["trigger"]["event"],
+        first.as_str(),
+        "{done:#}"
+    );
+    let ran: Vec<&str> = done["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["deploy"], "only the rolled-back stage runs: {done:#}");
+    let logs = f.get(&format!("/api/v1/executions/{rollback}/logs?action=deploy"));
+    let said = |line: &str| {
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == line)
+    };
+    assert!(said("deploying v1 with v1"), "{logs:#}");
+
+    let (status, answer) = f.rollback("Deploy", Some(&format!(r#"{{"execution": "{rollback}"}}"#)));
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.to_string().contains("is itself a rollback"),
+        "{answer}"
+    );
+    // Through the CLI, as an operator would.
+    let url = format!("http://{}", f.server.addr);
+    let remote = ["--server", url.as_str(), "--token", f.admin.as_str()];
+    let refused = f
+        ._workspace
+        .sluice(&[&remote[..], &["rollback", "sleepy", "Source"]].concat());
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused)
+            .contains("stage `Source` is the source stage (the first); it cannot be rolled back"),
+        "{}",
+        text(&refused)
+    );
+    let again = f._workspace.sluice(
+        &[
+            &remote[..],
+            &["rollback", "sleepy", "Deploy", "--to", &first[..8]],
+        ]
+        .concat(),
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("rolling back stage Deploy of sleepy: execution "),
+        "{}",
+        text(&again)
+    );
+    // A new version of the pipeline: the earlier executions ran another one.
+    let changed = RELEASES.replace("deploying", "shipping");
+    let (status, body) = f.server.call(
+        "PUT",
+        "/api/v1/pipelines/sleepy",
+        Some(&f.admin),
+        Some(&changed),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, answer) = f.rollback("Deploy", Some(&format!(r#"{{"execution": "{first}"}}"#)));
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.to_string().contains("not the current version 2"),
+        "{answer}"
     );
 }

@@ -72,6 +72,17 @@ pub struct RetryRequest {
     pub mode: RetryScope,
 }
 
+/// `POST /pipelines/{name}/stages/{stage}/rollback`.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The execution to go back to (an id, or a unique prefix of one). By
+    /// default, the one before the latest that succeeded in the stage under
+    /// the current version.
+    #[serde(default)]
+    pub execution: Option<String>,
+}
+
 /// An approver's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

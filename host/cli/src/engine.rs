@@ -13,7 +13,7 @@ use sluice_core::pipeline::Plan;
 use sluice_engine::executor::{self, Executor, Started};
 use sluice_server::{Begun, Engine, Reopened};
 use sluice_store::artifact::ArtifactStore;
-use sluice_store::state::EventRecord;
+use sluice_store::state::{EventRecord, ExecutionRecord, Status};
 
 /// The executor of this process, behind the server's [`Engine`] trait.
 pub struct LocalEngine(pub Arc<Executor>);
@@ -56,6 +56,23 @@ impl Engine for LocalEngine {
     ) -> anyhow::Result<Begun> {
         let started = self.0.reopen_for_retry(plan, id, stage, all)?;
         Ok(self.begun(started))
+    }
+
+    fn begin_rollback(&self, plan: Arc<Plan>, target: &str, stage: &str) -> anyhow::Result<Begun> {
+        let started = self.0.begin_rollback(plan, target, stage)?;
+        Ok(self.begun(started))
+    }
+
+    fn rollback_refusal(
+        &self,
+        plan: &Plan,
+        stage: &str,
+        target: &ExecutionRecord,
+        stage_status: Option<Status>,
+        current_version: i64,
+    ) -> Option<String> {
+        let position = plan.stages.iter().position(|s| s.name == stage)?;
+        executor::machine::rollback_refusal(position, stage, target, stage_status, current_version)
     }
 
     fn stop(&self, id: &str, mode: StopMode, reason: &str) -> anyhow::Result<bool> {

@@ -13,7 +13,7 @@ use sluice_api::StopMode;
 use sluice_core::metrics::Histogram;
 use sluice_core::pipeline::Plan;
 use sluice_store::artifact::ArtifactStore;
-use sluice_store::state::EventRecord;
+use sluice_store::state::{EventRecord, ExecutionRecord, Status};
 
 /// An execution the engine has recorded (InProgress) but not yet run.
 pub struct Begun {
@@ -55,6 +55,20 @@ pub trait Engine: Send + Sync + 'static {
         stage: &str,
         all: bool,
     ) -> anyhow::Result<Begun>;
+
+    /// Start a rollback of `stage` to what execution `target` ran there (see
+    /// the executor's `begin_rollback`).
+    fn begin_rollback(&self, plan: Arc<Plan>, target: &str, stage: &str) -> anyhow::Result<Begun>;
+
+    /// Why `target` cannot be what a rollback of `stage` goes back to.
+    fn rollback_refusal(
+        &self,
+        plan: &Plan,
+        stage: &str,
+        target: &ExecutionRecord,
+        stage_status: Option<Status>,
+        current_version: i64,
+    ) -> Option<String>;
 
     /// Stop a running execution; `false` if it is not running in this engine.
     fn stop(&self, id: &str, mode: StopMode, reason: &str) -> anyhow::Result<bool>;

@@ -15,8 +15,9 @@ use super::{ApiError, AppState};
 use sluice_api::{
     ActionState, ApprovalState, ApprovalStatus, ArtifactList, AuditPage, CurrentRun, Decided,
     DecisionRequest, ExecutionDetail, ExecutionPage, LogPage, PipelineList, PipelineState,
-    PipelineSummary, Registered, RetryRequest, RetryStarted, StageState, StartRequest, Started,
-    StopRequest, Stopping, Transition, TransitionRequest, TransitionState, WebhookAnswer,
+    PipelineSummary, Registered, RetryRequest, RetryStarted, RollbackRequest, StageState,
+    StartRequest, Started, StopRequest, Stopping, Transition, TransitionRequest, TransitionState,
+    WebhookAnswer,
 };
 use sluice_core::pipeline::Plan;
 use sluice_core::units::now_ms;
@@ -46,6 +47,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_artifacts))
         .routes(routes!(get_artifact))
         .routes(routes!(retry_stage))
+        .routes(routes!(rollback_stage))
         .routes(routes!(stop_execution))
         .routes(routes!(decide_approval))
         .routes(routes!(stream_events))
@@ -825,6 +827,123 @@ async fn get_execution(
     let document =
         sluice_api::views::execution(app.state.as_ref(), &execution).map_err(ApiError::internal)?;
     Ok(Json(document))
+}
+
+#[utoipa::path(
+    post,
+    path = "/pipelines/{name}/stages/{stage}/rollback",
+    tag = "executions",
+    summary = "Roll a stage back: run it again with an earlier execution's artifacts and variables",
+    description = "Requires role operator. Starts an execution of type rollback (trigger kind `rollback`, event the target's id) that runs only this stage.",
+    params(("name" = String, Path, description = "Pipeline name"), ("stage" = String, Path, description = "Stage name")),
+    request_body(content = Option<RollbackRequest>),
+    responses((status = 202, description = "Rolling back: the new execution's id", body = Started)),
+)]
+async fn rollback_stage(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((name, stage)): UrlPath<(String, String)>,
+    JsonBody(request): JsonBody<RollbackRequest>,
+) -> ApiResult<(StatusCode, Json<Started>)> {
+    caller.require(Role::Operator, Some(&name))?;
+    let record = stored_pipeline(&app, &name, None)?;
+    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+    if !plan.stages.iter().any(|s| s.name == stage) {
+        return Err(ApiError::not_found(format!(
+            "pipeline `{name}` has no stage `{stage}`"
+        )));
+    }
+    let target = match &request.execution {
+        Some(id) => {
+            let target = visible_execution(&app, &caller, id)?;
+            if target.pipeline != name {
+                return Err(conflict(format!(
+                    "execution {} is of pipeline `{}`, not `{name}`",
+                    target.id, target.pipeline
+                )));
+            }
+            if let Some(refusal) = rollback_refusal(&app, &plan, &stage, &target, record.version)? {
+                return Err(conflict(refusal));
+            }
+            target
+        }
+        None => earlier_success(&app, &plan, &stage, record.version)?,
+    };
+    let _admission = app.admission.lock().unwrap_or_else(|e| e.into_inner());
+    let _across_servers = app
+        .state
+        .hold_admission(&plan.name)
+        .map_err(ApiError::internal)?;
+    check_limits(&app, &plan)?;
+    let started = app
+        .executor
+        .begin_rollback(plan, &target.id, &stage)
+        .map_err(ApiError::internal)?;
+    let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Started {
+            id,
+            pipeline: name,
+            version: record.version,
+        }),
+    ))
+}
+
+/// Why `target` cannot be rolled back to in `stage`, if it cannot.
+fn rollback_refusal(
+    app: &AppState,
+    plan: &Plan,
+    stage: &str,
+    target: &ExecutionRecord,
+    version: i64,
+) -> ApiResult<Option<String>> {
+    let stages = app.state.stages(&target.id).map_err(ApiError::internal)?;
+    let status = stages.iter().find(|s| s.stage == stage).map(|s| s.status);
+    Ok(app
+        .executor
+        .rollback_refusal(plan, stage, target, status, version))
+}
+
+/// The default rollback target: the newest execution, older than the latest
+/// one that succeeded in `stage`, that may be rolled back to.
+fn earlier_success(
+    app: &AppState,
+    plan: &Plan,
+    stage: &str,
+    version: i64,
+) -> ApiResult<ExecutionRecord> {
+    let recent = ExecutionFilter {
+        pipeline: Some(&plan.name),
+        status: None,
+        limit: 200,
+        offset: 0,
+    };
+    let executions = app
+        .state
+        .list_executions(&recent)
+        .map_err(ApiError::internal)?;
+    let mut eligible = Vec::new();
+    let mut refusal = None;
+    for execution in executions {
+        match rollback_refusal(app, plan, stage, &execution, version)? {
+            None => eligible.push(execution),
+            Some(why) if eligible.is_empty() => refusal = refusal.or(Some(why)),
+            Some(_) => {}
+        }
+        if eligible.len() == 2 {
+            return Ok(eligible.swap_remove(1));
+        }
+    }
+    let why = match (eligible.len(), refusal) {
+        (1, _) => format!(
+            "only one execution (the latest, {}) succeeded in stage `{stage}` under version {version}: nothing earlier to roll back to",
+            eligible[0].id
+        ),
+        (_, Some(why)) if plan.stages.first().is_some_and(|s| s.name == stage) => why,
+        _ => format!("no execution succeeded in stage `{stage}` under version {version}"),
+    };
+    Err(conflict(why))
 }
 
 fn conflict(message: impl Into<String>) -> ApiError {

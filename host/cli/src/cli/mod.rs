@@ -229,6 +229,19 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Roll a stage of a pipeline on a server back: run it again with the
+    /// artifacts and variables of an earlier execution that succeeded in it
+    /// (needs --server).
+    Rollback {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        /// The execution to go back to (default: the one before the latest
+        /// that succeeded in the stage under the current version).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// API tokens for `sluice serve`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -521,7 +534,8 @@ fn dispatch(command: Command, paths: &Paths) -> anyhow::Result<ExitCode> {
         | Command::Watch { .. }
         | Command::Audit
         | Command::Stop { .. }
-        | Command::Retry { .. } => {
+        | Command::Retry { .. }
+        | Command::Rollback { .. } => {
             anyhow::bail!(
                 "this verb talks to a server: pass --server URL (or set SLUICE_SERVER) and --token"
             )
@@ -597,6 +611,11 @@ fn dispatch_remote(
             reason,
         } => client.stop(&id, abandon, reason),
         Command::Retry { id, stage, all } => client.retry(&id, &stage, all),
+        Command::Rollback {
+            pipeline,
+            stage,
+            to,
+        } => client.rollback(&pipeline, &stage, to),
         Command::Executions(history::ExecutionsCommand::List {
             pipeline, limit, ..
         }) => client.list_executions(pipeline.as_deref(), limit),

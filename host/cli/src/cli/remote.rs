@@ -407,6 +407,29 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// `sluice rollback`.
+    pub fn rollback(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        to: Option<String>,
+    ) -> anyhow::Result<ExitCode> {
+        let body = sluice_api::RollbackRequest { execution: to };
+        let path = format!(
+            "/pipelines/{}/stages/{}/rollback",
+            segment(pipeline)?,
+            segment(stage)?
+        );
+        let answer: Started = self.call("POST", &path, Some(to_json(&body)?))?;
+        self.print(&answer, |a| {
+            println!(
+                "rolling back stage {stage} of {pipeline}: execution {}",
+                a.id
+            )
+        });
+        Ok(ExitCode::SUCCESS)
+    }
+
     /// `sluice audit`.
     pub fn audit(&self) -> anyhow::Result<ExitCode> {
         let answer: AuditPage = self.call("GET", "/audit", None)?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sluice_core::pipeline::conditions::{ConditionResult, StageConditions, When};
 use sluice_core::pipeline::{ActionPlan, OnRestart, Plan, RetryPolicy};
-use sluice_store::state::Status;
+use sluice_store::state::{ExecutionRecord, Status};
 
 /// How a stage or a whole execution ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -452,6 +452,45 @@ impl RunState {
             }
         };
         self.position = Position::Leaving { stage, outcome };
+    }
+}
+
+/// Why execution `target` cannot be what a rollback of stage `stage` (at
+/// `position` in the plan) goes back to, if it cannot: the source stage (the
+/// first) is never rolled back, a rollback is never the target of another,
+/// and the target must have succeeded in that stage under the pipeline's
+/// current version (`stage_status` is how it ended there, if it ran it).
+pub fn rollback_refusal(
+    position: usize,
+    stage: &str,
+    target: &ExecutionRecord,
+    stage_status: Option<Status>,
+    current_version: i64,
+) -> Option<String> {
+    let id = &target.id;
+    if position == 0 {
+        return Some(format!(
+            "stage `{stage}` is the source stage (the first); it cannot be rolled back"
+        ));
+    }
+    if target.trigger["kind"] == "rollback" {
+        return Some(format!(
+            "execution {id} is itself a rollback; roll back to an execution that ran the stage"
+        ));
+    }
+    if stage_status != Some(Status::Succeeded) {
+        return Some(format!("execution {id} did not succeed in stage `{stage}`"));
+    }
+    match target.pipeline_version {
+        Some(version) if version == current_version => None,
+        Some(version) => Some(format!(
+            "execution {id} ran version {version} of `{}`, not the current version {current_version}",
+            target.pipeline
+        )),
+        None => Some(format!(
+            "execution {id} ran from a file, not a registered version of `{}`",
+            target.pipeline
+        )),
     }
 }
 

@@ -306,7 +306,14 @@ impl<R: ActionRunner> Executor<R> {
             &trigger_json,
             now_ms(),
         )?;
-        let context = Arc::new(ExecutionContext::new(id, plan, trigger, variables));
+        let context = ExecutionContext::new(id, plan, trigger, variables);
+        self.announce_start(context, 0)
+    }
+
+    /// Publish a recorded start and take a place in line at stage `first`,
+    /// the first the execution enters.
+    fn announce_start(&self, context: ExecutionContext, first: usize) -> anyhow::Result<Started> {
+        let context = Arc::new(context);
         self.publish(
             &context,
             Event::ExecutionStarted {
@@ -314,10 +321,70 @@ impl<R: ActionRunner> Executor<R> {
                 pipeline: context.plan.name.clone(),
             },
         );
-        if let Some(gate) = self.first_gate(&context.plan) {
+        if let Some(stage) = context.plan.stages.get(first) {
+            let plan = &context.plan;
+            let gate = self
+                .gates
+                .gate(&plan.name, &stage.name, plan.execution_mode);
             gate.join(&context.id)?;
         }
         Ok(Started(context))
+    }
+
+    /// Start a rollback of `stage`: a new execution (trigger kind `rollback`,
+    /// event the target's id) that runs only that stage again, with the
+    /// artifacts and variables execution `target` had when it ran it: the
+    /// earlier stages' actions count as done with the target's outputs and
+    /// namespaces, and the later stages are passed over. The caller checks
+    /// that the target may be rolled back to ([`machine::rollback_refusal`]).
+    pub fn begin_rollback(
+        &self,
+        plan: Arc<Plan>,
+        target: &str,
+        stage: &str,
+    ) -> anyhow::Result<Started> {
+        let position = (plan.stages.iter())
+            .position(|s| s.name == stage)
+            .with_context(|| format!("pipeline `{}` has no stage `{stage}`", plan.name))?;
+        let record =
+            (self.state.execution(target)?).with_context(|| format!("no execution {target}"))?;
+        let variables: BTreeMap<String, String> = serde_json::from_value(record.variables)?;
+        let trigger = BTreeMap::from([
+            ("kind".to_string(), "rollback".to_string()),
+            ("event".to_string(), record.id.clone()),
+        ]);
+        let id = uuid::Uuid::new_v4().to_string();
+        self.state.start_execution(
+            &id,
+            &plan.name,
+            &plan.file,
+            &serde_json::to_value(&variables)?,
+            &serde_json::to_value(&trigger)?,
+            now_ms(),
+        )?;
+        let mut context = ExecutionContext::new(id, plan.clone(), trigger, variables);
+        context.ended_stages = (0..plan.stages.len()).filter(|p| *p != position).collect();
+        let earlier: HashSet<&str> = plan.stages[..position]
+            .iter()
+            .flat_map(|s| s.actions.iter().map(|a| a.name.as_str()))
+            .collect();
+        for action in self.state.actions(target)? {
+            if !earlier.contains(action.action.as_str()) || action.status != Status::Succeeded {
+                continue;
+            }
+            context.done.insert(action.action.clone());
+            context.add_outputs(&action.outputs);
+            let namespace = plan.stages[..position]
+                .iter()
+                .flat_map(|s| &s.actions)
+                .find(|a| a.name == action.action)
+                .and_then(|a| a.namespace.clone());
+            if let Some(namespace) = namespace {
+                let variables = action.variables.iter().cloned().collect();
+                lock(&context.namespaces).insert(namespace, variables);
+            }
+        }
+        self.announce_start(context, position)
     }
 
     /// Pick up an execution a stopped process left InProgress: succeeded actions
@@ -510,15 +577,6 @@ impl<R: ActionRunner> Executor<R> {
         self.announce(stored, event);
         self.runner.execution_ended(&id);
         Ok(ExecutionResult { id, status, error })
-    }
-
-    /// The gate of the plan's first stage, where `begin` queues an execution.
-    fn first_gate<'a>(&'a self, plan: &'a Plan) -> Option<crate::gates::Gate<'a>> {
-        let stage = plan.stages.first()?;
-        Some(
-            self.gates
-                .gate(&plan.name, &stage.name, plan.execution_mode),
-        )
     }
 
     /// How many executions this process is running now.
