@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Workspace, text};
+use crate::harness::{Workspace, eventually, text};
 use crate::server::{Server, token, wait_for_end};
 
 /// One stage whose action sleeps `seconds`, in `mode`.
@@ -1018,4 +1018,57 @@ fn a_rollback_runs_the_stage_again_with_an_earlier_executions_artifacts_and_vari
         answer.to_string().contains("not the current version 2"),
         "{answer}"
     );
+}
+
+#[test]
+fn a_failed_deploy_whose_on_failure_condition_says_rollback_is_rolled_back() {
+    let guarded = RELEASES
+        .replace(
+            "config = { run = \"sh -c 'echo deploying",
+            "config = { run = \"sh -c 'test #{variables.release} != bad && echo deploying",
+        )
+        .replace(
+            "name = \"Deploy\"\n",
+            "name = \"Deploy\"\non-failure = { result = \"rollback\" }\n",
+        );
+    let f = fixture(&guarded);
+    let good = f.start_release("v1");
+    let path = "/api/v1/pipelines/sleepy/executions";
+    let body = r#"{"variables": {"release": "bad"}}"#;
+    let (status, started) = f.server.call("POST", path, Some(&f.admin), Some(body));
+    assert_eq!(status, 202, "{started}");
+    let bad = started["id"].as_str().unwrap().to_string();
+    let done = wait_for_end(&f.server, &f.admin, &bad);
+    assert_eq!(done["execution"]["status"], "Failed", "{done:#}");
+
+    let rollbacks = || -> Vec<Value> {
+        let listed = f.get("/api/v1/executions?pipeline=sleepy&limit=50");
+        let all = listed["executions"].as_array().unwrap().clone();
+        all.into_iter()
+            .filter(|e| e["trigger"]["kind"] == "rollback")
+            .collect()
+    };
+    assert!(
+        eventually(30, || !rollbacks().is_empty()),
+        "no rollback started"
+    );
+    let started = rollbacks();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(
+        started[0]["trigger"]["event"],
+        good.as_str(),
+        "back to the last good one"
+    );
+    let id = started[0]["id"].as_str().unwrap();
+    let done = wait_for_end(&f.server, &f.admin, id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let logs = f.get(&format!("/api/v1/executions/{id}/logs?action=deploy"));
+    let said = |line: &str| {
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == line)
+    };
+    assert!(said("deploying v1 with v1"), "{logs:#}");
 }

@@ -1099,7 +1099,7 @@ grants = {{ commands = ["sh"] }}
 }
 
 /// The routes the API serves, as (method, path).
-const API_ROUTES: [(&str, &str); 21] = [
+const API_ROUTES: [(&str, &str); 22] = [
     ("get", "/api/v1/pipelines"),
     ("get", "/api/v1/pipelines/{name}"),
     ("put", "/api/v1/pipelines/{name}"),
@@ -1114,6 +1114,7 @@ const API_ROUTES: [(&str, &str); 21] = [
     ("get", "/api/v1/executions/{id}/artifacts"),
     ("get", "/api/v1/executions/{id}/artifacts/{name}"),
     ("post", "/api/v1/executions/{id}/stages/{stage}/retry"),
+    ("post", "/api/v1/pipelines/{name}/stages/{stage}/rollback"),
     ("post", "/api/v1/executions/{id}/stop"),
     ("post", "/api/v1/executions/{id}/approvals/{action}"),
     ("get", "/api/v1/events"),

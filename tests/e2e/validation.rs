@@ -292,7 +292,7 @@ before-entry = { result = "rollback", rules = [{ name = "late", provider = "vari
         &pipeline,
         19,
         27,
-        "`before-entry` result `rollback` is not one of [\"fail\", \"skip\"] (rollback is not supported yet)",
+        "`before-entry` result `rollback` is not one of [\"fail\", \"skip\"]",
     );
     rejected_at(
         &pipeline,

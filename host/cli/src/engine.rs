@@ -24,7 +24,7 @@ impl LocalEngine {
         let executor = self.0.clone();
         Begun {
             id: started.id().to_string(),
-            run: async move { executor.complete(started).await.map(|_| ()) }.boxed(),
+            run: async move { executor.complete(started).await.map(|r| r.rollback) }.boxed(),
         }
     }
 }

@@ -19,8 +19,9 @@ use sluice_store::state::{EventRecord, ExecutionRecord, Status};
 pub struct Begun {
     /// The execution id.
     pub id: String,
-    /// Runs it to its end; the server spawns it on its own task.
-    pub run: BoxFuture<'static, anyhow::Result<()>>,
+    /// Runs it to its end; the server spawns it on its own task. It ends
+    /// with the stage a condition asked to roll back, if one did.
+    pub run: BoxFuture<'static, anyhow::Result<Option<String>>>,
 }
 
 /// What the engine made of an execution a previous process left InProgress.

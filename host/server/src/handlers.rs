@@ -867,19 +867,10 @@ async fn rollback_stage(
             }
             target
         }
-        None => earlier_success(&app, &plan, &stage, record.version)?,
+        // The latest success is what runs now: go back to the one before.
+        None => earlier_success(&app, &plan, &stage, record.version, 1)?,
     };
-    let _admission = app.admission.lock().unwrap_or_else(|e| e.into_inner());
-    let _across_servers = app
-        .state
-        .hold_admission(&plan.name)
-        .map_err(ApiError::internal)?;
-    check_limits(&app, &plan)?;
-    let started = app
-        .executor
-        .begin_rollback(plan, &target.id, &stage)
-        .map_err(ApiError::internal)?;
-    let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
+    let id = start_rollback(&app, plan, &target, &stage, record.version)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Started {
@@ -888,6 +879,41 @@ async fn rollback_stage(
             version: record.version,
         }),
     ))
+}
+
+/// Start a rollback of `stage` to `target` (checked), under the limits a
+/// start is.
+fn start_rollback(
+    app: &AppState,
+    plan: Arc<Plan>,
+    target: &ExecutionRecord,
+    stage: &str,
+    version: i64,
+) -> ApiResult<String> {
+    let _admission = app.admission.lock().unwrap_or_else(|e| e.into_inner());
+    let _across_servers = app
+        .state
+        .hold_admission(&plan.name)
+        .map_err(ApiError::internal)?;
+    check_limits(app, &plan)?;
+    let started = app
+        .executor
+        .begin_rollback(plan, &target.id, stage)
+        .map_err(ApiError::internal)?;
+    super::launch(app, started, version).map_err(ApiError::internal)
+}
+
+/// After execution `id` failed because a condition of `stage` asked for a
+/// rollback: roll the stage back to the latest execution that succeeded in
+/// it under the current version. The new execution's id.
+pub(super) fn roll_back_after(app: &AppState, id: &str, stage: &str) -> ApiResult<String> {
+    let execution = (app.state.execution(id))
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))?;
+    let record = stored_pipeline(app, &execution.pipeline, None)?;
+    let plan = Arc::new(plan_from_source(app, &record.name, &record.source)?);
+    let target = earlier_success(app, &plan, stage, record.version, 0)?;
+    start_rollback(app, plan, &target, stage, record.version)
 }
 
 /// Why `target` cannot be rolled back to in `stage`, if it cannot.
@@ -905,13 +931,14 @@ fn rollback_refusal(
         .rollback_refusal(plan, stage, target, status, version))
 }
 
-/// The default rollback target: the newest execution, older than the latest
-/// one that succeeded in `stage`, that may be rolled back to.
+/// A rollback target: the newest execution that may be rolled back to in
+/// `stage`, after passing over `newer` such executions.
 fn earlier_success(
     app: &AppState,
     plan: &Plan,
     stage: &str,
     version: i64,
+    newer: usize,
 ) -> ApiResult<ExecutionRecord> {
     let recent = ExecutionFilter {
         pipeline: Some(&plan.name),
@@ -931,12 +958,12 @@ fn earlier_success(
             Some(why) if eligible.is_empty() => refusal = refusal.or(Some(why)),
             Some(_) => {}
         }
-        if eligible.len() == 2 {
-            return Ok(eligible.swap_remove(1));
+        if eligible.len() == newer + 1 {
+            return Ok(eligible.swap_remove(newer));
         }
     }
     let why = match (eligible.len(), refusal) {
-        (1, _) => format!(
+        (n, _) if n > 0 => format!(
             "only one execution (the latest, {}) succeeded in stage `{stage}` under version {version}: nothing earlier to roll back to",
             eligible[0].id
         ),
@@ -1019,7 +1046,7 @@ async fn retry_stage(
                 None => ApiError::internal(e),
             },
         )?;
-    super::run_to_end(started);
+    super::run_to_end(&app, started);
     Ok((
         StatusCode::ACCEPTED,
         Json(RetryStarted {

@@ -329,15 +329,27 @@ async fn json_errors(request: Request, next: Next) -> Response {
 pub(crate) fn launch(app: &AppState, started: Begun, version: i64) -> anyhow::Result<String> {
     let id = started.id.clone();
     app.state.set_execution_version(&id, version)?;
-    run_to_end(started);
+    run_to_end(app, started);
     Ok(id)
 }
 
-/// Run a begun (or reopened) execution to its end on its own task.
-pub(crate) fn run_to_end(started: Begun) {
+/// Run a begun (or reopened) execution to its end on its own task; then
+/// start the rollback a stage condition asked for, if one did.
+pub(crate) fn run_to_end(app: &AppState, started: Begun) {
+    let app = app.clone();
     tokio::spawn(async move {
-        if let Err(e) = started.run.await {
-            tracing::error!("execution failed internally: {e:#}");
+        let id = started.id.clone();
+        match started.run.await {
+            Ok(None) => {}
+            Ok(Some(stage)) => match handlers::roll_back_after(&app, &id, &stage) {
+                Ok(rollback) => {
+                    tracing::info!(execution = %id, stage, rollback, "rolling back as a condition asked")
+                }
+                Err(e) => {
+                    tracing::warn!(execution = %id, stage, "the rollback a condition asked for could not start: {}", e.body.error)
+                }
+            },
+            Err(e) => tracing::error!("execution failed internally: {e:#}"),
         }
     });
 }
@@ -817,7 +829,7 @@ fn resume(app: &AppState, execution: &ExecutionRecord) -> anyhow::Result<()> {
                 pipeline = %execution.pipeline,
                 "resuming an interrupted execution"
             );
-            run_to_end(started);
+            run_to_end(app, started);
         }
         Ok(Reopened::Failed(reason)) => {
             tracing::warn!(execution = %execution.id, "failed on restart: {reason}")

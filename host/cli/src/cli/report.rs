@@ -127,6 +127,9 @@ fn describe(event: &Event) -> Option<String> {
             let mark = if *passed { "✓" } else { "✗" };
             format!("│ {mark} {stage} {condition} rule {rule}: {detail}")
         }
+        Event::RollbackAsked { stage } => format!(
+            "↩ stage {stage}: a condition asked for a rollback (a server starts it; by hand: `sluice rollback`)"
+        ),
         Event::StageWaiting { stage, reason } => {
             format!("… stage {stage}: waiting ({reason})")
         }

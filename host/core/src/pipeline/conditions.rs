@@ -83,8 +83,8 @@ impl When {
     fn results(self) -> &'static [ConditionResult] {
         match self {
             When::BeforeEntry => &[ConditionResult::Fail, ConditionResult::Skip],
-            When::OnSuccess => &[ConditionResult::Fail],
-            When::OnFailure => &[ConditionResult::Retry],
+            When::OnSuccess => &[ConditionResult::Fail, ConditionResult::Rollback],
+            When::OnFailure => &[ConditionResult::Retry, ConditionResult::Rollback],
         }
     }
 }
@@ -99,6 +99,10 @@ pub enum ConditionResult {
     Skip,
     /// on-failure, every rule passed: the stage runs again, once.
     Retry,
+    /// on-success, a rule did not pass, or on-failure, every rule passed:
+    /// the stage fails, and a server starts a rollback of it to the latest
+    /// execution that succeeded in it under the current version.
+    Rollback,
 }
 
 impl ConditionResult {
@@ -107,6 +111,7 @@ impl ConditionResult {
             ConditionResult::Fail => "fail",
             ConditionResult::Skip => "skip",
             ConditionResult::Retry => "retry",
+            ConditionResult::Rollback => "rollback",
         }
     }
 }
@@ -287,15 +292,10 @@ pub fn validate(
             Some(result) => *result,
             None => {
                 let names: Vec<_> = allowed.iter().map(|r| r.name()).collect();
-                let rollback = if written.get_ref() == "rollback" {
-                    " (rollback is not supported yet)"
-                } else {
-                    ""
-                };
                 errors.push((
                     written.span().start,
                     format!(
-                        "`{}` result `{}` is not one of {names:?}{rollback}",
+                        "`{}` result `{}` is not one of {names:?}",
                         when.key(),
                         written.get_ref()
                     ),

@@ -59,7 +59,7 @@ impl<R: ActionRunner> Executor<R> {
     pub(super) async fn drive(
         self: &Arc<Self>,
         context: &Arc<ExecutionContext>,
-    ) -> anyhow::Result<Outcome> {
+    ) -> anyhow::Result<(Outcome, Option<String>)> {
         let mut walk = RunState::new(&context.plan, context.done.clone())
             .ended_before_restart(context.ended_stages.clone());
         let mut stage_started = Instant::now();
@@ -91,7 +91,17 @@ impl<R: ActionRunner> Executor<R> {
                     self.end_stage(context, stage, &outcome, stage_started.elapsed())?;
                     self.gates.changed();
                 }
-                Step::End(outcome) => return Ok(outcome),
+                Step::End(outcome) => {
+                    let stages = &context.plan.stages;
+                    let rollback = walk.rollback_asked().map(|s| stages[s].name.clone());
+                    if let Some(stage) = &rollback {
+                        let event = Event::RollbackAsked {
+                            stage: stage.clone(),
+                        };
+                        self.publish(context, event);
+                    }
+                    return Ok((outcome, rollback));
+                }
             }
         }
     }

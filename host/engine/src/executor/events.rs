@@ -100,6 +100,11 @@ pub enum Event {
         /// The line.
         text: String,
     },
+    /// A condition asked for a rollback of the stage (a server starts it).
+    RollbackAsked {
+        /// Stage name.
+        stage: String,
+    },
     /// A rule of a stage condition was evaluated.
     RuleEvaluated {
         /// Stage name.
@@ -202,6 +207,12 @@ impl Event {
                 first: true,
                 ..
             } => Change::new("action", action, "STARTED", ""),
+            Event::RollbackAsked { stage } => Change::new(
+                "stage",
+                stage,
+                "ROLLBACK",
+                "a condition asked for a rollback",
+            ),
             Event::RuleEvaluated {
                 stage,
                 condition,

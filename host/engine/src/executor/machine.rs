@@ -178,6 +178,8 @@ pub struct RunState {
     stop: Option<StopRequest>,
     /// Stages their on-failure condition ran again (once each).
     retried: HashSet<usize>,
+    /// The stage a condition asked to roll back (its result `rollback`).
+    rollback: Option<usize>,
 }
 
 impl RunState {
@@ -204,6 +206,7 @@ impl RunState {
             failure: None,
             stop: None,
             retried: HashSet::new(),
+            rollback: None,
         }
     }
 
@@ -372,6 +375,14 @@ impl RunState {
                 (When::BeforeEntry, false) if result == ConditionResult::Skip => {
                     Outcome::Skipped(because())
                 }
+                (When::OnSuccess, false) if result == ConditionResult::Rollback => {
+                    self.rollback = Some(stage);
+                    Outcome::Failed(because())
+                }
+                (When::OnFailure, true) if result == ConditionResult::Rollback => {
+                    self.rollback = Some(stage);
+                    Outcome::Failed(failure.unwrap_or_default())
+                }
                 (When::BeforeEntry | When::OnSuccess, false) => Outcome::Failed(because()),
                 (When::OnSuccess, true) => Outcome::Succeeded,
                 (When::OnFailure, true) if result == ConditionResult::Retry => {
@@ -405,6 +416,11 @@ impl RunState {
             self.position = Position::Over(Outcome::Stopped(request.describe()));
         }
         self.stop = Some(request);
+    }
+
+    /// The stage a condition asked to roll back, once the walk is over.
+    pub fn rollback_asked(&self) -> Option<usize> {
+        self.rollback
     }
 
     /// Whether running actions are to be abandoned now, not awaited.

@@ -56,6 +56,8 @@ pub struct ExecutionResult {
     pub status: Status,
     /// Why it failed.
     pub error: Option<String>,
+    /// The stage a condition asked to roll back (result `rollback`).
+    pub rollback: Option<String>,
 }
 
 /// What [`Executor::reopen`] made of an interrupted execution.
@@ -545,8 +547,8 @@ impl<R: ActionRunner> Executor<R> {
         // Recording the end gave up any place at a gate (one taken at `begin`
         // and never used too): the next in line may go.
         self.gates.changed();
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
+        let (outcome, rollback) = match outcome {
+            Ok(ended) => ended,
             Err(error) => {
                 // The state store failed mid-run: record what we can, then report.
                 let reason = format!("internal error: {error:#}");
@@ -576,7 +578,12 @@ impl<R: ActionRunner> Executor<R> {
                 .finish_execution(&id, status, error.as_deref(), now_ms(), record)?;
         self.announce(stored, event);
         self.runner.execution_ended(&id);
-        Ok(ExecutionResult { id, status, error })
+        Ok(ExecutionResult {
+            id,
+            status,
+            error,
+            rollback,
+        })
     }
 
     /// How many executions this process is running now.

@@ -539,6 +539,20 @@ pub fn a_superseding_gate_replaces_older_waiting_executions(store: &dyn Store) {
     let parallel = store.try_enter_gate("p", "t", "d", false).unwrap();
     assert_eq!(parallel, GateTry::Entered);
     assert_eq!(store.gate_waiting("p").unwrap(), 0);
+
+    // An empty stage: the first in line is about to enter, not superseded.
+    for (i, id) in ["e", "f", "g"].into_iter().enumerate() {
+        start(store, id, 10 + i as i64);
+        store.join_gate("p", "u", id, true).unwrap();
+    }
+    let enter_u = |id| store.try_enter_gate("p", "u", id, true).unwrap();
+    assert_eq!(enter_u("f"), GateTry::Superseded, "g replaced f");
+    assert_eq!(
+        enter_u("e"),
+        GateTry::Entered,
+        "e was first into an empty stage"
+    );
+    assert_eq!(enter_u("g"), GateTry::Wait);
 }
 
 /// Processes racing to enter one gate through two connections: never two

@@ -567,10 +567,9 @@ impl GateStore for PostgresStore {
                 &[&pipeline, &stage, &execution],
             )?;
             if joined == 1 && supersede {
-                tx.execute(
-                    "UPDATE gate_places SET state = 'superseded' WHERE pipeline = $1 AND stage = $2 AND execution_id <> $3 AND state = 'waiting'",
-                    &[&pipeline, &stage, &execution],
-                )?;
+                // As SQLite's: not the first in line of an empty stage.
+                let sql = format!("UPDATE gate_places SET state = 'superseded' WHERE pipeline = $1 AND stage = $2 AND execution_id <> $3 AND state = 'waiting' AND {SUPERSEDABLE}");
+                tx.execute(&sql, &[&pipeline, &stage, &execution])?;
             }
             tx.commit()?;
             Ok(())
@@ -775,6 +774,10 @@ fn leave_gates(
     };
     Ok(())
 }
+
+/// Which waiting places a newcomer supersedes (see SQLite's).
+const SUPERSEDABLE: &str = "(EXISTS (SELECT 1 FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress' AND g.pipeline = $1 AND g.stage = $2 AND g.state = 'inside')
+  OR gate_places.seq > (SELECT MIN(g.seq) FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress' AND g.pipeline = $1 AND g.stage = $2 AND g.state = 'waiting'))";
 
 /// Places at a gate that count: those of executions still in progress.
 const LIVE_PLACES: &str =

@@ -1476,6 +1476,12 @@ fn log_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
     })
 }
 
+/// Which waiting places a newcomer supersedes: all of them while another
+/// execution is inside, else all but the first in line (it is about to
+/// enter an empty stage, not waiting behind anyone).
+const SUPERSEDABLE: &str = "(EXISTS (SELECT 1 FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress' AND g.pipeline = ?1 AND g.stage = ?2 AND g.state = 'inside')
+  OR gate_places.seq > (SELECT MIN(g.seq) FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress' AND g.pipeline = ?1 AND g.stage = ?2 AND g.state = 'waiting'))";
+
 /// Places at a gate that count: those of executions still in progress.
 const LIVE_PLACES: &str =
     "FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress'";
@@ -1494,7 +1500,7 @@ impl GateStore for SqliteStore {
             .prepare_cached("INSERT INTO gate_places (pipeline, stage, execution_id, state) VALUES (?1, ?2, ?3, 'waiting') ON CONFLICT DO NOTHING")?
             .execute(params![pipeline, stage, execution])?;
         if joined == 1 && supersede {
-            tx.prepare_cached("UPDATE gate_places SET state = 'superseded' WHERE pipeline = ?1 AND stage = ?2 AND execution_id <> ?3 AND state = 'waiting'")?
+            tx.prepare_cached(&format!("UPDATE gate_places SET state = 'superseded' WHERE pipeline = ?1 AND stage = ?2 AND execution_id <> ?3 AND state = 'waiting' AND {SUPERSEDABLE}"))?
                 .execute(params![pipeline, stage, execution])?;
         }
         tx.commit()?;
