@@ -1072,3 +1072,79 @@ fn a_failed_deploy_whose_on_failure_condition_says_rollback_is_rolled_back() {
     };
     assert!(said("deploying v1 with v1"), "{logs:#}");
 }
+
+#[test]
+fn an_operator_overrides_the_condition_that_failed_a_stage_and_the_audit_log_says_who() {
+    let gated = RELEASES.replace(
+        "name = \"Deploy\"\n",
+        "name = \"Deploy\"\nbefore-entry = { rules = [{ name = \"v1-only\", provider = \"variable-check\", variable = \"#{variables.release}\", operator = \"eq\", value = \"v1\" }] }\n",
+    );
+    let f = fixture(&gated);
+    let operator = token(&f._workspace, &["--role", "operator"]);
+    let body = r#"{"variables": {"release": "v2"}}"#;
+    let path = "/api/v1/pipelines/sleepy/executions";
+    let (status, started) = f.server.call("POST", path, Some(&f.admin), Some(body));
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let done = wait_for_end(&f.server, &f.admin, &id);
+    assert_eq!(done["execution"]["status"], "Failed", "{done:#}");
+
+    let call = |condition: &str| {
+        let path = format!("/api/v1/executions/{id}/stages/Deploy/conditions/{condition}/override");
+        f.server.call("POST", &path, Some(&operator), None)
+    };
+    let (status, answer) = call("on-failure");
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = call("on-success");
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer
+            .to_string()
+            .contains("did not fail by its on-success condition"),
+        "{answer}"
+    );
+    let (status, answer) = call("before-entry");
+    assert_eq!(status, 202, "{answer}");
+    let done = wait_for_end(&f.server, &f.admin, &id);
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let logs = f.get(&format!("/api/v1/executions/{id}/logs?action=deploy"));
+    let said = |line: &str| {
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"] == line)
+    };
+    assert!(said("deploying v2 with v2"), "{logs:#}");
+    let rules: Vec<(String, bool)> = done["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap().to_string(),
+                r["passed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("v1-only".to_string(), false),
+        ("(override)".to_string(), true),
+    ];
+    assert_eq!(rules, expected, "{done:#}");
+
+    let audit = f.get("/api/v1/audit");
+    let entries = audit["entries"].as_array().unwrap();
+    let overridden = entries.iter().any(|e| {
+        e["action"]
+            == format!(
+                "POST /api/v1/executions/{id}/stages/Deploy/conditions/before-entry/override"
+            )
+            && e["result"] == "202"
+            && e["actor"].as_str().is_some_and(|a| a.starts_with("tok_"))
+    });
+    assert!(
+        overridden,
+        "the override is audited with the operator: {audit:#}"
+    );
+}

@@ -435,6 +435,34 @@ grants = { commands = ["true"] }
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     assert_eq!(stages, expected, "{record:#}");
+    let rules: Vec<(String, bool)> = record["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap().to_string();
+            let name = format!(
+                "{}/{}/{}",
+                field("stage"),
+                field("condition"),
+                field("rule")
+            );
+            (name, r["passed"].as_bool().unwrap())
+        })
+        .collect();
+    let expected_rules = [
+        ("Deploy/before-entry/prod-only", false),
+        ("Flaky/on-success/built", true),
+        ("Window/before-entry/closed", false),
+    ];
+    let expected_rules: Vec<(String, bool)> = expected_rules
+        .iter()
+        .map(|(r, p)| (r.to_string(), *p))
+        .collect();
+    assert_eq!(
+        rules, expected_rules,
+        "the recorded evaluations: {record:#}"
+    );
     let ran = |name: &str| {
         record["actions"]
             .as_array()

@@ -1099,7 +1099,7 @@ grants = {{ commands = ["sh"] }}
 }
 
 /// The routes the API serves, as (method, path).
-const API_ROUTES: [(&str, &str); 22] = [
+const API_ROUTES: [(&str, &str); 23] = [
     ("get", "/api/v1/pipelines"),
     ("get", "/api/v1/pipelines/{name}"),
     ("put", "/api/v1/pipelines/{name}"),
@@ -1115,6 +1115,10 @@ const API_ROUTES: [(&str, &str); 22] = [
     ("get", "/api/v1/executions/{id}/artifacts/{name}"),
     ("post", "/api/v1/executions/{id}/stages/{stage}/retry"),
     ("post", "/api/v1/pipelines/{name}/stages/{stage}/rollback"),
+    (
+        "post",
+        "/api/v1/executions/{id}/stages/{stage}/conditions/{condition}/override",
+    ),
     ("post", "/api/v1/executions/{id}/stop"),
     ("post", "/api/v1/executions/{id}/approvals/{action}"),
     ("get", "/api/v1/events"),

@@ -235,6 +235,26 @@ pub struct ExecutionDetail {
     pub stages: Vec<StageRecord>,
     /// Its action runs, in order.
     pub actions: Vec<ActionRecord>,
+    /// Its stage conditions' rule evaluations, in order.
+    #[serde(default)]
+    pub rules: Vec<RuleEvaluation>,
+}
+
+/// One evaluation of a stage condition's rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RuleEvaluation {
+    /// Stage name.
+    pub stage: String,
+    /// `before-entry`, `on-success` or `on-failure`.
+    pub condition: String,
+    /// Rule name.
+    pub rule: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was found (masked).
+    pub detail: String,
+    /// When, ms since the epoch.
+    pub ts_ms: i64,
 }
 
 /// `GET /executions/{id}/logs`: stored (masked) log lines.

@@ -2,9 +2,11 @@
 //! the local CLI (`--output json` without `--server`) both build them here, so
 //! a script sees one shape whichever way it asks.
 
-use sluice_store::state::{ActionRecord, ExecutionRecord, LogRecord, Status, Store};
+use sluice_store::state::{ActionRecord, EventRecord, ExecutionRecord, LogRecord, Status, Store};
 
-use crate::responses::{ArtifactList, ExecutionDetail, ExecutionPage, Located, LogPage};
+use crate::responses::{
+    ArtifactList, ExecutionDetail, ExecutionPage, Located, LogPage, RuleEvaluation,
+};
 
 /// `GET /executions`: a page of executions, newest first.
 pub fn execution_list(
@@ -24,10 +26,33 @@ pub fn execution(
     state: &dyn Store,
     execution: &ExecutionRecord,
 ) -> anyhow::Result<ExecutionDetail> {
+    let rules = (state.execution_events(&execution.id, "rule")?)
+        .iter()
+        .filter_map(rule_evaluation)
+        .collect();
     Ok(ExecutionDetail {
         execution: execution.clone(),
         stages: state.stages(&execution.id)?,
         actions: state.actions(&execution.id)?,
+        rules,
+    })
+}
+
+/// A `rule` event (`<stage>.<condition>.<rule>`, PASSED or FAILED) read back.
+fn rule_evaluation(event: &EventRecord) -> Option<RuleEvaluation> {
+    let (stage, condition, rule) = ["before-entry", "on-success", "on-failure"]
+        .into_iter()
+        .find_map(|condition| {
+            let (stage, rule) = event.name.split_once(&format!(".{condition}."))?;
+            Some((stage, condition, rule))
+        })?;
+    Some(RuleEvaluation {
+        stage: stage.to_string(),
+        condition: condition.to_string(),
+        rule: rule.to_string(),
+        passed: event.state == "PASSED",
+        detail: event.detail.clone(),
+        ts_ms: event.ts_ms,
     })
 }
 

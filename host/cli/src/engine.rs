@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use sluice_api::StopMode;
 use sluice_core::metrics::Histogram;
 use sluice_core::pipeline::Plan;
+use sluice_core::pipeline::conditions::When;
 use sluice_engine::executor::{self, Executor, Started};
 use sluice_server::{Begun, Engine, Reopened};
 use sluice_store::artifact::ArtifactStore;
@@ -53,8 +54,10 @@ impl Engine for LocalEngine {
         id: &str,
         stage: &str,
         all: bool,
+        overriding: Option<(When, &str)>,
     ) -> anyhow::Result<Begun> {
-        let started = self.0.reopen_for_retry(plan, id, stage, all)?;
+        let overriding = overriding.map(|(condition, by)| executor::Overriding { condition, by });
+        let started = self.0.reopen_for_retry(plan, id, stage, all, overriding)?;
         Ok(self.begun(started))
     }
 

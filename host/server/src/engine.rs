@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use sluice_api::StopMode;
 use sluice_core::metrics::Histogram;
 use sluice_core::pipeline::Plan;
+use sluice_core::pipeline::conditions::When;
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::state::{EventRecord, ExecutionRecord, Status};
 
@@ -55,6 +56,7 @@ pub trait Engine: Send + Sync + 'static {
         id: &str,
         stage: &str,
         all: bool,
+        overriding: Option<(When, &str)>,
     ) -> anyhow::Result<Begun>;
 
     /// Start a rollback of `stage` to what execution `target` ran there (see

@@ -20,6 +20,7 @@ use sluice_api::{
     WebhookAnswer,
 };
 use sluice_core::pipeline::Plan;
+use sluice_core::pipeline::conditions::When;
 use sluice_core::units::now_ms;
 use sluice_store::state::{EventRecord, ExecutionFilter, ExecutionRecord, PipelineRecord, Status};
 
@@ -48,6 +49,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_artifact))
         .routes(routes!(retry_stage))
         .routes(routes!(rollback_stage))
+        .routes(routes!(override_condition))
         .routes(routes!(stop_execution))
         .routes(routes!(decide_approval))
         .routes(routes!(stream_events))
@@ -881,6 +883,103 @@ async fn rollback_stage(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/executions/{id}/stages/{stage}/conditions/{condition}/override",
+    tag = "executions",
+    summary = "Override the condition that failed a stage: run the stage again as if its rules had passed",
+    description = "Requires role operator. Only the latest execution, failed in this stage by its `before-entry` or `on-success` condition. The audit log records who.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), ("stage" = String, Path, description = "Stage name"), ("condition" = String, Path, description = "`before-entry` or `on-success`")),
+    responses((status = 202, description = "Retrying the stage with the condition overridden", body = RetryStarted)),
+)]
+async fn override_condition(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath((id, stage, condition)): UrlPath<(String, String, String)>,
+) -> ApiResult<(StatusCode, Json<RetryStarted>)> {
+    let execution = visible_execution(&app, &caller, &id)?;
+    caller.require(Role::Operator, Some(&execution.pipeline))?;
+    let when = match condition.as_str() {
+        "before-entry" => When::BeforeEntry,
+        "on-success" => When::OnSuccess,
+        _ => {
+            return Err(ApiError::bad_request(
+                "condition",
+                format!(
+                    "`{condition}` cannot be overridden: only before-entry and on-success conditions fail a stage"
+                ),
+            ));
+        }
+    };
+    let stages = (app.state.stages(&execution.id)).map_err(ApiError::internal)?;
+    let failed_by_it = stages.iter().any(|s| {
+        s.stage == stage
+            && s.status == Status::Failed
+            && s.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(&format!("{condition} condition not met")))
+    });
+    if !failed_by_it {
+        return Err(conflict(format!(
+            "stage `{stage}` of execution {} did not fail by its {condition} condition",
+            execution.id
+        )));
+    }
+    latest_failed(&app, &execution)?;
+    let plan = super::resumable_plan(&app, &execution).map_err(conflict)?;
+    let started = app
+        .executor
+        .reopen_for_retry(
+            plan,
+            &execution.id,
+            &stage,
+            false,
+            Some((when, caller.id.as_str())),
+        )
+        .map_err(
+            |e| match e.downcast_ref::<sluice_store::state::AlreadyRunning>() {
+                Some(running) => conflict(running.to_string()),
+                None => ApiError::internal(e),
+            },
+        )?;
+    super::run_to_end(&app, started);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RetryStarted {
+            id: execution.id,
+            stage,
+            mode: sluice_api::RetryScope::Failed,
+        }),
+    ))
+}
+
+/// Refuse unless `execution` failed and is its pipeline's latest.
+fn latest_failed(app: &AppState, execution: &ExecutionRecord) -> ApiResult<()> {
+    if execution.status != Status::Failed {
+        return Err(conflict(format!(
+            "execution {} is {}; only a failed execution can be retried",
+            execution.id, execution.status
+        )));
+    }
+    let latest = ExecutionFilter {
+        pipeline: Some(&execution.pipeline),
+        status: None,
+        limit: 1,
+        offset: 0,
+    };
+    let newest = app
+        .state
+        .list_executions(&latest)
+        .map_err(ApiError::internal)?;
+    if newest.first().map(|e| e.id.as_str()) != Some(execution.id.as_str()) {
+        return Err(conflict(format!(
+            "only the latest execution of `{}` can be retried",
+            execution.pipeline
+        )));
+    }
+    Ok(())
+}
+
 /// Start a rollback of `stage` to `target` (checked), under the limits a
 /// start is.
 fn start_rollback(
@@ -996,28 +1095,7 @@ async fn retry_stage(
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
     let all = request.mode == sluice_api::RetryScope::All;
-    if execution.status != Status::Failed {
-        return Err(conflict(format!(
-            "execution {id} is {}; only a failed execution can be retried",
-            execution.status
-        )));
-    }
-    let latest = ExecutionFilter {
-        pipeline: Some(&execution.pipeline),
-        status: None,
-        limit: 1,
-        offset: 0,
-    };
-    let newest = app
-        .state
-        .list_executions(&latest)
-        .map_err(ApiError::internal)?;
-    if newest.first().map(|e| e.id.as_str()) != Some(execution.id.as_str()) {
-        return Err(conflict(format!(
-            "only the latest execution of `{}` can be retried",
-            execution.pipeline
-        )));
-    }
+    latest_failed(&app, &execution)?;
     let stages = app
         .state
         .stages(&execution.id)
@@ -1039,7 +1117,7 @@ async fn retry_stage(
     let plan = super::resumable_plan(&app, &execution).map_err(conflict)?;
     let started = app
         .executor
-        .reopen_for_retry(plan, &execution.id, &stage, all)
+        .reopen_for_retry(plan, &execution.id, &stage, all, None)
         .map_err(
             |e| match e.downcast_ref::<sluice_store::state::AlreadyRunning>() {
                 Some(running) => conflict(running.to_string()),

@@ -61,7 +61,8 @@ impl<R: ActionRunner> Executor<R> {
         context: &Arc<ExecutionContext>,
     ) -> anyhow::Result<(Outcome, Option<String>)> {
         let mut walk = RunState::new(&context.plan, context.done.clone())
-            .ended_before_restart(context.ended_stages.clone());
+            .ended_before_restart(context.ended_stages.clone())
+            .overriding(context.overridden);
         let mut stage_started = Instant::now();
         loop {
             tell_stop(&mut walk, context);

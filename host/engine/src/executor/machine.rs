@@ -180,6 +180,8 @@ pub struct RunState {
     retried: HashSet<usize>,
     /// The stage a condition asked to roll back (its result `rollback`).
     rollback: Option<usize>,
+    /// A condition an operator overrode: not checked (see [`RunState::overriding`]).
+    overridden: Option<(usize, When)>,
 }
 
 impl RunState {
@@ -207,6 +209,7 @@ impl RunState {
             stop: None,
             retried: HashSet::new(),
             rollback: None,
+            overridden: None,
         }
     }
 
@@ -260,6 +263,18 @@ impl RunState {
         self
     }
 
+    /// Pass over condition `when` of stage `stage`, as if its rules had
+    /// passed: an operator overrode it.
+    pub fn overriding(mut self, overridden: Option<(usize, When)>) -> Self {
+        self.overridden = overridden;
+        self
+    }
+
+    /// Whether stage `stage` has a condition `when` to check.
+    fn checks(&self, stage: usize, when: When) -> bool {
+        self.stages[stage].conditions.get(when).is_some() && self.overridden != Some((stage, when))
+    }
+
     /// Before a stage's gate: skip it after a failure, pass over it when a
     /// restart found it ended, end on a stop, or wait at its gate.
     fn before_stage(&mut self, stage: usize) -> Option<Step> {
@@ -291,13 +306,13 @@ impl RunState {
     /// leave the stage once every group ran.
     fn inside_stage(&mut self, stage: usize, group: usize) -> Option<Step> {
         if group == self.stages[stage].groups.len() {
-            self.position = match self.stages[stage].conditions.on_success {
-                Some(_) => Position::Checking {
+            self.position = match self.checks(stage, When::OnSuccess) {
+                true => Position::Checking {
                     stage,
                     when: When::OnSuccess,
                     failure: None,
                 },
-                None => Position::Leaving {
+                false => Position::Leaving {
                     stage,
                     outcome: Outcome::Succeeded,
                 },
@@ -328,13 +343,13 @@ impl RunState {
     /// The execution entered the stage it waited at.
     pub fn entered(&mut self) {
         if let Position::AtGate(stage) = self.position {
-            self.position = match self.stages[stage].conditions.before_entry {
-                Some(_) => Position::Checking {
+            self.position = match self.checks(stage, When::BeforeEntry) {
+                true => Position::Checking {
                     stage,
                     when: When::BeforeEntry,
                     failure: None,
                 },
-                None => Position::Inside { stage, group: 0 },
+                false => Position::Inside { stage, group: 0 },
             };
         }
     }
@@ -439,7 +454,7 @@ impl RunState {
         let outcome = match end {
             GroupEnd::Ran { failures } if !failures.is_empty() => {
                 let failure = failures.join("; ");
-                let may_retry = self.stages[stage].conditions.on_failure.is_some()
+                let may_retry = self.checks(stage, When::OnFailure)
                     && !self.retried.contains(&stage)
                     && self.stop.is_none();
                 if may_retry {

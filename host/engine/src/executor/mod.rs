@@ -33,6 +33,7 @@ use anyhow::Context as _;
 
 use crate::cache::CacheStore;
 use crate::gates::StageGates;
+use sluice_core::pipeline::conditions::When;
 use sluice_core::pipeline::{ActionPlan, Plan, TRIGGER_KEYS, vars};
 use sluice_core::units::now_ms;
 use sluice_sandbox::Runtime;
@@ -58,6 +59,15 @@ pub struct ExecutionResult {
     pub error: Option<String>,
     /// The stage a condition asked to roll back (result `rollback`).
     pub rollback: Option<String>,
+}
+
+/// A stage condition an operator overrides when retrying its stage.
+#[derive(Clone, Copy, Debug)]
+pub struct Overriding<'a> {
+    /// Which condition (`before-entry` or `on-success`: those fail a stage).
+    pub condition: When,
+    /// Who overrode it (recorded in the rule event).
+    pub by: &'a str,
 }
 
 /// What [`Executor::reopen`] made of an interrupted execution.
@@ -103,6 +113,8 @@ struct ExecutionContext {
     ended_stages: HashSet<usize>,
     /// Continuation tokens of actions that were between rounds (when resuming).
     continuations: HashMap<String, String>,
+    /// A stage condition an operator overrode (when retrying): not checked.
+    overridden: Option<(usize, When)>,
     id: String,
     plan: Arc<Plan>,
     /// What started it (`#{trigger.*}`).
@@ -125,6 +137,7 @@ impl ExecutionContext {
             done: HashSet::new(),
             ended_stages: HashSet::new(),
             continuations: HashMap::new(),
+            overridden: None,
             id,
             plan,
             trigger,
@@ -393,7 +406,7 @@ impl<R: ActionRunner> Executor<R> {
     /// keep their outputs and variables, the rest run again, except actions
     /// whose `on-restart` is `fail`, which fail it.
     pub fn reopen(&self, plan: Arc<Plan>, id: &str) -> anyhow::Result<Reopened> {
-        self.reopen_with(plan, id, None)
+        self.reopen_with(plan, id, None, None)
     }
 
     /// Retry a failed stage of a failed execution: its failed actions (or all of
@@ -404,6 +417,7 @@ impl<R: ActionRunner> Executor<R> {
         id: &str,
         stage: &str,
         all: bool,
+        overriding: Option<Overriding<'_>>,
     ) -> anyhow::Result<Started> {
         if !self.state.reopen_execution(id)? {
             return Err(sluice_store::state::AlreadyRunning(id.to_string()).into());
@@ -411,7 +425,7 @@ impl<R: ActionRunner> Executor<R> {
         // The failed actions run again from their first attempt: not the
         // results their earlier attempts left in the queue.
         self.state.forget_attempts(id)?;
-        match self.reopen_with(plan, id, Some((stage, all)))? {
+        match self.reopen_with(plan, id, Some((stage, all)), overriding)? {
             Reopened::Resume(started) => Ok(started),
             Reopened::Failed(reason) => anyhow::bail!(reason),
         }
@@ -424,6 +438,7 @@ impl<R: ActionRunner> Executor<R> {
         plan: Arc<Plan>,
         id: &str,
         retry: Option<(&str, bool)>,
+        overriding: Option<Overriding<'_>>,
     ) -> anyhow::Result<Reopened> {
         let execution = self
             .state
@@ -472,7 +487,21 @@ impl<R: ActionRunner> Executor<R> {
                 OnResume::Run => {}
             }
         }
+        if let (Some(overriding), Some((stage, _))) = (overriding, retry) {
+            let position = plan.stages.iter().position(|s| s.name == stage);
+            context.overridden = position.map(|p| (p, overriding.condition));
+        }
         let context = Arc::new(context);
+        if let (Some(overriding), Some((stage, _))) = (overriding, retry) {
+            let event = Event::RuleEvaluated {
+                stage: stage.to_string(),
+                condition: overriding.condition.key(),
+                rule: "(override)".to_string(),
+                passed: true,
+                detail: format!("overridden by {}", overriding.by),
+            };
+            self.publish(&context, event);
+        }
         self.publish(
             &context,
             Event::ExecutionResumed {

@@ -588,6 +588,28 @@ pub fn racing_processes_enter_a_gate_one_at_a_time_in_order(first: &dyn Store, s
     assert_eq!(order.into_inner().unwrap(), ids);
 }
 
+/// An execution's events of one kind, oldest first, and no other's.
+pub fn an_executions_events_of_one_kind_are_listed_in_order(store: &dyn Store) {
+    start(store, "a", 0);
+    start(store, "b", 0);
+    let rule = |execution: &str, name: &str| EventRecord {
+        kind: "rule".into(),
+        name: name.into(),
+        ..event(execution, "PASSED", 1)
+    };
+    store.append_event(rule("a", "S.before-entry.one")).unwrap();
+    store.append_event(event("a", "STARTED", 2)).unwrap();
+    store
+        .append_event(rule("b", "S.before-entry.other"))
+        .unwrap();
+    store.append_event(rule("a", "S.on-success.two")).unwrap();
+    let names: Vec<String> = (store.execution_events("a", "rule").unwrap())
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["S.before-entry.one", "S.on-success.two"]);
+}
+
 /// One server at a time delivers notifications; another takes over once the
 /// holder stops renewing.
 pub fn notifications_are_delivered_by_one_holder_at_a_time(store: &dyn Store) {

@@ -396,6 +396,9 @@ pub trait EventStore {
     /// The newest event's sequence number (0 when none).
     fn last_event_seq(&self) -> anyhow::Result<i64>;
 
+    /// The events of `kind` recorded for `execution`, oldest first.
+    fn execution_events(&self, execution: &str, kind: &str) -> anyhow::Result<Vec<EventRecord>>;
+
     /// Hold (or renew) the right to deliver notifications until `until_ms`:
     /// true for `owner` when nobody holds it or its holder's ran out before
     /// `now_ms`. One server delivers at a time, so an event is delivered

@@ -197,6 +197,7 @@ CREATE TABLE gate_places (
 CREATE INDEX gate_places_by_execution ON gate_places (execution_id);
 "#,
     "CREATE TABLE notifier (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, until_ms BIGINT NOT NULL);",
+    "CREATE INDEX events_by_execution ON events (execution_id, kind, seq);",
 ];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
@@ -1486,6 +1487,14 @@ impl EventStore for PostgresStore {
         collect(rows, event_from_row)
     }
 
+    fn execution_events(&self, execution: &str, kind: &str) -> anyhow::Result<Vec<EventRecord>> {
+        let rows = self.query(
+            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = $1 AND kind = $2 ORDER BY seq",
+            &[&execution, &kind],
+        )?;
+        collect(rows, event_from_row)
+    }
+
     fn notify_cursor(&self) -> anyhow::Result<i64> {
         let rows = self.query("SELECT seq FROM notify_cursor WHERE id = 1", &[])?;
         Ok(match rows.first() {
@@ -1870,6 +1879,7 @@ mod tests {
         a_gate_admits_one_execution_at_a_time_in_line_order,
         a_superseding_gate_replaces_older_waiting_executions,
         notifications_are_delivered_by_one_holder_at_a_time,
+        an_executions_events_of_one_kind_are_listed_in_order,
     );
 
     #[test]

@@ -192,7 +192,16 @@ const MIGRATIONS: &[Migration] = &[
         describe: "the server that delivers notifications",
         apply: notifier,
     },
+    Migration {
+        describe: "events by execution",
+        apply: events_by_execution,
+    },
 ];
+
+/// Migration 8: an execution's events of one kind (its rule evaluations).
+fn events_by_execution(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch("CREATE INDEX events_by_execution ON events (execution_id, kind, seq)")
+}
 
 /// Migration 7: which server delivers notifications, and until when.
 fn notifier(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -1139,6 +1148,26 @@ impl EventStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn execution_events(&self, execution: &str, kind: &str) -> anyhow::Result<Vec<EventRecord>> {
+        let db = self.db();
+        let mut statement = db.prepare_cached(
+            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = ?1 AND kind = ?2 ORDER BY seq",
+        )?;
+        let rows = statement.query_map(params![execution, kind], |row| {
+            Ok(EventRecord {
+                seq: row.get(0)?,
+                ts_ms: row.get(1)?,
+                execution: row.get(2)?,
+                pipeline: row.get(3)?,
+                kind: row.get(4)?,
+                name: row.get(5)?,
+                state: row.get(6)?,
+                detail: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn notify_cursor(&self) -> anyhow::Result<i64> {
         Ok(self
             .db()
@@ -1867,5 +1896,6 @@ mod tests {
         a_gate_admits_one_execution_at_a_time_in_line_order,
         a_superseding_gate_replaces_older_waiting_executions,
         notifications_are_delivered_by_one_holder_at_a_time,
+        an_executions_events_of_one_kind_are_listed_in_order,
     );
 }
