@@ -452,4 +452,48 @@ fn stopping_an_execution_withdraws_its_attempt_and_the_worker_kills_the_command(
     // The worker is free again: the next execution runs to its end.
     let next = start(&server, &admin, 0);
     assert_handed_off(&server, &admin, &next);
+
+    // A cache is a directory of the machine that runs the action: the
+    // worker's, whatever path the server resolved `#{cache.data}` to.
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/cached",
+        Some(&admin),
+        Some(CACHED),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server.call(
+        "POST",
+        "/api/v1/pipelines/cached/executions",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    let done = wait_for_end(&server, &admin, body["id"].as_str().unwrap());
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let kept = worker.home.path(".sluice/caches/cached/data/log");
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap_or_default(),
+        "warm\n",
+        "{done:#}"
+    );
+    assert!(
+        !workspace.path(".sluice/caches/cached").exists(),
+        "the server's cache was used"
+    );
 }
+
+/// One action writing into a cache.
+const CACHED: &str = r#"
+[pipeline]
+name = "cached"
+[caches]
+data = {}
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "build"
+plugin = "command@0.1"
+config = { run = "sh -c 'echo warm >> $CACHE/log'", env = "CACHE=#{cache.data}" }
+grants = { commands = ["sh"], caches = ["data"] }
+"#;

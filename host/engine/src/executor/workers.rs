@@ -31,6 +31,7 @@ use sluice_store::state::{AttemptState, ClaimedAttempt, OutputRecord, Store};
 
 use super::runner::{AttemptFailure, AttemptRequest, Attempted};
 use super::{Executor, SandboxRunner};
+use crate::cache::CacheStore;
 
 /// The first look at a queued attempt's row; later looks back off to [`LAST_LOOK`].
 const FIRST_LOOK: Duration = Duration::from_millis(10);
@@ -101,6 +102,27 @@ struct AttemptJob {
     inputs: Vec<(String, String)>,
     /// Every plugin the pipeline names (parsing it needs them all).
     plugins: Vec<PluginPin>,
+    /// The action's granted caches as the queueing process resolved
+    /// `#{cache.<name>}` in `config`: (name, its directory there). A cache is
+    /// a directory of the machine that runs the action, so the worker puts
+    /// its own in their place.
+    #[serde(default)]
+    caches: Vec<(String, String)>,
+}
+
+impl AttemptJob {
+    /// `config` with each cache directory of the queueing process replaced
+    /// by this worker's (`caches`).
+    fn config_here(&self, pipeline: &str, caches: &CacheStore) -> Vec<(String, String)> {
+        let mut config = self.config.clone();
+        for (name, there) in &self.caches {
+            let here = caches.dir(pipeline, name).display().to_string();
+            for (_, value) in &mut config {
+                *value = value.replace(there.as_str(), &here);
+            }
+        }
+        config
+    }
 }
 
 /// A worker's answer, as stored in the attempt's row.
@@ -246,6 +268,12 @@ pub(super) async fn dispatch(
         config: request.config.to_vec(),
         inputs: request.inputs.clone(),
         plugins: plugin_pins(request.plan),
+        caches: (request.action.grants.caches.iter())
+            .map(|name| {
+                let there = runner.caches.dir(&request.plan.name, name);
+                (name.clone(), there.display().to_string())
+            })
+            .collect(),
     };
     let payload = serde_json::to_string(&job).map_err(host_failure)?;
     let state = runner.state.clone();
@@ -435,12 +463,13 @@ impl Worker {
         let ActionKind::Plugin(plugin) = &action.kind else {
             return AttemptResult::NotLoaded(format!("`{}` is not a plugin action", job.action));
         };
+        let config = job.config_here(&plan.name, &self.executor.runner.caches);
         let request = AttemptRequest {
             execution: &job.execution,
             plan: &plan,
             action,
             plugin,
-            config: &job.config,
+            config: &config,
             inputs: job.inputs.clone(),
             attempt: job.attempt,
             continuation: job.continuation.clone(),
