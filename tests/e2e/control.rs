@@ -931,6 +931,13 @@ impl Fixture {
         id
     }
 
+    /// Assert that the `deploy` action of execution `id` logged `line`.
+    fn assert_deploy_said(&self, id: &str, line: &str) {
+        let logs = self.get(&format!("/api/v1/executions/{id}/logs?action=deploy"));
+        let lines = logs["lines"].as_array().unwrap();
+        assert!(lines.iter().any(|l| l["line"] == line), "{logs:#}");
+    }
+
     fn rollback(&self, stage: &str, body: Option<&str>) -> (u16, Value) {
         let path = format!("/api/v1/pipelines/sleepy/stages/{stage}/rollback");
         self.server.call("POST", &path, Some(&self.admin), body)
@@ -961,15 +968,7 @@ fn a_rollback_runs_the_stage_again_with_an_earlier_executions_artifacts_and_vari
         .map(|a| a["action"].as_str().unwrap())
         .collect();
     assert_eq!(ran, ["deploy"], "only the rolled-back stage runs: {done:#}");
-    let logs = f.get(&format!("/api/v1/executions/{rollback}/logs?action=deploy"));
-    let said = |line: &str| {
-        logs["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["line"] == line)
-    };
-    assert!(said("deploying v1 with v1"), "{logs:#}");
+    f.assert_deploy_said(&rollback, "deploying v1 with v1");
 
     let (status, answer) = f.rollback("Deploy", Some(&format!(r#"{{"execution": "{rollback}"}}"#)));
     assert_eq!(status, 409, "{answer}");
@@ -1062,15 +1061,7 @@ fn a_failed_deploy_whose_on_failure_condition_says_rollback_is_rolled_back() {
     let id = started[0]["id"].as_str().unwrap();
     let done = wait_for_end(&f.server, &f.admin, id);
     assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
-    let logs = f.get(&format!("/api/v1/executions/{id}/logs?action=deploy"));
-    let said = |line: &str| {
-        logs["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["line"] == line)
-    };
-    assert!(said("deploying v1 with v1"), "{logs:#}");
+    f.assert_deploy_said(id, "deploying v1 with v1");
 }
 
 #[test]
@@ -1107,15 +1098,7 @@ fn an_operator_overrides_the_condition_that_failed_a_stage_and_the_audit_log_say
     assert_eq!(status, 202, "{answer}");
     let done = wait_for_end(&f.server, &f.admin, &id);
     assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
-    let logs = f.get(&format!("/api/v1/executions/{id}/logs?action=deploy"));
-    let said = |line: &str| {
-        logs["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["line"] == line)
-    };
-    assert!(said("deploying v2 with v2"), "{logs:#}");
+    f.assert_deploy_said(&id, "deploying v2 with v2");
     let rules: Vec<(String, bool)> = done["rules"]
         .as_array()
         .unwrap()

@@ -1133,18 +1133,7 @@ impl EventStore for SqliteStore {
         let mut statement = db.prepare_cached(
             "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = statement.query_map(params![after_seq, sql_count(limit)], |row| {
-            Ok(EventRecord {
-                seq: row.get(0)?,
-                ts_ms: row.get(1)?,
-                execution: row.get(2)?,
-                pipeline: row.get(3)?,
-                kind: row.get(4)?,
-                name: row.get(5)?,
-                state: row.get(6)?,
-                detail: row.get(7)?,
-            })
-        })?;
+        let rows = statement.query_map(params![after_seq, sql_count(limit)], event_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1153,18 +1142,7 @@ impl EventStore for SqliteStore {
         let mut statement = db.prepare_cached(
             "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = ?1 AND kind = ?2 ORDER BY seq",
         )?;
-        let rows = statement.query_map(params![execution, kind], |row| {
-            Ok(EventRecord {
-                seq: row.get(0)?,
-                ts_ms: row.get(1)?,
-                execution: row.get(2)?,
-                pipeline: row.get(3)?,
-                kind: row.get(4)?,
-                name: row.get(5)?,
-                state: row.get(6)?,
-                detail: row.get(7)?,
-            })
-        })?;
+        let rows = statement.query_map(params![execution, kind], event_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1514,6 +1492,21 @@ const SUPERSEDABLE: &str = "(EXISTS (SELECT 1 FROM gate_places g JOIN executions
 /// Places at a gate that count: those of executions still in progress.
 const LIVE_PLACES: &str =
     "FROM gate_places g JOIN executions e ON e.id = g.execution_id WHERE e.status = 'InProgress'";
+
+/// An `events` row, selected as `seq, ts_ms, execution_id, pipeline, kind,
+/// name, state, detail`.
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        seq: row.get(0)?,
+        ts_ms: row.get(1)?,
+        execution: row.get(2)?,
+        pipeline: row.get(3)?,
+        kind: row.get(4)?,
+        name: row.get(5)?,
+        state: row.get(6)?,
+        detail: row.get(7)?,
+    })
+}
 
 impl GateStore for SqliteStore {
     fn join_gate(
