@@ -3,7 +3,9 @@
 mod harness;
 
 mod artifacts;
+mod browser;
 mod caches;
+mod console;
 mod control;
 mod crashes;
 mod example;

@@ -74,14 +74,39 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        let (status, _, payload) = self.exchange(method, path, &headers, body);
+        let json = if payload.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&payload).unwrap_or(Value::String(payload))
+        };
+        (status, json)
+    }
+
+    /// One request with these headers; returns the status, the response
+    /// head (status line and headers) and the body.
+    pub(crate) fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
         let body = body.unwrap_or("");
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
         )
@@ -99,12 +124,7 @@ impl Server {
         } else {
             payload.to_string()
         };
-        let json = if payload.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&payload).unwrap_or(Value::String(payload))
-        };
-        (status, json)
+        (status, head.to_string(), payload)
     }
 
     /// Send `signal` and wait for the server to exit; its exit code.

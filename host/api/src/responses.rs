@@ -115,6 +115,9 @@ pub struct PipelineState {
     pub version: i64,
     /// How executions share the stages.
     pub execution_mode: ExecutionMode,
+    /// Declared variables and their defaults (null: a start must give it).
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, Option<String>>,
     /// In pipeline order.
     pub stages: Vec<StageState>,
 }
@@ -126,8 +129,49 @@ pub struct StageState {
     pub stage: String,
     /// Whether executions may enter it.
     pub transition: TransitionState,
+    /// Its actions as the latest version declares them, in run order.
+    #[serde(default)]
+    pub actions: Vec<PlannedAction>,
+    /// Its conditions, in the order they are checked.
+    #[serde(default)]
+    pub conditions: Vec<StageCondition>,
     /// The newest execution that ran (or runs) it; none yet if null.
     pub current: Option<CurrentRun>,
+    /// Set when an execution newer than `current` skipped the stage (a
+    /// `before-entry` condition, or an earlier stage that failed).
+    #[serde(default)]
+    pub skipped: Option<SkippedRun>,
+}
+
+/// The newest skip of a stage, in [`StageState`].
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SkippedRun {
+    /// Execution id.
+    pub execution: String,
+    /// Why it was skipped.
+    pub reason: Option<String>,
+}
+
+/// An action as a pipeline version declares it, in [`StageState`].
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlannedAction {
+    /// Action name.
+    pub action: String,
+    /// Actions with the same run order run in parallel; lower orders first.
+    pub run_order: u32,
+    /// `name@version` of its plugin, or `approval`.
+    pub provider: String,
+}
+
+/// A stage condition, in [`StageState`].
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct StageCondition {
+    /// `before-entry`, `on-success` or `on-failure`.
+    pub condition: String,
+    /// What it does: `fail`, `skip`, `retry` or `rollback`.
+    pub result: String,
+    /// Its rules' names.
+    pub rules: Vec<String>,
 }
 
 /// The newest run of a stage in [`StageState`].
@@ -148,6 +192,15 @@ pub struct ActionState {
     pub action: String,
     /// Its status.
     pub status: Status,
+    /// When it started, ms since the epoch.
+    #[serde(default)]
+    pub started_ms: i64,
+    /// When it ended, if it has.
+    #[serde(default)]
+    pub ended_ms: Option<i64>,
+    /// Attempts so far (retries included).
+    #[serde(default)]
+    pub attempts: u32,
     /// Summary from the plugin.
     pub summary: Option<String>,
     /// Why it failed.
@@ -238,6 +291,71 @@ pub struct ExecutionDetail {
     /// Its stage conditions' rule evaluations, in order.
     #[serde(default)]
     pub rules: Vec<RuleEvaluation>,
+    /// The artifacts each action takes in, by name, as its pipeline version
+    /// declares them (empty for an execution of a file).
+    #[serde(default)]
+    pub inputs: Vec<ActionInputs>,
+}
+
+/// The input artifacts of one action, in [`ExecutionDetail`].
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActionInputs {
+    /// Its stage.
+    pub stage: String,
+    /// Action name.
+    pub action: String,
+    /// Artifact names.
+    pub artifacts: Vec<String>,
+}
+
+/// `GET /whoami`: the caller's token.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Whoami {
+    /// Token id.
+    pub token: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The pipelines it is limited to; empty when it sees all.
+    pub pipelines: Vec<String>,
+}
+
+/// `GET /plugins`: the installed plugins.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PluginList {
+    /// By name, then version.
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// One installed plugin.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PluginInfo {
+    /// Plugin name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The WIT world it implements: `action` or `source`.
+    pub world: String,
+    /// What it does.
+    pub description: String,
+    /// Hex SHA-256 of its component, as its manifest pins it.
+    pub sha256: Option<String>,
+    /// What it may ever be granted.
+    pub capabilities: PluginCapabilities,
+}
+
+/// What a plugin may ever be granted (`"*"`: whatever a pipeline grants).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PluginCapabilities {
+    /// Secret names.
+    pub secrets: Vec<String>,
+    /// Outbound HTTP host patterns.
+    pub hosts: Vec<String>,
+    /// Programs it may run.
+    pub commands: Vec<String>,
+    /// Whether host directories may be mounted.
+    pub mounts: bool,
+    /// Whether pipeline caches may be granted.
+    pub caches: bool,
 }
 
 /// One evaluation of a stage condition's rule.

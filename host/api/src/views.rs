@@ -5,8 +5,11 @@
 use sluice_store::state::{ActionRecord, EventRecord, ExecutionRecord, LogRecord, Status, Store};
 
 use crate::responses::{
-    ArtifactList, ExecutionDetail, ExecutionPage, Located, LogPage, RuleEvaluation,
+    ActionInputs, ArtifactList, ExecutionDetail, ExecutionPage, Located, LogPage, PlannedAction,
+    RuleEvaluation, StageCondition,
 };
+use sluice_core::pipeline::conditions::When;
+use sluice_core::pipeline::{Plan, StagePlan};
 
 /// `GET /executions`: a page of executions, newest first.
 pub fn execution_list(
@@ -35,7 +38,52 @@ pub fn execution(
         stages: state.stages(&execution.id)?,
         actions: state.actions(&execution.id)?,
         rules,
+        inputs: Vec::new(),
     })
+}
+
+/// The input artifacts of each action of `plan` that takes any.
+pub fn action_inputs(plan: &Plan) -> Vec<ActionInputs> {
+    plan.stages
+        .iter()
+        .flat_map(|stage| &stage.actions)
+        .filter(|action| !action.inputs.is_empty())
+        .map(|action| ActionInputs {
+            stage: action.stage.clone(),
+            action: action.name.clone(),
+            artifacts: action.inputs.clone(),
+        })
+        .collect()
+}
+
+/// A stage's actions as declared, in run order (declaration order within one).
+pub fn planned_actions(stage: &StagePlan) -> Vec<PlannedAction> {
+    let mut actions: Vec<PlannedAction> = stage
+        .actions
+        .iter()
+        .map(|action| PlannedAction {
+            action: action.name.clone(),
+            run_order: action.run_order,
+            provider: action.provider(),
+        })
+        .collect();
+    actions.sort_by_key(|action| action.run_order);
+    actions
+}
+
+/// A stage's conditions, in the order they are checked.
+pub fn stage_conditions(stage: &StagePlan) -> Vec<StageCondition> {
+    [When::BeforeEntry, When::OnSuccess, When::OnFailure]
+        .into_iter()
+        .filter_map(|when| {
+            let condition = stage.conditions.get(when)?;
+            Some(StageCondition {
+                condition: when.key().to_string(),
+                result: condition.result.name().to_string(),
+                rules: condition.rules.iter().map(|r| r.name.clone()).collect(),
+            })
+        })
+        .collect()
 }
 
 /// A `rule` event (`<stage>.<condition>.<rule>`, PASSED or FAILED) read back.

@@ -136,7 +136,8 @@ pub fn show_time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn hash(secret: &str) -> String {
+/// Hex SHA-256 of `text`.
+pub(crate) fn hash(secret: &str) -> String {
     hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
@@ -159,6 +160,12 @@ impl Caller {
         let secret = header.strip_prefix("Bearer ").ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
         })?;
+        Self::from_secret(state, secret).map(Some)
+    }
+
+    /// Resolve a token's secret (from a bearer header or the console's
+    /// session cookie): 401 for an unknown, expired or revoked token.
+    pub fn from_secret(state: &dyn Store, secret: &str) -> Result<Self, ApiError> {
         let wanted = hash(secret.trim());
         // Compare with every stored hash, in constant time and without an
         // early exit, so timing says nothing about how close a guess was.
@@ -194,11 +201,16 @@ impl Caller {
                 token.id, token.role
             ))
         })?;
-        Ok(Some(Caller {
+        Ok(Caller {
             role,
             id: token.id,
             pipelines: token.pipelines,
-        }))
+        })
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The pipelines this token is limited to; None when it sees all.

@@ -15,9 +15,9 @@ use super::{ApiError, AppState};
 use sluice_api::{
     ActionState, ApprovalState, ApprovalStatus, ArtifactList, AuditPage, CurrentRun, Decided,
     DecisionRequest, ExecutionDetail, ExecutionPage, LogPage, PipelineList, PipelineState,
-    PipelineSummary, Registered, RetryRequest, RetryStarted, RollbackRequest, StageState,
-    StartRequest, Started, StopRequest, Stopping, Transition, TransitionRequest, TransitionState,
-    WebhookAnswer,
+    PipelineSummary, PluginCapabilities, PluginInfo, PluginList, Registered, RetryRequest,
+    RetryStarted, RollbackRequest, SkippedRun, StageState, StartRequest, Started, StopRequest,
+    Stopping, Transition, TransitionRequest, TransitionState, WebhookAnswer, Whoami,
 };
 use sluice_core::pipeline::Plan;
 use sluice_core::pipeline::conditions::When;
@@ -54,6 +54,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(decide_approval))
         .routes(routes!(stream_events))
         .routes(routes!(get_audit))
+        .routes(routes!(whoami))
+        .routes(routes!(list_plugins))
         .merge(webhooks)
 }
 
@@ -511,41 +513,51 @@ async fn pipeline_state(
             .iter()
             .find(|(p, s, _)| *p == name && *s == stage.name)
             .map(|(_, _, r)| r.clone());
-        let current = current_run(&app, &executions, &stage.name)?;
+        let (current, skipped) = current_run(&app, &executions, &stage.name)?;
         stages.push(StageState {
             stage: stage.name.clone(),
             transition: TransitionState {
                 enabled: transition.is_none(),
                 reason: transition,
             },
+            actions: sluice_api::views::planned_actions(stage),
+            conditions: sluice_api::views::stage_conditions(stage),
             current,
+            skipped,
         });
     }
     Ok(Json(PipelineState {
         pipeline: name,
         version: record.version,
         execution_mode: plan.execution_mode,
+        variables: plan.variables.clone(),
         stages,
     }))
 }
 
-/// The newest of `executions` (newest first) that ran `stage`, with its actions.
+/// The newest of `executions` (newest first) that ran `stage`, with its
+/// actions; and the newest that skipped it, if that one is newer.
 fn current_run(
     app: &AppState,
     executions: &[ExecutionRecord],
     stage: &str,
-) -> ApiResult<Option<CurrentRun>> {
+) -> ApiResult<(Option<CurrentRun>, Option<SkippedRun>)> {
+    let mut skipped = None;
     for execution in executions {
         let runs = app
             .state
             .stages(&execution.id)
             .map_err(ApiError::internal)?;
-        let Some(run) = runs
-            .iter()
-            .find(|r| r.stage == stage && r.status != Status::Skipped)
-        else {
+        let Some(run) = runs.iter().find(|r| r.stage == stage) else {
             continue;
         };
+        if run.status == Status::Skipped {
+            skipped.get_or_insert_with(|| SkippedRun {
+                execution: execution.id.clone(),
+                reason: run.error.clone(),
+            });
+            continue;
+        }
         let actions = app
             .state
             .actions(&execution.id)
@@ -557,19 +569,23 @@ fn current_run(
                 approval: approval_state(app, &execution.id, &a.action),
                 action: a.action,
                 status: a.status,
+                started_ms: a.started_ms,
+                ended_ms: a.ended_ms,
+                attempts: a.attempts,
                 summary: a.summary,
                 error: a.error,
                 percent: a.percent,
                 progress: a.progress,
             })
             .collect();
-        return Ok(Some(CurrentRun {
+        let current = CurrentRun {
             execution: execution.id.clone(),
             status: run.status,
             actions,
-        }));
+        };
+        return Ok((Some(current), skipped));
     }
-    Ok(None)
+    Ok((None, skipped))
 }
 
 /// The approval an action asks (or asked) for, if it is an approval action.
@@ -826,9 +842,72 @@ async fn get_execution(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<ExecutionDetail>> {
     let execution = visible_execution(&app, &caller, &id)?;
-    let document =
+    let mut document =
         sluice_api::views::execution(app.state.as_ref(), &execution).map_err(ApiError::internal)?;
+    if let Some(version) = execution.pipeline_version
+        && let Some(record) = (app.state)
+            .pipeline(&execution.pipeline, Some(version))
+            .map_err(ApiError::internal)?
+        && let Some(plan) = app.plans.get(&app, &record)
+    {
+        document.inputs = sluice_api::views::action_inputs(&plan);
+    }
     Ok(Json(document))
+}
+
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    tag = "access",
+    summary = "The caller's token: id, role and pipeline scope",
+    description = "Requires any valid token.",
+    responses((status = 200, description = "The token", body = Whoami)),
+)]
+async fn whoami(caller: Caller) -> Json<Whoami> {
+    Json(Whoami {
+        token: caller.id.clone(),
+        role: caller.role().name().to_string(),
+        pipelines: caller.scope().unwrap_or_default().to_vec(),
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/plugins",
+    tag = "plugins",
+    summary = "The installed plugins: versions, component digests and the capabilities each may request",
+    description = "Requires role viewer.",
+    responses((status = 200, description = "The plugins", body = PluginList)),
+)]
+async fn list_plugins(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<PluginList>> {
+    caller.require(Role::Viewer, None)?;
+    let registry = app.registry.clone();
+    let installed = tokio::task::spawn_blocking(move || registry.list())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let plugins = installed
+        .into_iter()
+        .map(|plugin| {
+            let manifest = plugin.manifest;
+            let granted = manifest.capabilities;
+            PluginInfo {
+                name: manifest.name,
+                version: manifest.version.to_string(),
+                world: manifest.world,
+                description: manifest.description,
+                sha256: manifest.sha256,
+                capabilities: PluginCapabilities {
+                    secrets: granted.secrets,
+                    hosts: granted.hosts,
+                    commands: granted.commands,
+                    mounts: granted.mounts,
+                    caches: granted.caches,
+                },
+            }
+        })
+        .collect();
+    Ok(Json(PluginList { plugins }))
 }
 
 #[utoipa::path(

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod console;
 pub mod engine;
 mod extract;
 mod handlers;
@@ -136,7 +137,8 @@ impl AppState {
     }
 }
 
-/// The router: `/api/v1/...`, `/openapi.json`, `/health` and `/metrics`.
+/// The router: `/api/v1/...`, `/openapi.json`, `/health`, `/metrics` and
+/// the web console (`/`, `/console/...`).
 pub fn router(app: AppState) -> Router {
     let (api, api_document) = handlers::routes().split_for_parts();
     // Serialized once: the document cannot change while the server runs.
@@ -160,6 +162,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(console::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), read_body))
@@ -298,11 +301,12 @@ fn closing(error: ApiError) -> Response {
 async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
+    // The console's own pages (sign-in refused) stay HTML.
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
@@ -875,13 +879,20 @@ async fn authenticate_and_audit(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
-    // A refused token (unknown, expired, revoked) is answered here, and its
-    // mutating attempts are audited too.
-    let resolved = Caller::from_header(app.state.as_ref(), header.as_deref());
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
+    // A refused token (unknown, expired, revoked) is answered here, and its
+    // mutating attempts are audited too. Without a bearer header, the
+    // console's session cookie authorizes the request.
+    let cookie = console::session_secret(request.headers()).filter(|_| header.is_none());
+    let resolved = match cookie {
+        Some(secret) => {
+            console::cookie_caller(&app, &secret, request.headers(), mutating).map(Some)
+        }
+        None => Caller::from_header(app.state.as_ref(), header.as_deref()),
+    };
     // Inside the nested router the path lacks `/api/v1`; log the one called.
     let path = request
         .extensions()

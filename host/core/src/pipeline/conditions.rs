@@ -106,7 +106,8 @@ pub enum ConditionResult {
 }
 
 impl ConditionResult {
-    fn name(self) -> &'static str {
+    /// The name it is written as.
+    pub fn name(self) -> &'static str {
         match self {
             ConditionResult::Fail => "fail",
             ConditionResult::Skip => "skip",

@@ -14,7 +14,7 @@ use super::runner::{ActionRunner, AttemptFailure, AttemptRequest};
 use super::{Event, ExecutionContext, Executor, lock, resolve_config};
 use crate::gates::Entry;
 use sluice_core::pipeline::conditions::When;
-use sluice_core::pipeline::{ActionKind, ActionPlan, vars};
+use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, vars};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
@@ -290,6 +290,20 @@ impl<R: ActionRunner> Executor<R> {
         Ok(())
     }
 
+    /// The approval's policy with its message resolved (and masked) for this
+    /// execution: approvers read what they are asked, not its template.
+    fn approval_as_asked(
+        &self,
+        policy: &ApprovalPolicy,
+        config: &[(String, String)],
+    ) -> ApprovalPolicy {
+        let mut asked = policy.clone();
+        if let Some((_, message)) = config.iter().find(|(key, _)| key == "message") {
+            asked.message = self.masker.mask(message);
+        }
+        asked
+    }
+
     /// Run one action with its retries; `Err(reason)` when it failed.
     #[tracing::instrument(name = "action", skip_all, fields(action = %action.name))]
     async fn run_action(
@@ -342,9 +356,13 @@ impl<R: ActionRunner> Executor<R> {
             (Ok(config), ActionKind::Plugin(installed)) => {
                 self.attempts(context, action, installed, &config).await
             }
-            (Ok(_), ActionKind::Approval(policy)) => self
+            (Ok(config), ActionKind::Approval(policy)) => self
                 .runner
-                .approval(&context.id, action, policy)
+                .approval(
+                    &context.id,
+                    action,
+                    &self.approval_as_asked(policy, &config),
+                )
                 .await
                 .map(|outcome| Succeeded {
                     attempts: 1,
