@@ -544,7 +544,7 @@ function actionCard(state, run, planned, current) {
     h("div", { class: "meta" }, planned.provider, current && current.started_ms ? ` · ${elapsed(current.started_ms, current.ended_ms)}` : "", current && current.attempts > 1 ? ` · attempt ${current.attempts}` : ""),
     current && current.summary ? h("div", { class: "summary" }, current.summary) : "",
     current && current.error ? h("div", { class: "err" }, current.error) : "",
-    current && current.status === "InProgress" && current.percent !== null && current.percent !== undefined
+    !waiting && current && current.status === "InProgress" && current.percent !== null && current.percent !== undefined
       ? h("div", { class: "progress", role: "progressbar", "aria-valuenow": current.percent, "aria-valuemin": 0, "aria-valuemax": 100, "aria-label": current.progress || "Progress" }, progressBar(current.percent))
       : "",
     waiting ? approvalBox(run, current, approval) : "",
