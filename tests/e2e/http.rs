@@ -151,3 +151,92 @@ fn http_fails_on_an_unexpected_status() {
         .to_string();
     assert!(error.contains("503"), "{error}");
 }
+
+/// Answer every request until the test ends: `/health` 200 `status: ok`,
+/// anything else 503 `down`.
+fn health_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap_or_default();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let (status, body) = match request_line.split_whitespace().nth(1) {
+                Some("/health") => (200, "status: ok"),
+                _ => (503, "down"),
+            };
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = reader.get_mut().write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn a_rule_plugin_passes_a_healthy_endpoint_and_not_a_sick_or_ungranted_one() {
+    let port = health_server();
+    let rule = |name: &str, path: &str, host: &str| {
+        format!(
+            r#"{{ name = "{name}", provider = "plugin", plugin = "http-check@0.1", config = {{ url = "http://127.0.0.1:{port}{path}", contains = "ok" }}, grants = {{ hosts = ["{host}"] }} }}"#
+        )
+    };
+    let granted = format!("127.0.0.1:{port}");
+    let stage = |name: &str, result: &str, rule: String| {
+        format!(
+            "[[stages]]\nname = \"{name}\"\nbefore-entry = {{ result = \"{result}\", rules = [{rule}] }}\n[[stages.actions]]\nname = \"{}\"\nplugin = \"command@0.1\"\nconfig = {{ run = \"true\" }}\ngrants = {{ commands = [\"true\"] }}\n",
+            name.to_lowercase()
+        )
+    };
+    let pipeline = format!(
+        "[pipeline]\nname = \"checked\"\n{}{}{}",
+        stage("Healthy", "fail", rule("up", "/health", &granted)),
+        stage("Sick", "skip", rule("down", "/sick", &granted)),
+        // Granted another port of the same address: the request is denied.
+        stage(
+            "Sneaky",
+            "skip",
+            rule("elsewhere", "/health", "127.0.0.1:1")
+        ),
+    );
+    let workspace = Workspace::new();
+    let output = workspace.run_pipeline(&pipeline);
+    let shown = text(&output);
+    assert!(output.status.success(), "{shown}");
+    for line in [
+        format!(
+            "✓ Healthy before-entry rule up: GET http://127.0.0.1:{port}/health answered HTTP 200 with `ok`"
+        ),
+        format!(
+            "✗ Sick before-entry rule down: GET http://127.0.0.1:{port}/sick answered HTTP 503, expected 2xx"
+        ),
+        format!(
+            "✗ Sneaky before-entry rule elsewhere: the rule plugin failed: permission denied: outbound HTTP to `127.0.0.1:{port}` is not granted"
+        ),
+    ] {
+        assert!(shown.contains(&line), "no `{line}` in:\n{shown}");
+    }
+    let execution = workspace.latest_execution();
+    let status = |stage: &str| {
+        execution["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == stage)
+            .map(|s| s["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status("Healthy").as_deref(), Some("Succeeded"));
+    assert_eq!(status("Sick").as_deref(), Some("Skipped"));
+    assert_eq!(status("Sneaky").as_deref(), Some("Skipped"));
+    assert_eq!(action(&execution, "healthy")["status"], "Succeeded");
+}

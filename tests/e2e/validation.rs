@@ -330,3 +330,58 @@ before-entry = { result = "rollback", rules = [{ name = "late", provider = "vari
     let (code, stderr) = validate(&fine);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn rule_plugins_are_checked_as_actions_are_and_kept_apart_from_actions() {
+    let line = r##"on-success = { rules = [{ name = "up", provider = "plugin", plugin = "http-check@0.1", config = { url = "http://127.0.0.1:1/#{nope.x}", contain = "ok" }, grants = { hosts = ["127.0.0.1:1"], commands = ["sh"] } }, { name = "act", provider = "plugin", plugin = "command@0.1", config = { run = "true" } }, { name = "bare", provider = "plugin" }] }"##;
+    let pipeline = VALID.replace("name = \"Use\"\n", &format!("name = \"Use\"\n{line}\n"));
+    let column = |needle: &str| line.find(needle).unwrap() + 1;
+    rejected_at(
+        &pipeline,
+        19,
+        column("\"http://"),
+        "`#{nope.x}` refers to namespace `nope`, which no action declares",
+    );
+    rejected_at(
+        &pipeline,
+        19,
+        column("\"ok\""),
+        "unknown config key `contain` for plugin http-check@0.1.0",
+    );
+    rejected_at(
+        &pipeline,
+        19,
+        column("\"sh\""),
+        "grant of command `sh` exceeds the manifest of http-check@0.1.0",
+    );
+    rejected_at(
+        &pipeline,
+        19,
+        column("\"command@0.1\""),
+        "rule `act`: command@0.1.0 implements world `action`, not `rule`",
+    );
+    rejected_at(
+        &pipeline,
+        19,
+        column("{ name = \"bare\""),
+        "rule `bare` needs `plugin`",
+    );
+
+    // A rule plugin is no action.
+    let misused = VALID.replace(
+        "name = \"use\"\nplugin = \"command@0.1\"",
+        "name = \"use\"\nplugin = \"http-check@0.1\"",
+    );
+    rejected_at(
+        &misused,
+        21,
+        10,
+        "http-check@0.1.0 is a rule plugin (world `rule`): use it in a stage condition",
+    );
+    let (_, stderr) = validate(&misused);
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one error, not its config's: {stderr}"
+    );
+}

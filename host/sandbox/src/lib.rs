@@ -85,6 +85,15 @@ impl Denials {
     }
 }
 
+/// What a rule plugin's `evaluate` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleVerdict {
+    /// Whether the rule passed.
+    pub passed: bool,
+    /// What it found, for people.
+    pub detail: String,
+}
+
 /// Everything one invocation may touch, assembled from the action's grants.
 pub struct SandboxSpec {
     /// What the guest is told.
@@ -492,6 +501,55 @@ impl Runtime {
             tokio::time::timeout(limits.timeout, call).await
         };
         settle(result.map_err(|_| ()), store.data(), &limits, &denials)?.map_err(failure_error)
+    }
+
+    /// Call a rule plugin's `evaluate` (world `rule`) in a fresh sandbox with
+    /// its grants and limits: whether it passed, and why.
+    pub async fn evaluate(
+        &self,
+        plugin: &LoadedPlugin,
+        spec: SandboxSpec,
+    ) -> Result<RuleVerdict, ActionError> {
+        type Evaluate = (Vec<(String, String)>,);
+        type Evaluated = (
+            Result<
+                bindings::sluice::action::types::Verdict,
+                bindings::sluice::action::types::Failure,
+            >,
+        );
+        let limits = spec.limits;
+        let config = spec.invocation.config.clone();
+        let denials = Denials::default();
+        let _slot = self.slot(&spec.log).await;
+        let mut store = self.sandbox_store(spec, denials.clone())?;
+        let result = {
+            let call = async {
+                let instance = plugin
+                    .pre
+                    .instance_pre()
+                    .instantiate_async(&mut store)
+                    .await?;
+                let evaluate = instance
+                    .get_typed_func::<Evaluate, Evaluated>(&mut store, "evaluate")
+                    .map_err(|e| {
+                        wasmtime::format_err!(
+                            "the plugin has no `evaluate` export (world rule): {e}"
+                        )
+                    })?;
+                let (answer,) = evaluate.call_async(&mut store, (config,)).await?;
+                Ok::<_, wasmtime::Error>(answer)
+            };
+            tokio::time::timeout(limits.timeout, call).await
+        };
+        let verdict = settle(result.map_err(|_| ()), store.data(), &limits, &denials)?
+            .map_err(failure_error)?;
+        limits
+            .check_outcome(&verdict.detail, &[])
+            .map_err(ActionError::Limit)?;
+        Ok(RuleVerdict {
+            passed: verdict.passed,
+            detail: verdict.detail,
+        })
     }
 
     /// A fresh store for one call: limiter, CPU budget by epoch ticks.

@@ -38,6 +38,15 @@ impl Context {
         }
     }
 
+    /// A context that holds only a configuration (a rule's `evaluate`).
+    #[doc(hidden)]
+    pub fn from_config(config: Vec<(String, String)>) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
     /// The token a previous round passed to [`Outcome::resume_later`](crate::Outcome::resume_later);
     /// `None` on the first call.
     pub fn continuation(&self) -> Option<&str> {

@@ -9,18 +9,19 @@ mod result;
 
 pub use command::{Command, CommandOutput};
 pub use context::Context;
-pub use result::{Failure, FailureKind, Outcome};
+pub use result::{Failure, FailureKind, Outcome, Verdict};
 
 /// The WASI 0.2 bindings (filesystem, http, ...), for what the SDK does not wrap,
 /// such as creating symlinks.
 pub use wasi;
 
-/// Bindings generated from `wit/action.wit` (world `source`, a superset of
-/// `action`), documented in the WIT. Plugins normally do not need them.
+/// Bindings generated from `wit/action.wit` (world `plugin`, a superset of
+/// `action`, `source` and `rule`), documented in the WIT. Plugins normally do
+/// not need them.
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "source",
+        world: "plugin",
         path: "../../wit",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk::bindings",
@@ -47,6 +48,12 @@ macro_rules! export_action {
                 _last_revision: ::core::option::Option<::std::string::String>,
             ) -> ::core::result::Result<::std::vec::Vec<::std::string::String>, $crate::bindings::Failure> {
                 ::core::result::Result::Err($crate::__not_a_source())
+            }
+
+            fn evaluate(
+                _config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::core::result::Result<$crate::bindings::Verdict, $crate::bindings::Failure> {
+                ::core::result::Result::Err($crate::__not_a_rule())
             }
         }
 
@@ -76,10 +83,76 @@ macro_rules! export_source {
             ) -> ::core::result::Result<::std::vec::Vec<::std::string::String>, $crate::bindings::Failure> {
                 $check(&config, last_revision.as_deref()).map_err($crate::Failure::into_wit)
             }
+
+            fn evaluate(
+                _config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::core::result::Result<$crate::bindings::Verdict, $crate::bindings::Failure> {
+                ::core::result::Result::Err($crate::__not_a_rule())
+            }
         }
 
         $crate::bindings::export!(__SluiceSource with_types_in $crate::bindings);
     };
+}
+
+/// Export `evaluate` for a rule plugin (world `rule`, used by a stage
+/// condition's `provider = "plugin"` rule): a
+/// `fn(&Context) -> Result<Verdict, Failure>`. The context holds only the
+/// rule's configuration (and logging, secrets and commands); an `Err` counts
+/// as a rule that did not pass.
+#[macro_export]
+macro_rules! export_rule {
+    ($evaluate:path) => {
+        #[doc(hidden)]
+        struct __SluiceRule;
+
+        impl $crate::bindings::Guest for __SluiceRule {
+            fn run(
+                _invocation: $crate::bindings::Invocation,
+            ) -> ::core::result::Result<$crate::bindings::Outcome, $crate::bindings::Failure> {
+                ::core::result::Result::Err($crate::__not_an_action())
+            }
+
+            fn check(
+                _config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                _last_revision: ::core::option::Option<::std::string::String>,
+            ) -> ::core::result::Result<::std::vec::Vec<::std::string::String>, $crate::bindings::Failure> {
+                ::core::result::Result::Err($crate::__not_a_source())
+            }
+
+            fn evaluate(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::core::result::Result<$crate::bindings::Verdict, $crate::bindings::Failure> {
+                $crate::__evaluate(config, $evaluate)
+            }
+        }
+
+        $crate::bindings::export!(__SluiceRule with_types_in $crate::bindings);
+    };
+}
+
+/// The failure `run` returns for plugins exported with [`export_rule!`].
+#[doc(hidden)]
+pub fn __not_an_action() -> bindings::Failure {
+    Failure::config("this plugin is a rule (world rule): use it in a stage condition").into_wit()
+}
+
+/// The failure `evaluate` returns for plugins that are not rules.
+#[doc(hidden)]
+pub fn __not_a_rule() -> bindings::Failure {
+    Failure::config("this plugin is not a rule: it has no `evaluate`").into_wit()
+}
+
+/// Glue for [`export_rule!`].
+#[doc(hidden)]
+pub fn __evaluate(
+    config: Vec<(String, String)>,
+    evaluate: impl FnOnce(&Context) -> Result<Verdict, Failure>,
+) -> Result<bindings::Verdict, bindings::Failure> {
+    let ctx = Context::from_config(config);
+    evaluate(&ctx)
+        .map(Verdict::into_wit)
+        .map_err(Failure::into_wit)
 }
 
 /// The failure `check` returns for plugins exported with [`export_action!`].

@@ -183,3 +183,39 @@ mod tests {
         assert_eq!(f.to_string(), "job-failed: disk");
     }
 }
+
+/// What a rule found (world `rule`): whether it passed, and why, for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the rule passed.
+    pub passed: bool,
+    /// What was found, recorded and shown with the result.
+    pub detail: String,
+}
+
+impl Verdict {
+    /// The rule passed.
+    pub fn pass(detail: impl Into<String>) -> Self {
+        Self {
+            passed: true,
+            detail: detail.into(),
+        }
+    }
+
+    /// The rule did not pass.
+    pub fn fail(detail: impl Into<String>) -> Self {
+        Self {
+            passed: false,
+            detail: detail.into(),
+        }
+    }
+
+    /// Convert to the WIT type.
+    #[doc(hidden)]
+    pub fn into_wit(self) -> wit::Verdict {
+        wit::Verdict {
+            passed: self.passed,
+            detail: self.detail,
+        }
+    }
+}

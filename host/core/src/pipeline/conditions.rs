@@ -13,6 +13,7 @@
 //! on-failure = { result = "retry" }
 //! ```
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Timelike, Utc};
@@ -56,6 +57,15 @@ pub struct RuleDecl {
     /// deployment-window: the IANA time zone of `cron` (default UTC).
     #[serde(rename = "time-zone", alias = "time_zone")]
     pub time_zone: Option<Spanned<String>>,
+    /// plugin: `name@version-requirement` of a plugin of world `rule`.
+    pub plugin: Option<Spanned<String>>,
+    /// plugin: its configuration, as an action's (references allowed).
+    #[serde(default)]
+    pub config: BTreeMap<String, Spanned<toml::Value>>,
+    /// plugin: capabilities granted to it, as an action's.
+    pub grants: Option<Spanned<super::model::GrantsDecl>>,
+    /// plugin: wall-clock timeout of one evaluation, e.g. `30s`.
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// When a condition is checked.
@@ -169,6 +179,9 @@ pub enum RuleCheck {
         /// With what.
         value: String,
     },
+    /// A rule plugin's `evaluate`, run as an action of its own (its plugin,
+    /// configuration, grants and limits validated as an action's).
+    Plugin(Box<super::ActionPlan>),
     /// Whether now falls in a cron window.
     DeploymentWindow {
         /// As written, for the verdict.
@@ -226,6 +239,11 @@ impl Rule {
                 schedule,
                 time_zone,
             } => in_window(now, expression, schedule, *time_zone),
+            // The executor runs rule plugins in the sandbox; nothing else may.
+            RuleCheck::Plugin(_) => (
+                false,
+                "a rule plugin is evaluated by the executor, not here".to_string(),
+            ),
         };
         Verdict {
             rule: self.name.clone(),
@@ -273,9 +291,19 @@ fn in_window(
     (passed, detail)
 }
 
-/// What the validator needs to check a rule's variable references: whether
-/// `namespace.key` may be referred to from this condition.
-pub type ReferenceCheck<'a> = &'a mut dyn FnMut(&vars::VarRef) -> Result<(), String>;
+/// What the validator knows that a condition's rules need.
+pub trait RuleScope {
+    /// Whether `namespace.key` may be referred to from this condition.
+    fn check_reference(&mut self, reference: &vars::VarRef) -> Result<(), String>;
+
+    /// A `plugin` rule as an action of its own: its plugin resolved (world
+    /// `rule`), configuration and grants checked. `None` when it is not
+    /// valid; the scope has reported why.
+    fn plugin_rule(&mut self, rule: &RuleDecl) -> Option<super::ActionPlan>;
+}
+
+/// A rule scope as a borrowed trait object.
+pub type ReferenceCheck<'a> = &'a mut dyn RuleScope;
 
 /// Validate a condition written under `when`; errors are (byte offset,
 /// message).
@@ -363,6 +391,16 @@ fn validate_rule(
         })
     };
     let mut errors = Vec::new();
+    if decl.provider.get_ref() != "plugin" {
+        for (key, present) in [
+            ("plugin", decl.plugin.is_some()),
+            ("config", !decl.config.is_empty()),
+            ("grants", decl.grants.is_some()),
+            ("timeout", decl.timeout.is_some()),
+        ] {
+            errors.extend(unused(key, present));
+        }
+    }
     match decl.provider.get_ref().as_str() {
         "variable-check" => {
             errors.extend(unused("cron", decl.cron.is_some()));
@@ -381,7 +419,7 @@ fn validate_rule(
             match vars::references(variable.get_ref()) {
                 Ok(refs) => {
                     for reference in refs {
-                        if let Err(message) = check_reference(&reference) {
+                        if let Err(message) = check_reference.check_reference(&reference) {
                             errors.push((variable.span().start, message));
                         }
                     }
@@ -456,16 +494,30 @@ fn validate_rule(
                 _ => Err(errors),
             }
         }
-        "plugin" => Err(vec![(
-            decl.provider.span().start,
-            format!(
-                "rule `{name}`: rule plugins are not supported yet; use variable-check or deployment-window"
-            ),
-        )]),
+        "plugin" => {
+            for (key, present) in [
+                ("variable", decl.variable.is_some()),
+                ("operator", decl.operator.is_some()),
+                ("value", decl.value.is_some()),
+                ("cron", decl.cron.is_some()),
+                ("time-zone", decl.time_zone.is_some()),
+            ] {
+                errors.extend(unused(key, present));
+            }
+            if decl.plugin.is_none() {
+                errors.push(missing("plugin"));
+            }
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            // An invalid plugin rule has been reported by the scope.
+            let action = check_reference.plugin_rule(decl).ok_or_else(Vec::new)?;
+            Ok(RuleCheck::Plugin(Box::new(action)))
+        }
         other => Err(vec![(
             decl.provider.span().start,
             format!(
-                "rule `{name}`: unknown provider `{other}`; use variable-check or deployment-window"
+                "rule `{name}`: unknown provider `{other}`; use variable-check, deployment-window or plugin"
             ),
         )]),
     }

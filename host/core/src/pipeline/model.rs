@@ -177,7 +177,7 @@ pub struct ActionDecl {
 }
 
 /// `grants = { ... }`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantsDecl {
     /// Secret names.
@@ -208,7 +208,7 @@ pub struct GrantsDecl {
 }
 
 /// One granted host directory.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountDecl {
     /// Host path, relative to the pipeline file's directory unless absolute.

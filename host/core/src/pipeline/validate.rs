@@ -179,6 +179,32 @@ impl Validator<'_> {
         }
     }
 
+    /// An action names a plugin of world `action` or `source`; a rule, one
+    /// of world `rule`.
+    fn check_world(
+        &mut self,
+        action: &ActionDecl,
+        manifest: &Manifest,
+        wanted: PluginWorld,
+    ) -> bool {
+        let is_rule = manifest.world == "rule";
+        let message = match wanted {
+            PluginWorld::Action if is_rule => format!(
+                "{} is a rule plugin (world `rule`): use it in a stage condition, as a rule with provider = \"plugin\"",
+                manifest.id()
+            ),
+            PluginWorld::Rule if !is_rule => format!(
+                "rule `{}`: {} implements world `{}`, not `rule` (a rule plugin exports `evaluate`)",
+                action.name.get_ref(),
+                manifest.id(),
+                manifest.world
+            ),
+            _ => return true,
+        };
+        self.error(&action.plugin, message);
+        false
+    }
+
     fn check_polled_world(
         &mut self,
         file: &PipelineFile,
@@ -323,15 +349,34 @@ impl Validator<'_> {
         position: Position,
         action: &ActionDecl,
     ) -> Option<ActionPlan> {
+        self.action_of_world(file, stage, position, action, PluginWorld::Action)
+    }
+
+    /// An action, or a rule plugin validated as one (`world` says which
+    /// plugins it may name).
+    fn action_of_world(
+        &mut self,
+        file: &PipelineFile,
+        stage: &str,
+        position: Position,
+        action: &ActionDecl,
+        world: PluginWorld,
+    ) -> Option<ActionPlan> {
         self.check_inputs(action, position);
         let config = self.config(file, action, position);
-        let (kind, grants) = if action.plugin.get_ref() == APPROVAL {
+        let (kind, grants) = if action.plugin.get_ref() == APPROVAL && world == PluginWorld::Action
+        {
             (
                 ActionKind::Approval(self.approval(action, &config)),
                 Grants::default(),
             )
         } else {
             let plugin = self.plugin(action)?;
+            // A plugin of the wrong world says only that: its configuration
+            // and grants would be checked against the wrong contract.
+            if !self.check_world(action, &plugin.manifest, world) {
+                return None;
+            }
             self.check_polled_world(file, action, &plugin.manifest);
             self.check_config_schema(action, &plugin.manifest, &config);
             let mut grants = self.grants(action, &plugin.manifest);
@@ -496,10 +541,14 @@ impl Validator<'_> {
                 When::BeforeEntry => (index, 0),
                 When::OnSuccess | When::OnFailure => (index + 1, 0),
             };
-            let mut check = |reference: &vars::VarRef| {
-                self.condition_reference(file, reference, visible_before)
+            let mut scope = ConditionScope {
+                validator: self,
+                file,
+                stage: stage.name.get_ref(),
+                before: visible_before,
             };
-            match conditions::validate(when, decl, &mut check) {
+            let validated = conditions::validate(when, decl, &mut scope);
+            match validated {
                 Ok(condition) => match when {
                     When::BeforeEntry => conditions.before_entry = Some(condition),
                     When::OnSuccess => conditions.on_success = Some(condition),
@@ -1025,5 +1074,70 @@ fn article(word: &str) -> &'static str {
         "an"
     } else {
         "a"
+    }
+}
+
+/// Which plugins a declaration may name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PluginWorld {
+    /// A stage action or the notification action: world `action` or `source`.
+    Action,
+    /// A stage condition's `plugin` rule: world `rule`.
+    Rule,
+}
+
+/// The validator as seen from one stage condition's rules.
+struct ConditionScope<'v, 'a, 'f> {
+    validator: &'v mut Validator<'a>,
+    file: &'f PipelineFile,
+    stage: &'f str,
+    /// Rules see what runs before this position.
+    before: Position,
+}
+
+impl conditions::RuleScope for ConditionScope<'_, '_, '_> {
+    fn check_reference(&mut self, reference: &vars::VarRef) -> Result<(), String> {
+        self.validator
+            .condition_reference(self.file, reference, self.before)
+    }
+
+    fn plugin_rule(&mut self, rule: &conditions::RuleDecl) -> Option<ActionPlan> {
+        let plugin = rule.plugin.clone()?;
+        if let Some(grants) = &rule.grants
+            && (!grants.get_ref().mounts.is_empty() || !grants.get_ref().caches.is_empty())
+        {
+            let message = format!(
+                "rule `{}`: a rule plugin is granted no mounts or caches (only hosts, secrets and commands)",
+                rule.name.get_ref()
+            );
+            self.validator.error(grants, message);
+            return None;
+        }
+        // A rule plugin is validated exactly as an action with no inputs,
+        // outputs or namespace: plugin, configuration schema, references,
+        // grants within its manifest, timeout.
+        let decl = ActionDecl {
+            name: rule.name.clone(),
+            plugin,
+            run_order: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            namespace: None,
+            config: rule.config.clone(),
+            grants: rule.grants.clone(),
+            timeout: rule.timeout.clone(),
+            retry: None,
+            limits: None,
+            on_restart: None,
+        };
+        let errors_before = self.validator.errors.len();
+        let action = self.validator.action_of_world(
+            self.file,
+            self.stage,
+            self.before,
+            &decl,
+            PluginWorld::Rule,
+        )?;
+        (self.validator.errors.len() == errors_before).then_some(action)
     }
 }

@@ -212,8 +212,8 @@ impl Manifest {
             self.name
         );
         anyhow::ensure!(
-            self.world == "action" || self.world == "source",
-            "world `{}` is not supported; this host runs worlds `action` and `source`",
+            ["action", "source", "rule"].contains(&self.world.as_str()),
+            "world `{}` is not supported; this host runs worlds `action`, `source` and `rule`",
             self.world
         );
         let plain_file = Path::new(&self.component)

@@ -13,7 +13,7 @@ use super::machine::{self, AfterFailure, GroupEnd, Outcome, RunState, Step};
 use super::runner::{ActionRunner, AttemptFailure, AttemptRequest};
 use super::{Event, ExecutionContext, Executor, lock, resolve_config};
 use crate::gates::Entry;
-use sluice_core::pipeline::conditions::When;
+use sluice_core::pipeline::conditions::{RuleCheck, Verdict, When};
 use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, vars};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_core::units::now_ms;
@@ -83,7 +83,7 @@ impl<R: ActionRunner> Executor<R> {
                     walk.group_ended(end);
                 }
                 Step::Check { stage, when } => {
-                    let failed = self.check_condition(context, stage, when);
+                    let failed = self.check_condition(context, stage, when).await;
                     tell_stop(&mut walk, context);
                     walk.condition_checked(&failed);
                 }
@@ -168,7 +168,12 @@ impl<R: ActionRunner> Executor<R> {
 
     /// Evaluate every rule of stage `stage`'s condition `when`, each verdict
     /// recorded as a `rule` event; the rules that did not pass, with why.
-    fn check_condition(&self, context: &ExecutionContext, stage: usize, when: When) -> Vec<String> {
+    async fn check_condition(
+        &self,
+        context: &ExecutionContext,
+        stage: usize,
+        when: When,
+    ) -> Vec<String> {
         let plan_stage = &context.plan.stages[stage];
         let Some(condition) = plan_stage.conditions.get(when) else {
             return Vec::new();
@@ -177,7 +182,10 @@ impl<R: ActionRunner> Executor<R> {
         let resolve = |text: &str| vars::resolve(text, |ns, key| context.lookup(ns, key));
         let mut failed = Vec::new();
         for rule in &condition.rules {
-            let verdict = rule.evaluate(now, resolve);
+            let verdict = match &rule.check {
+                RuleCheck::Plugin(action) => self.plugin_verdict(context, &rule.name, action).await,
+                _ => rule.evaluate(now, resolve),
+            };
             if !verdict.passed {
                 failed.push(format!("rule `{}`: {}", verdict.rule, verdict.detail));
             }
@@ -191,6 +199,35 @@ impl<R: ActionRunner> Executor<R> {
             self.publish(context, event);
         }
         failed
+    }
+
+    /// A rule plugin's verdict; one that could not be evaluated (a trap, a
+    /// limit, a denied capability, a reference that does not resolve) did
+    /// not pass, and says why.
+    async fn plugin_verdict(
+        &self,
+        context: &ExecutionContext,
+        rule: &str,
+        action: &ActionPlan,
+    ) -> Verdict {
+        let evaluated = match resolve_config(context, action, &self.caches) {
+            Ok(config) => {
+                let plan = &context.plan;
+                (self.runner)
+                    .evaluate_rule(plan, &context.id, action, config)
+                    .await
+            }
+            Err(reason) => Err(reason),
+        };
+        let (passed, detail) = match evaluated {
+            Ok(verdict) => (verdict.passed, verdict.detail),
+            Err(reason) => (false, format!("the rule plugin failed: {reason}")),
+        };
+        Verdict {
+            rule: rule.to_string(),
+            passed,
+            detail,
+        }
     }
 
     fn skip_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sluice_core::pipeline::{ActionPlan, ApprovalPolicy, Plan};
 use sluice_core::plugin::InstalledPlugin;
-use sluice_sandbox::ActionOutcome;
+use sluice_sandbox::{ActionOutcome, RuleVerdict};
 use sluice_store::state::{EventRecord, OutputRecord};
 
 /// One attempt (or continuation round) of a plugin action.
@@ -90,6 +90,18 @@ pub trait ActionRunner: Send + Sync + 'static {
         action: &str,
         last: Option<String>,
     ) -> impl Future<Output = anyhow::Result<Vec<String>>> + Send;
+
+    /// A rule plugin's `evaluate` (a stage condition's `plugin` rule, as the
+    /// action `rule`, with its configuration resolved): whether it passed,
+    /// and why. `Err` says why it could not be evaluated (the rule then does
+    /// not pass).
+    fn evaluate_rule(
+        &self,
+        plan: &Arc<Plan>,
+        execution: &str,
+        rule: &ActionPlan,
+        config: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<RuleVerdict, String>> + Send;
 
     /// Deliver one stored event through the plan's `[notifications]` action.
     fn notify(

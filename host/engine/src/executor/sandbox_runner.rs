@@ -16,7 +16,9 @@ use sluice_core::pipeline::limits::Limits;
 use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, Plan};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_sandbox::log::{LineHook, LogSink, LogStream, ProgressHook, now_ms};
-use sluice_sandbox::{ActionError, ActionOutcome, Invocation, LoadedPlugin, Runtime, SandboxSpec};
+use sluice_sandbox::{
+    ActionError, ActionOutcome, Invocation, LoadedPlugin, RuleVerdict, Runtime, SandboxSpec,
+};
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::{Masker, SecretSource};
 use sluice_store::state::ApprovalStatus;
@@ -240,6 +242,25 @@ impl ActionRunner for SandboxRunner {
         };
         call.finish(&format!("poll {}/{action_name}", plan.name));
         result
+    }
+
+    async fn evaluate_rule(
+        &self,
+        plan: &Arc<Plan>,
+        execution: &str,
+        rule: &ActionPlan,
+        config: Vec<(String, String)>,
+    ) -> Result<RuleVerdict, String> {
+        let ActionKind::Plugin(installed) = &rule.kind else {
+            return Err(format!("rule `{}` names no plugin", rule.name));
+        };
+        let (call, spec) = self
+            .side_call_with(execution, plan, rule, installed, config)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let result = self.runtime.evaluate(&call.plugin, spec).await;
+        call.finish(&format!("rule {}/{}", plan.name, rule.name));
+        result.map_err(|e| call.masker.mask(&e.to_string()))
     }
 
     /// `Err` leaves the event for the next try (delivery is at least once).
@@ -633,6 +654,19 @@ impl SandboxRunner {
         installed: &InstalledPlugin,
     ) -> anyhow::Result<(SideCall, SandboxSpec)> {
         let config = resolve_config(context, action, &self.caches).map_err(anyhow::Error::msg)?;
+        self.side_call_with(&context.id, &context.plan, action, installed, config)
+            .await
+    }
+
+    /// The same, with the configuration already resolved.
+    async fn side_call_with(
+        &self,
+        execution: &str,
+        plan: &Plan,
+        action: &ActionPlan,
+        installed: &InstalledPlugin,
+        config: Vec<(String, String)>,
+    ) -> anyhow::Result<(SideCall, SandboxSpec)> {
         let plugin = self.load(installed).await?;
         let workspace = self
             .work_root
@@ -641,8 +675,8 @@ impl SandboxRunner {
         let masker = self.masker.clone();
         let log = LogSink::new(action.limits.log_bytes, masker.clone(), None);
         let spec = self.sandbox_spec(CallSpec {
-            execution: &context.id,
-            plan: &context.plan,
+            execution,
+            plan,
             action,
             attempt: 1,
             continuation: None,

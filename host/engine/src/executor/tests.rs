@@ -200,6 +200,19 @@ impl ActionRunner for FakeRunner {
         Ok(())
     }
 
+    async fn evaluate_rule(
+        &self,
+        _plan: &Arc<Plan>,
+        _execution: &str,
+        rule: &ActionPlan,
+        _config: Vec<(String, String)>,
+    ) -> Result<sluice_sandbox::RuleVerdict, String> {
+        Err(format!(
+            "the fake runner runs no rule plugin (`{}`)",
+            rule.name
+        ))
+    }
+
     fn approvals_changed(&self) {}
 
     fn execution_ended(&self, _execution: &str) {}
