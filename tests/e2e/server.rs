@@ -1119,7 +1119,7 @@ grants = {{ commands = ["sh"] }}
 }
 
 /// The routes the API serves, as (method, path).
-const API_ROUTES: [(&str, &str); 23] = [
+const API_ROUTES: [(&str, &str); 25] = [
     ("get", "/api/v1/pipelines"),
     ("get", "/api/v1/pipelines/{name}"),
     ("put", "/api/v1/pipelines/{name}"),
@@ -1143,6 +1143,8 @@ const API_ROUTES: [(&str, &str); 23] = [
     ("post", "/api/v1/executions/{id}/approvals/{action}"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/audit"),
+    ("get", "/api/v1/whoami"),
+    ("get", "/api/v1/plugins"),
     ("post", "/api/v1/webhooks/{name}"),
     ("get", "/metrics"),
     ("get", "/health"),
