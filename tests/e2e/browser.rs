@@ -106,6 +106,22 @@ impl Browser {
         );
     }
 
+    /// Press keys, one after another, on whatever has the focus (WebDriver
+    /// key codes: `\u{E004}` Tab, `\u{E007}` Enter, `\u{E00C}` Escape).
+    pub(crate) fn press(&self, keys: &[&str]) {
+        let strokes: Vec<Value> = keys
+            .iter()
+            .flat_map(|key| {
+                [
+                    json!({"type": "keyDown", "value": key}),
+                    json!({"type": "keyUp", "value": key}),
+                ]
+            })
+            .collect();
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": strokes}]});
+        post(&self.url("/actions"), &actions);
+    }
+
     /// Run `script` (a function body: `return …`) in the page; its result.
     pub(crate) fn script(&self, script: &str) -> Value {
         post(

@@ -8,6 +8,11 @@ use crate::browser::Browser;
 use crate::harness::Workspace;
 use crate::server::{Server, token, wait_for_end};
 
+/// WebDriver key codes.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+const ESCAPE: &str = "\u{E00C}";
+
 /// Build (coloured output) → Approve (its message names a variable) → Deploy.
 const SHIP: &str = r##"
 [pipeline]
@@ -147,6 +152,29 @@ fn the_console_signs_in_watches_a_pipeline_reach_its_approval_live_and_approves_
         "return document.querySelectorAll('.stage').length === 3",
     );
     browser.script("window.sameDocument = true; return true");
+
+    // The keyboard alone reaches Start, opens its dialog and closes it.
+    let mut reached = false;
+    for _ in 0..40 {
+        browser.press(&[TAB]);
+        let focused = browser.script("return document.activeElement.getAttribute('data-key')");
+        if focused == "start" {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab never reached the Start button");
+    browser.press(&[ENTER]);
+    browser.wait_until(
+        "the start dialog, by keyboard",
+        "return !!document.querySelector('dialog[open]')",
+    );
+    browser.press(&[ESCAPE]);
+    browser.wait_until(
+        "the dialog to close on Escape",
+        "return !document.querySelector('dialog[open]')",
+    );
+
     browser.click("[data-key=start]");
     browser.wait_until(
         "the start dialog",

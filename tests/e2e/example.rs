@@ -119,3 +119,11 @@ fn variable_overrides_reach_the_deployed_site_and_history_is_kept() {
         text(&unknown)
     );
 }
+
+#[test]
+fn the_service_example_of_the_readme_validates() {
+    let workspace = Workspace::new();
+    let pipeline = copy_example(&workspace).with_file_name("service.toml");
+    let output = workspace.sluice(&["validate", pipeline.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+}

@@ -5,7 +5,9 @@
 
 use utoipa::OpenApi as _;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
 /// What the document says besides the `/api/v1` routes.
@@ -49,10 +51,19 @@ pub fn document(api: OpenApi) -> OpenApi {
         "bearer",
         SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
     );
-    document.security = Some(vec![SecurityRequirement::new(
-        "bearer",
-        Vec::<String>::new(),
-    )]);
+    // The web console's session cookie authorizes the same calls; a mutation
+    // must then also carry the page's X-Sluice-CSRF header.
+    components.add_security_scheme(
+        "console",
+        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+            super::console::SESSION_COOKIE,
+            "The web console's session (set by POST /console/sign-in); mutations also need the X-Sluice-CSRF header of the console page",
+        ))),
+    );
+    document.security = Some(vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::new("console", Vec::<String>::new()),
+    ]);
     for (path, item) in document.paths.paths.iter_mut() {
         if !path.starts_with("/api/v1/") {
             continue;

@@ -590,7 +590,9 @@ function executionChart(executions) {
   const slot = width / 50;
   const bars = ordered.map((e, i) => {
     const took = (e.ended_ms || Date.now()) - e.started_ms;
-    const barHeight = Math.max(2, (took / longest) * (height - 16));
+    // A square-root scale: one execution that waited an hour for its
+    // approval does not flatten the others.
+    const barHeight = Math.max(2, Math.sqrt(took / longest) * (height - 16));
     const label = `${short(e.id)}: ${words(e.status)}, ${duration(took)}, ${when(e.started_ms)}`;
     return s(
       "a",
@@ -611,7 +613,7 @@ function executionChart(executions) {
       s("line", { class: "axis", x1: 0, y1: height + 1, x2: width, y2: height + 1 }),
       bars,
     ),
-    h("figcaption", {}, `${executions.length} executions, oldest on the left; the tallest bar is ${duration(longest)}. ${summary}.`),
+    h("figcaption", {}, `${executions.length} executions, oldest on the left; bar height grows with the square root of the duration, the tallest is ${duration(longest)}. ${summary}.`),
   );
 }
 
