@@ -950,6 +950,12 @@ fn a_rollback_runs_the_stage_again_with_an_earlier_executions_artifacts_and_vari
     let first = f.start_release("v1");
     let _second = f.start_release("v2");
 
+    // A viewer may not roll back.
+    let viewer = token(&f._workspace, &["--role", "viewer"]);
+    let path = "/api/v1/pipelines/sleepy/stages/Deploy/rollback";
+    let (status, answer) = f.server.call("POST", path, Some(&viewer), None);
+    assert_eq!(status, 403, "{answer}");
+
     let (status, started) = f.rollback("Deploy", None);
     assert_eq!(status, 202, "{started}");
     let rollback = started["id"].as_str().unwrap().to_string();
@@ -1094,6 +1100,11 @@ fn an_operator_overrides_the_condition_that_failed_a_stage_and_the_audit_log_say
             .contains("did not fail by its on-success condition"),
         "{answer}"
     );
+    // A viewer may look, not override.
+    let viewer = token(&f._workspace, &["--role", "viewer"]);
+    let path = format!("/api/v1/executions/{id}/stages/Deploy/conditions/before-entry/override");
+    let (status, answer) = f.server.call("POST", &path, Some(&viewer), None);
+    assert_eq!(status, 403, "{answer}");
     let (status, answer) = call("before-entry");
     assert_eq!(status, 202, "{answer}");
     let done = wait_for_end(&f.server, &f.admin, &id);
