@@ -27,7 +27,7 @@ use sluice_core::plugin::{InstalledPlugin, Registry};
 use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
 use sluice_store::remote::RemoteArtifacts;
-use sluice_store::state::{AttemptState, ClaimedAttempt, OutputRecord, Store};
+use sluice_store::state::{AttemptSignals, AttemptState, ClaimedAttempt, OutputRecord, Store};
 
 use super::runner::{AttemptFailure, AttemptRequest, Attempted};
 use super::{Executor, SandboxRunner};
@@ -39,6 +39,9 @@ const FIRST_LOOK: Duration = Duration::from_millis(10);
 const LAST_LOOK: Duration = Duration::from_millis(250);
 /// How long an idle worker waits before it looks for work again.
 const IDLE_LOOK: Duration = Duration::from_millis(100);
+/// The same two, where the store's signals reach across processes
+/// (PostgreSQL's LISTEN/NOTIFY): a safety net for a lost notification.
+const SIGNALLED_LOOK: Duration = Duration::from_secs(1);
 /// Most plans a worker keeps; past it the cache starts over (pipelines are
 /// re-registered over time, and a plan is cheap to parse again).
 const MOST_PLANS: usize = 256;
@@ -285,8 +288,16 @@ pub(super) async fn dispatch(
         key: Some(key.clone()),
     };
     let progress = runner.progress_hook(request.execution, request.action);
+    let signals = state.attempt_signals();
+    let done = signals.done(&key);
+    let last_look = last_look(&signals);
     let (mut wait, mut shown_claim) = (FIRST_LOOK, 0);
     loop {
+        // Told of the result at once; the look on a timer is the safety net
+        // (and shows which worker took the attempt).
+        let woken = done.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let queued = state
             .queued_attempt(&key)
             .map_err(|e| host_failure(format!("reading the queued attempt: {e:#}")))?
@@ -314,8 +325,28 @@ pub(super) async fn dispatch(
             }
             _ => {}
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(LAST_LOOK);
+        tokio::select! {
+            () = &mut woken => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(last_look);
+    }
+}
+
+/// The longest a waiter goes between looks: long where signals reach
+/// across processes (they wake it), short where only this process's do.
+fn last_look(signals: &AttemptSignals) -> Duration {
+    match signals.reach_other_processes() {
+        true => SIGNALLED_LOOK,
+        false => LAST_LOOK,
+    }
+}
+
+/// How often an idle worker looks for work.
+fn idle_look(signals: &AttemptSignals) -> Duration {
+    match signals.reach_other_processes() {
+        true => SIGNALLED_LOOK,
+        false => IDLE_LOOK,
     }
 }
 
@@ -371,12 +402,17 @@ impl Worker {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let signals = self.state().attempt_signals();
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("never closed"),
                 () = &mut shutdown => break,
             };
+            // Registered before looking, so an attempt queued in between wakes it.
+            let queued = signals.queued().notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
             let now = now_ms();
             match self
                 .state()
@@ -395,7 +431,8 @@ impl Worker {
             }
             drop(permit);
             tokio::select! {
-                () = tokio::time::sleep(IDLE_LOOK) => {}
+                () = &mut queued => {}
+                () = tokio::time::sleep(idle_look(&signals)) => {}
                 () = &mut shutdown => break,
             }
         }

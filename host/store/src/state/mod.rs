@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 mod conformance;
 mod postgres;
+pub mod signals;
 mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use signals::AttemptSignals;
 pub use sqlite::SqliteStore;
 
 /// The entity traits, for calling store methods on a `dyn Store`.
@@ -536,6 +538,11 @@ pub trait AttemptQueue {
     /// Forget the finished attempts of `execution` (a stage retry runs its
     /// failed actions again from their first attempt).
     fn forget_attempts(&self, execution: &str) -> anyhow::Result<()>;
+
+    /// Wake-ups when attempts are queued or done, by this process or (on
+    /// PostgreSQL) any other: waiters look at once instead of at their next
+    /// interval.
+    fn attempt_signals(&self) -> std::sync::Arc<AttemptSignals>;
 }
 
 /// Stage gates, shared by every process on the database: who waits in line

@@ -11,8 +11,10 @@
 //! therefore runs on a short-lived scoped thread holding the connection.
 
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
+use ::postgres::fallible_iterator::FallibleIterator as _;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, NoTls, Row};
 use anyhow::Context as _;
@@ -217,6 +219,10 @@ pub struct PostgresStore {
     masker: std::sync::OnceLock<std::sync::Arc<crate::secrets::Masker>>,
     /// Who new executions are leased to ([`LeaseStore::lease_as`]).
     owner: std::sync::OnceLock<Owner>,
+    /// Attempt wake-ups, fed by a session that LISTENs (started on first use).
+    signals: Arc<AttemptSignals>,
+    /// Whether that session's thread was started.
+    listening: std::sync::Once,
 }
 
 impl PostgresStore {
@@ -232,6 +238,8 @@ impl PostgresStore {
             sealer: crate::secrets::TokenSealer::new(key.to_path_buf()),
             masker: std::sync::OnceLock::new(),
             owner: std::sync::OnceLock::new(),
+            signals: Arc::new(AttemptSignals::across_processes()),
+            listening: std::sync::Once::new(),
         };
         store.with(|db| migrate(db).context("creating or migrating the state database"))?;
         Ok(store)
@@ -362,6 +370,44 @@ impl PostgresStore {
 /// locks that other servers' writes and lease claims would otherwise wait on
 /// for as long as it stays stalled.
 const STALLED_TRANSACTION: &str = "5s";
+
+/// How long the listening session waits for a notification before it checks
+/// that its store still exists.
+const LISTEN_TICK: Duration = Duration::from_secs(1);
+
+/// Relay notifications on [`signals::CHANNEL`] to `signals` until the store
+/// is gone; a lost session is opened again (waiters poll meanwhile).
+fn listen_for_attempts(url: &str, signals: &std::sync::Weak<AttemptSignals>) {
+    while signals.strong_count() > 0 {
+        let listening = session(url).and_then(|mut client| {
+            client.batch_execute(&format!("LISTEN {}", signals::CHANNEL))?;
+            Ok(client)
+        });
+        let mut client = match listening {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!("listening for attempts: {e:#}; trying again");
+                std::thread::sleep(LISTEN_TICK);
+                continue;
+            }
+        };
+        loop {
+            let mut notifications = client.notifications();
+            let next = notifications.timeout_iter(LISTEN_TICK).next();
+            let Some(signals) = signals.upgrade() else {
+                return;
+            };
+            match next {
+                Ok(Some(notification)) => signals.announce(notification.payload()),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("the listening session ended: {e}; opening another");
+                    break;
+                }
+            }
+        }
+    }
+}
 
 /// A new session on `url`, set up as every Sluice session is.
 fn session(url: &str) -> anyhow::Result<Client> {
@@ -650,12 +696,17 @@ impl GateStore for PostgresStore {
 
 impl AttemptQueue for PostgresStore {
     fn queue_attempt(&self, key: &str, execution: &str, payload: &str) -> anyhow::Result<()> {
-        self.execute(
-            "INSERT INTO attempts (key, execution_id, payload, state, queued_ms) VALUES ($1, $2, $3, 'queued', $4)
-             ON CONFLICT (key) DO UPDATE SET state = 'queued', payload = excluded.payload, worker = NULL, result = NULL, lease_until_ms = NULL
-             WHERE attempts.state = 'cancelled'",
-            &[&key, &execution, &payload, &sluice_core::units::now_ms()],
+        // The notification goes out with the row's commit, in the same round trip.
+        self.query(
+            "WITH queued AS (
+                 INSERT INTO attempts (key, execution_id, payload, state, queued_ms) VALUES ($1, $2, $3, 'queued', $4)
+                 ON CONFLICT (key) DO UPDATE SET state = 'queued', payload = excluded.payload, worker = NULL, result = NULL, lease_until_ms = NULL
+                 WHERE attempts.state = 'cancelled'
+                 RETURNING key)
+             SELECT pg_notify($5, $6) FROM queued",
+            &[&key, &execution, &payload, &sluice_core::units::now_ms(), &signals::CHANNEL, &signals::QUEUED],
         )?;
+        self.signals.announce(signals::QUEUED);
         Ok(())
     }
 
@@ -692,11 +743,16 @@ impl AttemptQueue for PostgresStore {
     }
 
     fn complete_attempt(&self, key: &str, fence: i64, result: &str) -> anyhow::Result<bool> {
-        let changed = self.execute(
-            "UPDATE attempts SET state = 'done', result = $3, lease_until_ms = NULL WHERE key = $1 AND fence = $2 AND state = 'running'",
-            &[&key, &fence, &result],
+        let done = signals::done(key);
+        let changed = self.query(
+            "WITH done AS (
+                 UPDATE attempts SET state = 'done', result = $3, lease_until_ms = NULL WHERE key = $1 AND fence = $2 AND state = 'running'
+                 RETURNING key)
+             SELECT pg_notify($4, $5) FROM done",
+            &[&key, &fence, &result, &signals::CHANNEL, &done],
         )?;
-        Ok(changed == 1)
+        self.signals.announce(&done);
+        Ok(changed.len() == 1)
     }
 
     fn queued_attempt(&self, key: &str) -> anyhow::Result<Option<QueuedAttempt>> {
@@ -717,10 +773,15 @@ impl AttemptQueue for PostgresStore {
     }
 
     fn cancel_attempt(&self, key: &str) -> anyhow::Result<()> {
-        self.execute(
-            "UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = $1 AND state IN ('queued', 'running')",
-            &[&key],
+        let done = signals::done(key);
+        self.query(
+            "WITH cancelled AS (
+                 UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = $1 AND state IN ('queued', 'running')
+                 RETURNING key)
+             SELECT pg_notify($2, $3) FROM cancelled",
+            &[&key, &signals::CHANNEL, &done],
         )?;
+        self.signals.announce(&done);
         Ok(())
     }
 
@@ -730,6 +791,20 @@ impl AttemptQueue for PostgresStore {
             &[&execution],
         )?;
         Ok(())
+    }
+
+    fn attempt_signals(&self) -> Arc<AttemptSignals> {
+        let url = self.url.clone();
+        let signals = Arc::downgrade(&self.signals);
+        self.listening.call_once(|| {
+            let started = std::thread::Builder::new()
+                .name("sluice-listen".into())
+                .spawn(move || listen_for_attempts(&url, &signals));
+            if let Err(e) = started {
+                tracing::warn!("not listening for attempts (waiters poll): {e}");
+            }
+        });
+        self.signals.clone()
     }
 }
 
@@ -1848,6 +1923,37 @@ mod tests {
             &scratch.store,
             &second,
         );
+    }
+
+    /// Another process queueing or completing an attempt wakes this one's
+    /// waiters through LISTEN/NOTIFY (this store never polls here: without
+    /// the notification the waits below would run out).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn another_process_queueing_and_completing_an_attempt_wakes_the_waiters() {
+        let scratch = Scratch::new();
+        let (other, _key) = scratch.second_store();
+        let signals = scratch.store.attempt_signals();
+        let bound = Duration::from_secs(30);
+        // The listening session starts on first use; give it a moment to LISTEN.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let queued = signals.queued().notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
+        other.queue_attempt("k1", "e1", "{}").unwrap();
+        tokio::time::timeout(bound, queued)
+            .await
+            .expect("woken by the other process's queueing");
+
+        let done = signals.done("k1");
+        let finished = done.notified();
+        tokio::pin!(finished);
+        finished.as_mut().enable();
+        let claim = other.claim_attempt("w", 0, i64::MAX).unwrap().unwrap();
+        assert!(other.complete_attempt("k1", claim.fence, "{}").unwrap());
+        tokio::time::timeout(bound, finished)
+            .await
+            .expect("woken by the other process's result");
     }
 
     #[test]

@@ -320,6 +320,8 @@ pub struct SqliteStore {
     owner: std::sync::OnceLock<Owner>,
     /// `<database>-admission`: flock'ed while a process admits executions.
     admission: std::path::PathBuf,
+    /// This process's attempt wake-ups (other processes on the file poll).
+    signals: std::sync::Arc<super::AttemptSignals>,
 }
 
 /// Switch to WAL, create and migrate the schema. Processes opening one new
@@ -408,6 +410,7 @@ impl SqliteStore {
                 "{}-admission",
                 path.file_name().unwrap_or_default().to_string_lossy()
             )),
+            signals: std::sync::Arc::default(),
         })
     }
 
@@ -1602,6 +1605,7 @@ impl AttemptQueue for SqliteStore {
              WHERE attempts.state = 'cancelled'",
             params![key, execution, payload, sluice_core::units::now_ms()],
         )?;
+        self.signals.announce(super::signals::QUEUED);
         Ok(())
     }
 
@@ -1652,6 +1656,9 @@ impl AttemptQueue for SqliteStore {
             "UPDATE attempts SET state = 'done', result = ?3, lease_until_ms = NULL WHERE key = ?1 AND fence = ?2 AND state = 'running'",
             params![key, fence, result],
         )?;
+        if changed == 1 {
+            self.signals.announce(&super::signals::done(key));
+        }
         Ok(changed == 1)
     }
 
@@ -1687,6 +1694,7 @@ impl AttemptQueue for SqliteStore {
             "UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = ?1 AND state IN ('queued', 'running')",
             params![key],
         )?;
+        self.signals.announce(&super::signals::done(key));
         Ok(())
     }
 
@@ -1696,6 +1704,10 @@ impl AttemptQueue for SqliteStore {
             params![execution],
         )?;
         Ok(())
+    }
+
+    fn attempt_signals(&self) -> std::sync::Arc<super::AttemptSignals> {
+        self.signals.clone()
     }
 }
 

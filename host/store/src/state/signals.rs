@@ -1,0 +1,117 @@
+//! Wake-ups for the attempt queue: a worker that looks for work, and a server
+//! that waits for an attempt's result, are told as soon as something changed
+//! instead of only finding out at their next look. The looks stay (a missed
+//! wake-up costs one interval, never an attempt); the signals only make them
+//! come sooner.
+//!
+//! In one process the store announces its own writes. Across processes
+//! PostgreSQL carries them: queueing and completing an attempt `NOTIFY` the
+//! channel [`CHANNEL`] in the same statement, delivered at commit, and one
+//! session per process `LISTEN`s to it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+
+/// The PostgreSQL channel attempts are announced on (one per database; the
+/// stores of other schemas on it only cause an extra look).
+pub const CHANNEL: &str = "sluice_attempts";
+
+/// What a notification says: an attempt was queued.
+pub const QUEUED: &str = "queued";
+
+/// What a notification says about attempt `key`: it has a result, or was
+/// withdrawn.
+pub fn done(key: &str) -> String {
+    format!("done {key}")
+}
+
+/// Wake-ups for the attempt queue; see the module doc.
+#[derive(Default)]
+pub struct AttemptSignals {
+    queued: Notify,
+    done: Mutex<HashMap<String, Weak<Notify>>>,
+    across_processes: bool,
+}
+
+impl AttemptSignals {
+    /// Signals that other processes' writes reach too (PostgreSQL).
+    pub fn across_processes() -> Self {
+        Self {
+            across_processes: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether other processes' writes reach these signals: waiters may then
+    /// look on a slow timer, as a safety net only.
+    pub fn reach_other_processes(&self) -> bool {
+        self.across_processes
+    }
+
+    /// Told when any process queued an attempt (workers looking for work).
+    pub fn queued(&self) -> &Notify {
+        &self.queued
+    }
+
+    /// Told when attempt `key` has a result or was withdrawn. Hold the
+    /// returned handle while waiting; the registration goes with it.
+    pub fn done(&self, key: &str) -> Arc<Notify> {
+        let mut waiting = self.waiting();
+        if let Some(existing) = waiting.get(key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        waiting.retain(|_, notify| notify.strong_count() > 0);
+        let notify = Arc::new(Notify::new());
+        waiting.insert(key.to_string(), Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Wake whoever waits on what `message` ([`QUEUED`] or [`done`]) says.
+    pub fn announce(&self, message: &str) {
+        if message == QUEUED {
+            self.queued.notify_waiters();
+        } else if let Some(key) = message.strip_prefix("done ") {
+            let notify = self.waiting().get(key).and_then(Weak::upgrade);
+            if let Some(notify) = notify {
+                notify.notify_waiters();
+            }
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Notify>>> {
+        self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_done_announcement_wakes_the_waiter_of_that_attempt_only() {
+        let signals = AttemptSignals::default();
+        let mine = signals.done("a");
+        let other = signals.done("b");
+        let mine_woken = mine.notified();
+        let other_woken = other.notified();
+        tokio::pin!(mine_woken, other_woken);
+        mine_woken.as_mut().enable();
+        other_woken.as_mut().enable();
+        signals.announce(&done("a"));
+        let soon = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(soon, mine_woken).await.is_ok());
+        assert!(tokio::time::timeout(soon, other_woken).await.is_err());
+    }
+
+    #[test]
+    fn registrations_go_with_their_handles() {
+        let signals = AttemptSignals::default();
+        drop(signals.done("a"));
+        let _kept = signals.done("b");
+        assert_eq!(signals.waiting().len(), 1, "the dropped one was swept");
+        let _also = signals.done("c");
+        assert_eq!(signals.waiting().len(), 2);
+    }
+}
