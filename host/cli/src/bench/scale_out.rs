@@ -21,6 +21,9 @@ use sluice_store::state::PostgresStore;
 
 use super::{Bench, micros, percentiles, write_tree};
 
+/// Executions timed one at a time for the latency figures.
+const LATENCY_RUNS: usize = 5;
+
 /// Attempts each worker process runs at once.
 const WORKER_CONCURRENCY: &str = "16";
 
@@ -132,13 +135,18 @@ impl Bench {
                 .map_err(|d| anyhow::anyhow!("{d}"))?;
         let plan = Arc::new(plan);
         for workers in [0, 1, 2, 4] {
-            let rate = self
+            let (latency, rate) = self
                 .postgres_throughput(database, &plan, workers, executions)
                 .await?;
             let who = match workers {
                 0 => "in the server process".to_string(),
                 n => format!("{n} worker process(es)"),
             };
+            self.record(
+                format!("latency, PostgreSQL, {who}, one execution alone (p50 of {LATENCY_RUNS})"),
+                format!("{:.1} ms", latency.as_secs_f64() * 1000.0),
+                "-",
+            );
             self.record(
                 format!("throughput, PostgreSQL, {who}, {executions} executions at once"),
                 format!("{rate:.0} actions/s"),
@@ -154,7 +162,7 @@ impl Bench {
         plan: &Arc<sluice_core::pipeline::Plan>,
         workers: usize,
         executions: usize,
-    ) -> anyhow::Result<f64> {
+    ) -> anyhow::Result<(Duration, f64)> {
         let schema = BenchSchema::create(database)?;
         let data = self.scratch.join(format!("postgres-{workers}"));
         let state = {
@@ -180,6 +188,16 @@ impl Bench {
         let plugins = self.scratch.join("plugins");
         let _workers = Workers::spawn(workers, &schema.url, &data, &plugins)?;
         executor.run(plan.clone(), &BTreeMap::new()).await?;
+        // One execution at a time on an idle system: what handing each
+        // attempt to a worker and its result back adds to a pipeline's wall time.
+        let mut alone = Vec::new();
+        for _ in 0..LATENCY_RUNS {
+            let started = Instant::now();
+            executor.run(plan.clone(), &BTreeMap::new()).await?;
+            alone.push(started.elapsed());
+        }
+        alone.sort();
+        let latency = alone[alone.len() / 2];
         let started = Instant::now();
         let mut running = tokio::task::JoinSet::new();
         for _ in 0..executions {
@@ -193,7 +211,8 @@ impl Bench {
                 "a benchmark execution failed: {result:?}"
             );
         }
-        Ok((executions * 15) as f64 / started.elapsed().as_secs_f64())
+        let rate = (executions * 15) as f64 / started.elapsed().as_secs_f64();
+        Ok((latency, rate))
     }
 
     /// A 100 MiB artifact from one machine's store to another's through the
