@@ -472,35 +472,13 @@ impl Runtime {
         spec: SandboxSpec,
         last_revision: Option<String>,
     ) -> Result<Vec<String>, ActionError> {
-        type Check = (Vec<(String, String)>, Option<String>);
-        type Checked = (Result<Vec<String>, bindings::sluice::action::types::Failure>,);
-        let limits = spec.limits;
+        type Checked = Result<Vec<String>, bindings::sluice::action::types::Failure>;
         let config = spec.invocation.config.clone();
-        let denials = Denials::default();
-        let _slot = self.slot(&spec.log).await;
-        let mut store = self.sandbox_store(spec, denials.clone())?;
-        let result = {
-            let call = async {
-                let instance = plugin
-                    .pre
-                    .instance_pre()
-                    .instantiate_async(&mut store)
-                    .await?;
-                let check = instance
-                    .get_typed_func::<Check, Checked>(&mut store, "check")
-                    .map_err(|e| {
-                        wasmtime::format_err!(
-                            "the plugin has no `check` export (world source): {e}"
-                        )
-                    })?;
-                let (answer,) = check
-                    .call_async(&mut store, (config, last_revision))
-                    .await?;
-                Ok::<_, wasmtime::Error>(answer)
-            };
-            tokio::time::timeout(limits.timeout, call).await
-        };
-        settle(result.map_err(|_| ()), store.data(), &limits, &denials)?.map_err(failure_error)
+        let export = ("check", "source");
+        let answer: (Checked,) = self
+            .call_export(plugin, spec, export, (config, last_revision))
+            .await?;
+        answer.0.map_err(failure_error)
     }
 
     /// Call a rule plugin's `evaluate` (world `rule`) in a fresh sandbox with
@@ -510,15 +488,44 @@ impl Runtime {
         plugin: &LoadedPlugin,
         spec: SandboxSpec,
     ) -> Result<RuleVerdict, ActionError> {
-        type Evaluate = (Vec<(String, String)>,);
-        type Evaluated = (
-            Result<
-                bindings::sluice::action::types::Verdict,
-                bindings::sluice::action::types::Failure,
-            >,
-        );
+        type Evaluated = Result<
+            bindings::sluice::action::types::Verdict,
+            bindings::sluice::action::types::Failure,
+        >;
         let limits = spec.limits;
         let config = spec.invocation.config.clone();
+        let answer: (Evaluated,) = self
+            .call_export(plugin, spec, ("evaluate", "rule"), (config,))
+            .await?;
+        let verdict = answer.0.map_err(failure_error)?;
+        limits
+            .check_outcome(&verdict.detail, &[])
+            .map_err(ActionError::Limit)?;
+        Ok(RuleVerdict {
+            passed: verdict.passed,
+            detail: verdict.detail,
+        })
+    }
+
+    /// Call export `name` (of world `world`, for the error when it is
+    /// missing) of `plugin` with `params`, in a fresh sandbox built from
+    /// `spec` and under its limits.
+    async fn call_export<Params, Results>(
+        &self,
+        plugin: &LoadedPlugin,
+        spec: SandboxSpec,
+        (name, world): (&str, &str),
+        params: Params,
+    ) -> Result<Results, ActionError>
+    where
+        Params: wasmtime::component::ComponentNamedList + wasmtime::component::Lower + Send + Sync,
+        Results: wasmtime::component::ComponentNamedList
+            + wasmtime::component::Lift
+            + Send
+            + Sync
+            + 'static,
+    {
+        let limits = spec.limits;
         let denials = Denials::default();
         let _slot = self.slot(&spec.log).await;
         let mut store = self.sandbox_store(spec, denials.clone())?;
@@ -529,27 +536,18 @@ impl Runtime {
                     .instance_pre()
                     .instantiate_async(&mut store)
                     .await?;
-                let evaluate = instance
-                    .get_typed_func::<Evaluate, Evaluated>(&mut store, "evaluate")
+                let export = instance
+                    .get_typed_func::<Params, Results>(&mut store, name)
                     .map_err(|e| {
                         wasmtime::format_err!(
-                            "the plugin has no `evaluate` export (world rule): {e}"
+                            "the plugin has no `{name}` export (world {world}): {e}"
                         )
                     })?;
-                let (answer,) = evaluate.call_async(&mut store, (config,)).await?;
-                Ok::<_, wasmtime::Error>(answer)
+                export.call_async(&mut store, params).await
             };
             tokio::time::timeout(limits.timeout, call).await
         };
-        let verdict = settle(result.map_err(|_| ()), store.data(), &limits, &denials)?
-            .map_err(failure_error)?;
-        limits
-            .check_outcome(&verdict.detail, &[])
-            .map_err(ActionError::Limit)?;
-        Ok(RuleVerdict {
-            passed: verdict.passed,
-            detail: verdict.detail,
-        })
+        settle(result.map_err(|_| ()), store.data(), &limits, &denials)
     }
 
     /// A fresh store for one call: limiter, CPU budget by epoch ticks.
