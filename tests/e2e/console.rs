@@ -360,6 +360,74 @@ fn the_console_shows_a_stage_skipped_by_its_condition_rolls_deploy_back_and_hide
     browser.screenshot("pipeline-as-viewer");
 }
 
+/// Markup from a plugin, a log line, a variable or an approval message is
+/// shown as text: the console never turns what it is sent into elements.
+const HOSTILE_TEXT: &str = r##"
+[pipeline]
+name = "markup"
+
+[variables]
+note = { default = "<img src=x onerror=window.pwned=1>" }
+
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "shout"
+plugin = "command@0.1"
+config = { run = "echo <script>window.pwned=2</script><img src=x onerror=window.pwned=3>" }
+grants = { commands = ["echo"] }
+
+[[stages]]
+name = "Approve"
+[[stages.actions]]
+name = "sign-off"
+plugin = "approval"
+config = { approvers = "operator", message = "Ship #{variables.note}?" }
+"##;
+
+#[test]
+fn markup_in_summaries_logs_variables_and_approvals_is_shown_as_text() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace);
+    let admin = token(&workspace, &["--role", "admin"]);
+    register(&server, &admin, "markup", HOSTILE_TEXT);
+    let path = "/api/v1/pipelines/markup/executions";
+    let (status, started) = server.call("POST", path, Some(&admin), Some("{}"));
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start(1280, 900);
+    sign_in(&browser, &server, &admin);
+    browser.goto(&format!("http://{}/#/pipelines/markup", server.addr));
+    browser.wait_until(
+        "the approval",
+        "return document.querySelector('[data-action=sign-off] .approval-box')?.textContent.includes('onerror')",
+    );
+    browser.goto(&format!("http://{}/#/executions/{id}", server.addr));
+    browser.wait_until(
+        "the execution view",
+        "return !!document.querySelector('#act-Build-shout')",
+    );
+    browser.click("#act-Build-shout summary");
+    browser.wait_until(
+        "the log",
+        "return document.querySelector('#act-Build-shout .log')?.textContent.includes('<script>')",
+    );
+    let page = browser.text("main");
+    assert!(
+        page.contains("<img src=x onerror=window.pwned=1>"),
+        "the variable, as text: {page}"
+    );
+    let injected = browser.script(
+        "return [window.pwned === undefined, document.querySelectorAll('main img, main script').length]",
+    );
+    assert_eq!(
+        injected,
+        serde_json::json!([true, 0]),
+        "markup became elements"
+    );
+}
+
 /// The session cookie attacked over plain HTTP.
 #[test]
 fn console_sessions_are_http_only_cookies_and_changes_need_the_pages_csrf_value() {
