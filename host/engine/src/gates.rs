@@ -12,9 +12,10 @@
 //!
 //! The line and who is inside live in the state store ([`GateStore`]), so the
 //! modes and `queue-depth` hold across every server on one database. This
-//! process is woken at once by changes made here and looks again every
-//! [`LOOK_AGAIN`] for changes other processes made. A parallel stage whose
-//! transition is enabled costs no store call.
+//! process is woken at once by changes made here and, on PostgreSQL, by a
+//! place another process gave up or superseded (the store's signals); it
+//! also looks again every [`LOOK_AGAIN`]. A parallel stage whose transition
+//! is enabled costs no store call.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,9 @@ use tokio::sync::Notify;
 use sluice_core::pipeline::ExecutionMode;
 use sluice_store::state::{GateTry, Store};
 
-/// How often an execution waiting at a gate looks at the store again for
-/// what other processes changed (its own process wakes it at once).
+/// How often an execution waiting at a gate looks at the store again, besides
+/// the wake-ups (a transition enabled through another server, a lost
+/// notification).
 pub const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// The gates of every pipeline, over the state store.
@@ -163,17 +165,25 @@ impl Gate<'_> {
     pub async fn enter(&self, id: &str, on_wait: impl FnOnce(String)) -> anyhow::Result<Entry> {
         self.join(id)?;
         let mut on_wait = Some(on_wait);
+        let signals = self.gates.store.signals();
         loop {
-            let notified = self.gates.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Registered before looking: a change in between still wakes us.
+            let here = self.gates.changed.notified();
+            let elsewhere = signals.gates().notified();
+            tokio::pin!(here, elsewhere);
+            here.as_mut().enable();
+            elsewhere.as_mut().enable();
             if let Some(entry) = self.try_enter(id)? {
                 return Ok(entry);
             }
             if let Some(tell) = on_wait.take() {
                 tell(self.why_waiting());
             }
-            let _ = tokio::time::timeout(LOOK_AGAIN, notified).await;
+            tokio::select! {
+                () = here => {}
+                () = elsewhere => {}
+                () = tokio::time::sleep(LOOK_AGAIN) => {}
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use sluice_core::plugin::{InstalledPlugin, Registry};
 use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
 use sluice_store::remote::RemoteArtifacts;
-use sluice_store::state::{AttemptSignals, AttemptState, ClaimedAttempt, OutputRecord, Store};
+use sluice_store::state::{AttemptState, ClaimedAttempt, OutputRecord, Store, StoreSignals};
 
 use super::runner::{AttemptFailure, AttemptRequest, Attempted};
 use super::{Executor, SandboxRunner};
@@ -288,7 +288,7 @@ pub(super) async fn dispatch(
         key: Some(key.clone()),
     };
     let progress = runner.progress_hook(request.execution, request.action);
-    let signals = state.attempt_signals();
+    let signals = state.signals();
     let done = signals.done(&key);
     let last_look = last_look(&signals);
     let (mut wait, mut shown_claim) = (FIRST_LOOK, 0);
@@ -335,7 +335,7 @@ pub(super) async fn dispatch(
 
 /// The longest a waiter goes between looks: long where signals reach
 /// across processes (they wake it), short where only this process's do.
-fn last_look(signals: &AttemptSignals) -> Duration {
+fn last_look(signals: &StoreSignals) -> Duration {
     match signals.reach_other_processes() {
         true => SIGNALLED_LOOK,
         false => LAST_LOOK,
@@ -343,7 +343,7 @@ fn last_look(signals: &AttemptSignals) -> Duration {
 }
 
 /// How often an idle worker looks for work.
-fn idle_look(signals: &AttemptSignals) -> Duration {
+fn idle_look(signals: &StoreSignals) -> Duration {
     match signals.reach_other_processes() {
         true => SIGNALLED_LOOK,
         false => IDLE_LOOK,
@@ -402,7 +402,7 @@ impl Worker {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-        let signals = self.state().attempt_signals();
+        let signals = self.state().signals();
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {

@@ -18,7 +18,7 @@ pub mod signals;
 mod sqlite;
 
 pub use postgres::PostgresStore;
-pub use signals::AttemptSignals;
+pub use signals::StoreSignals;
 pub use sqlite::SqliteStore;
 
 /// The entity traits, for calling store methods on a `dyn Store`.
@@ -542,7 +542,7 @@ pub trait AttemptQueue {
     /// Wake-ups when attempts are queued or done, by this process or (on
     /// PostgreSQL) any other: waiters look at once instead of at their next
     /// interval.
-    fn attempt_signals(&self) -> std::sync::Arc<AttemptSignals>;
+    fn signals(&self) -> std::sync::Arc<StoreSignals>;
 }
 
 /// Stage gates, shared by every process on the database: who waits in line

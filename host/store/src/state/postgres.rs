@@ -220,7 +220,7 @@ pub struct PostgresStore {
     /// Who new executions are leased to ([`LeaseStore::lease_as`]).
     owner: std::sync::OnceLock<Owner>,
     /// Attempt wake-ups, fed by a session that LISTENs (started on first use).
-    signals: Arc<AttemptSignals>,
+    signals: Arc<StoreSignals>,
     /// Whether that session's thread was started.
     listening: std::sync::Once,
 }
@@ -238,7 +238,7 @@ impl PostgresStore {
             sealer: crate::secrets::TokenSealer::new(key.to_path_buf()),
             masker: std::sync::OnceLock::new(),
             owner: std::sync::OnceLock::new(),
-            signals: Arc::new(AttemptSignals::across_processes()),
+            signals: Arc::new(StoreSignals::across_processes()),
             listening: std::sync::Once::new(),
         };
         store.with(|db| migrate(db).context("creating or migrating the state database"))?;
@@ -377,7 +377,7 @@ const LISTEN_TICK: Duration = Duration::from_secs(1);
 
 /// Relay notifications on [`signals::CHANNEL`] to `signals` until the store
 /// is gone; a lost session is opened again (waiters poll meanwhile).
-fn listen_for_attempts(url: &str, signals: &std::sync::Weak<AttemptSignals>) {
+fn listen_for_attempts(url: &str, signals: &std::sync::Weak<StoreSignals>) {
     while signals.strong_count() > 0 {
         let listening = session(url).and_then(|mut client| {
             client.batch_execute(&format!("LISTEN {}", signals::CHANNEL))?;
@@ -616,7 +616,14 @@ impl GateStore for PostgresStore {
             if joined == 1 && supersede {
                 // As SQLite's: not the first in line of an empty stage.
                 let sql = format!("UPDATE gate_places SET state = 'superseded' WHERE pipeline = $1 AND stage = $2 AND execution_id <> $3 AND state = 'waiting' AND {SUPERSEDABLE}");
-                tx.execute(&sql, &[&pipeline, &stage, &execution])?;
+                let superseded = tx.execute(&sql, &[&pipeline, &stage, &execution])?;
+                // The superseded may wait in another process: tell it now.
+                if superseded > 0 {
+                    tx.query(
+                        "SELECT pg_notify($1, $2)",
+                        &[&signals::CHANNEL, &signals::GATES],
+                    )?;
+                }
             }
             tx.commit()?;
             Ok(())
@@ -677,9 +684,10 @@ impl GateStore for PostgresStore {
     }
 
     fn leave_gate_line(&self, pipeline: &str, stage: &str, execution: &str) -> anyhow::Result<()> {
-        self.execute(
-            "DELETE FROM gate_places WHERE pipeline = $1 AND stage = $2 AND execution_id = $3 AND state <> 'inside'",
-            &[&pipeline, &stage, &execution],
+        self.query(
+            "WITH gone AS (DELETE FROM gate_places WHERE pipeline = $1 AND stage = $2 AND execution_id = $3 AND state <> 'inside' RETURNING 1)
+             SELECT pg_notify($4, $5) FROM (SELECT 1 FROM gone LIMIT 1) AS place_left",
+            &[&pipeline, &stage, &execution, &signals::CHANNEL, &signals::GATES],
         )?;
         Ok(())
     }
@@ -793,7 +801,7 @@ impl AttemptQueue for PostgresStore {
         Ok(())
     }
 
-    fn attempt_signals(&self) -> Arc<AttemptSignals> {
+    fn signals(&self) -> Arc<StoreSignals> {
         let url = self.url.clone();
         let signals = Arc::downgrade(&self.signals);
         self.listening.call_once(|| {
@@ -838,14 +846,18 @@ fn leave_gates(
     execution: &str,
     stage: Option<&str>,
 ) -> anyhow::Result<()> {
+    // Only a place that existed wakes other processes' waiters: a stage of a
+    // pipeline that runs in parallel leaves nothing and notifies nobody.
+    let notify = "SELECT pg_notify($1, $2) FROM (SELECT 1 FROM gone LIMIT 1) AS place_left";
+    let channel = (signals::CHANNEL, signals::GATES);
     match stage {
-        Some(stage) => db.execute(
-            "DELETE FROM gate_places WHERE execution_id = $1 AND stage = $2",
-            &[&execution, &stage],
+        Some(stage) => db.query(
+            &format!("WITH gone AS (DELETE FROM gate_places WHERE execution_id = $3 AND stage = $4 RETURNING 1) {notify}"),
+            &[&channel.0, &channel.1, &execution, &stage],
         )?,
-        None => db.execute(
-            "DELETE FROM gate_places WHERE execution_id = $1",
-            &[&execution],
+        None => db.query(
+            &format!("WITH gone AS (DELETE FROM gate_places WHERE execution_id = $3 RETURNING 1) {notify}"),
+            &[&channel.0, &channel.1, &execution],
         )?,
     };
     Ok(())
@@ -1932,7 +1944,7 @@ mod tests {
     async fn another_process_queueing_and_completing_an_attempt_wakes_the_waiters() {
         let scratch = Scratch::new();
         let (other, _key) = scratch.second_store();
-        let signals = scratch.store.attempt_signals();
+        let signals = scratch.store.signals();
         let bound = Duration::from_secs(30);
         // The listening session starts on first use; give it a moment to LISTEN.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1954,6 +1966,49 @@ mod tests {
         tokio::time::timeout(bound, finished)
             .await
             .expect("woken by the other process's result");
+    }
+
+    /// Another process's stage end giving up its place inside a gate, and a
+    /// newcomer superseding a waiting execution, wake this one's gate waiters.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn another_process_changing_a_gate_wakes_the_waiters() {
+        let scratch = Scratch::new();
+        let (other, _key) = scratch.second_store();
+        let signals = scratch.store.signals();
+        let bound = Duration::from_secs(30);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let none = serde_json::json!({});
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            let file = Path::new("p.toml");
+            other
+                .start_execution(id, "p", file, &none, &none, i as i64)
+                .unwrap();
+        }
+        other.join_gate("p", "s", "a", false).unwrap();
+        assert_eq!(
+            other.try_enter_gate("p", "s", "a", true).unwrap(),
+            GateTry::Entered
+        );
+        other.start_stage("a", "s", 0, 1, None).unwrap();
+
+        let woken = signals.gates().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        other
+            .finish_stage("a", "s", Status::Succeeded, None, 2, None)
+            .unwrap();
+        tokio::time::timeout(bound, woken)
+            .await
+            .expect("woken by the place given up");
+
+        other.join_gate("p", "s", "b", true).unwrap();
+        let woken = signals.gates().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        other.join_gate("p", "s", "c", true).unwrap();
+        tokio::time::timeout(bound, woken)
+            .await
+            .expect("woken by b being superseded");
     }
 
     #[test]

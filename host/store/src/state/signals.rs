@@ -1,25 +1,30 @@
-//! Wake-ups for the attempt queue: a worker that looks for work, and a server
-//! that waits for an attempt's result, are told as soon as something changed
-//! instead of only finding out at their next look. The looks stay (a missed
-//! wake-up costs one interval, never an attempt); the signals only make them
-//! come sooner.
+//! Wake-ups from the shared store: a worker that looks for work, a server
+//! that waits for an attempt's result, and an execution waiting at a stage
+//! gate are told as soon as something changed instead of only finding out at
+//! their next look. The looks stay (a missed wake-up costs one interval,
+//! never an attempt or a place in line); the signals only make them come
+//! sooner.
 //!
-//! In one process the store announces its own writes. Across processes
-//! PostgreSQL carries them: queueing and completing an attempt `NOTIFY` the
-//! channel [`CHANNEL`] in the same statement, delivered at commit, and one
-//! session per process `LISTEN`s to it.
+//! In one process the store announces its own attempt writes (gates have
+//! their own in-process wake-up). Across processes PostgreSQL carries them:
+//! queueing, completing and withdrawing an attempt, and a place leaving or
+//! being superseded at a gate, `NOTIFY` the channel [`CHANNEL`] in the same
+//! statement, delivered at commit, and one session per process `LISTEN`s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
-/// The PostgreSQL channel attempts are announced on (one per database; the
+/// The PostgreSQL channel changes are announced on (one per database; the
 /// stores of other schemas on it only cause an extra look).
 pub const CHANNEL: &str = "sluice_attempts";
 
 /// What a notification says: an attempt was queued.
 pub const QUEUED: &str = "queued";
+
+/// What a notification says: a place at a stage gate left or was superseded.
+pub const GATES: &str = "gates";
 
 /// What a notification says about attempt `key`: it has a result, or was
 /// withdrawn.
@@ -27,15 +32,16 @@ pub fn done(key: &str) -> String {
     format!("done {key}")
 }
 
-/// Wake-ups for the attempt queue; see the module doc.
+/// Wake-ups from the shared store; see the module doc.
 #[derive(Default)]
-pub struct AttemptSignals {
+pub struct StoreSignals {
     queued: Notify,
+    gates: Notify,
     done: Mutex<HashMap<String, Weak<Notify>>>,
     across_processes: bool,
 }
 
-impl AttemptSignals {
+impl StoreSignals {
     /// Signals that other processes' writes reach too (PostgreSQL).
     pub fn across_processes() -> Self {
         Self {
@@ -55,6 +61,11 @@ impl AttemptSignals {
         &self.queued
     }
 
+    /// Told when another process changed a line at a stage gate.
+    pub fn gates(&self) -> &Notify {
+        &self.gates
+    }
+
     /// Told when attempt `key` has a result or was withdrawn. Hold the
     /// returned handle while waiting; the registration goes with it.
     pub fn done(&self, key: &str) -> Arc<Notify> {
@@ -68,10 +79,13 @@ impl AttemptSignals {
         notify
     }
 
-    /// Wake whoever waits on what `message` ([`QUEUED`] or [`done`]) says.
+    /// Wake whoever waits on what `message` ([`QUEUED`], [`GATES`] or
+    /// [`done`]) says.
     pub fn announce(&self, message: &str) {
         if message == QUEUED {
             self.queued.notify_waiters();
+        } else if message == GATES {
+            self.gates.notify_waiters();
         } else if let Some(key) = message.strip_prefix("done ") {
             let notify = self.waiting().get(key).and_then(Weak::upgrade);
             if let Some(notify) = notify {
@@ -91,7 +105,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_done_announcement_wakes_the_waiter_of_that_attempt_only() {
-        let signals = AttemptSignals::default();
+        let signals = StoreSignals::default();
         let mine = signals.done("a");
         let other = signals.done("b");
         let mine_woken = mine.notified();
@@ -107,7 +121,7 @@ mod tests {
 
     #[test]
     fn registrations_go_with_their_handles() {
-        let signals = AttemptSignals::default();
+        let signals = StoreSignals::default();
         drop(signals.done("a"));
         let _kept = signals.done("b");
         assert_eq!(signals.waiting().len(), 1, "the dropped one was swept");

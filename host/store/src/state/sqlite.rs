@@ -321,7 +321,7 @@ pub struct SqliteStore {
     /// `<database>-admission`: flock'ed while a process admits executions.
     admission: std::path::PathBuf,
     /// This process's attempt wake-ups (other processes on the file poll).
-    signals: std::sync::Arc<super::AttemptSignals>,
+    signals: std::sync::Arc<super::StoreSignals>,
 }
 
 /// Switch to WAL, create and migrate the schema. Processes opening one new
@@ -1706,7 +1706,7 @@ impl AttemptQueue for SqliteStore {
         Ok(())
     }
 
-    fn attempt_signals(&self) -> std::sync::Arc<super::AttemptSignals> {
+    fn signals(&self) -> std::sync::Arc<super::StoreSignals> {
         self.signals.clone()
     }
 }
