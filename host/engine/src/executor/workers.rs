@@ -290,7 +290,7 @@ pub(super) async fn dispatch(
     let progress = runner.progress_hook(request.execution, request.action);
     let signals = state.signals();
     let done = signals.done(&key);
-    let last_look = last_look(&signals);
+    let last_look = look(&signals, LAST_LOOK);
     let (mut wait, mut shown_claim) = (FIRST_LOOK, 0);
     loop {
         // Told of the result at once; the look on a timer is the safety net
@@ -333,20 +333,12 @@ pub(super) async fn dispatch(
     }
 }
 
-/// The longest a waiter goes between looks: long where signals reach
-/// across processes (they wake it), short where only this process's do.
-fn last_look(signals: &StoreSignals) -> Duration {
+/// How long a waiter goes between looks: [`SIGNALLED_LOOK`] where signals
+/// reach across processes (they wake it), `local` where only this process's do.
+fn look(signals: &StoreSignals, local: Duration) -> Duration {
     match signals.reach_other_processes() {
         true => SIGNALLED_LOOK,
-        false => LAST_LOOK,
-    }
-}
-
-/// How often an idle worker looks for work.
-fn idle_look(signals: &StoreSignals) -> Duration {
-    match signals.reach_other_processes() {
-        true => SIGNALLED_LOOK,
-        false => IDLE_LOOK,
+        false => local,
     }
 }
 
@@ -432,7 +424,7 @@ impl Worker {
             drop(permit);
             tokio::select! {
                 () = &mut queued => {}
-                () = tokio::time::sleep(idle_look(&signals)) => {}
+                () = tokio::time::sleep(look(&signals, IDLE_LOOK)) => {}
                 () = &mut shutdown => break,
             }
         }

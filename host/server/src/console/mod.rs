@@ -154,38 +154,44 @@ async fn sign_out(headers: HeaderMap, body: Bytes) -> Response {
 
 /// `GET /console/{asset}`: the script, the styles and the icon.
 async fn asset(super::extract::UrlPath(name): super::extract::UrlPath<String>) -> Response {
-    let content_type = match name.as_str() {
-        "app.js" => "text/javascript; charset=utf-8",
-        "app.css" => "text/css; charset=utf-8",
-        "icon.svg" => "image/svg+xml",
-        _ => return ApiError::not_found(format!("no console asset `{name}`")).into_response(),
+    let Some((_, content_type, embedded)) = ASSETS.iter().find(|(file, ..)| *file == name) else {
+        return ApiError::not_found(format!("no console asset `{name}`")).into_response();
     };
-    let mut response = (
-        [(header::CONTENT_TYPE, content_type)],
-        asset_bytes(&name).unwrap_or_default(),
-    )
-        .into_response();
+    let body = asset_override(&name).unwrap_or(Bytes::from_static(embedded));
+    let mut response = ([(header::CONTENT_TYPE, *content_type)], body).into_response();
     secure_headers(response.headers_mut());
     response
 }
 
-/// An embedded asset. Debug builds read `SLUICE_CONSOLE_ASSETS/<name>`
-/// instead when that is set, to work on the console without rebuilding.
-fn asset_bytes(name: &str) -> Option<Bytes> {
-    if cfg!(debug_assertions)
-        && let Some(dir) = std::env::var_os("SLUICE_CONSOLE_ASSETS")
-    {
-        return std::fs::read(std::path::Path::new(&dir).join(name))
-            .ok()
-            .map(Bytes::from);
+/// The files under `/console/`: name, content type, embedded bytes.
+const ASSETS: [(&str, &str, &[u8]); 3] = [
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("assets/app.css"),
+    ),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_bytes!("assets/icon.svg"),
+    ),
+];
+
+/// Debug builds read `SLUICE_CONSOLE_ASSETS/<name>` instead of the embedded
+/// asset when that is set, to work on the console without rebuilding.
+fn asset_override(name: &str) -> Option<Bytes> {
+    if !cfg!(debug_assertions) {
+        return None;
     }
-    let embedded: &'static [u8] = match name {
-        "app.js" => include_bytes!("assets/app.js"),
-        "app.css" => include_bytes!("assets/app.css"),
-        "icon.svg" => include_bytes!("assets/icon.svg"),
-        _ => return None,
-    };
-    Some(Bytes::from_static(embedded))
+    let dir = std::env::var_os("SLUICE_CONSOLE_ASSETS")?;
+    std::fs::read(std::path::Path::new(&dir).join(name))
+        .ok()
+        .map(Bytes::from)
 }
 
 fn sign_in_page(error: Option<&str>) -> String {

@@ -848,15 +848,19 @@ fn leave_gates(
 ) -> anyhow::Result<()> {
     // Only a place that existed wakes other processes' waiters: a stage of a
     // pipeline that runs in parallel leaves nothing and notifies nobody.
-    let notify = "SELECT pg_notify($1, $2) FROM (SELECT 1 FROM gone LIMIT 1) AS place_left";
+    const NOTIFY: &str = "SELECT pg_notify($1, $2) FROM (SELECT 1 FROM gone LIMIT 1) AS place_left";
+    const AT_STAGE: &str =
+        "WITH gone AS (DELETE FROM gate_places WHERE execution_id = $3 AND stage = $4 RETURNING 1)";
+    const ANYWHERE: &str =
+        "WITH gone AS (DELETE FROM gate_places WHERE execution_id = $3 RETURNING 1)";
     let channel = (signals::CHANNEL, signals::GATES);
     match stage {
         Some(stage) => db.query(
-            &format!("WITH gone AS (DELETE FROM gate_places WHERE execution_id = $3 AND stage = $4 RETURNING 1) {notify}"),
+            &format!("{AT_STAGE} {NOTIFY}"),
             &[&channel.0, &channel.1, &execution, &stage],
         )?,
         None => db.query(
-            &format!("WITH gone AS (DELETE FROM gate_places WHERE execution_id = $3 RETURNING 1) {notify}"),
+            &format!("{ANYWHERE} {NOTIFY}"),
             &[&channel.0, &channel.1, &execution],
         )?,
     };
