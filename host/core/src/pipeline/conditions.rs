@@ -261,7 +261,20 @@ fn compare(found: &str, operator: &Operator, value: &str) -> (bool, String) {
         Operator::Matches(pattern) => (pattern.is_match(found), "matches"),
     };
     let not = if passed { "" } else { "not: " };
+    let found = quoted(found);
     (passed, format!("{not}`{found}` {verb} `{value}`"))
+}
+
+/// Most characters of a checked text a verdict quotes: the verdict is stored
+/// with every evaluation and shown, and a variable may be megabytes long.
+const MOST_QUOTED: usize = 200;
+
+/// `text`, cut to [`MOST_QUOTED`] characters with its length said when longer.
+fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MOST_QUOTED) {
+        None => text.into(),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()).into(),
+    }
 }
 
 /// Whether the minute of `now`, in `zone`, is one the schedule fires in.
@@ -557,6 +570,31 @@ mod tests {
             window("0 30 8 * * *", chrono_tz::UTC)
                 .evaluate(now, |_| unreachable!())
                 .passed
+        );
+    }
+
+    #[test]
+    fn a_huge_checked_text_is_quoted_in_part() {
+        let rule = Rule {
+            name: "v".into(),
+            check: RuleCheck::VariableCheck {
+                variable: "#{variables.big}".into(),
+                operator: Operator::Contains,
+                value: "needle".into(),
+            },
+        };
+        let big = "é".repeat(1 << 20);
+        let verdict = rule.evaluate(Utc::now(), |_| Ok(big.clone()));
+        assert!(!verdict.passed);
+        assert!(
+            verdict.detail.len() < 1000,
+            "{} bytes",
+            verdict.detail.len()
+        );
+        assert!(
+            verdict.detail.contains("… (2097152 bytes)"),
+            "{}",
+            &verdict.detail[..300]
         );
     }
 
