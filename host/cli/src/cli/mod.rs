@@ -23,7 +23,7 @@ use sluice_engine::executor::{Executor, Placement, Sharing, Worker};
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::ArtifactStore;
 use sluice_store::secrets::SecretSource;
-use sluice_store::state::{Owner, PostgresStore, SqliteStore, Status, Store};
+use sluice_store::state::{Durability, Owner, PostgresStore, SqliteStore, Status, Store};
 
 /// Self-hosted continuous delivery: every action is a sandboxed WASI component.
 #[derive(Parser)]
@@ -63,6 +63,18 @@ struct Cli {
     /// plugins downloaded from it and checked against their digests.
     #[arg(long, global = true, env = "SLUICE_ARTIFACTS")]
     artifacts: Option<String>,
+    /// What a recorded transition survives, with SQLite: `crash` (the
+    /// process dying; commits synced at checkpoints) or `power-loss` (the
+    /// machine too; each group commit synced before it is reported).
+    /// PostgreSQL follows its own settings.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_DURABILITY",
+        value_enum,
+        default_value = "crash"
+    )]
+    durability: DurabilityArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +110,24 @@ struct WorkerArgs {
     /// Log lines on stderr as text or as JSON objects, one a line.
     #[arg(long, value_enum, default_value = "text")]
     log_format: logging::LogFormat,
+}
+
+/// `--durability`: SQLite's `synchronous` setting, by what it protects against.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DurabilityArg {
+    /// Committed transitions survive the process crashing.
+    Crash,
+    /// They survive the machine losing power too.
+    PowerLoss,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(arg: DurabilityArg) -> Self {
+        match arg {
+            DurabilityArg::Crash => Durability::Crash,
+            DurabilityArg::PowerLoss => Durability::PowerLoss,
+        }
+    }
 }
 
 /// How client verbs print their answers.
@@ -348,6 +378,8 @@ struct Paths {
     database: Option<String>,
     /// `--artifacts`: the shared bucket's URL.
     artifacts: Option<String>,
+    /// `--durability`, for SQLite.
+    durability: Durability,
 }
 
 impl Paths {
@@ -383,7 +415,10 @@ impl Paths {
             Some(other) => anyhow::bail!(
                 "--database `{other}` is not a postgres:// URL (leave it out for SQLite in the data directory)"
             ),
-            None => Arc::new(SqliteStore::open(&self.data_dir.join("state.db"))?),
+            None => Arc::new(SqliteStore::open_with(
+                &self.data_dir.join("state.db"),
+                self.durability,
+            )?),
         })
     }
 }
@@ -421,6 +456,7 @@ pub fn main() -> ExitCode {
         sandbox_slots: cli.sandbox_slots,
         database: cli.database.clone(),
         artifacts: cli.artifacts.clone(),
+        durability: cli.durability.into(),
     };
     let client = cli.server.as_deref().map(|server| {
         remote::Client::new(server, cli.token.clone(), cli.output == OutputFormat::Json)

@@ -18,7 +18,7 @@ use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, vars};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
-use sluice_store::state::{ActionEnd, OutputRecord, Status};
+use sluice_store::state::{Change, EndOfAction, OutputRecord, Status};
 
 /// How waiting at a gate ended.
 enum GateResult {
@@ -67,12 +67,12 @@ impl<R: ActionRunner> Executor<R> {
         loop {
             tell_stop(&mut walk, context);
             match walk.next_step() {
-                Step::Skip { stage } => self.skip_stage(context, stage)?,
+                Step::Skip { stage } => self.skip_stage(context, stage).await?,
                 Step::Enter { stage } => match self.enter_gate(context, stage).await? {
                     GateResult::Entered => {
                         walk.entered();
                         stage_started = Instant::now();
-                        self.start_stage(context, stage)?;
+                        self.start_stage(context, stage).await?;
                     }
                     GateResult::Superseded => walk.superseded(),
                     GateResult::Stopped => tell_stop(&mut walk, context),
@@ -89,7 +89,7 @@ impl<R: ActionRunner> Executor<R> {
                 }
                 Step::EndStage { stage, outcome } => {
                     // Recording the end gives the place inside up.
-                    self.end_stage(context, stage, &outcome, stage_started.elapsed())?;
+                    (self.end_stage(context, stage, &outcome, stage_started.elapsed())).await?;
                     self.gates.changed();
                 }
                 Step::End(outcome) => {
@@ -133,18 +133,20 @@ impl<R: ActionRunner> Executor<R> {
         })
     }
 
-    fn start_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {
+    async fn start_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {
         let name = &context.plan.stages[stage].name;
         let event = Event::StageStarted {
             stage: name.clone(),
         };
-        let record = self.change_record(context, &event);
-        let stored = (self.state).start_stage(&context.id, name, stage, now_ms(), record)?;
-        self.announce(stored, event);
+        let change = Change::StageStarted {
+            stage: name.clone(),
+            position: stage,
+        };
+        self.record(context, change, Some(event)).await?;
         Ok(())
     }
 
-    fn end_stage(
+    async fn end_stage(
         &self,
         context: &ExecutionContext,
         stage: usize,
@@ -159,10 +161,12 @@ impl<R: ActionRunner> Executor<R> {
             duration,
             detail: error.unwrap_or_default().to_string(),
         };
-        let record = self.change_record(context, &event);
-        let stored =
-            (self.state).finish_stage(&context.id, name, status, error, now_ms(), record)?;
-        self.announce(stored, event);
+        let change = Change::StageEnded {
+            stage: name.clone(),
+            status,
+            error: error.map(str::to_string),
+        };
+        self.record(context, change, Some(event)).await?;
         Ok(())
     }
 
@@ -230,23 +234,22 @@ impl<R: ActionRunner> Executor<R> {
         }
     }
 
-    fn skip_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {
+    async fn skip_stage(&self, context: &ExecutionContext, stage: usize) -> anyhow::Result<()> {
         let name = &context.plan.stages[stage].name;
-        self.state
-            .start_stage(&context.id, name, stage, now_ms(), None)?;
+        let change = Change::StageStarted {
+            stage: name.clone(),
+            position: stage,
+        };
+        self.record(context, change, None).await?;
         let event = Event::StageSkipped {
             stage: name.clone(),
         };
-        let record = self.change_record(context, &event);
-        let stored = self.state.finish_stage(
-            &context.id,
-            name,
-            Status::Skipped,
-            Some(SKIPPED_BECAUSE),
-            now_ms(),
-            record,
-        )?;
-        self.announce(stored, event);
+        let change = Change::StageEnded {
+            stage: name.clone(),
+            status: Status::Skipped,
+            error: Some(SKIPPED_BECAUSE.to_string()),
+        };
+        self.record(context, change, Some(event)).await?;
         Ok(())
     }
 
@@ -274,10 +277,10 @@ impl<R: ActionRunner> Executor<R> {
         }
         let mut stop = context.stop.subscribe();
         let mut failures = Vec::new();
-        loop {
+        let abandoned = loop {
             tokio::select! {
                 joined = running.join_next() => match joined {
-                    None => break,
+                    None => break false,
                     Some(Ok((name, result))) => {
                         pending.remove(&name);
                         if let Err(reason) = result {
@@ -286,44 +289,49 @@ impl<R: ActionRunner> Executor<R> {
                     }
                     Some(Err(panic)) => failures.push(format!("internal error: action task failed: {panic}")),
                 },
-                _ = stop.wait_for(|s| s.as_ref().is_some_and(machine::StopRequest::abandons_running)) => {
-                    tell_stop(walk, context);
-                    running.abort_all();
-                    let reason = context.stop_requested().map(|s| s.describe()).unwrap_or_default();
-                    for name in &pending {
-                        self.abandon_action(context, name, &reason)?;
-                    }
-                    return Ok(GroupEnd::Abandoned);
-                }
+                // The stop's guard must not live across the awaits below.
+                _ = stop.wait_for(|s| s.as_ref().is_some_and(machine::StopRequest::abandons_running)) => break true,
             }
+        };
+        if !abandoned {
+            return Ok(GroupEnd::Ran { failures });
         }
-        Ok(GroupEnd::Ran { failures })
+        tell_stop(walk, context);
+        running.abort_all();
+        let reason = context
+            .stop_requested()
+            .map(|s| s.describe())
+            .unwrap_or_default();
+        for name in &pending {
+            self.abandon_action(context, name, &reason).await?;
+        }
+        Ok(GroupEnd::Abandoned)
     }
 
-    fn abandon_action(
+    async fn abandon_action(
         &self,
         context: &ExecutionContext,
         action: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
         let error = format!("abandoned: {reason}");
-        let end = ActionEnd {
-            status: Status::Abandoned,
-            attempts: 1,
-            summary: None,
-            error: Some(&error),
-            variables: &[],
-            outputs: &[],
-        };
         let event = Event::ActionFinished {
             action: action.to_string(),
             status: Status::Abandoned,
             duration: Duration::ZERO,
             detail: error.clone(),
         };
-        let record = self.change_record(context, &event);
-        let stored = (self.state).finish_action(&context.id, action, &end, now_ms(), record)?;
-        self.announce(stored, event);
+        let end = EndOfAction {
+            status: Status::Abandoned,
+            attempts: 1,
+            summary: None,
+            error: Some(error),
+            variables: Vec::new(),
+            outputs: Vec::new(),
+        };
+        let action = action.to_string();
+        let change = Change::ActionEnded { action, end };
+        self.record(context, change, Some(event)).await?;
         Ok(())
     }
 
@@ -369,25 +377,18 @@ impl<R: ActionRunner> Executor<R> {
             attempt: 1,
             first: true,
         };
-        let record = self.change_record(context, &event);
-        let stored = self.state.start_action(
-            &context.id,
-            &action.stage,
-            &action.name,
-            action.run_order,
-            &action.provider(),
-            &masked_config,
-            now_ms(),
-            record,
-        );
-        match stored {
-            Ok(stored) => self.announce(stored, event),
-            Err(e) => {
-                return Err(format!(
-                    "action `{}`: recording its start failed: {e:#}",
-                    action.name
-                ));
-            }
+        let change = Change::ActionStarted {
+            stage: action.stage.clone(),
+            action: action.name.clone(),
+            run_order: action.run_order,
+            plugin: action.provider(),
+            resolved_config: masked_config,
+        };
+        if let Err(e) = self.record(context, change, Some(event)).await {
+            return Err(format!(
+                "action `{}`: recording its start failed: {e:#}",
+                action.name
+            ));
         }
         let result = match (resolved, &action.kind) {
             (Ok(config), ActionKind::Plugin(installed)) => {
@@ -413,7 +414,7 @@ impl<R: ActionRunner> Executor<R> {
                 }),
             (Err(reason), _) => Err(Failed::before_any_attempt(reason)),
         };
-        self.finish_action(context, action, result, started.elapsed())
+        (self.finish_action(context, action, result, started.elapsed())).await
     }
 
     /// Attempt the action until it succeeds or [`machine::after_failed_attempt`]
@@ -546,7 +547,7 @@ impl<R: ActionRunner> Executor<R> {
 
     /// Record how the action ended and publish its variables to its namespace;
     /// `Err` names the action and why it failed.
-    fn finish_action(
+    async fn finish_action(
         &self,
         context: &ExecutionContext,
         action: &ActionPlan,
@@ -590,14 +591,6 @@ impl<R: ActionRunner> Executor<R> {
                 )
             }
         };
-        let end = ActionEnd {
-            status,
-            attempts,
-            summary: summary.as_deref(),
-            error: error.as_deref(),
-            variables: &variables,
-            outputs: &outputs,
-        };
         let detail = error.clone().or(summary.clone()).unwrap_or_default();
         let event = Event::ActionFinished {
             action: action.name.clone(),
@@ -605,11 +598,20 @@ impl<R: ActionRunner> Executor<R> {
             duration,
             detail,
         };
-        let record = self.change_record(context, &event);
-        let stored = (self.state)
-            .finish_action(&context.id, &action.name, &end, now_ms(), record)
+        let end = EndOfAction {
+            status,
+            attempts,
+            summary,
+            error: error.clone(),
+            variables,
+            outputs,
+        };
+        let change = Change::ActionEnded {
+            action: action.name.clone(),
+            end,
+        };
+        (self.record(context, change, Some(event)).await)
             .map_err(|e| format!("action `{}`: recording its end failed: {e:#}", action.name))?;
-        self.announce(stored, event);
         match error {
             Some(error) => Err(format!("action `{}` failed: {error}", action.name)),
             None => Ok(()),

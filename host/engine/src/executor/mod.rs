@@ -39,7 +39,7 @@ use sluice_core::units::now_ms;
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::{ArtifactInfo, ArtifactStore};
 use sluice_store::secrets::{Masker, SecretSource};
-use sluice_store::state::{ActionEnd, EventRecord, OutputRecord, Status, Store};
+use sluice_store::state::{self, ActionEnd, EventRecord, OutputRecord, Status, Store, Transition};
 
 pub use events::{Change, Event, EventSink, event_state};
 pub use machine::StopMode;
@@ -601,11 +601,11 @@ impl<R: ActionRunner> Executor<R> {
             status,
             error: error.clone(),
         };
-        let record = self.change_record(&context, &event);
-        let stored =
-            self.state
-                .finish_execution(&id, status, error.as_deref(), now_ms(), record)?;
-        self.announce(stored, event);
+        let change = state::Change::ExecutionEnded {
+            status,
+            error: error.clone(),
+        };
+        self.record(&context, change, Some(event)).await?;
         self.runner.execution_ended(&id);
         Ok(ExecutionResult {
             id,
@@ -728,6 +728,29 @@ impl<R: ActionRunner> Executor<R> {
             state: change.state.to_string(),
             detail: change.detail,
         })
+    }
+
+    /// Record `change` of the execution with `event` (when it has a stored
+    /// form) in the state store, without blocking this thread; once it is
+    /// committed, announce the event.
+    async fn record(
+        &self,
+        context: &ExecutionContext,
+        change: state::Change,
+        event: Option<Event>,
+    ) -> anyhow::Result<()> {
+        let stored = event.as_ref().and_then(|e| self.change_record(context, e));
+        let transition = Transition {
+            execution: context.id.clone(),
+            change,
+            now_ms: now_ms(),
+            event: stored,
+        };
+        let stored = self.state.clone().record(transition).await?;
+        if let Some(event) = event {
+            self.announce(stored, event);
+        }
+        Ok(())
     }
 
     /// Broadcast an event the state store holds, and show `event`.

@@ -626,3 +626,69 @@ pub fn notifications_are_delivered_by_one_holder_at_a_time(store: &dyn Store) {
         "b holds it now"
     );
 }
+
+/// Transitions recorded at once by many tasks ([`ExecutionStore::record`])
+/// are each committed once, with their events in the order of their sequence
+/// numbers; one refused (its execution was taken over) leaves the others be.
+pub fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone(
+    store: std::sync::Arc<dyn Store>,
+) {
+    const EXECUTIONS: usize = 40;
+    store.lease_as(Owner {
+        id: "a".into(),
+        lease_ms: 100,
+    });
+    for i in 0..EXECUTIONS {
+        start(&*store, &format!("e{i}"), 1_000);
+    }
+    assert!(store.claim_execution("e7", "b", 2_000, 9_000).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let answers = runtime.block_on(async {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(EXECUTIONS));
+        let tasks: Vec<_> = (0..EXECUTIONS)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let id = format!("e{i}");
+                let transition = Transition {
+                    execution: id.clone(),
+                    change: Change::StageStarted {
+                        stage: "S".into(),
+                        position: 0,
+                    },
+                    now_ms: 2_001,
+                    event: Some(event(&id, "STARTED", 2_001)),
+                };
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.record(transition).await
+                })
+            })
+            .collect();
+        futures::future::join_all(tasks).await
+    });
+    let mut announced = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.expect("the task ran");
+        if i == 7 {
+            let error = format!("{:#}", answer.unwrap_err());
+            assert!(error.contains("held by b now"), "{error}");
+            assert!(store.stages("e7").unwrap().is_empty());
+            continue;
+        }
+        let stored = answer.unwrap().expect("the event as stored");
+        assert_eq!(stored.execution, format!("e{i}"));
+        assert_eq!(store.stages(&stored.execution).unwrap().len(), 1);
+        announced.push(stored.seq);
+    }
+    let stored: Vec<i64> = store
+        .events_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    announced.sort();
+    assert_eq!(stored, announced, "each event stored once, under its seq");
+}

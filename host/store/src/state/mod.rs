@@ -16,10 +16,12 @@ mod conformance;
 mod postgres;
 pub mod signals;
 mod sqlite;
+mod transition;
 
 pub use postgres::PostgresStore;
 pub use signals::StoreSignals;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
+pub use transition::{Change, EndOfAction, Recorded, Transition, recorded_now};
 
 /// The entity traits, for calling store methods on a `dyn Store`.
 pub mod prelude {
@@ -138,6 +140,25 @@ pub trait ExecutionStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>>;
+
+    /// Record `transition` (as the method its [`Change`] names), without
+    /// blocking the calling thread: the future resolves once it is committed.
+    /// An engine may commit several concurrent transitions in one transaction
+    /// (SQLite's group commit); none is reported before its commit. By
+    /// default, it is recorded through the one-call methods on tokio's
+    /// blocking pool (on the calling thread outside a runtime).
+    fn record(self: std::sync::Arc<Self>, transition: Transition) -> Recorded
+    where
+        Self: Send + Sync + 'static,
+    {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let work = runtime.spawn_blocking(move || transition.apply_to(&*self));
+                Box::pin(async move { work.await? })
+            }
+            Err(_) => recorded_now(transition.apply_to(&*self)),
+        }
+    }
 
     /// Append an attempt's log lines in one transaction.
     fn append_logs(

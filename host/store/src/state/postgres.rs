@@ -2046,6 +2046,14 @@ mod tests {
         notifications_are_delivered_by_one_holder_at_a_time,
         an_executions_events_of_one_kind_are_listed_in_order,
     );
+    #[test]
+    fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone() {
+        let scratch = Scratch::new();
+        let (store, _key) = scratch.second_store();
+        super::super::conformance::concurrent_transitions_are_each_committed_and_a_refusal_stays_alone(
+            std::sync::Arc::new(store),
+        );
+    }
 
     #[test]
     fn concurrent_calls_of_one_process_run_on_up_to_pool_size_sessions() {

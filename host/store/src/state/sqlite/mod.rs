@@ -1,16 +1,21 @@
 //! The SQLite implementation of the state store (WAL): the embedded default.
 //!
 //! One connection behind a mutex; every transition is committed before it is
-//! reported. The schema is a numbered list of migrations, the version in
+//! reported. The executor's transitions ([`ExecutionStore::record`]) go
+//! through `group_commit`: a thread of their own commits as many as are
+//! waiting in one transaction. The schema is a numbered list of migrations, the version in
 //! `PRAGMA user_version`.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
+
+mod group_commit;
+use group_commit::GroupCommit;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS executions (
@@ -311,7 +316,10 @@ impl rusqlite::types::FromSql for ApprovalStatus {
 
 /// The SQLite-backed store.
 pub struct SqliteStore {
-    connection: Mutex<Connection>,
+    /// One connection for every call, shared with the group-commit thread.
+    connection: Arc<Mutex<Connection>>,
+    /// Commits the executor's transitions, several per transaction.
+    group_commit: GroupCommit,
     /// Encrypts continuation tokens (they may carry secrets) while stored.
     sealer: crate::secrets::TokenSealer,
     /// Masks the host's secrets in events and audit rows (see [`SqliteStore::mask_with`]).
@@ -369,11 +377,7 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 
 /// Remove the places `execution` holds at stage gates: at `stage` (it ended
 /// there), or everywhere (the execution ended).
-fn leave_gates(
-    tx: &rusqlite::Transaction<'_>,
-    execution: &str,
-    stage: Option<&str>,
-) -> rusqlite::Result<()> {
+fn leave_gates(tx: &Connection, execution: &str, stage: Option<&str>) -> rusqlite::Result<()> {
     match stage {
         Some(stage) => tx
             .prepare_cached("DELETE FROM gate_places WHERE execution_id = ?1 AND stage = ?2")?
@@ -392,9 +396,30 @@ fn write_transaction(db: &mut Connection) -> rusqlite::Result<rusqlite::Transact
     db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
+/// What a committed transition survives: SQLite's `synchronous` setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// The process crashing (`kill -9`), not the machine losing power:
+    /// commits are written to the WAL, which is synced at checkpoints
+    /// (`synchronous=NORMAL`).
+    #[default]
+    Crash,
+    /// The machine losing power too: every commit is synced to disk before it
+    /// is reported (`synchronous=FULL`); the group commit makes one sync
+    /// serve every transition waiting at the time.
+    PowerLoss,
+}
+
 impl SqliteStore {
-    /// Open (and create or migrate) the database at `path`.
+    /// Open (and create or migrate) the database at `path`, durable against
+    /// crashes ([`Durability::Crash`]).
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(path, Durability::Crash)
+    }
+
+    /// Open (and create or migrate) the database at `path`, its commits
+    /// durable as `durability` says.
+    pub fn open_with(path: &Path, durability: Durability) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -407,9 +432,17 @@ impl SqliteStore {
                 path.display()
             )
         })?;
+        if durability == Durability::PowerLoss {
+            connection.pragma_update(None, "synchronous", "FULL")?;
+        }
         let key = path.with_file_name("continuation.key");
+        let connection = Arc::new(Mutex::new(connection));
+        let in_place = durability == Durability::Crash;
+        let group_commit = GroupCommit::start(connection.clone(), in_place)
+            .context("starting the state store's commit thread")?;
         Ok(Self {
-            connection: Mutex::new(connection),
+            connection,
+            group_commit,
             sealer: crate::secrets::TokenSealer::new(key),
             masker: std::sync::OnceLock::new(),
             owner: std::sync::OnceLock::new(),
@@ -454,40 +487,111 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// One write to an execution this process holds and the event announcing
-    /// it, committed together.
-    fn write_announced(
-        &self,
-        execution: &str,
-        sql: &str,
-        params: impl rusqlite::Params,
-        event: Option<EventRecord>,
-    ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced_then(execution, sql, params, event, |_| Ok(()))
+    /// `transition` with its event's detail masked.
+    fn masked(&self, mut transition: Transition) -> Transition {
+        if let Some(event) = &mut transition.event {
+            event.detail = self.mask(&event.detail);
+        }
+        transition
     }
 
-    /// [`Self::write_announced`], with `then` run in the same transaction.
-    fn write_announced_then(
-        &self,
-        execution: &str,
-        sql: &str,
-        params: impl rusqlite::Params,
-        event: Option<EventRecord>,
-        then: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
-    ) -> anyhow::Result<Option<EventRecord>> {
-        let event = event.map(|mut e| {
-            e.detail = self.mask(&e.detail);
-            e
-        });
+    /// Record `transition` in its own transaction, on this thread.
+    fn record_here(&self, transition: Transition) -> anyhow::Result<Option<EventRecord>> {
+        let transition = self.masked(transition);
         let mut db = self.db();
-        let transaction = write_transaction(&mut db)?;
-        held_by_us(&transaction, self.owner.get(), execution)?;
-        transaction.prepare_cached(sql)?.execute(params)?;
-        then(&transaction)?;
-        let stored = event.map(|e| insert_event(&transaction, e)).transpose()?;
-        transaction.commit()?;
+        let tx = write_transaction(&mut db)?;
+        let stored = write_transition(&tx, self.owner.get(), transition)?;
+        tx.commit()?;
         Ok(stored)
     }
+}
+
+/// A transition of `execution`, for the one-call methods.
+fn transition(
+    execution: &str,
+    change: Change,
+    now_ms: i64,
+    event: Option<EventRecord>,
+) -> Transition {
+    Transition {
+        execution: execution.to_string(),
+        change,
+        now_ms,
+        event,
+    }
+}
+
+/// Write a transition of an execution this process holds (see [`held_by_us`])
+/// and its (masked) event inside the caller's transaction: the one place
+/// that knows each change's SQL, for both the one-call methods and the
+/// group commit.
+fn write_transition(
+    db: &Connection,
+    owner: Option<&Owner>,
+    transition: Transition,
+) -> anyhow::Result<Option<EventRecord>> {
+    let Transition {
+        execution: id,
+        change,
+        now_ms,
+        event,
+    } = transition;
+    held_by_us(db, owner, &id)?;
+    match change {
+        Change::ExecutionEnded { status, error } => {
+            db.prepare_cached(
+                "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, status.name(), error, now_ms])?;
+            leave_gates(db, &id, None)?;
+        }
+        Change::StageStarted { stage, position } => {
+            db.prepare_cached(
+                "INSERT OR REPLACE INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![id, stage, position as i64, Status::InProgress.name(), now_ms])?;
+        }
+        Change::StageEnded {
+            stage,
+            status,
+            error,
+        } => {
+            db.prepare_cached(
+                "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
+            )?
+            .execute(params![id, stage, status.name(), error, now_ms])?;
+            leave_gates(db, &id, Some(&stage))?;
+        }
+        Change::ActionStarted {
+            stage,
+            action,
+            run_order,
+            plugin,
+            resolved_config,
+        } => {
+            db.prepare_cached(
+                "INSERT OR REPLACE INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![id, stage, action, run_order, plugin, Status::InProgress.name(), now_ms, serde_json::to_string(&resolved_config)?])?;
+        }
+        Change::ActionEnded { action, end } => {
+            db.prepare_cached(
+                "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9, continuation = NULL, continue_at_ms = NULL WHERE execution_id = ?1 AND action = ?2",
+            )?
+            .execute(params![
+                id,
+                action,
+                end.status.name(),
+                end.attempts,
+                end.summary,
+                end.error,
+                serde_json::to_string(&end.variables)?,
+                serde_json::to_string(&end.outputs)?,
+                now_ms
+            ])?;
+        }
+    }
+    Ok(event.map(|e| insert_event(db, e)).transpose()?)
 }
 
 impl ExecutionStore for SqliteStore {
@@ -520,13 +624,11 @@ impl ExecutionStore for SqliteStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced_then(
-            id,
-            "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
-            params![id, status.name(), error, now_ms],
-            event,
-            |tx| leave_gates(tx, id, None),
-        )
+        let change = Change::ExecutionEnded {
+            status,
+            error: error.map(str::to_string),
+        };
+        self.record_here(transition(id, change, now_ms, event))
     }
 
     fn start_stage(
@@ -537,12 +639,9 @@ impl ExecutionStore for SqliteStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced(
-            execution,
-            "INSERT OR REPLACE INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![execution, stage, position as i64, Status::InProgress.name(), now_ms],
-            event,
-        )
+        let stage = stage.to_string();
+        let change = Change::StageStarted { stage, position };
+        self.record_here(transition(execution, change, now_ms, event))
     }
 
     fn finish_stage(
@@ -554,13 +653,12 @@ impl ExecutionStore for SqliteStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced_then(
-            execution,
-            "UPDATE stage_runs SET status = ?3, error = ?4, ended_ms = ?5 WHERE execution_id = ?1 AND stage = ?2",
-            params![execution, stage, status.name(), error, now_ms],
-            event,
-            |tx| leave_gates(tx, execution, Some(stage)),
-        )
+        let change = Change::StageEnded {
+            stage: stage.to_string(),
+            status,
+            error: error.map(str::to_string),
+        };
+        self.record_here(transition(execution, change, now_ms, event))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -575,12 +673,14 @@ impl ExecutionStore for SqliteStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced(
-            execution,
-            "INSERT OR REPLACE INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, resolved_config) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![execution, stage, action, run_order, plugin, Status::InProgress.name(), now_ms, serde_json::to_string(resolved_config)?],
-            event,
-        )
+        let change = Change::ActionStarted {
+            stage: stage.to_string(),
+            action: action.to_string(),
+            run_order,
+            plugin: plugin.to_string(),
+            resolved_config: resolved_config.to_vec(),
+        };
+        self.record_here(transition(execution, change, now_ms, event))
     }
 
     fn finish_action(
@@ -591,22 +691,26 @@ impl ExecutionStore for SqliteStore {
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
-        self.write_announced(
-            execution,
-            "UPDATE action_runs SET status = ?3, attempts = ?4, summary = ?5, error = ?6, variables = ?7, outputs = ?8, ended_ms = ?9, continuation = NULL, continue_at_ms = NULL WHERE execution_id = ?1 AND action = ?2",
-            params![
-                execution,
-                action,
-                end.status.name(),
-                end.attempts,
-                end.summary,
-                end.error,
-                serde_json::to_string(end.variables)?,
-                serde_json::to_string(end.outputs)?,
-                now_ms
-            ],
-            event,
-        )
+        let change = Change::ActionEnded {
+            action: action.to_string(),
+            end: EndOfAction {
+                status: end.status,
+                attempts: end.attempts,
+                summary: end.summary.map(str::to_string),
+                error: end.error.map(str::to_string),
+                variables: end.variables.to_vec(),
+                outputs: end.outputs.to_vec(),
+            },
+        };
+        self.record_here(transition(execution, change, now_ms, event))
+    }
+
+    /// Handed to the group-commit thread: committed with whatever other
+    /// transitions are waiting, and reported only after that commit.
+    fn record(self: Arc<Self>, transition: Transition) -> Recorded {
+        let transition = self.masked(transition);
+        let owner = self.owner.get().cloned();
+        self.group_commit.record(transition, owner)
     }
 
     fn append_logs(
@@ -1910,4 +2014,12 @@ mod tests {
         notifications_are_delivered_by_one_holder_at_a_time,
         an_executions_events_of_one_kind_are_listed_in_order,
     );
+    #[test]
+    fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        super::super::conformance::concurrent_transitions_are_each_committed_and_a_refusal_stays_alone(
+            Arc::new(store),
+        );
+    }
 }
