@@ -57,7 +57,7 @@ pub(super) struct IdleWorkspaces {
 }
 
 /// Most idle workspaces kept.
-const MOST_IDLE: usize = 64;
+const MOST_IDLE: usize = 1024;
 /// The mode `create_dir` gives a workspace (umask 022).
 const WORKSPACE_MODE: u32 = 0o755;
 

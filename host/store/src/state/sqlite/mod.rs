@@ -320,6 +320,10 @@ pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     /// Commits the executor's transitions, several per transaction.
     group_commit: GroupCommit,
+    /// A second connection, for calls that only read: in WAL mode they see
+    /// every committed transaction without waiting for the writing one
+    /// (a group commit may hold it for a batch).
+    reader: Mutex<Connection>,
     /// Encrypts continuation tokens (they may carry secrets) while stored.
     sealer: crate::secrets::TokenSealer,
     /// Masks the host's secrets in events and audit rows (see [`SqliteStore::mask_with`]).
@@ -396,6 +400,15 @@ fn write_transaction(db: &mut Connection) -> rusqlite::Result<rusqlite::Transact
     db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
+/// A read-only connection to the (set up) database at `path`.
+fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+    let reader = Connection::open(path)
+        .with_context(|| format!("opening state database {}", path.display()))?;
+    reader.busy_timeout(std::time::Duration::from_secs(10))?;
+    reader.pragma_update(None, "query_only", true)?;
+    Ok(reader)
+}
+
 /// What a committed transition survives: SQLite's `synchronous` setting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -437,12 +450,14 @@ impl SqliteStore {
         }
         let key = path.with_file_name("continuation.key");
         let connection = Arc::new(Mutex::new(connection));
+        let reader = open_reader(path)?;
         let in_place = durability == Durability::Crash;
         let group_commit = GroupCommit::start(connection.clone(), in_place)
             .context("starting the state store's commit thread")?;
         Ok(Self {
             connection,
             group_commit,
+            reader: Mutex::new(reader),
             sealer: crate::secrets::TokenSealer::new(key),
             masker: std::sync::OnceLock::new(),
             owner: std::sync::OnceLock::new(),
@@ -463,6 +478,11 @@ impl SqliteStore {
 
     fn db(&self) -> MutexGuard<'_, Connection> {
         self.connection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection for calls that only read.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Run one write with a cached prepared statement (parsing SQL on every
@@ -755,7 +775,7 @@ impl ExecutionStore for SqliteStore {
         &self,
         filter: &ExecutionFilter<'_>,
     ) -> anyhow::Result<Vec<ExecutionRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version, trigger FROM executions
              WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR status = ?2)
@@ -774,7 +794,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn execution(&self, id_or_prefix: &str) -> anyhow::Result<Option<ExecutionRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT id, pipeline, pipeline_file, status, started_ms, ended_ms, error, variables, pipeline_version, trigger FROM executions
              WHERE id = ?1 OR substr(id, 1, length(?1)) = ?1 ORDER BY (id = ?1) DESC LIMIT 2",
@@ -793,7 +813,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn stages(&self, execution: &str) -> anyhow::Result<Vec<StageRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT stage, status, started_ms, ended_ms, error FROM stage_runs WHERE execution_id = ?1 ORDER BY position",
         )?;
@@ -810,7 +830,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn actions(&self, execution: &str) -> anyhow::Result<Vec<ActionRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT a.stage, action, run_order, plugin, a.status, attempts, a.started_ms, a.ended_ms, resolved_config, summary, a.error, variables, outputs, percent, progress, continuation, continue_at_ms
              FROM action_runs a LEFT JOIN stage_runs s ON s.execution_id = a.execution_id AND s.stage = a.stage
@@ -841,7 +861,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn logs(&self, execution: &str, action: Option<&str>) -> anyhow::Result<Vec<LogRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT rowid, action, attempt, ts_ms, stream, line FROM action_logs
              WHERE execution_id = ?1 AND (?2 IS NULL OR action = ?2) ORDER BY ts_ms, action, seq",
@@ -857,7 +877,7 @@ impl ExecutionStore for SqliteStore {
         after: i64,
         limit: usize,
     ) -> anyhow::Result<Vec<LogRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT rowid, action, attempt, ts_ms, stream, line FROM action_logs
              WHERE execution_id = ?1 AND (?2 IS NULL OR action = ?2) AND rowid > ?3
@@ -928,7 +948,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn in_progress(&self, pipeline: &str) -> anyhow::Result<usize> {
-        let count: i64 = self.db().query_row(
+        let count: i64 = self.read().query_row(
             "SELECT COUNT(*) FROM executions WHERE pipeline = ?1 AND status IN ('InProgress', 'Stopping')",
             params![pipeline],
             |row| row.get(0),
@@ -956,7 +976,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn execution_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare_cached(
             "SELECT status, COUNT(*) FROM executions GROUP BY status ORDER BY status",
         )?;
@@ -966,7 +986,7 @@ impl ExecutionStore for SqliteStore {
 
     fn latest_execution(&self) -> anyhow::Result<Option<String>> {
         Ok(self
-            .db()
+            .read()
             .query_row(
                 "SELECT id FROM executions ORDER BY started_ms DESC, rowid DESC LIMIT 1",
                 [],
@@ -976,7 +996,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn oldest_running_start(&self) -> anyhow::Result<Option<i64>> {
-        Ok(self.db().query_row(
+        Ok(self.read().query_row(
             "SELECT MIN(started_ms) FROM executions WHERE status IN ('InProgress', 'Stopping')",
             [],
             |row| row.get(0),
@@ -1014,7 +1034,7 @@ impl LeaseStore for SqliteStore {
 
     fn lease_holder(&self, execution: &str) -> anyhow::Result<Option<String>> {
         let holder: Option<Option<String>> = self
-            .db()
+            .read()
             .query_row(
                 "SELECT owner FROM executions WHERE id = ?1",
                 params![execution],
@@ -1033,7 +1053,7 @@ impl LeaseStore for SqliteStore {
     }
 
     fn stop_requests(&self, owner: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let db = self.db();
+        let db = self.read();
         let mut query = db.prepare_cached(
             "SELECT id, stop_request FROM executions WHERE owner = ?1 AND status = 'InProgress' AND stop_request IS NOT NULL",
         )?;
@@ -1061,7 +1081,7 @@ impl LeaseStore for SqliteStore {
         now_ms: i64,
         own: bool,
     ) -> anyhow::Result<Vec<String>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT id FROM executions WHERE status = 'InProgress'
                AND (owner IS NULL OR lease_until_ms IS NULL OR lease_until_ms < ?2 OR (?3 AND owner = ?1))
@@ -1095,7 +1115,7 @@ impl PipelineStore for SqliteStore {
     }
 
     fn pipeline(&self, name: &str, version: Option<i64>) -> anyhow::Result<Option<PipelineRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare_cached(
             "SELECT name, version, source, created_ms FROM pipelines
              WHERE name = ?1 AND deleted = 0 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
@@ -1106,7 +1126,7 @@ impl PipelineStore for SqliteStore {
     }
 
     fn pipelines(&self) -> anyhow::Result<Vec<PipelineRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT name, MAX(version), source, created_ms FROM pipelines WHERE deleted = 0 GROUP BY name ORDER BY name",
         )?;
@@ -1137,7 +1157,7 @@ impl PipelineStore for SqliteStore {
     }
 
     fn disabled_transitions(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT pipeline, stage, disabled_reason FROM transitions WHERE disabled_reason IS NOT NULL",
         )?;
@@ -1167,7 +1187,7 @@ impl ApprovalStore for SqliteStore {
     }
 
     fn approval(&self, execution: &str, action: &str) -> anyhow::Result<Option<ApprovalRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare_cached(
             "SELECT execution_id, action, token, approvers, message, status, expires_ms, decided_by, decided_ms, comment
              FROM approvals WHERE execution_id = ?1 AND action = ?2",
@@ -1243,7 +1263,7 @@ impl EventStore for SqliteStore {
     }
 
     fn events_after(&self, after_seq: i64, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare_cached(
             "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
@@ -1252,7 +1272,7 @@ impl EventStore for SqliteStore {
     }
 
     fn execution_events(&self, execution: &str, kind: &str) -> anyhow::Result<Vec<EventRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare_cached(
             "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = ?1 AND kind = ?2 ORDER BY seq",
         )?;
@@ -1262,7 +1282,7 @@ impl EventStore for SqliteStore {
 
     fn notify_cursor(&self) -> anyhow::Result<i64> {
         Ok(self
-            .db()
+            .read()
             .query_row("SELECT seq FROM notify_cursor WHERE id = 1", [], |row| {
                 row.get(0)
             })
@@ -1279,7 +1299,7 @@ impl EventStore for SqliteStore {
 
     fn last_event_seq(&self) -> anyhow::Result<i64> {
         Ok(self
-            .db()
+            .read()
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
                 row.get(0)
             })?)
@@ -1307,7 +1327,7 @@ impl AccessStore for SqliteStore {
     }
 
     fn tokens(&self) -> anyhow::Result<Vec<(TokenRecord, String)>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare_cached(
             "SELECT id, role, pipelines, description, expires_ms, revoked_ms, secret_hash FROM tokens ORDER BY created_ms, id",
         )?;
@@ -1351,7 +1371,7 @@ impl AccessStore for SqliteStore {
         limit: usize,
         scope: Option<&[String]>,
     ) -> anyhow::Result<Vec<AuditRecord>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare(
             "SELECT seq, ts_ms, actor, action, target, result, pipeline FROM audit
              WHERE seq > ?1 AND (?3 IS NULL OR pipeline IN (SELECT value FROM json_each(?3)))
@@ -1376,7 +1396,7 @@ impl AccessStore for SqliteStore {
 impl TriggerStore for SqliteStore {
     fn poll_revision(&self, pipeline: &str, action: &str) -> anyhow::Result<Option<String>> {
         Ok(self
-            .db()
+            .read()
             .query_row(
                 "SELECT last_revision FROM poll_state WHERE pipeline = ?1 AND action = ?2",
                 params![pipeline, action],
@@ -1511,7 +1531,7 @@ impl RetentionStore for SqliteStore {
     }
 
     fn referenced_digests(&self) -> anyhow::Result<std::collections::HashSet<String>> {
-        let db = self.db();
+        let db = self.read();
         let mut statement = db.prepare("SELECT outputs FROM action_runs")?;
         // An unreadable row is an error, not "no outputs": gc would delete
         // artifacts it still refers to.
@@ -1699,7 +1719,7 @@ impl GateStore for SqliteStore {
 
     fn gate_waiting(&self, pipeline: &str) -> anyhow::Result<usize> {
         let count: i64 = self
-            .db()
+            .read()
             .prepare_cached(&format!(
                 "SELECT COUNT(*) {LIVE_PLACES} AND g.pipeline = ?1 AND g.state = 'waiting'"
             ))?
@@ -1775,7 +1795,7 @@ impl AttemptQueue for SqliteStore {
 
     fn queued_attempt(&self, key: &str) -> anyhow::Result<Option<QueuedAttempt>> {
         let row = self
-            .db()
+            .read()
             .query_row(
                 "SELECT state, worker, fence, result FROM attempts WHERE key = ?1",
                 params![key],
