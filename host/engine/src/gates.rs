@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use sluice_core::pipeline::ExecutionMode;
+use sluice_store::off_workers;
 use sluice_store::state::{GateTry, Store};
 
 /// How often an execution waiting at a gate looks at the store again, besides
@@ -153,17 +154,34 @@ impl Gate<'_> {
         }
         let supersede = self.mode == ExecutionMode::Superseded;
         (self.gates.store).join_gate(self.pipeline, self.stage, id, supersede)?;
+        self.joined(id);
+        Ok(())
+    }
+
+    /// [`Gate::join`], with the store's part on the blocking pool.
+    async fn join_off_workers(&self, id: &str) -> anyhow::Result<()> {
+        if !self.keeps_a_line() {
+            return Ok(());
+        }
+        let supersede = self.mode == ExecutionMode::Superseded;
+        let (store, place) = (self.gates.store.clone(), self.place(id));
+        off_workers(move || store.join_gate(&place.0, &place.1, &place.2, supersede)).await?;
+        self.joined(id);
+        Ok(())
+    }
+
+    /// Note a place taken in the store's line.
+    fn joined(&self, id: &str) {
         if !self.one_at_a_time() {
             self.parallel_places().insert(self.place(id));
         }
         self.gates.changed();
-        Ok(())
     }
 
     /// Wait until execution `id` may enter the stage. `on_wait` is told why,
     /// once, when it has to wait.
     pub async fn enter(&self, id: &str, on_wait: impl FnOnce(String)) -> anyhow::Result<Entry> {
-        self.join(id)?;
+        self.join_off_workers(id).await?;
         let mut on_wait = Some(on_wait);
         let signals = self.gates.store.signals();
         loop {
@@ -173,7 +191,7 @@ impl Gate<'_> {
             tokio::pin!(here, elsewhere);
             here.as_mut().enable();
             elsewhere.as_mut().enable();
-            if let Some(entry) = self.try_enter(id)? {
+            if let Some(entry) = self.try_enter(id).await? {
                 return Ok(entry);
             }
             if let Some(tell) = on_wait.take() {
@@ -206,13 +224,13 @@ impl Gate<'_> {
         }
     }
 
-    fn try_enter(&self, id: &str) -> anyhow::Result<Option<Entry>> {
+    async fn try_enter(&self, id: &str) -> anyhow::Result<Option<Entry>> {
         if self.gates.is_disabled(self.pipeline, self.stage) {
             // Came to a parallel gate while it was enabled: take a place now,
             // to be counted in `queue-depth` (once: joining wakes waiters).
             let counted = self.parallel_places().contains(&self.place(id));
             if !self.one_at_a_time() && !counted {
-                self.join(id)?;
+                self.join_off_workers(id).await?;
             }
             return Ok(None);
         }
@@ -223,12 +241,13 @@ impl Gate<'_> {
             }
             return Ok(Some(Entry::Entered));
         }
-        let tried = (self.gates.store).try_enter_gate(
-            self.pipeline,
-            self.stage,
-            id,
+        let (store, place, alone) = (
+            self.gates.store.clone(),
+            self.place(id),
             self.one_at_a_time(),
-        )?;
+        );
+        let tried =
+            off_workers(move || store.try_enter_gate(&place.0, &place.1, &place.2, alone)).await?;
         Ok(match tried {
             GateTry::Entered => Some(Entry::Entered),
             GateTry::Superseded => Some(Entry::Superseded),

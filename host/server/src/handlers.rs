@@ -71,18 +71,22 @@ async fn list_pipelines(
     State(app): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<PipelineList>> {
-    caller.require(Role::Viewer, None)?;
-    let pipelines = app.state.pipelines().map_err(ApiError::internal)?;
-    let visible = pipelines
-        .into_iter()
-        .filter(|p| caller.may_see(&p.name))
-        .map(|p| PipelineSummary {
-            name: p.name,
-            version: p.version,
-            created_ms: p.created_ms,
-        })
-        .collect();
-    Ok(Json(PipelineList { pipelines: visible }))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        caller.require(Role::Viewer, None)?;
+        let pipelines = app.state.pipelines().map_err(ApiError::internal)?;
+        let visible = pipelines
+            .into_iter()
+            .filter(|p| caller.may_see(&p.name))
+            .map(|p| PipelineSummary {
+                name: p.name,
+                version: p.version,
+                created_ms: p.created_ms,
+            })
+            .collect();
+        Ok(Json(PipelineList { pipelines: visible }))
+    })
+    .await
 }
 
 fn stored_pipeline(app: &AppState, name: &str, version: Option<i64>) -> ApiResult<PipelineRecord> {
@@ -110,8 +114,12 @@ async fn get_pipeline(
     caller: Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<PipelineRecord>> {
-    caller.require(Role::Viewer, Some(&name))?;
-    Ok(Json(stored_pipeline(&app, &name, None)?))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        caller.require(Role::Viewer, Some(&name))?;
+        Ok(Json(stored_pipeline(&app, &name, None)?))
+    })
+    .await
 }
 
 #[utoipa::path(
@@ -128,11 +136,15 @@ async fn get_pipeline_version(
     caller: Caller,
     UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> ApiResult<Json<PipelineRecord>> {
-    caller.require(Role::Viewer, Some(&name))?;
-    let version: i64 = version.parse().map_err(|_| {
-        ApiError::bad_request("version", format!("`{version}` is not a version number"))
-    })?;
-    Ok(Json(stored_pipeline(&app, &name, Some(version))?))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        caller.require(Role::Viewer, Some(&name))?;
+        let version: i64 = version.parse().map_err(|_| {
+            ApiError::bad_request("version", format!("`{version}` is not a version number"))
+        })?;
+        Ok(Json(stored_pipeline(&app, &name, Some(version))?))
+    })
+    .await
 }
 
 /// Validate pipeline text against the installed plugins.
@@ -490,49 +502,53 @@ async fn pipeline_state(
     caller: Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<PipelineState>> {
-    caller.require(Role::Viewer, Some(&name))?;
-    let record = stored_pipeline(&app, &name, None)?;
-    let plan = plan_from_source(&app, &name, &record.source)?;
-    let disabled: Vec<(String, String, String)> = app
-        .state
-        .disabled_transitions()
-        .map_err(ApiError::internal)?;
-    let recent = ExecutionFilter {
-        pipeline: Some(&name),
-        status: None,
-        limit: 50,
-        offset: 0,
-    };
-    let executions = app
-        .state
-        .list_executions(&recent)
-        .map_err(ApiError::internal)?;
-    let mut stages = Vec::new();
-    for stage in &plan.stages {
-        let transition = disabled
-            .iter()
-            .find(|(p, s, _)| *p == name && *s == stage.name)
-            .map(|(_, _, r)| r.clone());
-        let (current, skipped) = current_run(&app, &executions, &stage.name)?;
-        stages.push(StageState {
-            stage: stage.name.clone(),
-            transition: TransitionState {
-                enabled: transition.is_none(),
-                reason: transition,
-            },
-            actions: sluice_api::views::planned_actions(stage),
-            conditions: sluice_api::views::stage_conditions(stage),
-            current,
-            skipped,
-        });
-    }
-    Ok(Json(PipelineState {
-        pipeline: name,
-        version: record.version,
-        execution_mode: plan.execution_mode,
-        variables: plan.variables.clone(),
-        stages,
-    }))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        caller.require(Role::Viewer, Some(&name))?;
+        let record = stored_pipeline(&app, &name, None)?;
+        let plan = plan_from_source(&app, &name, &record.source)?;
+        let disabled: Vec<(String, String, String)> = app
+            .state
+            .disabled_transitions()
+            .map_err(ApiError::internal)?;
+        let recent = ExecutionFilter {
+            pipeline: Some(&name),
+            status: None,
+            limit: 50,
+            offset: 0,
+        };
+        let executions = app
+            .state
+            .list_executions(&recent)
+            .map_err(ApiError::internal)?;
+        let mut stages = Vec::new();
+        for stage in &plan.stages {
+            let transition = disabled
+                .iter()
+                .find(|(p, s, _)| *p == name && *s == stage.name)
+                .map(|(_, _, r)| r.clone());
+            let (current, skipped) = current_run(&app, &executions, &stage.name)?;
+            stages.push(StageState {
+                stage: stage.name.clone(),
+                transition: TransitionState {
+                    enabled: transition.is_none(),
+                    reason: transition,
+                },
+                actions: sluice_api::views::planned_actions(stage),
+                conditions: sluice_api::views::stage_conditions(stage),
+                current,
+                skipped,
+            });
+        }
+        Ok(Json(PipelineState {
+            pipeline: name,
+            version: record.version,
+            execution_mode: plan.execution_mode,
+            variables: plan.variables.clone(),
+            stages,
+        }))
+    })
+    .await
 }
 
 /// The newest of `executions` (newest first) that ran `stage`, with its
@@ -750,41 +766,45 @@ async fn list_executions(
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ExecutionPage>> {
-    caller.require(Role::Viewer, query.pipeline.as_deref())?;
-    if let Some(status) = &query.status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "status",
-            format!("unknown status `{status}`; use one of {STATUSES:?}"),
-        ));
-    }
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "limit",
-            "limit must be between 1 and 500",
-        ));
-    }
-    let filter = ExecutionFilter {
-        pipeline: query.pipeline.as_deref(),
-        status: query.status.as_deref(),
-        limit,
-        offset: query.offset.unwrap_or(0),
-    };
-    let executions = app
-        .state
-        .list_executions(&filter)
-        .map_err(ApiError::internal)?;
-    let visible: Vec<&ExecutionRecord> = executions
-        .iter()
-        .filter(|e| caller.may_see(&e.pipeline))
-        .collect();
-    Ok(Json(sluice_api::views::execution_list(
-        &visible,
-        limit,
-        filter.offset,
-    )))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        caller.require(Role::Viewer, query.pipeline.as_deref())?;
+        if let Some(status) = &query.status
+            && !STATUSES.contains(&status.as_str())
+        {
+            return Err(ApiError::bad_request(
+                "status",
+                format!("unknown status `{status}`; use one of {STATUSES:?}"),
+            ));
+        }
+        let limit = query.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "limit",
+                "limit must be between 1 and 500",
+            ));
+        }
+        let filter = ExecutionFilter {
+            pipeline: query.pipeline.as_deref(),
+            status: query.status.as_deref(),
+            limit,
+            offset: query.offset.unwrap_or(0),
+        };
+        let executions = app
+            .state
+            .list_executions(&filter)
+            .map_err(ApiError::internal)?;
+        let visible: Vec<&ExecutionRecord> = executions
+            .iter()
+            .filter(|e| caller.may_see(&e.pipeline))
+            .collect();
+        Ok(Json(sluice_api::views::execution_list(
+            &visible,
+            limit,
+            filter.offset,
+        )))
+    })
+    .await
 }
 
 /// The execution named by `id`: a full id, a unique prefix, or `latest` (the
@@ -841,18 +861,22 @@ async fn get_execution(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<ExecutionDetail>> {
-    let execution = visible_execution(&app, &caller, &id)?;
-    let mut document =
-        sluice_api::views::execution(app.state.as_ref(), &execution).map_err(ApiError::internal)?;
-    if let Some(version) = execution.pipeline_version
-        && let Some(record) = (app.state)
-            .pipeline(&execution.pipeline, Some(version))
-            .map_err(ApiError::internal)?
-        && let Some(plan) = app.plans.get(&app, &record)
-    {
-        document.inputs = sluice_api::views::action_inputs(&plan);
-    }
-    Ok(Json(document))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        let execution = visible_execution(&app, &caller, &id)?;
+        let mut document = sluice_api::views::execution(app.state.as_ref(), &execution)
+            .map_err(ApiError::internal)?;
+        if let Some(version) = execution.pipeline_version
+            && let Some(record) = (app.state)
+                .pipeline(&execution.pipeline, Some(version))
+                .map_err(ApiError::internal)?
+            && let Some(plan) = app.plans.get(&app, &record)
+        {
+            document.inputs = sluice_api::views::action_inputs(&plan);
+        }
+        Ok(Json(document))
+    })
+    .await
 }
 
 #[utoipa::path(
@@ -1242,19 +1266,23 @@ async fn get_logs(
     UrlPath(id): UrlPath<String>,
     QueryParams(query): QueryParams<LogsQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    // The status is read before the lines: when it is final, every line is there.
-    let execution = visible_execution(&app, &caller, &id)?;
-    let action = query.action.as_deref();
-    let lines = match query.after {
-        Some(after) => app.state.logs_after(&execution.id, action, after, LOG_PAGE),
-        None => app.state.logs(&execution.id, action),
-    }
-    .map_err(ApiError::internal)?;
-    Ok(Json(sluice_api::views::logs(
-        &execution.id,
-        execution.status,
-        &lines,
-    )))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        // The status is read before the lines: when it is final, every line is there.
+        let execution = visible_execution(&app, &caller, &id)?;
+        let action = query.action.as_deref();
+        let lines = match query.after {
+            Some(after) => app.state.logs_after(&execution.id, action, after, LOG_PAGE),
+            None => app.state.logs(&execution.id, action),
+        }
+        .map_err(ApiError::internal)?;
+        Ok(Json(sluice_api::views::logs(
+            &execution.id,
+            execution.status,
+            &lines,
+        )))
+    })
+    .await
 }
 
 /// The output artifacts of a visible execution.
@@ -1283,9 +1311,13 @@ async fn list_artifacts(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<ArtifactList>> {
-    let execution = visible_execution(&app, &caller, &id)?;
-    let entries = execution_artifacts(&app, &execution)?;
-    Ok(Json(sluice_api::views::artifacts(&execution.id, &entries)))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        let execution = visible_execution(&app, &caller, &id)?;
+        let entries = execution_artifacts(&app, &execution)?;
+        Ok(Json(sluice_api::views::artifacts(&execution.id, &entries)))
+    })
+    .await
 }
 
 /// `GET /executions/{id}/artifacts/{name}`: the artifact's tree as a tar
@@ -1394,7 +1426,10 @@ async fn follow_events(
     use tokio::sync::broadcast::error::RecvError;
     let mut last = after;
     loop {
-        let Ok(events) = state.events_after(last, EVENT_PAGE) else {
+        let store = state.clone();
+        let Ok(events) =
+            sluice_store::off_workers(move || store.events_after(last, EVENT_PAGE)).await
+        else {
             return;
         };
         let full_page = events.len() == EVENT_PAGE;
@@ -1465,7 +1500,11 @@ async fn stream_events(
         (None, Some(id)) => id.trim().parse().map_err(|_| {
             ApiError::bad_request("Last-Event-ID", format!("`{id}` is not an event id"))
         })?,
-        (None, None) => app.state.last_event_seq().map_err(ApiError::internal)?,
+        (None, None) => {
+            let state = app.state.clone();
+            (sluice_store::off_workers(move || state.last_event_seq()).await)
+                .map_err(ApiError::internal)?
+        }
     };
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = app.executor.subscribe_events();
@@ -1517,17 +1556,21 @@ async fn get_audit(
     caller: Caller,
     QueryParams(query): QueryParams<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    caller.require(Role::Admin, None)?;
-    // A scoped admin reads its pipelines' entries only, not global ones.
-    let entries = app
-        .state
-        .audit_log(
-            query.after.unwrap_or(0),
-            query.limit.unwrap_or(500).min(5000),
-            caller.scope(),
-        )
-        .map_err(ApiError::internal)?;
-    Ok(Json(AuditPage { entries }))
+    // Store calls: off the tokio worker threads.
+    sluice_store::off_workers(move || {
+        caller.require(Role::Admin, None)?;
+        // A scoped admin reads its pipelines' entries only, not global ones.
+        let entries = app
+            .state
+            .audit_log(
+                query.after.unwrap_or(0),
+                query.limit.unwrap_or(500).min(5000),
+                caller.scope(),
+            )
+            .map_err(ApiError::internal)?;
+        Ok(Json(AuditPage { entries }))
+    })
+    .await
 }
 
 #[cfg(test)]

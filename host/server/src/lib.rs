@@ -39,6 +39,7 @@ use sluice_core::metrics::{Histogram, escape_label_value};
 use sluice_core::pipeline::Plan;
 use sluice_core::plugin::Registry;
 use sluice_core::units::now_ms;
+use sluice_store::off_workers;
 use sluice_store::state::Store;
 use sluice_store::state::{ExecutionRecord, Owner};
 
@@ -523,7 +524,8 @@ async fn run_cron(app: AppState) {
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let now = chrono::Utc::now();
-        let pipelines = match app.state.pipelines() {
+        let state = app.state.clone();
+        let pipelines = match off_workers(move || state.pipelines()).await {
             Ok(pipelines) => pipelines,
             Err(e) => {
                 tracing::error!("cron: reading pipelines failed: {e:#}");
@@ -566,7 +568,8 @@ async fn run_polls(app: AppState) {
     let mut next_due: HashMap<String, std::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        let Ok(pipelines) = app.state.pipelines() else {
+        let state = app.state.clone();
+        let Ok(pipelines) = off_workers(move || state.pipelines()).await else {
             continue;
         };
         for record in pipelines {
@@ -610,10 +613,9 @@ async fn run_notifications(app: AppState) {
                 continue;
             }
         }
-        let Ok(cursor) = app.state.notify_cursor() else {
-            continue;
-        };
-        let Ok(events) = app.state.events_after(cursor, 100) else {
+        let state = app.state.clone();
+        let Ok(events) = off_workers(move || state.events_after(state.notify_cursor()?, 100)).await
+        else {
             continue;
         };
         backoff = std::time::Duration::from_millis(300);
@@ -741,17 +743,23 @@ fn take_over(app: &AppState, own: bool) -> anyhow::Result<()> {
 async fn run_leases(app: AppState) {
     loop {
         tokio::time::sleep(renewal_interval(&app.lease)).await;
-        renew(app.state.as_ref(), &app.lease);
-        let_go_of_lost(&app);
-        apply_stop_requests(&app);
-        // Another server may have disabled or enabled a transition.
-        match app.state.disabled_transitions() {
-            Ok(all) => app.executor.sync_transitions(all),
-            Err(e) => tracing::error!("reading transitions failed: {e:#}"),
-        }
-        if let Err(e) = take_over(&app, false) {
-            tracing::error!("taking over executions failed: {e:#}");
-        }
+        let app = app.clone();
+        off_workers(move || look_after_leases(&app)).await;
+    }
+}
+
+/// One round of [`run_leases`] (store calls: run off the tokio threads).
+fn look_after_leases(app: &AppState) {
+    renew(app.state.as_ref(), &app.lease);
+    let_go_of_lost(app);
+    apply_stop_requests(app);
+    // Another server may have disabled or enabled a transition.
+    match app.state.disabled_transitions() {
+        Ok(all) => app.executor.sync_transitions(all),
+        Err(e) => tracing::error!("reading transitions failed: {e:#}"),
+    }
+    if let Err(e) = take_over(app, false) {
+        tracing::error!("taking over executions failed: {e:#}");
     }
 }
 
@@ -802,7 +810,8 @@ fn apply_stop_requests(app: &AppState) {
 pub async fn renew_leases_while_running(state: Arc<dyn Store>, owner: Owner) {
     loop {
         tokio::time::sleep(renewal_interval(&owner)).await;
-        renew(state.as_ref(), &owner);
+        let (state, owner) = (state.clone(), owner.clone());
+        off_workers(move || renew(state.as_ref(), &owner)).await;
     }
 }
 
@@ -887,11 +896,13 @@ async fn authenticate_and_audit(
     // mutating attempts are audited too. Without a bearer header, the
     // console's session cookie authorizes the request.
     let cookie = console::session_secret(request.headers()).filter(|_| header.is_none());
-    let resolved = match cookie {
-        Some(secret) => {
-            console::cookie_caller(&app, &secret, request.headers(), mutating).map(Some)
-        }
-        None => Caller::from_header(app.state.as_ref(), header.as_deref()),
+    let resolved = {
+        let (app, headers, header) = (app.clone(), request.headers().clone(), header.clone());
+        off_workers(move || match cookie {
+            Some(secret) => console::cookie_caller(&app, &secret, &headers, mutating).map(Some),
+            None => Caller::from_header(app.state.as_ref(), header.as_deref()),
+        })
+        .await
     };
     // Inside the nested router the path lacks `/api/v1`; log the one called.
     let path = request
@@ -934,7 +945,8 @@ async fn authenticate_and_audit(
             result: response.status().as_u16().to_string(),
             pipeline,
         };
-        if let Err(e) = app.state.audit(&entry) {
+        let state = app.state.clone();
+        if let Err(e) = off_workers(move || state.audit(&entry)).await {
             tracing::error!("writing the audit log failed: {e:#}");
             return ApiError::internal(e).into_response();
         }

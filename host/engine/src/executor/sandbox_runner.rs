@@ -20,9 +20,10 @@ use sluice_sandbox::{
     ActionError, ActionOutcome, Invocation, LoadedPlugin, RuleVerdict, Runtime, SandboxSpec,
 };
 use sluice_store::artifact::ArtifactStore;
+use sluice_store::off_workers;
 use sluice_store::secrets::{Masker, SecretSource};
 use sluice_store::state::ApprovalStatus;
-use sluice_store::state::{EventRecord, OutputRecord, Store};
+use sluice_store::state::{EventRecord, LogLine, OutputRecord, Store};
 
 /// How often a running action's new log lines are stored.
 const LOG_FLUSH: Duration = Duration::from_millis(250);
@@ -437,10 +438,12 @@ impl SandboxRunner {
             tracing::debug!("attempt succeeded");
         }
         let captured = live.finish();
-        let stored = stored_so_far.and_then(|()| {
-            self.state
-                .append_logs(request.execution, &action.name, attempt, &captured.lines)
-        });
+        let stored = match stored_so_far {
+            Ok(()) => {
+                (self.store_logs(request.execution, &action.name, attempt, captured.lines)).await
+            }
+            failed => failed,
+        };
         let ingested = match result {
             Ok(outcome) => self
                 .ingest(action, outputs)
@@ -504,10 +507,30 @@ impl SandboxRunner {
                 result = &mut call => return (result, stored),
                 _ = flush.tick(), if stored.is_ok() => {
                     let lines = log.take_new();
-                    stored = self.state.append_logs(execution, &action.name, attempt, &lines);
+                    stored = self.store_logs(execution, &action.name, attempt, lines).await;
                 }
             }
         }
+    }
+
+    /// Append an attempt's log lines to the state store, off the tokio
+    /// workers (nothing to do without lines: the usual case of a no-op).
+    async fn store_logs(
+        &self,
+        execution: &str,
+        action: &str,
+        attempt: u32,
+        lines: Vec<LogLine>,
+    ) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let (state, execution, action) = (
+            self.state.clone(),
+            execution.to_string(),
+            action.to_string(),
+        );
+        off_workers(move || state.append_logs(&execution, &action, attempt, &lines)).await
     }
 
     /// Feeds each captured line to the event sink as [`Event::ActionLog`].
@@ -725,16 +748,6 @@ enum AttemptError {
     /// The host failed around it.
     #[error("{0}")]
     Host(String),
-}
-
-/// Run blocking file-system work (hashing, copying, removing trees, loading a
-/// plugin) on tokio's blocking pool: the async workers must stay free to drive
-/// every other running action.
-async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
-    }
 }
 
 /// Remove an attempt's directories: an empty one at once (one rmdir, the

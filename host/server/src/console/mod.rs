@@ -93,7 +93,8 @@ async fn page(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let Some(secret) = session_secret(&headers) else {
         return html(StatusCode::OK, sign_in_page(None));
     };
-    match Caller::from_secret(app.state.as_ref(), &secret) {
+    let (state, offered) = (app.state.clone(), secret.clone());
+    match sluice_store::off_workers(move || Caller::from_secret(state.as_ref(), &offered)).await {
         Ok(_) => html(
             StatusCode::OK,
             INDEX.replace("{{csrf}}", &csrf_value(&secret)),

@@ -611,7 +611,7 @@ fn write_transition(
             ])?;
         }
     }
-    Ok(event.map(|e| insert_event(db, e)).transpose()?)
+    event.map(|e| insert_event(db, e)).transpose()
 }
 
 impl ExecutionStore for SqliteStore {
