@@ -82,6 +82,11 @@ impl IdleWorkspaces {
         std::fs::create_dir(path)
     }
 
+    /// An idle workspace, as it is (no rename), if one is kept.
+    fn take_as_is(&self) -> Option<PathBuf> {
+        self.lock().pop()
+    }
+
     /// Keep `path` for a later attempt if it is empty, owned by whoever owns
     /// the work directory (this process's user) and has the mode it was made
     /// with; whether it was kept.
@@ -101,6 +106,10 @@ impl IdleWorkspaces {
         if !ours || !empty || self.lock().len() >= MOST_IDLE {
             return false;
         }
+        if Self::is_idle_name(path) {
+            self.lock().push(path.to_path_buf());
+            return true;
+        }
         let idle = self
             .root
             .join(format!(".idle-{}", uuid::Uuid::new_v4().simple()));
@@ -113,6 +122,12 @@ impl IdleWorkspaces {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `path` is named as an idle workspace (taken as it is).
+    fn is_idle_name(path: &std::path::Path) -> bool {
+        path.file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with(".idle-"))
     }
 }
 
@@ -362,7 +377,7 @@ impl SandboxRunner {
         // outputs. Directory churn is most of a no-op action's cost on some
         // filesystems (ext4 mounted with `discard`: ~170 µs per mkdir+rmdir).
         let prefix = format!("{}.{}-{attempt}", request.execution, action.name);
-        let workspace = self.work_root.join(&prefix);
+        let named = self.work_root.join(&prefix);
         let outputs: Vec<(String, PathBuf)> = action
             .outputs
             .iter()
@@ -371,7 +386,7 @@ impl SandboxRunner {
         let mut dirs: Vec<PathBuf> = outputs
             .iter()
             .map(|(_, d)| d.clone())
-            .chain([workspace.clone()])
+            .chain([named.clone()])
             .collect();
         // A server killed during this attempt left its directories behind: the
         // rerun after the restart starts as empty as the first run did.
@@ -394,10 +409,26 @@ impl SandboxRunner {
                 (error, None)
             })?;
         }
-        self.workspaces.take(&workspace).map_err(|e| {
-            let error = AttemptError::Host(format!("creating {}: {e}", workspace.display()));
-            (error, None)
-        })?;
+        // Without native commands nothing sees the workspace's host path: an
+        // idle one serves as it is, sparing a rename in and one out.
+        let idle = match action.grants.commands.is_empty() {
+            true => self.workspaces.take_as_is(),
+            false => None,
+        };
+        let workspace = match idle {
+            Some(idle) => {
+                dirs.retain(|d| *d != named);
+                dirs.push(idle.clone());
+                idle
+            }
+            None => {
+                self.workspaces.take(&named).map_err(|e| {
+                    let error = AttemptError::Host(format!("creating {}: {e}", named.display()));
+                    (error, None)
+                })?;
+                named
+            }
+        };
         let log = LogSink::new(
             action.limits.log_bytes,
             self.masker.clone(),
@@ -795,4 +826,50 @@ fn ingest_outputs(
         });
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn workspaces() -> (tempfile::TempDir, IdleWorkspaces) {
+        let dir = tempfile::tempdir().unwrap();
+        let workspaces = IdleWorkspaces::under(dir.path().join("work"));
+        (dir, workspaces)
+    }
+
+    #[test]
+    fn an_idle_workspace_is_handed_out_as_it_is_and_kept_again_without_a_rename() {
+        let (_dir, workspaces) = workspaces();
+        let named = workspaces.root.join("e.a-1");
+        workspaces.take(&named).unwrap();
+        assert!(workspaces.give_back(&named));
+        assert!(!named.exists(), "renamed aside");
+        let idle = workspaces.take_as_is().expect("one kept");
+        assert!(idle.is_dir() && std::fs::read_dir(&idle).unwrap().next().is_none());
+        assert!(workspaces.give_back(&idle));
+        assert_eq!(
+            workspaces.take_as_is(),
+            Some(idle.clone()),
+            "same directory"
+        );
+        assert!(idle.is_dir());
+    }
+
+    #[test]
+    fn a_workspace_left_with_anything_in_it_or_another_mode_is_not_kept() {
+        let (_dir, workspaces) = workspaces();
+        let named = workspaces.root.join("e.a-1");
+        workspaces.take(&named).unwrap();
+        assert!(workspaces.give_back(&named));
+        let idle = workspaces.take_as_is().unwrap();
+        std::fs::write(idle.join("left-behind"), "x").unwrap();
+        assert!(!workspaces.give_back(&idle), "not empty");
+        std::fs::remove_file(idle.join("left-behind")).unwrap();
+        std::fs::set_permissions(&idle, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!workspaces.give_back(&idle), "another mode");
+        assert_eq!(workspaces.take_as_is(), None);
+    }
 }
