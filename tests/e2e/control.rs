@@ -211,6 +211,70 @@ fn starts_racing_for_the_last_place_never_exceed_max_executions() {
     }
 }
 
+/// Store calls run off the server's tokio workers: starts waiting for the
+/// admission hold (held here, as another process admitting would hold it)
+/// leave the server answering everything else. With the calls on the
+/// workers, eight such starts took both of them and the request below hung.
+#[test]
+fn starts_waiting_for_the_admission_hold_leave_the_server_answering() {
+    let workspace = Workspace::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start(&workspace);
+    let pipeline = sleepy("parallel", "0", "");
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/sleepy",
+        Some(&admin),
+        Some(&pipeline),
+    );
+    assert_eq!(status, 201, "{body}");
+    let hold = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(workspace.path(".sluice/state.db-admission"))
+        .unwrap();
+    hold.lock().unwrap();
+    std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    server.call(
+                        "POST",
+                        "/api/v1/pipelines/sleepy/executions",
+                        Some(&admin),
+                        None,
+                    )
+                })
+            })
+            .collect();
+        // Let the starts reach the hold first (else the request below could
+        // be answered before they take anything).
+        std::thread::sleep(Duration::from_secs(1));
+        let (answered, answer) = std::sync::mpsc::channel();
+        let (server, admin) = (&server, &admin);
+        scope.spawn(move || {
+            let _ = answered.send(server.call("GET", "/api/v1/pipelines", Some(admin), None));
+        });
+        // A bound on liveness, not a timing: without it a stalled server
+        // would hang the suite instead of failing it.
+        let listed = answer.recv_timeout(Duration::from_secs(60));
+        let still_waiting = starts.iter().filter(|s| !s.is_finished()).count();
+        hold.unlock().unwrap();
+        let (status, body) = listed.expect("the server answered while starts waited for the hold");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            still_waiting, 8,
+            "every start waited for the hold meanwhile"
+        );
+        for start in starts {
+            let (status, body) = start.join().unwrap();
+            assert_eq!(status, 202, "{body}");
+        }
+    });
+}
+
 #[test]
 fn stop_finish_lets_the_running_action_end_and_abandon_does_not() {
     let f = fixture(&sleepy("parallel", "1", ""));

@@ -1,4 +1,9 @@
 //! `/api/v1` handlers. Each checks the caller's role and pipeline scope first.
+//!
+//! A handler whose work is store calls runs its body on tokio's blocking
+//! pool ([`sluice_store::off_workers`]): a store call may wait (on SQLite's
+//! write lock, on PostgreSQL's round trips, on another server's admission
+//! hold), and a tokio worker thread must not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,7 +76,6 @@ async fn list_pipelines(
     State(app): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<PipelineList>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         caller.require(Role::Viewer, None)?;
         let pipelines = app.state.pipelines().map_err(ApiError::internal)?;
@@ -114,7 +118,6 @@ async fn get_pipeline(
     caller: Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<PipelineRecord>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         caller.require(Role::Viewer, Some(&name))?;
         Ok(Json(stored_pipeline(&app, &name, None)?))
@@ -136,7 +139,6 @@ async fn get_pipeline_version(
     caller: Caller,
     UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> ApiResult<Json<PipelineRecord>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         caller.require(Role::Viewer, Some(&name))?;
         let version: i64 = version.parse().map_err(|_| {
@@ -172,31 +174,35 @@ async fn put_pipeline(
     UrlPath(name): UrlPath<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
-    caller.require(Role::Admin, Some(&name))?;
-    sluice_core::pipeline::check_name(&name).map_err(|why| ApiError::bad_request("name", why))?;
-    let body = String::from_utf8(body.to_vec()).map_err(|e| {
-        ApiError::bad_request("source", format!("the pipeline file is not UTF-8: {e}"))
-    })?;
-    let plan = plan_from_source(&app, &name, &body)?;
-    if plan.name != name {
-        return Err(ApiError::bad_request(
-            "name",
-            format!(
-                "the URL names pipeline `{name}` but the file's [pipeline] name is `{}`",
-                plan.name
-            ),
-        ));
-    }
-    let version = app
-        .state
-        .put_pipeline(&name, &body, now_ms())
-        .map_err(ApiError::internal)?;
-    let status = if version == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(Registered { name, version })))
+    sluice_store::off_workers(move || {
+        caller.require(Role::Admin, Some(&name))?;
+        sluice_core::pipeline::check_name(&name)
+            .map_err(|why| ApiError::bad_request("name", why))?;
+        let body = String::from_utf8(body.to_vec()).map_err(|e| {
+            ApiError::bad_request("source", format!("the pipeline file is not UTF-8: {e}"))
+        })?;
+        let plan = plan_from_source(&app, &name, &body)?;
+        if plan.name != name {
+            return Err(ApiError::bad_request(
+                "name",
+                format!(
+                    "the URL names pipeline `{name}` but the file's [pipeline] name is `{}`",
+                    plan.name
+                ),
+            ));
+        }
+        let version = app
+            .state
+            .put_pipeline(&name, &body, now_ms())
+            .map_err(ApiError::internal)?;
+        let status = if version == 1 {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, Json(Registered { name, version })))
+    })
+    .await
 }
 
 #[utoipa::path(
@@ -213,15 +219,18 @@ async fn delete_pipeline(
     caller: Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    caller.require(Role::Admin, Some(&name))?;
-    match app
-        .state
-        .delete_pipeline(&name)
-        .map_err(ApiError::internal)?
-    {
-        true => Ok(StatusCode::NO_CONTENT),
-        false => Err(ApiError::not_found(format!("no pipeline `{name}`"))),
-    }
+    sluice_store::off_workers(move || {
+        caller.require(Role::Admin, Some(&name))?;
+        match app
+            .state
+            .delete_pipeline(&name)
+            .map_err(ApiError::internal)?
+        {
+            true => Ok(StatusCode::NO_CONTENT),
+            false => Err(ApiError::not_found(format!("no pipeline `{name}`"))),
+        }
+    })
+    .await
 }
 
 #[utoipa::path(
@@ -240,27 +249,30 @@ async fn start_execution(
     UrlPath(name): UrlPath<String>,
     JsonBody(request): JsonBody<StartRequest>,
 ) -> ApiResult<(StatusCode, Json<Started>)> {
-    caller.require(Role::Operator, Some(&name))?;
-    let record = stored_pipeline(&app, &name, None)?;
-    // Plugins may have changed since registration: validate again.
-    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
-    let mut trigger = BTreeMap::from([
-        ("kind".to_string(), "manual".to_string()),
-        ("event".to_string(), caller.id.clone()),
-    ]);
-    if let Some(revision) = request.revision {
-        trigger.insert("revision".into(), revision);
-    }
-    let started = admit(&app, plan, &request.variables, trigger)?;
-    let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Started {
-            id,
-            pipeline: name,
-            version: record.version,
-        }),
-    ))
+    sluice_store::off_workers(move || {
+        caller.require(Role::Operator, Some(&name))?;
+        let record = stored_pipeline(&app, &name, None)?;
+        // Plugins may have changed since registration: validate again.
+        let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+        let mut trigger = BTreeMap::from([
+            ("kind".to_string(), "manual".to_string()),
+            ("event".to_string(), caller.id.clone()),
+        ]);
+        if let Some(revision) = request.revision {
+            trigger.insert("revision".into(), revision);
+        }
+        let started = admit(&app, plan, &request.variables, trigger)?;
+        let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Started {
+                id,
+                pipeline: name,
+                version: record.version,
+            }),
+        ))
+    })
+    .await
 }
 
 /// Start an execution of `plan` if its limits allow, refusing loudly (never
@@ -331,40 +343,43 @@ async fn stop_execution(
     UrlPath(id): UrlPath<String>,
     JsonBody(request): JsonBody<StopRequest>,
 ) -> ApiResult<(StatusCode, Json<Stopping>)> {
-    let execution = visible_execution(&app, &caller, &id)?;
-    caller.require(Role::Operator, Some(&execution.pipeline))?;
-    let reason = request
-        .reason
-        .unwrap_or_else(|| format!("requested by {}", caller.id));
-    let stopped_here = app
-        .executor
-        .stop(&execution.id, request.mode, &reason)
-        .map_err(ApiError::internal)?;
-    // Another server runs it: its lease loop applies the request (within a
-    // third of its lease).
-    let asked_holder = !stopped_here && {
-        let forwarded = StopRequest {
-            mode: request.mode,
-            reason: Some(reason),
+    sluice_store::off_workers(move || {
+        let execution = visible_execution(&app, &caller, &id)?;
+        caller.require(Role::Operator, Some(&execution.pipeline))?;
+        let reason = request
+            .reason
+            .unwrap_or_else(|| format!("requested by {}", caller.id));
+        let stopped_here = app
+            .executor
+            .stop(&execution.id, request.mode, &reason)
+            .map_err(ApiError::internal)?;
+        // Another server runs it: its lease loop applies the request (within a
+        // third of its lease).
+        let asked_holder = !stopped_here && {
+            let forwarded = StopRequest {
+                mode: request.mode,
+                reason: Some(reason),
+            };
+            let forwarded = serde_json::to_string(&forwarded).map_err(ApiError::internal)?;
+            (app.state)
+                .request_stop(&execution.id, &forwarded)
+                .map_err(ApiError::internal)?
         };
-        let forwarded = serde_json::to_string(&forwarded).map_err(ApiError::internal)?;
-        (app.state)
-            .request_stop(&execution.id, &forwarded)
-            .map_err(ApiError::internal)?
-    };
-    if !stopped_here && !asked_holder {
-        return Err(conflict(format!(
-            "execution {id} is {}, not running",
-            execution.status
-        )));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Stopping {
-            id: execution.id,
-            status: Status::Stopping,
-        }),
-    ))
+        if !stopped_here && !asked_holder {
+            return Err(conflict(format!(
+                "execution {id} is {}, not running",
+                execution.status
+            )));
+        }
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Stopping {
+                id: execution.id,
+                status: Status::Stopping,
+            }),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(
@@ -383,6 +398,7 @@ async fn decide_approval(
     UrlPath((id, action)): UrlPath<(String, String)>,
     JsonBody(request): JsonBody<DecisionRequest>,
 ) -> ApiResult<Json<Decided>> {
+    sluice_store::off_workers(move || {
     let execution = visible_execution(&app, &caller, &id)?;
     let decision = required("decision", request.decision)?;
     let token = required("token", request.token)?;
@@ -432,6 +448,8 @@ async fn decide_approval(
         status,
         by: caller.id,
     }))
+    })
+    .await
 }
 
 /// A field a request may not leave out.
@@ -455,35 +473,38 @@ async fn set_transition(
     UrlPath((name, stage)): UrlPath<(String, String)>,
     JsonBody(request): JsonBody<TransitionRequest>,
 ) -> ApiResult<Json<Transition>> {
-    caller.require(Role::Operator, Some(&name))?;
-    let enabled = required("enabled", request.enabled)?;
-    let record = stored_pipeline(&app, &name, None)?;
-    let plan = plan_from_source(&app, &name, &record.source)?;
-    if !plan.stages.iter().any(|s| s.name == stage) {
-        return Err(ApiError::not_found(format!(
-            "pipeline `{name}` has no stage `{stage}`"
-        )));
-    }
-    let disabled = match (enabled, request.reason) {
-        (true, _) => None,
-        (false, Some(reason)) if !reason.trim().is_empty() => Some(reason),
-        (false, _) => {
-            return Err(ApiError::bad_request(
-                "reason",
-                "disabling a transition needs a reason",
-            ));
+    sluice_store::off_workers(move || {
+        caller.require(Role::Operator, Some(&name))?;
+        let enabled = required("enabled", request.enabled)?;
+        let record = stored_pipeline(&app, &name, None)?;
+        let plan = plan_from_source(&app, &name, &record.source)?;
+        if !plan.stages.iter().any(|s| s.name == stage) {
+            return Err(ApiError::not_found(format!(
+                "pipeline `{name}` has no stage `{stage}`"
+            )));
         }
-    };
-    app.state
-        .set_transition(&name, &stage, disabled.as_deref(), &caller.id, now_ms())
-        .map_err(ApiError::internal)?;
-    app.executor.set_transition(&name, &stage, disabled.clone());
-    Ok(Json(Transition {
-        pipeline: name,
-        stage,
-        enabled: disabled.is_none(),
-        reason: disabled,
-    }))
+        let disabled = match (enabled, request.reason) {
+            (true, _) => None,
+            (false, Some(reason)) if !reason.trim().is_empty() => Some(reason),
+            (false, _) => {
+                return Err(ApiError::bad_request(
+                    "reason",
+                    "disabling a transition needs a reason",
+                ));
+            }
+        };
+        app.state
+            .set_transition(&name, &stage, disabled.as_deref(), &caller.id, now_ms())
+            .map_err(ApiError::internal)?;
+        app.executor.set_transition(&name, &stage, disabled.clone());
+        Ok(Json(Transition {
+            pipeline: name,
+            stage,
+            enabled: disabled.is_none(),
+            reason: disabled,
+        }))
+    })
+    .await
 }
 
 /// Per stage: its transition, the latest execution that entered it and that
@@ -502,7 +523,6 @@ async fn pipeline_state(
     caller: Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<PipelineState>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         caller.require(Role::Viewer, Some(&name))?;
         let record = stored_pipeline(&app, &name, None)?;
@@ -640,65 +660,69 @@ async fn webhook(
     headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<WebhookAnswer>)> {
-    let record = stored_pipeline(&app, &name, None)?;
-    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
-    let trigger = plan.triggers.webhook.clone().ok_or_else(|| {
-        ApiError::not_found(format!("pipeline `{name}` has no [triggers.webhook]"))
-    })?;
-    let key = app.executor.secret(&trigger.secret).ok_or_else(|| {
-        ApiError::internal(format!(
-            "webhook secret `{}` has no value on this host",
-            trigger.secret
-        ))
-    })?;
-    let header = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
-    sluice_core::triggers::verify_delivery(
-        key.as_bytes(),
-        &body,
-        header("x-hub-signature-256"),
-        header(sluice_core::triggers::TIMESTAMP_HEADER),
-        app.limits.webhook_max_age,
-    )
-    .map_err(|why| ApiError::unauthorized(format!("webhook rejected: {why}")))?;
-    let event = header("x-github-event")
-        .ok_or_else(|| ApiError::bad_request("X-GitHub-Event", "missing X-GitHub-Event header"))?;
-    if event == "ping" {
-        return Ok((
-            StatusCode::OK,
-            Json(WebhookAnswer::Pong {
-                pong: true,
-                pipeline: name,
-            }),
-        ));
-    }
-    let Some(delivery_id) = header("x-github-delivery") else {
-        return start_delivery(&app, &name, &record, plan, &trigger, event, &body);
-    };
-    if let Some(first) = app
-        .state
-        .claim_delivery(&name, delivery_id, now_ms())
-        .map_err(ApiError::internal)?
-    {
-        return Ok((
-            StatusCode::OK,
-            Json(WebhookAnswer::Duplicate {
-                duplicate: delivery_id.to_string(),
-                id: first,
-                pipeline: name,
-            }),
-        ));
-    }
-    let answer = start_delivery(&app, &name, &record, plan, &trigger, event, &body);
-    let stored = match &answer {
-        Ok((_, Json(WebhookAnswer::Started { id, .. }))) => {
-            app.state.set_delivery_execution(&name, delivery_id, id)
+    sluice_store::off_workers(move || {
+        let record = stored_pipeline(&app, &name, None)?;
+        let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+        let trigger = plan.triggers.webhook.clone().ok_or_else(|| {
+            ApiError::not_found(format!("pipeline `{name}` has no [triggers.webhook]"))
+        })?;
+        let key = app.executor.secret(&trigger.secret).ok_or_else(|| {
+            ApiError::internal(format!(
+                "webhook secret `{}` has no value on this host",
+                trigger.secret
+            ))
+        })?;
+        let header = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
+        sluice_core::triggers::verify_delivery(
+            key.as_bytes(),
+            &body,
+            header("x-hub-signature-256"),
+            header(sluice_core::triggers::TIMESTAMP_HEADER),
+            app.limits.webhook_max_age,
+        )
+        .map_err(|why| ApiError::unauthorized(format!("webhook rejected: {why}")))?;
+        let event = header("x-github-event").ok_or_else(|| {
+            ApiError::bad_request("X-GitHub-Event", "missing X-GitHub-Event header")
+        })?;
+        if event == "ping" {
+            return Ok((
+                StatusCode::OK,
+                Json(WebhookAnswer::Pong {
+                    pong: true,
+                    pipeline: name,
+                }),
+            ));
         }
-        Ok(_) => Ok(()),
-        // Not handled: the sender's redelivery should be tried afresh.
-        Err(_) => app.state.release_delivery(&name, delivery_id),
-    };
-    stored.map_err(ApiError::internal)?;
-    answer
+        let Some(delivery_id) = header("x-github-delivery") else {
+            return start_delivery(&app, &name, &record, plan, &trigger, event, &body);
+        };
+        if let Some(first) = app
+            .state
+            .claim_delivery(&name, delivery_id, now_ms())
+            .map_err(ApiError::internal)?
+        {
+            return Ok((
+                StatusCode::OK,
+                Json(WebhookAnswer::Duplicate {
+                    duplicate: delivery_id.to_string(),
+                    id: first,
+                    pipeline: name,
+                }),
+            ));
+        }
+        let answer = start_delivery(&app, &name, &record, plan, &trigger, event, &body);
+        let stored = match &answer {
+            Ok((_, Json(WebhookAnswer::Started { id, .. }))) => {
+                app.state.set_delivery_execution(&name, delivery_id, id)
+            }
+            Ok(_) => Ok(()),
+            // Not handled: the sender's redelivery should be tried afresh.
+            Err(_) => app.state.release_delivery(&name, delivery_id),
+        };
+        stored.map_err(ApiError::internal)?;
+        answer
+    })
+    .await
 }
 
 /// Start the execution a verified delivery asks for, unless the filters or
@@ -766,7 +790,6 @@ async fn list_executions(
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ExecutionPage>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         caller.require(Role::Viewer, query.pipeline.as_deref())?;
         if let Some(status) = &query.status
@@ -861,7 +884,6 @@ async fn get_execution(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<ExecutionDetail>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         let execution = visible_execution(&app, &caller, &id)?;
         let mut document = sluice_api::views::execution(app.state.as_ref(), &execution)
@@ -950,40 +972,45 @@ async fn rollback_stage(
     UrlPath((name, stage)): UrlPath<(String, String)>,
     JsonBody(request): JsonBody<RollbackRequest>,
 ) -> ApiResult<(StatusCode, Json<Started>)> {
-    caller.require(Role::Operator, Some(&name))?;
-    let record = stored_pipeline(&app, &name, None)?;
-    let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
-    if !plan.stages.iter().any(|s| s.name == stage) {
-        return Err(ApiError::not_found(format!(
-            "pipeline `{name}` has no stage `{stage}`"
-        )));
-    }
-    let target = match &request.execution {
-        Some(id) => {
-            let target = visible_execution(&app, &caller, id)?;
-            if target.pipeline != name {
-                return Err(conflict(format!(
-                    "execution {} is of pipeline `{}`, not `{name}`",
-                    target.id, target.pipeline
-                )));
-            }
-            if let Some(refusal) = rollback_refusal(&app, &plan, &stage, &target, record.version)? {
-                return Err(conflict(refusal));
-            }
-            target
+    sluice_store::off_workers(move || {
+        caller.require(Role::Operator, Some(&name))?;
+        let record = stored_pipeline(&app, &name, None)?;
+        let plan = Arc::new(plan_from_source(&app, &name, &record.source)?);
+        if !plan.stages.iter().any(|s| s.name == stage) {
+            return Err(ApiError::not_found(format!(
+                "pipeline `{name}` has no stage `{stage}`"
+            )));
         }
-        // The latest success is what runs now: go back to the one before.
-        None => earlier_success(&app, &plan, &stage, record.version, 1)?,
-    };
-    let id = start_rollback(&app, plan, &target, &stage, record.version)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Started {
-            id,
-            pipeline: name,
-            version: record.version,
-        }),
-    ))
+        let target = match &request.execution {
+            Some(id) => {
+                let target = visible_execution(&app, &caller, id)?;
+                if target.pipeline != name {
+                    return Err(conflict(format!(
+                        "execution {} is of pipeline `{}`, not `{name}`",
+                        target.id, target.pipeline
+                    )));
+                }
+                if let Some(refusal) =
+                    rollback_refusal(&app, &plan, &stage, &target, record.version)?
+                {
+                    return Err(conflict(refusal));
+                }
+                target
+            }
+            // The latest success is what runs now: go back to the one before.
+            None => earlier_success(&app, &plan, &stage, record.version, 1)?,
+        };
+        let id = start_rollback(&app, plan, &target, &stage, record.version)?;
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Started {
+                id,
+                pipeline: name,
+                version: record.version,
+            }),
+        ))
+    })
+    .await
 }
 
 #[utoipa::path(
@@ -1000,6 +1027,7 @@ async fn override_condition(
     caller: Caller,
     UrlPath((id, stage, condition)): UrlPath<(String, String, String)>,
 ) -> ApiResult<(StatusCode, Json<RetryStarted>)> {
+    sluice_store::off_workers(move || {
     let execution = visible_execution(&app, &caller, &id)?;
     caller.require(Role::Operator, Some(&execution.pipeline))?;
     let when = match condition.as_str() {
@@ -1054,6 +1082,8 @@ async fn override_condition(
             mode: sluice_api::RetryScope::Failed,
         }),
     ))
+    })
+    .await
 }
 
 /// Refuse unless `execution` failed and is its pipeline's latest.
@@ -1195,47 +1225,50 @@ async fn retry_stage(
     UrlPath((id, stage)): UrlPath<(String, String)>,
     JsonBody(request): JsonBody<RetryRequest>,
 ) -> ApiResult<(StatusCode, Json<RetryStarted>)> {
-    let execution = visible_execution(&app, &caller, &id)?;
-    caller.require(Role::Operator, Some(&execution.pipeline))?;
-    let all = request.mode == sluice_api::RetryScope::All;
-    latest_failed(&app, &execution)?;
-    let stages = app
-        .state
-        .stages(&execution.id)
-        .map_err(ApiError::internal)?;
-    match stages.iter().find(|s| s.stage == stage) {
-        Some(record) if record.status == Status::Failed => {}
-        Some(record) => {
-            return Err(conflict(format!(
-                "stage `{stage}` is {}; only a failed stage can be retried",
-                record.status
-            )));
+    sluice_store::off_workers(move || {
+        let execution = visible_execution(&app, &caller, &id)?;
+        caller.require(Role::Operator, Some(&execution.pipeline))?;
+        let all = request.mode == sluice_api::RetryScope::All;
+        latest_failed(&app, &execution)?;
+        let stages = app
+            .state
+            .stages(&execution.id)
+            .map_err(ApiError::internal)?;
+        match stages.iter().find(|s| s.stage == stage) {
+            Some(record) if record.status == Status::Failed => {}
+            Some(record) => {
+                return Err(conflict(format!(
+                    "stage `{stage}` is {}; only a failed stage can be retried",
+                    record.status
+                )));
+            }
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "execution {id} has no stage `{stage}` that ran"
+                )));
+            }
         }
-        None => {
-            return Err(ApiError::not_found(format!(
-                "execution {id} has no stage `{stage}` that ran"
-            )));
-        }
-    }
-    let plan = super::resumable_plan(&app, &execution).map_err(conflict)?;
-    let started = app
-        .executor
-        .reopen_for_retry(plan, &execution.id, &stage, all, None)
-        .map_err(
-            |e| match e.downcast_ref::<sluice_store::state::AlreadyRunning>() {
-                Some(running) => conflict(running.to_string()),
-                None => ApiError::internal(e),
-            },
-        )?;
-    super::run_to_end(&app, started);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(RetryStarted {
-            id: execution.id,
-            stage,
-            mode: request.mode,
-        }),
-    ))
+        let plan = super::resumable_plan(&app, &execution).map_err(conflict)?;
+        let started = app
+            .executor
+            .reopen_for_retry(plan, &execution.id, &stage, all, None)
+            .map_err(
+                |e| match e.downcast_ref::<sluice_store::state::AlreadyRunning>() {
+                    Some(running) => conflict(running.to_string()),
+                    None => ApiError::internal(e),
+                },
+            )?;
+        super::run_to_end(&app, started);
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(RetryStarted {
+                id: execution.id,
+                stage,
+                mode: request.mode,
+            }),
+        ))
+    })
+    .await
 }
 
 /// Query of `GET /executions/{id}/logs`.
@@ -1266,7 +1299,6 @@ async fn get_logs(
     UrlPath(id): UrlPath<String>,
     QueryParams(query): QueryParams<LogsQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         // The status is read before the lines: when it is final, every line is there.
         let execution = visible_execution(&app, &caller, &id)?;
@@ -1311,7 +1343,6 @@ async fn list_artifacts(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<ArtifactList>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         let execution = visible_execution(&app, &caller, &id)?;
         let entries = execution_artifacts(&app, &execution)?;
@@ -1556,7 +1587,6 @@ async fn get_audit(
     caller: Caller,
     QueryParams(query): QueryParams<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    // Store calls: off the tokio worker threads.
     sluice_store::off_workers(move || {
         caller.require(Role::Admin, None)?;
         // A scoped admin reads its pipelines' entries only, not global ones.
