@@ -59,9 +59,9 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Start the commit thread on `connection`, shared with the store's other
-    /// calls through its mutex.
-    /// `in_place`: commits are not synced to disk, so one written in place
-    /// costs no more than handing it over.
+    /// calls through its mutex. `in_place`: whether a transition may be
+    /// written on the caller's thread while the store is quiet; only when
+    /// commits are not synced (a sync would hold that thread for a flush).
     pub(super) fn start(
         connection: Arc<Mutex<Connection>>,
         in_place: bool,
