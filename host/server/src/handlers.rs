@@ -1067,12 +1067,7 @@ async fn override_condition(
             false,
             Some((when, caller.id.as_str())),
         )
-        .map_err(
-            |e| match e.downcast_ref::<sluice_store::state::AlreadyRunning>() {
-                Some(running) => conflict(running.to_string()),
-                None => ApiError::internal(e),
-            },
-        )?;
+        .map_err(reopen_refused)?;
     super::run_to_end(&app, started);
     Ok((
         StatusCode::ACCEPTED,
@@ -1205,6 +1200,15 @@ fn earlier_success(
     Err(conflict(why))
 }
 
+/// Why reopening an execution for a retry failed: 409 when it runs already
+/// (a retry or an override through another server was first), else 500.
+fn reopen_refused(error: anyhow::Error) -> ApiError {
+    match error.downcast_ref::<sluice_store::state::AlreadyRunning>() {
+        Some(running) => conflict(running.to_string()),
+        None => ApiError::internal(error),
+    }
+}
+
 fn conflict(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, message)
 }
@@ -1252,12 +1256,7 @@ async fn retry_stage(
         let started = app
             .executor
             .reopen_for_retry(plan, &execution.id, &stage, all, None)
-            .map_err(
-                |e| match e.downcast_ref::<sluice_store::state::AlreadyRunning>() {
-                    Some(running) => conflict(running.to_string()),
-                    None => ApiError::internal(e),
-                },
-            )?;
+            .map_err(reopen_refused)?;
         super::run_to_end(&app, started);
         Ok((
             StatusCode::ACCEPTED,
