@@ -346,7 +346,12 @@ pub(crate) fn run_to_end(app: &AppState, started: Begun) {
         let id = started.id.clone();
         match started.run.await {
             Ok(None) => {}
-            Ok(Some(stage)) => match handlers::roll_back_after(&app, &id, &stage) {
+            Ok(Some(stage)) => match off_workers({
+                let (app, id, stage) = (app.clone(), id.clone(), stage.clone());
+                move || handlers::roll_back_after(&app, &id, &stage)
+            })
+            .await
+            {
                 Ok(rollback) => {
                     tracing::info!(execution = %id, stage, rollback, "rolling back as a condition asked")
                 }
@@ -544,18 +549,8 @@ async fn run_cron(app: AppState) {
                 })
                 .collect();
             for (expression, due_ms) in due {
-                // Servers sharing the database all see the fire: one claims it.
-                match app.state.claim_cron_fire(&record.name, &expression, due_ms) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        tracing::warn!("cron: claiming a fire of {} failed: {e:#}", record.name);
-                        continue;
-                    }
-                }
-                if let Err(e) = start_scheduled(&app, &record, &expression, due_ms) {
-                    tracing::warn!("cron: {} not started: {e:#}", record.name);
-                }
+                let (app, record) = (app.clone(), record.clone());
+                off_workers(move || fire_cron(&app, &record, &expression, due_ms)).await;
             }
         }
         last_check = now;
@@ -648,25 +643,40 @@ async fn poll_once(
     plan: Arc<Plan>,
     action: &str,
 ) -> anyhow::Result<()> {
-    let last = app.state.poll_revision(&record.name, action)?;
+    let (state, name, polled) = (app.state.clone(), record.name.clone(), action.to_string());
+    let last = off_workers(move || state.poll_revision(&name, &polled)).await?;
     let revisions = app
         .executor
         .poll(plan.clone(), action, last.clone())
         .await?;
-    let Some(newest) = revisions.last() else {
+    let Some(newest) = revisions.last().cloned() else {
         return Ok(());
     };
+    let (app, record, action) = (app.clone(), record.clone(), action.to_string());
+    off_workers(move || start_polled(&app, &record, plan, &action, last, &newest)).await
+}
+
+/// Claim revision `newest` of `action` (it was `last`) and start an
+/// execution of it.
+fn start_polled(
+    app: &AppState,
+    record: &sluice_store::state::PipelineRecord,
+    plan: Arc<Plan>,
+    action: &str,
+    last: Option<String>,
+    newest: &str,
+) -> anyhow::Result<()> {
     let trigger = std::collections::BTreeMap::from([
         ("kind".to_string(), "poll".to_string()),
         ("event".to_string(), action.to_string()),
-        ("revision".to_string(), newest.clone()),
+        ("revision".to_string(), newest.to_string()),
     ]);
     // Claimed before the start, as a cron fire is: of the servers polling
     // this source, the one whose swap succeeds starts the execution. A start
     // that is refused (max-executions) gives the revision back for the next
     // poll; a crash in between loses that start (at most once, like cron).
     let state = &app.state;
-    let (name, newest) = (&record.name, newest.as_str());
+    let name = &record.name;
     if !state.swap_poll_revision(name, action, last.as_deref(), Some(newest), now_ms())? {
         return Ok(());
     }
@@ -695,6 +705,27 @@ fn cron_schedules(
                 .map(|s| (e.clone(), s))
         })
         .collect()
+}
+
+/// Claim a cron fire (servers sharing the database all see it: one claims
+/// it) and start its execution.
+fn fire_cron(
+    app: &AppState,
+    record: &sluice_store::state::PipelineRecord,
+    expression: &str,
+    due_ms: i64,
+) {
+    match app.state.claim_cron_fire(&record.name, expression, due_ms) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!("cron: claiming a fire of {} failed: {e:#}", record.name);
+            return;
+        }
+    }
+    if let Err(e) = start_scheduled(app, record, expression, due_ms) {
+        tracing::warn!("cron: {} not started: {e:#}", record.name);
+    }
 }
 
 fn start_scheduled(
