@@ -95,8 +95,7 @@ impl GroupCommit {
     pub(super) fn record(&self, transition: Transition, owner: Option<Owner>) -> Recorded {
         if self.in_place && self.quiet() {
             if let Ok(mut db) = self.connection.try_lock() {
-                let answer = commit(&mut db, vec![(transition, owner)]).pop();
-                return recorded_now(answer.unwrap_or_else(|| Ok(None)));
+                return recorded_now(commit_one(&mut db, transition, owner.as_ref()));
             }
             self.contended_us.store(self.now_us(), Ordering::Release);
         }
@@ -166,6 +165,18 @@ fn commit_loop(
             let _ = sender.send(answer);
         }
     }
+}
+
+/// Commit one transition in a transaction of its own, on this thread.
+pub(super) fn commit_one(
+    db: &mut Connection,
+    transition: Transition,
+    owner: Option<&Owner>,
+) -> Answer {
+    let tx = write_transaction(db)?;
+    let stored = write_transition(&tx, owner, transition)?;
+    tx.commit()?;
+    Ok(stored)
 }
 
 /// Commit `batch` in one transaction: each transition in a savepoint of its

@@ -518,11 +518,7 @@ impl SqliteStore {
     /// Record `transition` in its own transaction, on this thread.
     fn record_here(&self, transition: Transition) -> anyhow::Result<Option<EventRecord>> {
         let transition = self.masked(transition);
-        let mut db = self.db();
-        let tx = write_transaction(&mut db)?;
-        let stored = write_transition(&tx, self.owner.get(), transition)?;
-        tx.commit()?;
-        Ok(stored)
+        group_commit::commit_one(&mut self.db(), transition, self.owner.get())
     }
 }
 
