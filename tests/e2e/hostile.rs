@@ -223,6 +223,51 @@ fn a_memory_bomb_hits_the_memory_limit() {
     contained(&workspace, &pipeline, "memory limit of 64.0 MiB exceeded");
 }
 
+/// Instance memory is reused between actions (the pool resets a slot by
+/// rewriting only the pages the last instance touched): what one action left
+/// in memory, in the part kept resident and above it, must not be readable
+/// by the next action of the same plugin.
+#[test]
+fn what_an_action_leaves_in_memory_is_not_readable_by_the_next() {
+    let workspace = Workspace::new();
+    let marker = "left-behind-4417";
+    let mut pipeline = String::from("[pipeline]\nname = \"residue\"\n");
+    // 16 KiB stays within the part of a slot kept resident; 2 MiB goes past it.
+    for (stage, config) in [
+        ("PlantSmall", "mode = \"plant-residue\", kib = 16"),
+        ("SeekSmall", "mode = \"seek-residue\""),
+        ("PlantLarge", "mode = \"plant-residue\", kib = 2048"),
+        ("SeekLarge", "mode = \"seek-residue\""),
+    ] {
+        pipeline.push_str(&format!(
+            "[[stages]]\nname = \"{stage}\"\n[[stages.actions]]\nname = \"{}\"\nplugin = \"hostile@0.1\"\nconfig = {{ {config}, marker = \"{marker}\" }}\n",
+            stage.to_lowercase()
+        ));
+    }
+    // The control: the scan finds a marker its own instance planted.
+    pipeline.push_str(&format!(
+        "[[stages]]\nname = \"Control\"\n[[stages.actions]]\nname = \"control\"\nplugin = \"hostile@0.1\"\nconfig = {{ mode = \"seek-residue\", marker = \"{marker}\", plant-first = \"true\" }}\n"
+    ));
+    let output = workspace.run_pipeline(&pipeline);
+    assert!(output.status.success(), "{}", text(&output));
+    let execution = workspace.latest_execution();
+    let summary = |name: &str| {
+        action(&execution, name)["summary"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for seeker in ["seeksmall", "seeklarge"] {
+        let found = summary(seeker);
+        assert!(found.starts_with("no residue in "), "{seeker}: {found}");
+    }
+    assert!(
+        summary("control").starts_with("ESCAPED"),
+        "{}",
+        summary("control")
+    );
+}
+
 #[test]
 fn a_log_flood_is_truncated_with_a_marker_not_a_trap() {
     let workspace = Workspace::new();

@@ -198,6 +198,10 @@ impl CacheLease {
     /// the action's log and on stderr), record the time of use, and unlock.
     /// Sizing walks the whole tree, so it runs on a blocking thread.
     pub async fn release(self, log: &LogSink) {
+        // Most actions hold no cache: no blocking thread to wake and wait for.
+        if self.held.is_empty() {
+            return;
+        }
         let log = log.clone();
         let released = tokio::task::spawn_blocking(move || {
             for held in self.held {

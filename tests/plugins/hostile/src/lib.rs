@@ -51,6 +51,8 @@ impl Guest for Hostile {
             "command-not-allowed" => command_not_allowed(&inv),
             "infinite-loop" => infinite_loop(),
             "memory-bomb" => memory_bomb(),
+            "plant-residue" => plant_residue(&inv),
+            "seek-residue" => seek_residue(&inv),
             "log-flood" => log_flood(&inv),
             "noop" => Ok(outcome("noop".to_string())),
             "plant-symlink" => plant_symlink(&inv),
@@ -290,6 +292,60 @@ fn infinite_loop() -> ! {
     let mut n: u64 = 0;
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Key applied to a planted marker, so that the marker as planted exists in
+/// linear memory only where `plant-residue` wrote it (never in the config).
+const RESIDUE_KEY: u8 = 0x5a;
+
+/// Fill `kib` KiB of heap, and a static, with the config's `marker` (each
+/// byte XORed with [`RESIDUE_KEY`]) and end without freeing it: what a
+/// previous action leaves in its instance's memory.
+fn plant_residue(inv: &Inv) -> Result<Outcome, Failure> {
+    let marker: Vec<u8> = inv
+        .config("marker")
+        .unwrap_or("residue")
+        .bytes()
+        .map(|b| b ^ RESIDUE_KEY)
+        .collect();
+    let kib: usize = inv.config("kib").and_then(|k| k.parse().ok()).unwrap_or(64);
+    let planted: Vec<u8> = marker.iter().copied().cycle().take(kib << 10).collect();
+    std::hint::black_box(&planted);
+    std::mem::forget(planted);
+    Ok(outcome(format!("planted {kib} KiB")))
+}
+
+/// Scan the whole of this instance's linear memory for the config's `marker`
+/// as `plant-residue` wrote it; finding it is a breach.
+fn seek_residue(inv: &Inv) -> Result<Outcome, Failure> {
+    if inv.config("plant-first") == Some("true") {
+        // The control: the scan must find what this very instance planted.
+        plant_residue(inv)?;
+    }
+    let marker = inv
+        .config("marker")
+        .unwrap_or("residue")
+        .as_bytes()
+        .to_vec();
+    let size = core::arch::wasm32::memory_size(0) * 65536;
+    let read = |address: usize| -> u8 {
+        // SAFETY: every address below memory_size is readable in wasm32.
+        unsafe { core::ptr::read_volatile(address as *const u8) }
+    };
+    // From 8: address 0 is never handed out, and not worth a null read.
+    let found = (8..size.saturating_sub(marker.len())).find(|&at| {
+        marker
+            .iter()
+            .enumerate()
+            .all(|(i, m)| read(at + i) ^ RESIDUE_KEY == *m)
+    });
+    match found {
+        Some(at) => escaped(format!("a previous action's memory at {at:#x}").as_bytes()),
+        None => Ok(outcome(format!(
+            "no residue in {} KiB of memory",
+            size >> 10
+        ))),
     }
 }
 
