@@ -1367,16 +1367,22 @@ async fn get_artifact(
     caller: Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> ApiResult<axum::response::Response> {
-    let execution = visible_execution(&app, &caller, &id)?;
-    let entry = execution_artifacts(&app, &execution)?
-        .into_iter()
-        .find(|a| a.name == name)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "execution {} has no artifact `{name}`",
-                execution.id
-            ))
-        })?;
+    let looking = app.clone();
+    let (execution, entry) = sluice_store::off_workers(move || {
+        let execution = visible_execution(&looking, &caller, &id)?;
+        let entry = execution_artifacts(&looking, &execution)?
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "execution {} has no artifact `{name}`",
+                    execution.id
+                ))
+            })?;
+        Ok::<_, ApiError>((execution, entry))
+    })
+    .await?;
+    let name = entry.name.clone();
     if let Err(e) = app.executor.fetch_artifact(&entry.digest).await {
         tracing::warn!("fetching artifact {}: {e:#}", entry.digest);
     }

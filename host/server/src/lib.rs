@@ -373,10 +373,14 @@ pub async fn serve(
     drain: Duration,
     listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    app.executor
-        .sync_transitions(app.state.disabled_transitions()?);
-    app.state.lease_as(app.lease.clone());
-    take_over(&app, true)?;
+    let starting = app.clone();
+    off_workers(move || -> anyhow::Result<()> {
+        let transitions = starting.state.disabled_transitions()?;
+        starting.executor.sync_transitions(transitions);
+        starting.state.lease_as(starting.lease.clone());
+        take_over(&starting, true)
+    })
+    .await?;
     tokio::spawn(run_leases(app.clone()));
     tokio::spawn(run_cron(app.clone()));
     tokio::spawn(run_polls(app.clone()));

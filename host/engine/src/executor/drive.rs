@@ -18,6 +18,7 @@ use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, vars};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
+use sluice_store::off_workers;
 use sluice_store::state::{Change, EndOfAction, OutputRecord, Status};
 
 /// How waiting at a gate ended.
@@ -99,7 +100,7 @@ impl<R: ActionRunner> Executor<R> {
                         let event = Event::RollbackAsked {
                             stage: stage.clone(),
                         };
-                        self.publish(context, event);
+                        self.publish_from_task(context, event).await;
                     }
                     return Ok((outcome, rollback));
                 }
@@ -200,7 +201,7 @@ impl<R: ActionRunner> Executor<R> {
                 passed: verdict.passed,
                 detail: self.masker.mask(&verdict.detail),
             };
-            self.publish(context, event);
+            self.publish_from_task(context, event).await;
         }
         failed
     }
@@ -480,7 +481,7 @@ impl<R: ActionRunner> Executor<R> {
                         error,
                         wait,
                     };
-                    self.publish(context, event);
+                    self.publish_from_task(context, event).await;
                     self.runner.sleep(wait).await;
                     attempt += 1;
                     self.show_next_start(context, action, plugin, attempt);
@@ -527,10 +528,16 @@ impl<R: ActionRunner> Executor<R> {
     ) {
         let summary = self.masker.mask(&outcome.summary);
         let due = now_ms() + delay.as_millis() as i64;
-        if let Err(e) = self
-            .state
-            .set_continuation(&context.id, &action.name, token, due, &summary)
-        {
+        let (state, id, name, token) = (
+            self.state.clone(),
+            context.id.clone(),
+            action.name.clone(),
+            token.to_string(),
+        );
+        let shown = summary.clone();
+        let recorded =
+            off_workers(move || state.set_continuation(&id, &name, &token, due, &shown)).await;
+        if let Err(e) = recorded {
             tracing::error!("recording a continuation failed: {e:#}");
         }
         let event = Event::ActionProgress {

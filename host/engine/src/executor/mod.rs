@@ -38,6 +38,7 @@ use sluice_core::pipeline::{ActionPlan, Plan, TRIGGER_KEYS, vars};
 use sluice_core::units::now_ms;
 use sluice_sandbox::Runtime;
 use sluice_store::artifact::{ArtifactInfo, ArtifactStore};
+use sluice_store::off_workers;
 use sluice_store::secrets::{Masker, SecretSource};
 use sluice_store::state::{self, ActionEnd, EventRecord, OutputRecord, Status, Store, Transition};
 
@@ -691,16 +692,25 @@ impl<R: ActionRunner> Executor<R> {
     }
 
     /// Show an event and, when it changes state, store it, then broadcast it.
+    /// For code that already runs off the tokio workers (see
+    /// [`Executor::publish_from_task`]).
     fn publish(&self, context: &ExecutionContext, event: Event) {
-        let stored = self.change_record(context, &event).and_then(|record| {
-            match self.state.append_event(record) {
-                Ok(stored) => Some(stored),
-                Err(e) => {
-                    tracing::error!("recording an event failed: {e:#}");
-                    None
-                }
+        let stored = self
+            .change_record(context, &event)
+            .and_then(|record| stored_or_logged(self.state.append_event(record)));
+        self.announce(stored, event);
+    }
+
+    /// [`Executor::publish`] from async code: the store call runs on the
+    /// blocking pool, and the event is announced once it is stored.
+    async fn publish_from_task(&self, context: &ExecutionContext, event: Event) {
+        let stored = match self.change_record(context, &event) {
+            Some(record) => {
+                let state = self.state.clone();
+                stored_or_logged(off_workers(move || state.append_event(record)).await)
             }
-        });
+            None => None,
+        };
         self.announce(stored, event);
     }
 
@@ -760,6 +770,14 @@ impl<R: ActionRunner> Executor<R> {
         }
         (self.events)(event);
     }
+}
+
+/// The stored event, or none (logged) when storing it failed: an event that
+/// could not be stored is still shown.
+fn stored_or_logged(stored: anyhow::Result<EventRecord>) -> Option<EventRecord> {
+    stored
+        .inspect_err(|e| tracing::error!("recording an event failed: {e:#}"))
+        .ok()
 }
 
 /// Pipeline variables for a start: defaults, then `overrides`.

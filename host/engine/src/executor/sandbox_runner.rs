@@ -167,16 +167,16 @@ impl ActionRunner for SandboxRunner {
     ) -> Result<ActionOutcome, String> {
         let failed = |e: anyhow::Error| format!("approval bookkeeping failed: {e:#}");
         let expires = now_ms() + policy.timeout.as_millis() as i64;
-        let approval = self
-            .state
-            .open_approval(
-                execution,
-                &action.name,
-                &policy.approvers,
-                &policy.message,
-                expires,
-            )
-            .map_err(failed)?;
+        let (state, id, name) = (
+            self.state.clone(),
+            execution.to_string(),
+            action.name.clone(),
+        );
+        let (approvers, message) = (policy.approvers.clone(), policy.message.clone());
+        let approval =
+            off_workers(move || state.open_approval(&id, &name, &approvers, &message, expires))
+                .await
+                .map_err(failed)?;
         self.progress_hook(execution, action)(
             0,
             &format!("waiting for approval (token {})", approval.token),
@@ -185,9 +185,13 @@ impl ActionRunner for SandboxRunner {
             let notified = self.approvals.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let current = self
-                .state
-                .approval(execution, &action.name)
+            let (state, id, name) = (
+                self.state.clone(),
+                execution.to_string(),
+                action.name.clone(),
+            );
+            let current = off_workers(move || state.approval(&id, &name))
+                .await
                 .map_err(failed)?
                 .ok_or_else(|| "approval record vanished".to_string())?;
             let by = current.decided_by.clone().unwrap_or_default();
@@ -205,8 +209,13 @@ impl ActionRunner for SandboxRunner {
             }
             let remaining = current.expires_ms - now_ms();
             if remaining <= 0 {
-                self.state
-                    .expire_approval(execution, &action.name)
+                let (state, id, name) = (
+                    self.state.clone(),
+                    execution.to_string(),
+                    action.name.clone(),
+                );
+                off_workers(move || state.expire_approval(&id, &name))
+                    .await
                     .map_err(failed)?;
                 return Err(format!(
                     "approval timed out after {}",
@@ -581,10 +590,9 @@ impl SandboxRunner {
     pub(super) fn progress_hook(&self, execution: &str, action: &ActionPlan) -> ProgressHook {
         let events = self.events.clone();
         let name = action.name.clone();
-        let (state, id) = (self.state.clone(), execution.to_string());
+        let stored = ProgressWriter::new(self.state.clone(), execution, &name);
         Arc::new(move |percent, message| {
-            // Losing one report is harmless.
-            state.set_progress(&id, &name, percent, message).ok();
+            stored.write(percent, message);
             events(Event::ActionProgress {
                 action: name.clone(),
                 percent,
@@ -781,6 +789,65 @@ enum AttemptError {
     Host(String),
 }
 
+/// Stores an action's progress reports without blocking the caller (a guest's
+/// host call, on a tokio worker thread): one write at a time on the blocking
+/// pool, each of the newest report, so a burst ends with the last one stored.
+struct ProgressWriter {
+    state: Arc<dyn Store>,
+    execution: String,
+    action: String,
+    /// The newest report not yet taken by a write, and whether one is under way.
+    latest: std::sync::Mutex<(Option<(u8, String)>, bool)>,
+}
+
+impl ProgressWriter {
+    fn new(state: Arc<dyn Store>, execution: &str, action: &str) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            execution: execution.to_string(),
+            action: action.to_string(),
+            latest: std::sync::Mutex::new((None, false)),
+        })
+    }
+
+    fn write(self: &Arc<Self>, percent: u8, message: &str) {
+        let mut latest = self.lock();
+        latest.0 = Some((percent, message.to_string()));
+        if latest.1 {
+            return; // the write under way takes this one next
+        }
+        latest.1 = true;
+        drop(latest);
+        let writer = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || writer.drain())),
+            Err(_) => writer.drain(),
+        }
+    }
+
+    /// Store the newest report until none is left.
+    fn drain(&self) {
+        loop {
+            let next = {
+                let mut latest = self.lock();
+                let next = latest.0.take();
+                latest.1 = next.is_some();
+                next
+            };
+            let Some((percent, message)) = next else {
+                return;
+            };
+            // Losing one report is harmless.
+            let state = &self.state;
+            (state.set_progress(&self.execution, &self.action, percent, &message)).ok();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<(u8, String)>, bool)> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Remove an attempt's directories: an empty one at once (one rmdir, the
 /// usual case), anything left in one off the async workers.
 async fn remove_attempt_dirs(dirs: Vec<PathBuf>) {
@@ -833,6 +900,39 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// A burst of progress reports from a guest (each report a host call that
+    /// must not wait on the database) ends with the newest one stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_progress_reports_ends_with_the_newest_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let state: Arc<dyn Store> =
+            Arc::new(sluice_store::state::SqliteStore::open(&dir.path().join("state.db")).unwrap());
+        let (file, none) = (std::path::Path::new("p.toml"), serde_json::json!({}));
+        state
+            .start_execution("e", "p", file, &none, &none, 1)
+            .unwrap();
+        state.start_stage("e", "s", 0, 1, None).unwrap();
+        state
+            .start_action("e", "s", "a", 1, "noop@0.1.0", &[], 1, None)
+            .unwrap();
+        let writer = ProgressWriter::new(state.clone(), "e", "a");
+        for percent in 0..=100u8 {
+            writer.write(percent, &format!("step {percent}"));
+        }
+        let stored = || {
+            let action = state.actions("e").unwrap().remove(0);
+            (action.percent, action.progress)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stored().0 != Some(100) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stored(), (Some(100), Some("step 100".to_string())));
+        // Nothing older lands after it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(stored(), (Some(100), Some("step 100".to_string())));
+    }
 
     fn workspaces() -> (tempfile::TempDir, IdleWorkspaces) {
         let dir = tempfile::tempdir().unwrap();
