@@ -223,21 +223,21 @@ fn a_memory_bomb_hits_the_memory_limit() {
     contained(&workspace, &pipeline, "memory limit of 64.0 MiB exceeded");
 }
 
-/// Instance memory is reused between actions (the pool resets a slot by
-/// rewriting only the pages the last instance touched): what one action left
-/// in memory, in the part kept resident and above it, must not be readable
-/// by the next action of the same plugin.
+/// Instance memory is reused between actions (pooled slots): what one action
+/// left in memory, a little and past 1 MiB, must not be readable by the next
+/// action of the same plugin. One sandbox slot makes the next instance reuse
+/// the planter's slot, and the seeker grows its memory past the planter's
+/// before it scans.
 #[test]
 fn what_an_action_leaves_in_memory_is_not_readable_by_the_next() {
     let workspace = Workspace::new();
     let marker = "left-behind-4417";
     let mut pipeline = String::from("[pipeline]\nname = \"residue\"\n");
-    // 16 KiB stays within the part of a slot kept resident; 2 MiB goes past it.
     for (stage, config) in [
         ("PlantSmall", "mode = \"plant-residue\", kib = 16"),
-        ("SeekSmall", "mode = \"seek-residue\""),
+        ("SeekSmall", "mode = \"seek-residue\", grow-to-kib = 8192"),
         ("PlantLarge", "mode = \"plant-residue\", kib = 2048"),
-        ("SeekLarge", "mode = \"seek-residue\""),
+        ("SeekLarge", "mode = \"seek-residue\", grow-to-kib = 8192"),
     ] {
         pipeline.push_str(&format!(
             "[[stages]]\nname = \"{stage}\"\n[[stages.actions]]\nname = \"{}\"\nplugin = \"hostile@0.1\"\nconfig = {{ {config}, marker = \"{marker}\" }}\n",
@@ -248,7 +248,8 @@ fn what_an_action_leaves_in_memory_is_not_readable_by_the_next() {
     pipeline.push_str(&format!(
         "[[stages]]\nname = \"Control\"\n[[stages.actions]]\nname = \"control\"\nplugin = \"hostile@0.1\"\nconfig = {{ mode = \"seek-residue\", marker = \"{marker}\", plant-first = \"true\" }}\n"
     ));
-    let output = workspace.run_pipeline(&pipeline);
+    workspace.write("pipeline.toml", &pipeline);
+    let output = workspace.sluice(&["run", "--sandbox-slots", "1", "pipeline.toml"]);
     assert!(output.status.success(), "{}", text(&output));
     let execution = workspace.latest_execution();
     let summary = |name: &str| {
@@ -259,7 +260,10 @@ fn what_an_action_leaves_in_memory_is_not_readable_by_the_next() {
     };
     for seeker in ["seeksmall", "seeklarge"] {
         let found = summary(seeker);
-        assert!(found.starts_with("no residue in "), "{seeker}: {found}");
+        assert!(
+            found.starts_with("no residue in 8192 KiB"),
+            "{seeker}: {found}"
+        );
     }
     assert!(
         summary("control").starts_with("ESCAPED"),

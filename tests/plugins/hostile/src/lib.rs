@@ -299,7 +299,7 @@ fn infinite_loop() -> ! {
 /// linear memory only where `plant-residue` wrote it (never in the config).
 const RESIDUE_KEY: u8 = 0x5a;
 
-/// Fill `kib` KiB of heap, and a static, with the config's `marker` (each
+/// Fill `kib` KiB of heap with the config's `marker` (each
 /// byte XORed with [`RESIDUE_KEY`]) and end without freeing it: what a
 /// previous action leaves in its instance's memory.
 fn plant_residue(inv: &Inv) -> Result<Outcome, Failure> {
@@ -328,6 +328,20 @@ fn seek_residue(inv: &Inv) -> Result<Outcome, Failure> {
         .unwrap_or("residue")
         .as_bytes()
         .to_vec();
+    // Grow memory (without writing to it) to `grow-to-kib`, so the scan also
+    // covers pages a previous instance of this slot grew into.
+    #[cfg(target_arch = "wasm32")]
+    {
+        let wanted: usize = inv
+            .config("grow-to-kib")
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(0);
+        let pages = core::arch::wasm32::memory_size(0);
+        let missing = (wanted << 10).div_ceil(65536).saturating_sub(pages);
+        if missing > 0 {
+            core::arch::wasm32::memory_grow(0, missing);
+        }
+    }
     #[cfg(target_arch = "wasm32")]
     let size = core::arch::wasm32::memory_size(0) * 65536;
     // Built for the host only to be type-checked: there is no instance there.
