@@ -263,14 +263,7 @@ async fn start_execution(
         }
         let started = admit(&app, plan, &request.variables, trigger)?;
         let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(Started {
-                id,
-                pipeline: name,
-                version: record.version,
-            }),
-        ))
+        Ok(accepted(id, name, record.version))
     })
     .await
 }
@@ -1001,14 +994,7 @@ async fn rollback_stage(
             None => earlier_success(&app, &plan, &stage, record.version, 1)?,
         };
         let id = start_rollback(&app, plan, &target, &stage, record.version)?;
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(Started {
-                id,
-                pipeline: name,
-                version: record.version,
-            }),
-        ))
+        Ok(accepted(id, name, record.version))
     })
     .await
 }
@@ -1198,6 +1184,17 @@ fn earlier_success(
         _ => format!("no execution succeeded in stage `{stage}` under version {version}"),
     };
     Err(conflict(why))
+}
+
+/// The 202 answer to a request that started execution `id` of version
+/// `version` of pipeline `pipeline`.
+fn accepted(id: String, pipeline: String, version: i64) -> (StatusCode, Json<Started>) {
+    let started = Started {
+        id,
+        pipeline,
+        version,
+    };
+    (StatusCode::ACCEPTED, Json(started))
 }
 
 /// Why reopening an execution for a retry failed: 409 when it runs already
