@@ -1089,9 +1089,10 @@ fn a_rollback_runs_the_stage_again_with_an_earlier_executions_artifacts_and_vari
     );
 }
 
-#[test]
-fn a_failed_deploy_whose_on_failure_condition_says_rollback_is_rolled_back() {
-    let guarded = RELEASES
+/// [`RELEASES`] whose deploy fails for release `bad` and whose Deploy
+/// stage then asks for a rollback.
+fn rolled_back_when_bad() -> String {
+    RELEASES
         .replace(
             "config = { run = \"sh -c 'echo deploying",
             "config = { run = \"sh -c 'test #{variables.release} != bad && echo deploying",
@@ -1099,39 +1100,112 @@ fn a_failed_deploy_whose_on_failure_condition_says_rollback_is_rolled_back() {
         .replace(
             "name = \"Deploy\"\n",
             "name = \"Deploy\"\non-failure = { result = \"rollback\" }\n",
-        );
-    let f = fixture(&guarded);
-    let good = f.start_release("v1");
-    let path = "/api/v1/pipelines/sleepy/executions";
-    let body = r#"{"variables": {"release": "bad"}}"#;
-    let (status, started) = f.server.call("POST", path, Some(&f.admin), Some(body));
-    assert_eq!(status, 202, "{started}");
-    let bad = started["id"].as_str().unwrap().to_string();
-    let done = wait_for_end(&f.server, &f.admin, &bad);
-    assert_eq!(done["execution"]["status"], "Failed", "{done:#}");
+        )
+}
 
-    let rollbacks = || -> Vec<Value> {
-        let listed = f.get("/api/v1/executions?pipeline=sleepy&limit=50");
-        let all = listed["executions"].as_array().unwrap().clone();
-        all.into_iter()
-            .filter(|e| e["trigger"]["kind"] == "rollback")
-            .collect()
+impl Fixture {
+    /// Start release `bad` and wait for it to fail; its id.
+    fn fail_release(&self) -> String {
+        let path = "/api/v1/pipelines/sleepy/executions";
+        let body = r#"{"variables": {"release": "bad"}}"#;
+        let (status, started) = self
+            .server
+            .call("POST", path, Some(&self.admin), Some(body));
+        assert_eq!(status, 202, "{started}");
+        let bad = started["id"].as_str().unwrap().to_string();
+        let done = wait_for_end(&self.server, &self.admin, &bad);
+        assert_eq!(done["execution"]["status"], "Failed", "{done:#}");
+        bad
+    }
+
+    /// The rollback executions, once there are any (30 s at most).
+    fn rollbacks(&self) -> Vec<Value> {
+        let listed = || {
+            let listed = self.get("/api/v1/executions?pipeline=sleepy&limit=50");
+            let all = listed["executions"].as_array().unwrap().clone();
+            all.into_iter()
+                .filter(|e| e["trigger"]["kind"] == "rollback")
+                .collect::<Vec<_>>()
+        };
+        eventually(30, || !listed().is_empty());
+        listed()
+    }
+
+    /// Wait for the one rollback to succeed, back to `good`; its id.
+    fn one_rollback_to(&self, good: &str) -> String {
+        let started = self.rollbacks();
+        assert_eq!(started.len(), 1, "{started:#?}");
+        assert_eq!(
+            started[0]["trigger"]["event"], good,
+            "back to the last good one"
+        );
+        let id = started[0]["id"].as_str().unwrap().to_string();
+        let done = wait_for_end(&self.server, &self.admin, &id);
+        assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+        self.assert_deploy_said(&id, "deploying v1 with v1");
+        id
+    }
+}
+
+#[test]
+fn a_failed_deploy_whose_on_failure_condition_says_rollback_is_rolled_back() {
+    let f = fixture(&rolled_back_when_bad());
+    let good = f.start_release("v1");
+    f.fail_release();
+    f.one_rollback_to(&good);
+}
+
+/// The ask for a rollback is stored with the execution's end: a server that
+/// dies after recording the end and before starting the rollback leaves it
+/// to the next server, which starts it once.
+#[test]
+fn a_rollback_asked_for_just_before_the_server_died_is_started_by_the_next_one_once() {
+    let f = fixture(&rolled_back_when_bad());
+    let good = f.start_release("v1");
+    let bad = f.fail_release();
+    let first = f.one_rollback_to(&good);
+    let Fixture {
+        _workspace: workspace,
+        mut server,
+        admin,
+    } = f;
+    server.kill9();
+    drop(server);
+    // What the dead server would have left had it died in between: the end
+    // with its ask, and no rollback.
+    let db = rusqlite::Connection::open(workspace.path(".sluice/state.db")).unwrap();
+    db.execute(
+        "UPDATE executions SET rollback_stage = 'Deploy' WHERE id = ?1",
+        [&bad],
+    )
+    .unwrap();
+    for table in [
+        "action_runs",
+        "stage_runs",
+        "events",
+        "action_logs",
+        "gate_places",
+    ] {
+        let sql = format!("DELETE FROM {table} WHERE execution_id = ?1");
+        db.execute(&sql, [&first]).unwrap();
+    }
+    db.execute("DELETE FROM executions WHERE id = ?1", [&first])
+        .unwrap();
+    drop(db);
+
+    // A short lease: its loop, which looks for asks, turns every second.
+    let server = Server::start_with(&workspace, &["--lease", "3s"]);
+    let f = Fixture {
+        _workspace: workspace,
+        server,
+        admin,
     };
-    assert!(
-        eventually(30, || !rollbacks().is_empty()),
-        "no rollback started"
-    );
-    let started = rollbacks();
+    let again = f.one_rollback_to(&good);
+    assert_ne!(again, first);
+    // The server's lease loop looks for asks again and again: never a second.
+    std::thread::sleep(Duration::from_secs(3));
+    let started = f.rollbacks();
     assert_eq!(started.len(), 1, "{started:#?}");
-    assert_eq!(
-        started[0]["trigger"]["event"],
-        good.as_str(),
-        "back to the last good one"
-    );
-    let id = started[0]["id"].as_str().unwrap();
-    let done = wait_for_end(&f.server, &f.admin, id);
-    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
-    f.assert_deploy_said(id, "deploying v1 with v1");
 }
 
 #[test]

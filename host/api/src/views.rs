@@ -29,7 +29,7 @@ pub fn execution(
     state: &dyn Store,
     execution: &ExecutionRecord,
 ) -> anyhow::Result<ExecutionDetail> {
-    let rules = (state.execution_events(&execution.id, "rule")?)
+    let rules = (state.rule_events(&execution.id)?)
         .iter()
         .filter_map(rule_evaluation)
         .collect();

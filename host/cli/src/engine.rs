@@ -61,9 +61,15 @@ impl Engine for LocalEngine {
         Ok(self.begun(started))
     }
 
-    fn begin_rollback(&self, plan: Arc<Plan>, target: &str, stage: &str) -> anyhow::Result<Begun> {
-        let started = self.0.begin_rollback(plan, target, stage)?;
-        Ok(self.begun(started))
+    fn begin_rollback(
+        &self,
+        plan: Arc<Plan>,
+        target: &str,
+        stage: &str,
+        asked_by: Option<&str>,
+    ) -> anyhow::Result<Option<Begun>> {
+        let started = self.0.begin_rollback(plan, target, stage, asked_by)?;
+        Ok(started.map(|started| self.begun(started)))
     }
 
     fn rollback_refusal(

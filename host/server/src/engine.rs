@@ -60,8 +60,15 @@ pub trait Engine: Send + Sync + 'static {
     ) -> anyhow::Result<Begun>;
 
     /// Start a rollback of `stage` to what execution `target` ran there (see
-    /// the executor's `begin_rollback`).
-    fn begin_rollback(&self, plan: Arc<Plan>, target: &str, stage: &str) -> anyhow::Result<Begun>;
+    /// the executor's `begin_rollback`); `asked_by` the execution that asked
+    /// for it, if one did: `None` when another process started it already.
+    fn begin_rollback(
+        &self,
+        plan: Arc<Plan>,
+        target: &str,
+        stage: &str,
+        asked_by: Option<&str>,
+    ) -> anyhow::Result<Option<Begun>>;
 
     /// Why `target` cannot be what a rollback of `stage` goes back to.
     fn rollback_refusal(

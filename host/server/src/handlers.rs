@@ -993,7 +993,8 @@ async fn rollback_stage(
             // The latest success is what runs now: go back to the one before.
             None => earlier_success(&app, &plan, &stage, record.version, 1)?,
         };
-        let id = start_rollback(&app, plan, &target, &stage, record.version)?;
+        let id = start_rollback(&app, plan, &target, &stage, record.version, None)?
+            .ok_or_else(|| ApiError::internal("the rollback was not started"))?;
         Ok(accepted(id, name, record.version))
     })
     .await
@@ -1095,14 +1096,16 @@ fn latest_failed(app: &AppState, execution: &ExecutionRecord) -> ApiResult<()> {
 }
 
 /// Start a rollback of `stage` to `target` (checked), under the limits a
-/// start is.
+/// start is; `asked_by` the execution whose condition asked for it, if one
+/// did (`None` back: another process started it).
 fn start_rollback(
     app: &AppState,
     plan: Arc<Plan>,
     target: &ExecutionRecord,
     stage: &str,
     version: i64,
-) -> ApiResult<String> {
+    asked_by: Option<&str>,
+) -> ApiResult<Option<String>> {
     let _admission = app.admission.lock().unwrap_or_else(|e| e.into_inner());
     let _across_servers = app
         .state
@@ -1111,22 +1114,37 @@ fn start_rollback(
     check_limits(app, &plan)?;
     let started = app
         .executor
-        .begin_rollback(plan, &target.id, stage)
+        .begin_rollback(plan, &target.id, stage, asked_by)
         .map_err(ApiError::internal)?;
-    super::launch(app, started, version).map_err(ApiError::internal)
+    let Some(started) = started else {
+        return Ok(None);
+    };
+    super::launch(app, started, version)
+        .map(Some)
+        .map_err(ApiError::internal)
 }
 
 /// After execution `id` failed because a condition of `stage` asked for a
-/// rollback: roll the stage back to the latest execution that succeeded in
-/// it under the current version. The new execution's id.
-pub(super) fn roll_back_after(app: &AppState, id: &str, stage: &str) -> ApiResult<String> {
-    let execution = (app.state.execution(id))
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))?;
-    let record = stored_pipeline(app, &execution.pipeline, None)?;
-    let plan = Arc::new(plan_from_source(app, &record.name, &record.source)?);
-    let target = earlier_success(app, &plan, stage, record.version, 0)?;
-    start_rollback(app, plan, &target, stage, record.version)
+/// rollback (the ask is stored with its end): roll the stage back to the
+/// latest execution that succeeded in it under the current version. The new
+/// execution's id; `None` when another process started it. A rollback that
+/// cannot start is asked no more.
+pub(super) fn roll_back_after(app: &AppState, id: &str, stage: &str) -> ApiResult<Option<String>> {
+    let started = (|| {
+        let execution = (app.state.execution(id))
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no execution {id}")))?;
+        let record = stored_pipeline(app, &execution.pipeline, None)?;
+        let plan = Arc::new(plan_from_source(app, &record.name, &record.source)?);
+        let target = earlier_success(app, &plan, stage, record.version, 0)?;
+        start_rollback(app, plan, &target, stage, record.version, Some(id))
+    })();
+    if started.is_err()
+        && let Err(e) = app.state.drop_rollback(id)
+    {
+        tracing::warn!(execution = %id, "forgetting a rollback that cannot start: {e:#}");
+    }
+    started
 }
 
 /// Why `target` cannot be rolled back to in `stage`, if it cannot.
@@ -1458,7 +1476,12 @@ async fn follow_events(
 ) {
     use tokio::sync::broadcast::error::RecvError;
     let mut last = after;
+    let signals = state.signals();
     loop {
+        // Registered before the read: an event stored in between still wakes us.
+        let elsewhere = signals.events().notified();
+        tokio::pin!(elsewhere);
+        elsewhere.as_mut().enable();
         let store = state.clone();
         let Ok(events) =
             sluice_store::off_workers(move || store.events_after(last, EVENT_PAGE)).await
@@ -1475,17 +1498,21 @@ async fn follow_events(
         if full_page {
             continue;
         }
-        // This process's events wake the stream at once; other processes on
-        // the same database are seen at the next look.
-        match tokio::time::timeout(STORE_LOOK, live.recv()).await {
-            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
-            Ok(Err(RecvError::Closed)) => return,
+        // This process's events wake the stream at once, and so do other
+        // servers' on PostgreSQL (NOTIFY); the look is the safety net, and
+        // how SQLite sees another process's events.
+        tokio::select! {
+            received = live.recv() => if let Err(RecvError::Closed) = received {
+                return;
+            },
+            () = &mut elsewhere => {}
+            () = tokio::time::sleep(STORE_LOOK) => {}
         }
     }
 }
 
 /// How often an idle event stream reads the store for events other processes
-/// (servers on the same database) recorded.
+/// (servers on the same database) recorded, when nothing told it sooner.
 const STORE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most events read from the store at once for one event stream.

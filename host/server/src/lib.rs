@@ -346,22 +346,39 @@ pub(crate) fn run_to_end(app: &AppState, started: Begun) {
         let id = started.id.clone();
         match started.run.await {
             Ok(None) => {}
-            Ok(Some(stage)) => match off_workers({
-                let (app, id, stage) = (app.clone(), id.clone(), stage.clone());
-                move || handlers::roll_back_after(&app, &id, &stage)
-            })
-            .await
-            {
-                Ok(rollback) => {
-                    tracing::info!(execution = %id, stage, rollback, "rolling back as a condition asked")
-                }
-                Err(e) => {
-                    tracing::warn!(execution = %id, stage, "the rollback a condition asked for could not start: {}", e.body.error)
-                }
-            },
+            Ok(Some(stage)) => roll_back_as_asked(&app, id, stage).await,
             Err(e) => tracing::error!("execution failed internally: {e:#}"),
         }
     });
+}
+
+/// Start the rollback of `stage` that execution `id` asked for when it ended.
+async fn roll_back_as_asked(app: &AppState, id: String, stage: String) {
+    let app = app.clone();
+    let (asked_by, asked_stage) = (id.clone(), stage.clone());
+    let started = off_workers(move || handlers::roll_back_after(&app, &asked_by, &asked_stage));
+    match started.await {
+        Ok(Some(rollback)) => {
+            tracing::info!(execution = %id, stage, rollback, "rolling back as a condition asked")
+        }
+        Ok(None) => tracing::info!(execution = %id, stage, "another server started the rollback"),
+        Err(e) => {
+            tracing::warn!(execution = %id, stage, "the rollback a condition asked for could not start: {}", e.body.error)
+        }
+    }
+}
+
+/// Start the rollbacks that executions asked for when they ended and that no
+/// process started: the one that ended them died first.
+async fn roll_back_what_was_asked(app: &AppState) {
+    let state = app.state.clone();
+    let pending = match off_workers(move || state.pending_rollbacks()).await {
+        Ok(pending) => pending,
+        Err(e) => return tracing::warn!("reading the rollbacks asked for: {e:#}"),
+    };
+    for (id, stage) in pending {
+        roll_back_as_asked(app, id, stage).await;
+    }
 }
 
 /// Resume what a previous server process left InProgress, then serve until the
@@ -777,9 +794,13 @@ fn take_over(app: &AppState, own: bool) -> anyhow::Result<()> {
 /// executions whose holder stopped renewing.
 async fn run_leases(app: AppState) {
     loop {
+        // First thing after start-up's take-over: a rollback asked for by an
+        // execution whose server died before starting it (this one, before a
+        // restart, or another) starts here.
+        roll_back_what_was_asked(&app).await;
         tokio::time::sleep(renewal_interval(&app.lease)).await;
-        let app = app.clone();
-        off_workers(move || look_after_leases(&app)).await;
+        let looking = app.clone();
+        off_workers(move || look_after_leases(&looking)).await;
     }
 }
 

@@ -353,12 +353,18 @@ impl<R: ActionRunner> Executor<R> {
     /// earlier stages' actions count as done with the target's outputs and
     /// namespaces, and the later stages are passed over. The caller checks
     /// that the target may be rolled back to ([`machine::rollback_refusal`]).
+    ///
+    /// `asked_by`: the execution whose condition asked for this rollback. Its
+    /// ask is taken with the start (see
+    /// [`ExecutionStore::start_asked_rollback`](sluice_store::state::ExecutionStore::start_asked_rollback)):
+    /// `None` when another process started it already.
     pub fn begin_rollback(
         &self,
         plan: Arc<Plan>,
         target: &str,
         stage: &str,
-    ) -> anyhow::Result<Started> {
+        asked_by: Option<&str>,
+    ) -> anyhow::Result<Option<Started>> {
         let position = (plan.stages.iter())
             .position(|s| s.name == stage)
             .with_context(|| format!("pipeline `{}` has no stage `{stage}`", plan.name))?;
@@ -370,14 +376,35 @@ impl<R: ActionRunner> Executor<R> {
             ("event".to_string(), record.id.clone()),
         ]);
         let id = uuid::Uuid::new_v4().to_string();
-        self.state.start_execution(
-            &id,
-            &plan.name,
-            &plan.file,
-            &serde_json::to_value(&variables)?,
-            &serde_json::to_value(&trigger)?,
-            now_ms(),
-        )?;
+        let (variables_json, trigger_json) = (
+            serde_json::to_value(&variables)?,
+            serde_json::to_value(&trigger)?,
+        );
+        let (name, file, now) = (&plan.name, &plan.file, now_ms());
+        match asked_by {
+            None => (self.state).start_execution(
+                &id,
+                name,
+                file,
+                &variables_json,
+                &trigger_json,
+                now,
+            )?,
+            Some(asked_by) => {
+                let state = &self.state;
+                if !state.start_asked_rollback(
+                    asked_by,
+                    &id,
+                    name,
+                    file,
+                    &variables_json,
+                    &trigger_json,
+                    now,
+                )? {
+                    return Ok(None);
+                }
+            }
+        }
         let mut context = ExecutionContext::new(id, plan.clone(), trigger, variables);
         context.ended_stages = (0..plan.stages.len()).filter(|p| *p != position).collect();
         let earlier: HashSet<&str> = plan.stages[..position]
@@ -400,7 +427,7 @@ impl<R: ActionRunner> Executor<R> {
                 lock(&context.namespaces).insert(namespace, variables);
             }
         }
-        self.announce_start(context, position)
+        self.announce_start(context, position).map(Some)
     }
 
     /// Pick up an execution a stopped process left InProgress: succeeded actions
@@ -560,8 +587,8 @@ impl<R: ActionRunner> Executor<R> {
             error: Some(reason.to_string()),
         };
         let record = self.change_record(context, &event);
-        let stored =
-            (self.state).finish_execution(id, Status::Failed, Some(reason), now_ms(), record)?;
+        let end = state::ExecutionEnd::new(Status::Failed, Some(reason));
+        let stored = (self.state).finish_execution(id, end, now_ms(), record)?;
         self.announce(stored, event);
         Ok(())
     }
@@ -583,7 +610,12 @@ impl<R: ActionRunner> Executor<R> {
                 // The state store failed mid-run: record what we can, then report.
                 let reason = format!("internal error: {error:#}");
                 self.state
-                    .finish_execution(&id, Status::Failed, Some(&reason), now_ms(), None)
+                    .finish_execution(
+                        &id,
+                        state::ExecutionEnd::new(Status::Failed, Some(&reason)),
+                        now_ms(),
+                        None,
+                    )
                     .ok();
                 return Err(error);
             }
@@ -605,6 +637,7 @@ impl<R: ActionRunner> Executor<R> {
         let change = state::Change::ExecutionEnded {
             status,
             error: error.clone(),
+            rollback: rollback.clone(),
         };
         self.record(&context, change, Some(event)).await?;
         self.runner.execution_ended(&id);

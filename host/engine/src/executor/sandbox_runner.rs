@@ -837,9 +837,16 @@ impl ProgressWriter {
             let Some((percent, message)) = next else {
                 return;
             };
-            // Losing one report is harmless.
+            // Losing one report is harmless; a panic must not end the loop
+            // with the flag still set, or every later report of this attempt
+            // would wait for a write that never comes.
             let state = &self.state;
-            (state.set_progress(&self.execution, &self.action, percent, &message)).ok();
+            let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                state.set_progress(&self.execution, &self.action, percent, &message)
+            }));
+            if stored.is_err() {
+                tracing::warn!(action = %self.action, "storing a progress report panicked");
+            }
         }
     }
 

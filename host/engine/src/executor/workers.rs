@@ -26,6 +26,7 @@ use sluice_core::pipeline::{ActionKind, Plan};
 use sluice_core::plugin::{InstalledPlugin, Registry};
 use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
+use sluice_store::off_workers;
 use sluice_store::remote::RemoteArtifacts;
 use sluice_store::state::{AttemptState, ClaimedAttempt, OutputRecord, Store, StoreSignals};
 
@@ -280,8 +281,10 @@ pub(super) async fn dispatch(
     };
     let payload = serde_json::to_string(&job).map_err(host_failure)?;
     let state = runner.state.clone();
-    state
-        .queue_attempt(&key, request.execution, &payload)
+    let (queue, queued_key, execution) =
+        (state.clone(), key.clone(), request.execution.to_string());
+    off_workers(move || queue.queue_attempt(&queued_key, &execution, &payload))
+        .await
         .map_err(|e| host_failure(format!("queueing the attempt: {e:#}")))?;
     let mut withdraw = Withdraw {
         state: state.clone(),
@@ -298,8 +301,9 @@ pub(super) async fn dispatch(
         let woken = done.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let queued = state
-            .queued_attempt(&key)
+        let (reader, looked_up) = (state.clone(), key.clone());
+        let queued = off_workers(move || reader.queued_attempt(&looked_up))
+            .await
             .map_err(|e| host_failure(format!("reading the queued attempt: {e:#}")))?
             .ok_or_else(|| host_failure("the queued attempt is gone"))?;
         match queued.state {

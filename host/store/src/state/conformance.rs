@@ -59,8 +59,7 @@ pub fn an_end_is_stored_with_its_event(store: &dyn Store) {
     let ended = store
         .finish_execution(
             "e",
-            Status::Failed,
-            Some("boom"),
+            ExecutionEnd::new(Status::Failed, Some("boom")),
             2,
             Some(event("e", "FAILED", 2)),
         )
@@ -212,7 +211,12 @@ pub fn a_lease_is_held_by_one_owner_until_it_runs_out(store: &dyn Store) {
     );
     assert_eq!(store.renew_leases("a", 1_600).unwrap(), 1, "a lost e1");
     store
-        .finish_execution("e2", Status::Succeeded, None, 1_400, None)
+        .finish_execution(
+            "e2",
+            ExecutionEnd::new(Status::Succeeded, None),
+            1_400,
+            None,
+        )
         .unwrap();
     assert!(
         !store.claim_execution("e2", "b", 9_999, 10_000).unwrap(),
@@ -248,7 +252,7 @@ pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {
         store.append_event(event("e", "X", 2_002)).map(|_| ()),
         store.start_stage("e", "T", 1, 2_003, None).map(|_| ()),
         store
-            .finish_execution("e", Status::Succeeded, None, 2_004, None)
+            .finish_execution("e", ExecutionEnd::new(Status::Succeeded, None), 2_004, None)
             .map(|_| ()),
         store.fail_execution("e", "late", 2_005),
         store.set_execution_status("e", Status::Stopping),
@@ -422,7 +426,7 @@ pub fn a_stop_request_reaches_the_holder_only(store: &dyn Store) {
     );
     assert!(store.stop_requests("b").unwrap().is_empty());
     store
-        .finish_execution("e", Status::Stopped, None, 2_000, None)
+        .finish_execution("e", ExecutionEnd::new(Status::Stopped, None), 2_000, None)
         .unwrap();
     assert!(store.stop_requests("a").unwrap().is_empty());
     assert!(!store.request_stop("e", "{}").unwrap());
@@ -434,7 +438,12 @@ pub fn a_stop_request_reaches_the_holder_only(store: &dyn Store) {
 pub fn a_finished_execution_is_reopened_once(store: &dyn Store) {
     start(store, "e", 1_000);
     store
-        .finish_execution("e", Status::Failed, Some("boom"), 2_000, None)
+        .finish_execution(
+            "e",
+            ExecutionEnd::new(Status::Failed, Some("boom")),
+            2_000,
+            None,
+        )
         .unwrap();
     store.lease_as(Owner {
         id: "b".into(),
@@ -506,7 +515,7 @@ pub fn a_gate_admits_one_execution_at_a_time_in_line_order(store: &dyn Store) {
         "c is inside, not in line"
     );
     store
-        .finish_execution("c", Status::Failed, None, 20, None)
+        .finish_execution("c", ExecutionEnd::new(Status::Failed, None), 20, None)
         .unwrap();
     assert_eq!(store.gate_waiting("p").unwrap(), 1);
     store.leave_gate_line("p", "s", "d").unwrap();
@@ -589,7 +598,7 @@ pub fn racing_processes_enter_a_gate_one_at_a_time_in_order(first: &dyn Store, s
 }
 
 /// An execution's events of one kind, oldest first, and no other's.
-pub fn an_executions_events_of_one_kind_are_listed_in_order(store: &dyn Store) {
+pub fn an_executions_rule_evaluations_are_listed_in_order(store: &dyn Store) {
     start(store, "a", 0);
     start(store, "b", 0);
     let rule = |execution: &str, name: &str| EventRecord {
@@ -603,11 +612,111 @@ pub fn an_executions_events_of_one_kind_are_listed_in_order(store: &dyn Store) {
         .append_event(rule("b", "S.before-entry.other"))
         .unwrap();
     store.append_event(rule("a", "S.on-success.two")).unwrap();
-    let names: Vec<String> = (store.execution_events("a", "rule").unwrap())
+    let names: Vec<String> = (store.rule_events("a").unwrap())
         .into_iter()
         .map(|e| e.name)
         .collect();
     assert_eq!(names, ["S.before-entry.one", "S.on-success.two"]);
+}
+
+/// A stream resumes after the last number it saw: a number given again
+/// after gc removed every event would hide the new event from it.
+pub fn event_numbers_never_go_back_when_gc_empties_the_events(store: &dyn Store) {
+    store.append_event(event("e", "STARTED", 1)).unwrap();
+    let newest = store.append_event(event("e", "SUCCEEDED", 2)).unwrap();
+    store.set_notify_cursor(newest.seq).unwrap();
+    assert_eq!(store.gc(50).unwrap().events, 2);
+    assert!(store.events_after(0, 10).unwrap().is_empty());
+    let next = store.append_event(event("f", "STARTED", 100)).unwrap();
+    assert!(next.seq > newest.seq, "{} after {}", next.seq, newest.seq);
+    let resumed = store.events_after(newest.seq, 10).unwrap();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0].execution, "f");
+}
+
+/// An execution that ends asking for a rollback keeps the ask until one
+/// process starts that rollback; a second start, or one after the ask was
+/// dropped, records nothing.
+pub fn an_asked_rollback_waits_until_one_process_starts_it(store: &dyn Store) {
+    let asking = |id: &str, at_ms: i64| {
+        start(store, id, at_ms);
+        store.set_execution_version(id, 1).unwrap();
+        let end = ExecutionEnd {
+            status: Status::Failed,
+            error: Some("a condition asked for a rollback"),
+            rollback: Some("Deploy"),
+        };
+        store.finish_execution(id, end, at_ms + 1, None).unwrap();
+    };
+    let none = serde_json::json!({});
+    let start_rollback = |asked_by: &str, id: &str| {
+        let file = Path::new("p.toml");
+        (store.start_asked_rollback(asked_by, id, "p", file, &none, &none, 10)).unwrap()
+    };
+    asking("failed", 1);
+    asking("refused", 3);
+    // Run by `sluice run` (no pipeline version): no server starts it.
+    start(store, "local", 5);
+    let end = ExecutionEnd {
+        status: Status::Failed,
+        error: None,
+        rollback: Some("Deploy"),
+    };
+    store.finish_execution("local", end, 6, None).unwrap();
+    let pending = store.pending_rollbacks().unwrap();
+    let expected = |id: &str| (id.to_string(), "Deploy".to_string());
+    assert_eq!(pending, [expected("failed"), expected("refused")]);
+
+    assert!(start_rollback("failed", "r1"));
+    assert!(!start_rollback("failed", "r2"), "started twice");
+    assert!(store.execution("r2").unwrap().is_none());
+    let started = store.execution("r1").unwrap().unwrap();
+    assert_eq!(started.status, Status::InProgress);
+    assert_eq!(store.pending_rollbacks().unwrap(), [expected("refused")]);
+
+    store.drop_rollback("refused").unwrap();
+    assert!(store.pending_rollbacks().unwrap().is_empty());
+    assert!(!start_rollback("refused", "r3"));
+    assert!(store.execution("r3").unwrap().is_none());
+}
+
+/// Processes racing to start one asked rollback start it once.
+pub fn racing_processes_start_an_asked_rollback_once(first: &dyn Store, second: &dyn Store) {
+    const ASKS: usize = 20;
+    for i in 0..ASKS {
+        let id = format!("failed{i}");
+        start(first, &id, i as i64);
+        let end = ExecutionEnd {
+            status: Status::Failed,
+            error: None,
+            rollback: Some("Deploy"),
+        };
+        first.finish_execution(&id, end, i as i64, None).unwrap();
+    }
+    let started = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for (n, store) in [first, second, first, second].into_iter().enumerate() {
+            let started = &started;
+            scope.spawn(move || {
+                let none = serde_json::json!({});
+                for i in 0..ASKS {
+                    let (asked_by, id) = (format!("failed{i}"), format!("r{i}-{n}"));
+                    let file = Path::new("p.toml");
+                    let won =
+                        store.start_asked_rollback(&asked_by, &id, "p", file, &none, &none, 1);
+                    if won.unwrap() {
+                        started.lock().unwrap().push(asked_by);
+                    }
+                }
+            });
+        }
+    });
+    let mut started = started.into_inner().unwrap();
+    started.sort();
+    let before = started.len();
+    started.dedup();
+    assert_eq!(before, started.len(), "a rollback was started twice");
+    assert_eq!(started.len(), ASKS);
 }
 
 /// One server at a time delivers notifications; another takes over once the

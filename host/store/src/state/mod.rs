@@ -87,11 +87,34 @@ pub trait ExecutionStore {
     fn finish_execution(
         &self,
         id: &str,
-        status: Status,
-        error: Option<&str>,
+        end: ExecutionEnd<'_>,
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>>;
+
+    /// Executions of a registered pipeline (a server's, with a version) that
+    /// ended asking for a rollback nobody has started yet: (execution, stage),
+    /// oldest first. A `sluice run` leaves its rollback to `sluice rollback`.
+    fn pending_rollbacks(&self) -> anyhow::Result<Vec<(String, String)>>;
+
+    /// [`ExecutionStore::start_execution`] of the rollback that execution
+    /// `asked_by` asked for when it ended, taking the ask in the same
+    /// transaction: of processes racing to start it, one does (true); the
+    /// others, and a call after the ask was dropped, record nothing (false).
+    #[allow(clippy::too_many_arguments)]
+    fn start_asked_rollback(
+        &self,
+        asked_by: &str,
+        id: &str,
+        pipeline: &str,
+        file: &Path,
+        variables: &serde_json::Value,
+        trigger: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Forget the rollback `execution` asked for: it cannot be started.
+    fn drop_rollback(&self, execution: &str) -> anyhow::Result<()>;
 
     /// Record a stage starting, with its event in the same transaction.
     fn start_stage(
@@ -419,8 +442,9 @@ pub trait EventStore {
     /// The newest event's sequence number (0 when none).
     fn last_event_seq(&self) -> anyhow::Result<i64>;
 
-    /// The events of `kind` recorded for `execution`, oldest first.
-    fn execution_events(&self, execution: &str, kind: &str) -> anyhow::Result<Vec<EventRecord>>;
+    /// The rule evaluations (events of kind `rule`) recorded for
+    /// `execution`, oldest first.
+    fn rule_events(&self, execution: &str) -> anyhow::Result<Vec<EventRecord>>;
 
     /// Hold (or renew) the right to deliver notifications until `until_ms`:
     /// true for `owner` when nobody holds it or its holder's ran out before
@@ -1041,6 +1065,28 @@ pub struct AuditRecord {
     pub result: String,
     /// The pipeline it concerns; None for global entries (token management).
     pub pipeline: Option<String>,
+}
+
+/// How an execution ended, for [`ExecutionStore::finish_execution`].
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutionEnd<'a> {
+    /// Final status.
+    pub status: Status,
+    /// Why it failed, if it did.
+    pub error: Option<&'a str>,
+    /// The stage a condition asked to roll back, if one did.
+    pub rollback: Option<&'a str>,
+}
+
+impl<'a> ExecutionEnd<'a> {
+    /// An end that asks for no rollback.
+    pub fn new(status: Status, error: Option<&'a str>) -> Self {
+        Self {
+            status,
+            error,
+            rollback: None,
+        }
+    }
 }
 
 /// How an action run ended, for [`ExecutionStore::finish_action`].

@@ -200,6 +200,10 @@ CREATE INDEX gate_places_by_execution ON gate_places (execution_id);
 "#,
     "CREATE TABLE notifier (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, until_ms BIGINT NOT NULL);",
     "CREATE INDEX events_by_execution ON events (execution_id, kind, seq);",
+    r#"
+ALTER TABLE executions ADD COLUMN rollback_stage TEXT;
+CREATE INDEX executions_asking_rollback ON executions (ended_ms) WHERE rollback_stage IS NOT NULL;
+"#,
 ];
 
 /// The advisory lock key migrations hold ("sluice" in ASCII).
@@ -376,8 +380,10 @@ const STALLED_TRANSACTION: &str = "5s";
 const LISTEN_TICK: Duration = Duration::from_secs(1);
 
 /// Relay notifications on [`signals::CHANNEL`] to `signals` until the store
-/// is gone; a lost session is opened again (waiters poll meanwhile).
-fn listen_for_attempts(url: &str, signals: &std::sync::Weak<StoreSignals>) {
+/// is gone, and on [`signals::EVENTS_CHANNEL`] from the first tick after
+/// anyone here asked for events; a lost session is opened again (waiters
+/// poll meanwhile).
+fn listen_for_signals(url: &str, signals: &std::sync::Weak<StoreSignals>) {
     while signals.strong_count() > 0 {
         let listening = session(url).and_then(|mut client| {
             client.batch_execute(&format!("LISTEN {}", signals::CHANNEL))?;
@@ -391,7 +397,16 @@ fn listen_for_attempts(url: &str, signals: &std::sync::Weak<StoreSignals>) {
                 continue;
             }
         };
+        let mut listening_to_events = false;
         loop {
+            if !listening_to_events && signals.upgrade().is_some_and(|s| s.wants_events()) {
+                let listen = format!("LISTEN {}", signals::EVENTS_CHANNEL);
+                if let Err(e) = client.batch_execute(&listen) {
+                    tracing::warn!("the listening session ended: {e}; opening another");
+                    break;
+                }
+                listening_to_events = true;
+            }
             let mut notifications = client.notifications();
             let next = notifications.timeout_iter(LISTEN_TICK).next();
             let Some(signals) = signals.upgrade() else {
@@ -807,7 +822,7 @@ impl AttemptQueue for PostgresStore {
         self.listening.call_once(|| {
             let started = std::thread::Builder::new()
                 .name("sluice-listen".into())
-                .spawn(move || listen_for_attempts(&url, &signals));
+                .spawn(move || listen_for_signals(&url, &signals));
             if let Err(e) = started {
                 tracing::warn!("not listening for attempts (waiters poll): {e}");
             }
@@ -898,13 +913,19 @@ fn insert_event(
     mut event: EventRecord,
 ) -> anyhow::Result<EventRecord> {
     db.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])?;
+    // Other servers' event streams are woken at commit (see `signals`).
     let row = db.query_one(
-        "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-        &[&event.ts_ms, &event.execution, &event.pipeline, &event.kind, &event.name, &event.state, &event.detail],
+        "WITH inserted AS (INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq)
+         SELECT seq, pg_notify($8, $9) FROM inserted",
+        &[&event.ts_ms, &event.execution, &event.pipeline, &event.kind, &event.name, &event.state, &event.detail, &signals::EVENTS_CHANNEL, &signals::EVENTS],
     )?;
     event.seq = row.try_get(0)?;
     Ok(event)
 }
+
+/// Record a new execution as InProgress: ($1 id, $2 pipeline, $3 file, $4
+/// status, $5 start, $6 variables, $7 trigger, $8 owner, $9 lease end).
+const INSERT_EXECUTION: &str = "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger, owner, lease_until_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 fn collect<T>(rows: Vec<Row>, read: impl Fn(&Row) -> anyhow::Result<T>) -> anyhow::Result<Vec<T>> {
     rows.iter().map(read).collect()
@@ -926,8 +947,18 @@ impl ExecutionStore for PostgresStore {
     ) -> anyhow::Result<()> {
         let (owner, until) = lease(self.owner.get(), now_ms);
         self.execute(
-            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger, owner, lease_until_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[&id, &pipeline, &file.display().to_string(), &Status::InProgress.name(), &now_ms, &variables.to_string(), &trigger.to_string(), &owner, &until],
+            INSERT_EXECUTION,
+            &[
+                &id,
+                &pipeline,
+                &file.display().to_string(),
+                &Status::InProgress.name(),
+                &now_ms,
+                &variables.to_string(),
+                &trigger.to_string(),
+                &owner,
+                &until,
+            ],
         )?;
         Ok(())
     }
@@ -935,18 +966,62 @@ impl ExecutionStore for PostgresStore {
     fn finish_execution(
         &self,
         id: &str,
-        status: Status,
-        error: Option<&str>,
+        end: ExecutionEnd<'_>,
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         self.write_announced_then(
             id,
-            "UPDATE executions SET status = $2, error = $3, ended_ms = $4 WHERE id = $1",
-            &[&id, &status.name(), &error, &now_ms],
+            "UPDATE executions SET status = $2, error = $3, ended_ms = $4, rollback_stage = $5 WHERE id = $1",
+            &[&id, &end.status.name(), &end.error, &now_ms, &end.rollback],
             event,
             |tx| leave_gates(tx, id, None),
         )
+    }
+
+    fn pending_rollbacks(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = self.query(
+            "SELECT id, rollback_stage FROM executions WHERE rollback_stage IS NOT NULL AND pipeline_version IS NOT NULL ORDER BY ended_ms",
+            &[],
+        )?;
+        collect(rows, |row| Ok((row.try_get(0)?, row.try_get(1)?)))
+    }
+
+    fn start_asked_rollback(
+        &self,
+        asked_by: &str,
+        id: &str,
+        pipeline: &str,
+        file: &Path,
+        variables: &serde_json::Value,
+        trigger: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let (owner, until) = lease(self.owner.get(), now_ms);
+        self.with(|db| {
+            let mut transaction = db.transaction()?;
+            let taken = transaction.execute(
+                "UPDATE executions SET rollback_stage = NULL WHERE id = $1 AND rollback_stage IS NOT NULL",
+                &[&asked_by],
+            )?;
+            if taken == 0 {
+                return Ok(false);
+            }
+            transaction.execute(
+                INSERT_EXECUTION,
+                &[&id, &pipeline, &file.display().to_string(), &Status::InProgress.name(), &now_ms, &variables.to_string(), &trigger.to_string(), &owner, &until],
+            )?;
+            transaction.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn drop_rollback(&self, execution: &str) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE executions SET rollback_stage = NULL WHERE id = $1",
+            &[&execution],
+        )?;
+        Ok(())
     }
 
     fn start_stage(
@@ -1578,10 +1653,10 @@ impl EventStore for PostgresStore {
         collect(rows, event_from_row)
     }
 
-    fn execution_events(&self, execution: &str, kind: &str) -> anyhow::Result<Vec<EventRecord>> {
+    fn rule_events(&self, execution: &str) -> anyhow::Result<Vec<EventRecord>> {
         let rows = self.query(
-            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = $1 AND kind = $2 ORDER BY seq",
-            &[&execution, &kind],
+            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = $1 AND kind = 'rule' ORDER BY seq",
+            &[&execution],
         )?;
         collect(rows, event_from_row)
     }
@@ -1972,6 +2047,41 @@ mod tests {
             .expect("woken by the other process's result");
     }
 
+    /// Another server storing an event wakes this one's event streams at
+    /// once; a process that never streams events is not sent them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn another_process_storing_an_event_wakes_the_event_streams() {
+        let scratch = Scratch::new();
+        let (other, _key) = scratch.second_store();
+        let signals = scratch.store.signals();
+        assert!(!signals.wants_events());
+        let woken = signals.events().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        assert!(signals.wants_events());
+        // The listening session starts on first use and LISTENs for events
+        // from its next tick.
+        tokio::time::sleep(LISTEN_TICK * 2).await;
+        let event = EventRecord {
+            seq: 0,
+            ts_ms: 1,
+            execution: "e".into(),
+            pipeline: "p".into(),
+            kind: "pipeline".into(),
+            name: "p".into(),
+            state: "STARTED".into(),
+            detail: String::new(),
+        };
+        let stored = other.append_event(event).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), woken)
+            .await
+            .expect("woken by the other process's event");
+        assert_eq!(
+            scratch.store.events_after(0, 10).unwrap()[0].seq,
+            stored.seq
+        );
+    }
+
     /// Another process's stage end giving up its place inside a gate, and a
     /// newcomer superseding a waiting execution, wake this one's gate waiters.
     #[tokio::test(flavor = "multi_thread")]
@@ -2016,6 +2126,16 @@ mod tests {
     }
 
     #[test]
+    fn racing_processes_start_an_asked_rollback_once() {
+        let scratch = Scratch::new();
+        let (second, _key) = scratch.second_store();
+        super::super::conformance::racing_processes_start_an_asked_rollback_once(
+            &scratch.store,
+            &second,
+        );
+    }
+
+    #[test]
     fn racing_processes_enter_a_gate_one_at_a_time_in_order() {
         let scratch = Scratch::new();
         let (second, _key) = scratch.second_store();
@@ -2044,7 +2164,9 @@ mod tests {
         a_gate_admits_one_execution_at_a_time_in_line_order,
         a_superseding_gate_replaces_older_waiting_executions,
         notifications_are_delivered_by_one_holder_at_a_time,
-        an_executions_events_of_one_kind_are_listed_in_order,
+        an_executions_rule_evaluations_are_listed_in_order,
+        event_numbers_never_go_back_when_gc_empties_the_events,
+        an_asked_rollback_waits_until_one_process_starts_it,
     );
     #[test]
     fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone() {

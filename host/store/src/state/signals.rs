@@ -10,6 +10,10 @@
 //! queueing, completing and withdrawing an attempt, and a place leaving or
 //! being superseded at a gate, `NOTIFY` the channel [`CHANNEL`] in the same
 //! statement, delivered at commit, and one session per process `LISTEN`s.
+//!
+//! New events go on a channel of their own, [`EVENTS_CHANNEL`], which only a
+//! process that streams events (a server with SSE subscribers) listens to:
+//! workers never see that traffic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -26,6 +30,13 @@ pub const QUEUED: &str = "queued";
 /// What a notification says: a place at a stage gate left or was superseded.
 pub const GATES: &str = "gates";
 
+/// The PostgreSQL channel new events are announced on (see the module doc).
+pub const EVENTS_CHANNEL: &str = "sluice_events";
+
+/// What a notification on [`EVENTS_CHANNEL`] says: events were stored. One
+/// payload for all, so a transaction storing several announces them once.
+pub const EVENTS: &str = "events";
+
 /// What a notification says about attempt `key`: it has a result, or was
 /// withdrawn.
 pub fn done(key: &str) -> String {
@@ -37,6 +48,10 @@ pub fn done(key: &str) -> String {
 pub struct StoreSignals {
     queued: Notify,
     gates: Notify,
+    events: Notify,
+    /// Whether anyone here waited for events: only then is it worth
+    /// listening to [`EVENTS_CHANNEL`].
+    streaming: std::sync::atomic::AtomicBool,
     done: Mutex<HashMap<String, Weak<Notify>>>,
     across_processes: bool,
 }
@@ -66,6 +81,19 @@ impl StoreSignals {
         &self.gates
     }
 
+    /// Told when another process stored events (event streams); asking
+    /// for it makes this process listen for them from then on.
+    pub fn events(&self) -> &Notify {
+        self.streaming
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        &self.events
+    }
+
+    /// Whether anyone here waits for other processes' events.
+    pub fn wants_events(&self) -> bool {
+        self.streaming.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Told when attempt `key` has a result or was withdrawn. Hold the
     /// returned handle while waiting; the registration goes with it.
     pub fn done(&self, key: &str) -> Arc<Notify> {
@@ -79,13 +107,15 @@ impl StoreSignals {
         notify
     }
 
-    /// Wake whoever waits on what `message` ([`QUEUED`], [`GATES`] or
-    /// [`done`]) says.
+    /// Wake whoever waits on what `message` ([`QUEUED`], [`GATES`],
+    /// [`EVENTS`] or [`done`]) says.
     pub fn announce(&self, message: &str) {
         if message == QUEUED {
             self.queued.notify_waiters();
         } else if message == GATES {
             self.gates.notify_waiters();
+        } else if message == EVENTS {
+            self.events.notify_waiters();
         } else if let Some(key) = message.strip_prefix("done ") {
             let notify = self.waiting().get(key).and_then(Weak::upgrade);
             if let Some(notify) = notify {

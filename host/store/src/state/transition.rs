@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{ActionEnd, EventRecord, ExecutionStore, OutputRecord, Status};
+use super::{ActionEnd, EventRecord, ExecutionEnd, ExecutionStore, OutputRecord, Status};
 
 /// Resolves, with the stored event, once a [`Transition`] is committed.
 pub type Recorded = Pin<Box<dyn Future<Output = anyhow::Result<Option<EventRecord>>> + Send>>;
@@ -70,6 +70,9 @@ pub enum Change {
         status: Status,
         /// Why it failed, if it did.
         error: Option<String>,
+        /// The stage a condition asked to roll back, stored with the end so
+        /// that the rollback starts even if this process dies first.
+        rollback: Option<String>,
     },
 }
 
@@ -144,8 +147,17 @@ impl Transition {
             Change::ActionEnded { action, end } => {
                 store.finish_action(&id, &action, &end.as_end(), now_ms, event)
             }
-            Change::ExecutionEnded { status, error } => {
-                store.finish_execution(&id, status, error.as_deref(), now_ms, event)
+            Change::ExecutionEnded {
+                status,
+                error,
+                rollback,
+            } => {
+                let end = ExecutionEnd {
+                    status,
+                    error: error.as_deref(),
+                    rollback: rollback.as_deref(),
+                };
+                store.finish_execution(&id, end, now_ms, event)
             }
         }
     }

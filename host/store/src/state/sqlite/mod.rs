@@ -201,7 +201,97 @@ const MIGRATIONS: &[Migration] = &[
         describe: "events by execution",
         apply: events_by_execution,
     },
+    Migration {
+        describe: "fewer pages written per transition",
+        apply: fewer_pages_per_transition,
+    },
+    Migration {
+        describe: "rollbacks asked for and not started yet",
+        apply: asked_rollbacks,
+    },
 ];
+
+/// Migration 10: the stage an ended execution asked to roll back, until a
+/// process starts that rollback (see [`ExecutionStore::start_asked_rollback`]).
+fn asked_rollbacks(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "ALTER TABLE executions ADD COLUMN rollback_stage TEXT;
+         CREATE INDEX executions_asking_rollback ON executions (ended_ms) WHERE rollback_stage IS NOT NULL",
+    )
+}
+
+/// Migration 9: every page a transition changes is a WAL frame written at
+/// its commit, and an action's start or end is most of a no-op action's
+/// cost. So:
+/// - `action_runs` and `stage_runs` are keyed by their primary key alone
+///   (`WITHOUT ROWID`): one b-tree to change, not a table and its index;
+/// - `events` numbers rows without `AUTOINCREMENT`, whose counter is a page
+///   of its own (`sqlite_sequence`) changed by every insert. Numbers still
+///   never go back: `event_floor` keeps the highest number given before gc
+///   removed events (see [`insert_event`]);
+/// - only rule evaluations are indexed by execution, the one kind looked up
+///   that way.
+fn fewer_pages_per_transition(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "CREATE TABLE action_runs_keyed (
+            execution_id TEXT NOT NULL REFERENCES executions(id),
+            stage TEXT NOT NULL,
+            action TEXT NOT NULL,
+            run_order INTEGER NOT NULL,
+            plugin TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            started_ms INTEGER NOT NULL,
+            ended_ms INTEGER,
+            resolved_config TEXT NOT NULL DEFAULT '[]',
+            summary TEXT,
+            error TEXT,
+            variables TEXT NOT NULL DEFAULT '[]',
+            outputs TEXT NOT NULL DEFAULT '[]',
+            continuation TEXT,
+            continue_at_ms INTEGER,
+            percent INTEGER,
+            progress TEXT,
+            PRIMARY KEY (execution_id, action)
+         ) WITHOUT ROWID;
+         INSERT INTO action_runs_keyed (execution_id, stage, action, run_order, plugin, status, attempts, started_ms, ended_ms, resolved_config, summary, error, variables, outputs, continuation, continue_at_ms, percent, progress)
+           SELECT execution_id, stage, action, run_order, plugin, status, attempts, started_ms, ended_ms, resolved_config, summary, error, variables, outputs, continuation, continue_at_ms, percent, progress FROM action_runs;
+         DROP TABLE action_runs;
+         ALTER TABLE action_runs_keyed RENAME TO action_runs;
+         CREATE TABLE stage_runs_keyed (
+            execution_id TEXT NOT NULL REFERENCES executions(id),
+            stage TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            started_ms INTEGER NOT NULL,
+            ended_ms INTEGER,
+            error TEXT,
+            PRIMARY KEY (execution_id, stage)
+         ) WITHOUT ROWID;
+         INSERT INTO stage_runs_keyed (execution_id, stage, position, status, started_ms, ended_ms, error)
+           SELECT execution_id, stage, position, status, started_ms, ended_ms, error FROM stage_runs;
+         DROP TABLE stage_runs;
+         ALTER TABLE stage_runs_keyed RENAME TO stage_runs;
+         CREATE TABLE event_floor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+         INSERT INTO event_floor (id, seq)
+           SELECT 1, MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                      COALESCE((SELECT MAX(seq) FROM events), 0));
+         CREATE TABLE events_numbered (
+            seq INTEGER PRIMARY KEY,
+            ts_ms INTEGER NOT NULL,
+            execution_id TEXT NOT NULL,
+            pipeline TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+         );
+         INSERT INTO events_numbered SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events;
+         DROP TABLE events;
+         ALTER TABLE events_numbered RENAME TO events;
+         CREATE INDEX rule_events_by_execution ON events (execution_id, seq) WHERE kind = 'rule';",
+    )
+}
 
 /// Migration 8: an execution's events of one kind (its rule evaluations).
 fn events_by_execution(db: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -554,11 +644,15 @@ fn write_transition(
     } = transition;
     held_by_us(db, owner, &id)?;
     match change {
-        Change::ExecutionEnded { status, error } => {
+        Change::ExecutionEnded {
+            status,
+            error,
+            rollback,
+        } => {
             db.prepare_cached(
-                "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4 WHERE id = ?1",
+                "UPDATE executions SET status = ?2, error = ?3, ended_ms = ?4, rollback_stage = ?5 WHERE id = ?1",
             )?
-            .execute(params![id, status.name(), error, now_ms])?;
+            .execute(params![id, status.name(), error, now_ms, rollback])?;
             leave_gates(db, &id, None)?;
         }
         Change::StageStarted { stage, position } => {
@@ -624,27 +718,78 @@ impl ExecutionStore for SqliteStore {
         trigger: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        let (owner, until) = lease(self.owner.get(), now_ms);
-        self.write(
-            "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger, owner, lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![id, pipeline, file.display().to_string(), Status::InProgress.name(), now_ms, variables.to_string(), trigger.to_string(), owner, until],
-        )?;
-        Ok(())
+        let new = NewExecution {
+            id,
+            pipeline,
+            file,
+            variables,
+            trigger,
+            now_ms,
+        };
+        insert_execution(&self.db(), self.owner.get(), &new)
     }
 
     fn finish_execution(
         &self,
         id: &str,
-        status: Status,
-        error: Option<&str>,
+        end: ExecutionEnd<'_>,
         now_ms: i64,
         event: Option<EventRecord>,
     ) -> anyhow::Result<Option<EventRecord>> {
         let change = Change::ExecutionEnded {
-            status,
-            error: error.map(str::to_string),
+            status: end.status,
+            error: end.error.map(str::to_string),
+            rollback: end.rollback.map(str::to_string),
         };
         self.record_here(transition(id, change, now_ms, event))
+    }
+
+    fn pending_rollbacks(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let db = self.read();
+        let mut statement = db.prepare(
+            "SELECT id, rollback_stage FROM executions WHERE rollback_stage IS NOT NULL AND pipeline_version IS NOT NULL ORDER BY ended_ms",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn start_asked_rollback(
+        &self,
+        asked_by: &str,
+        id: &str,
+        pipeline: &str,
+        file: &Path,
+        variables: &serde_json::Value,
+        trigger: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let mut db = self.db();
+        let transaction = write_transaction(&mut db)?;
+        let taken = transaction.execute(
+            "UPDATE executions SET rollback_stage = NULL WHERE id = ?1 AND rollback_stage IS NOT NULL",
+            params![asked_by],
+        )?;
+        if taken == 0 {
+            return Ok(false);
+        }
+        let new = NewExecution {
+            id,
+            pipeline,
+            file,
+            variables,
+            trigger,
+            now_ms,
+        };
+        insert_execution(&transaction, self.owner.get(), &new)?;
+        transaction.commit()?;
+        Ok(true)
+    }
+
+    fn drop_rollback(&self, execution: &str) -> anyhow::Result<()> {
+        self.write(
+            "UPDATE executions SET rollback_stage = NULL WHERE id = ?1",
+            params![execution],
+        )
     }
 
     fn start_stage(
@@ -1267,12 +1412,13 @@ impl EventStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn execution_events(&self, execution: &str, kind: &str) -> anyhow::Result<Vec<EventRecord>> {
+    fn rule_events(&self, execution: &str) -> anyhow::Result<Vec<EventRecord>> {
         let db = self.read();
+        // `kind = 'rule'` literally, so that the partial index serves it.
         let mut statement = db.prepare_cached(
-            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = ?1 AND kind = ?2 ORDER BY seq",
+            "SELECT seq, ts_ms, execution_id, pipeline, kind, name, state, detail FROM events WHERE execution_id = ?1 AND kind = 'rule' ORDER BY seq",
         )?;
-        let rows = statement.query_map(params![execution, kind], event_from_row)?;
+        let rows = statement.query_map(params![execution], event_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1296,9 +1442,11 @@ impl EventStore for SqliteStore {
     fn last_event_seq(&self) -> anyhow::Result<i64> {
         Ok(self
             .read()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
-                row.get(0)
-            })?)
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0), COALESCE((SELECT seq FROM event_floor), 0))",
+                [],
+                |row| row.get(0),
+            )?)
     }
 
     fn hold_notifier(&self, owner: &str, now_ms: i64, until_ms: i64) -> anyhow::Result<bool> {
@@ -1507,6 +1655,12 @@ impl RetentionStore for SqliteStore {
         // An event the notification loop has not delivered yet stays, however
         // old: delivery is at least once. (No cursor: no server ever ran the
         // loop, and nothing waits for the events.)
+        // The newest number given stays known when its event goes (see
+        // `insert_event`).
+        tx.execute(
+            "UPDATE event_floor SET seq = MAX(seq, (SELECT COALESCE(MAX(seq), 0) FROM events))",
+            [],
+        )?;
         counts.events = tx.execute(
             "DELETE FROM events WHERE ts_ms < ?1
                AND seq <= COALESCE((SELECT seq FROM notify_cursor), seq)",
@@ -1859,10 +2013,39 @@ fn held_by_us(db: &Connection, owner: Option<&Owner>, execution: &str) -> anyhow
     }
 }
 
-/// Insert an (already masked) event; returns it with its sequence number.
+/// An execution to record as started.
+struct NewExecution<'a> {
+    id: &'a str,
+    pipeline: &'a str,
+    file: &'a Path,
+    variables: &'a serde_json::Value,
+    trigger: &'a serde_json::Value,
+    now_ms: i64,
+}
+
+/// Record `new` as InProgress, leased to `owner`.
+fn insert_execution(
+    db: &Connection,
+    owner: Option<&Owner>,
+    new: &NewExecution<'_>,
+) -> anyhow::Result<()> {
+    let (owner, until) = lease(owner, new.now_ms);
+    db.prepare_cached(
+        "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger, owner, lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![new.id, new.pipeline, new.file.display().to_string(), Status::InProgress.name(), new.now_ms, new.variables.to_string(), new.trigger.to_string(), owner, until])?;
+    Ok(())
+}
+
+/// Insert an (already masked) event; returns it with its sequence number:
+/// one past the newest event's, or past `event_floor` (the highest number
+/// given before gc removed events) if that is higher, so that a number is
+/// never given twice (a stream resumed after it would skip the second).
 fn insert_event(db: &Connection, mut event: EventRecord) -> anyhow::Result<EventRecord> {
     db.prepare_cached(
-        "INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (seq, ts_ms, execution_id, pipeline, kind, name, state, detail)
+         VALUES (MAX(COALESCE((SELECT MAX(seq) FROM events), 0), COALESCE((SELECT seq FROM event_floor), 0)) + 1,
+                 ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![event.ts_ms, event.execution, event.pipeline, event.kind, event.name, event.state, event.detail])?;
     event.seq = db.last_insert_rowid();
@@ -1903,6 +2086,51 @@ mod tests {
         // Opening again takes none twice.
         SqliteStore::open(&path).unwrap();
         assert_eq!(schema_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn runs_and_event_numbers_survive_the_move_to_fewer_pages_per_transition() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // A database at version 8, whose newest events gc has removed.
+            let mut db = Connection::open(&path).unwrap();
+            for (number, migration) in MIGRATIONS[..8].iter().enumerate() {
+                let tx = db.transaction().unwrap();
+                (migration.apply)(&tx).unwrap();
+                tx.pragma_update(None, "user_version", number as i64 + 1)
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            db.execute_batch(
+                "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms) VALUES ('x', 'p', 'p.toml', 'Succeeded', 1);
+                 INSERT INTO stage_runs (execution_id, stage, position, status, started_ms) VALUES ('x', 'Build', 0, 'Succeeded', 1);
+                 INSERT INTO action_runs (execution_id, stage, action, run_order, plugin, status, started_ms, progress) VALUES ('x', 'Build', 'compile', 1, 'noop@0.1', 'Succeeded', 1, 'half way');
+                 INSERT INTO events (ts_ms, execution_id, pipeline, kind, name, state, detail) VALUES (1, 'x', 'p', 'rule', 'r', 'PASSED', ''), (2, 'x', 'p', 'pipeline', 'p', 'SUCCEEDED', ''), (3, 'x', 'p', 'pipeline', 'p', 'SUCCEEDED', '');
+                 DELETE FROM events WHERE seq > 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(schema_version(&path), MIGRATIONS.len() as i64);
+        assert_eq!(store.stages("x").unwrap()[0].stage, "Build");
+        let actions = store.actions("x").unwrap();
+        assert_eq!(actions[0].action, "compile");
+        assert_eq!(actions[0].progress.as_deref(), Some("half way"));
+        assert_eq!(store.rule_events("x").unwrap()[0].name, "r");
+        let next = store
+            .append_event(EventRecord {
+                seq: 0,
+                ts_ms: 4,
+                execution: "x".into(),
+                pipeline: "p".into(),
+                kind: "pipeline".into(),
+                name: "p".into(),
+                state: "SUCCEEDED".into(),
+                detail: String::new(),
+            })
+            .unwrap();
+        assert_eq!(next.seq, 4, "numbers 2 and 3 were given before");
     }
 
     #[test]
@@ -1997,6 +2225,17 @@ mod tests {
     }
 
     #[test]
+    fn racing_processes_start_an_asked_rollback_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (first, second) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        super::super::conformance::racing_processes_start_an_asked_rollback_once(&first, &second);
+    }
+
+    #[test]
     fn racing_processes_enter_a_gate_one_at_a_time_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
@@ -2028,7 +2267,9 @@ mod tests {
         a_gate_admits_one_execution_at_a_time_in_line_order,
         a_superseding_gate_replaces_older_waiting_executions,
         notifications_are_delivered_by_one_holder_at_a_time,
-        an_executions_events_of_one_kind_are_listed_in_order,
+        an_executions_rule_evaluations_are_listed_in_order,
+        event_numbers_never_go_back_when_gc_empties_the_events,
+        an_asked_rollback_waits_until_one_process_starts_it,
     );
     #[test]
     fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone() {
