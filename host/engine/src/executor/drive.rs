@@ -441,6 +441,7 @@ impl<R: ActionRunner> Executor<R> {
                 inputs: inputs_of(context, action),
                 attempt,
                 continuation: continuation.clone(),
+                claim: None,
             };
             let failure = match self.runner.attempt(request).await {
                 Ok(attempted) => match attempted.outcome.continuation.clone() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sluice_core::pipeline::{ActionPlan, ApprovalPolicy, Plan};
 use sluice_core::plugin::InstalledPlugin;
 use sluice_sandbox::{ActionOutcome, RuleVerdict};
-use sluice_store::state::{EventRecord, OutputRecord};
+use sluice_store::state::{AttemptClaim, EventRecord, OutputRecord};
 
 /// One attempt (or continuation round) of a plugin action.
 pub struct AttemptRequest<'a> {
@@ -33,6 +33,9 @@ pub struct AttemptRequest<'a> {
     pub attempt: u32,
     /// The token of the round to continue, if the action asked to be called again.
     pub continuation: Option<String>,
+    /// The worker's claim it runs under (`None` in the executor's process):
+    /// its log lines are refused once the claim is lost.
+    pub claim: Option<AttemptClaim<'a>>,
 }
 
 /// A successful attempt.

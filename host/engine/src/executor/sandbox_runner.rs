@@ -23,7 +23,7 @@ use sluice_store::artifact::ArtifactStore;
 use sluice_store::off_workers;
 use sluice_store::secrets::{Masker, SecretSource};
 use sluice_store::state::ApprovalStatus;
-use sluice_store::state::{EventRecord, LogLine, OutputRecord, Store};
+use sluice_store::state::{AttemptClaim, EventRecord, LogLine, OutputRecord, Store};
 
 /// How often a running action's new log lines are stored.
 const LOG_FLUSH: Duration = Duration::from_millis(250);
@@ -460,9 +460,7 @@ impl SandboxRunner {
         });
         let (result, stored_so_far) = self
             .storing_logs(
-                request.execution,
-                action,
-                attempt,
+                request,
                 &log,
                 self.invoke_locked(request.plan, action, plugin, spec, &log),
             )
@@ -479,9 +477,7 @@ impl SandboxRunner {
         }
         let captured = live.finish();
         let stored = match stored_so_far {
-            Ok(()) => {
-                (self.store_logs(request.execution, &action.name, attempt, captured.lines)).await
-            }
+            Ok(()) => self.store_logs(request, captured.lines).await,
             failed => failed,
         };
         let ingested = match result {
@@ -532,9 +528,7 @@ impl SandboxRunner {
     /// error is returned (and storing stops) rather than lost.
     async fn storing_logs<T>(
         &self,
-        execution: &str,
-        action: &ActionPlan,
-        attempt: u32,
+        request: &AttemptRequest<'_>,
         log: &LogSink,
         call: impl std::future::Future<Output = T>,
     ) -> (T, anyhow::Result<()>) {
@@ -547,30 +541,35 @@ impl SandboxRunner {
                 result = &mut call => return (result, stored),
                 _ = flush.tick(), if stored.is_ok() => {
                     let lines = log.take_new();
-                    stored = self.store_logs(execution, &action.name, attempt, lines).await;
+                    stored = self.store_logs(request, lines).await;
                 }
             }
         }
     }
 
     /// Append an attempt's log lines to the state store, off the tokio
-    /// workers (nothing to do without lines: the usual case of a no-op).
+    /// workers (nothing to do without lines: the usual case of a no-op),
+    /// under the worker's claim if it runs one.
     async fn store_logs(
         &self,
-        execution: &str,
-        action: &str,
-        attempt: u32,
+        request: &AttemptRequest<'_>,
         lines: Vec<LogLine>,
     ) -> anyhow::Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
-        let (state, execution, action) = (
+        let (state, execution, action, attempt) = (
             self.state.clone(),
-            execution.to_string(),
-            action.to_string(),
+            request.execution.to_string(),
+            request.action.name.clone(),
+            request.attempt,
         );
-        off_workers(move || state.append_logs(&execution, &action, attempt, &lines)).await
+        let claim = request.claim.map(|c| (c.key.to_string(), c.fence));
+        off_workers(move || {
+            let claim = (claim.as_ref()).map(|(key, fence)| AttemptClaim { key, fence: *fence });
+            state.append_logs(&execution, &action, attempt, claim, &lines)
+        })
+        .await
     }
 
     /// Feeds each captured line to the event sink as [`Event::ActionLog`].

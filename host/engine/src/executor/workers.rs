@@ -28,7 +28,9 @@ use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
 use sluice_store::off_workers;
 use sluice_store::remote::RemoteArtifacts;
-use sluice_store::state::{AttemptState, ClaimedAttempt, OutputRecord, Store, StoreSignals};
+use sluice_store::state::{
+    AttemptClaim, AttemptState, ClaimedAttempt, OutputRecord, Store, StoreSignals,
+};
 
 use super::runner::{AttemptFailure, AttemptRequest, Attempted};
 use super::{Executor, SandboxRunner};
@@ -506,6 +508,10 @@ impl Worker {
             inputs: job.inputs.clone(),
             attempt: job.attempt,
             continuation: job.continuation.clone(),
+            claim: Some(AttemptClaim {
+                key: &claim.key,
+                fence: claim.fence,
+            }),
         };
         self.executor.runner.attempt_here(request).await.into()
     }

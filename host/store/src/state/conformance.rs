@@ -411,6 +411,49 @@ pub fn concurrent_claimers_never_share_an_attempt(first: &dyn Store, second: &dy
     assert_eq!(claimed.len(), ATTEMPTS);
 }
 
+/// A worker's log lines are stored while it holds its claim; once another
+/// worker took the attempt over, the first one's late lines are refused,
+/// naming the lost claim, and the second's are stored.
+pub fn a_lost_claims_late_log_lines_are_refused(store: &dyn Store) {
+    start(store, "e", 1);
+    store.queue_attempt("e/a/1/", "e", "payload").unwrap();
+    let first = store.claim_attempt("w1", 0, 100).unwrap().expect("queued");
+    let line = |text: &str| LogLine {
+        timestamp_ms: 1,
+        stream: "stdout",
+        text: text.to_string(),
+    };
+    let append = |fence: i64, text: &str| {
+        let claim = AttemptClaim {
+            key: "e/a/1/",
+            fence,
+        };
+        store.append_logs("e", "a", 1, Some(claim), &[line(text)])
+    };
+    append(first.fence, "first worker").unwrap();
+    let second = store
+        .claim_attempt("w2", 201, 300)
+        .unwrap()
+        .expect("ran out");
+    let refused = append(first.fence, "late").unwrap_err().to_string();
+    assert!(
+        refused.contains("e/a/1/") && refused.contains("lost"),
+        "{refused}"
+    );
+    append(second.fence, "second worker").unwrap();
+    let stored: Vec<String> = (store.logs("e", Some("a")).unwrap())
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(stored, ["first worker", "second worker"]);
+    assert!(
+        store
+            .complete_attempt("e/a/1/", second.fence, "ok")
+            .unwrap()
+    );
+    assert!(append(second.fence, "after its end").is_err());
+}
+
 /// Any process may ask for a stop; only the holder is handed it, and only
 /// while the execution runs.
 pub fn a_stop_request_reaches_the_holder_only(store: &dyn Store) {

@@ -183,12 +183,16 @@ pub trait ExecutionStore {
         }
     }
 
-    /// Append an attempt's log lines in one transaction.
+    /// Append an attempt's log lines in one transaction. An attempt a worker
+    /// runs under `claim` has its lines refused once that claim is lost
+    /// (another worker took the attempt over, or it was withdrawn): a late
+    /// worker never mixes its lines into the run that replaced it.
     fn append_logs(
         &self,
         execution: &str,
         action: &str,
         attempt: u32,
+        claim: Option<AttemptClaim<'_>>,
         lines: &[LogLine],
     ) -> anyhow::Result<()>;
 
@@ -1065,6 +1069,25 @@ pub struct AuditRecord {
     pub result: String,
     /// The pipeline it concerns; None for global entries (token management).
     pub pipeline: Option<String>,
+}
+
+/// A worker's claim on a queued attempt: its key and the fence it was
+/// claimed with ([`AttemptQueue::claim_attempt`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptClaim<'a> {
+    /// The attempt's key.
+    pub key: &'a str,
+    /// The claim's fencing token.
+    pub fence: i64,
+}
+
+/// The error of a write refused because `claim` is no longer held.
+fn claim_lost(claim: AttemptClaim<'_>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "attempt {}: the claim (fence {}) is lost: another worker took the attempt over, or it was withdrawn",
+        claim.key,
+        claim.fence
+    )
 }
 
 /// How an execution ended, for [`ExecutionStore::finish_execution`].

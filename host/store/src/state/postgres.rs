@@ -1114,6 +1114,7 @@ impl ExecutionStore for PostgresStore {
         execution: &str,
         action: &str,
         attempt: u32,
+        claim: Option<AttemptClaim<'_>>,
         lines: &[LogLine],
     ) -> anyhow::Result<()> {
         if lines.is_empty() {
@@ -1123,6 +1124,16 @@ impl ExecutionStore for PostgresStore {
         self.with(|db| {
             let mut transaction = db.transaction()?;
             held_by_us(&mut transaction, owner, execution)?;
+            if let Some(claim) = claim {
+                // Shared: a worker claiming it meanwhile skips it until this commits.
+                let held = transaction.query(
+                    "SELECT 1 FROM attempts WHERE key = $1 AND fence = $2 AND state = 'running' FOR SHARE",
+                    &[&claim.key, &claim.fence],
+                )?;
+                if held.is_empty() {
+                    return Err(claim_lost(claim));
+                }
+            }
             // One writer of an action's lines at a time keeps `seq` dense.
             transaction.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
@@ -2167,6 +2178,7 @@ mod tests {
         an_executions_rule_evaluations_are_listed_in_order,
         event_numbers_never_go_back_when_gc_empties_the_events,
         an_asked_rollback_waits_until_one_process_starts_it,
+        a_lost_claims_late_log_lines_are_refused,
     );
     #[test]
     fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone() {

@@ -879,6 +879,7 @@ impl ExecutionStore for SqliteStore {
         execution: &str,
         action: &str,
         attempt: u32,
+        claim: Option<AttemptClaim<'_>>,
         lines: &[LogLine],
     ) -> anyhow::Result<()> {
         if lines.is_empty() {
@@ -887,6 +888,16 @@ impl ExecutionStore for SqliteStore {
         let mut db = self.db();
         let tx = write_transaction(&mut db)?;
         held_by_us(&tx, self.owner.get(), execution)?;
+        if let Some(claim) = claim {
+            let held: bool = tx.query_row(
+                "SELECT COUNT(*) > 0 FROM attempts WHERE key = ?1 AND fence = ?2 AND state = 'running'",
+                params![claim.key, claim.fence],
+                |row| row.get(0),
+            )?;
+            if !held {
+                return Err(claim_lost(claim));
+            }
+        }
         let next: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq) + 1, 0) FROM action_logs WHERE execution_id = ?1 AND action = ?2",
             params![execution, action],
@@ -2270,6 +2281,7 @@ mod tests {
         an_executions_rule_evaluations_are_listed_in_order,
         event_numbers_never_go_back_when_gc_empties_the_events,
         an_asked_rollback_waits_until_one_process_starts_it,
+        a_lost_claims_late_log_lines_are_refused,
     );
     #[test]
     fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone() {
