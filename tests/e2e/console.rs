@@ -428,6 +428,111 @@ fn markup_in_summaries_logs_variables_and_approvals_is_shown_as_text() {
     );
 }
 
+/// An action that prints three lines, one of them a warning (spelled so that
+/// only that line, not the command the log also shows, holds `warn-ing`).
+const CHATTY: &str = r##"
+[pipeline]
+name = "chatty"
+
+[[stages]]
+name = "Build"
+[[stages.actions]]
+name = "talk"
+plugin = "command@0.1"
+config = { run = "sh -c 'w=warn; echo compiling sluice; echo $w-ing: unused variable; echo Finished release'" }
+grants = { commands = ["sh"] }
+"##;
+
+/// An action's log is searched where it is shown (the lines without the
+/// text hidden, a count of those with it), and downloaded as a text file
+/// that holds every stored line, in order.
+#[test]
+fn an_actions_log_is_searched_in_place_and_downloaded_as_text() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace);
+    let admin = token(&workspace, &["--role", "admin"]);
+    register(&server, &admin, "chatty", CHATTY);
+    let done = run_to_end(&server, &admin, "chatty", "{}");
+    assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
+    let id = done["execution"]["id"].as_str().unwrap().to_string();
+
+    let path = format!("/api/v1/executions/{id}/logs/download?action=talk");
+    let bearer = format!("Bearer {admin}");
+    let (status, head, file) = server.exchange("GET", &path, &[("Authorization", &bearer)], None);
+    assert_eq!(status, 200, "{head}\n{file}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/plain"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "content-disposition: attachment; filename=\"{id}-talk.log\""
+        )),
+        "{head}"
+    );
+    // A native command's output is stream `process`; the plugin's own and
+    // the host's notes come with it.
+    let said: Vec<&str> = file.lines().filter(|l| l.contains("] process ")).collect();
+    assert_eq!(said.len(), 3, "{file}");
+    for (line, text) in said.iter().zip([
+        "compiling sluice",
+        "warn-ing: unused variable",
+        "Finished release",
+    ]) {
+        assert!(
+            line.contains("[talk #1] process") && line.ends_with(text),
+            "{file}"
+        );
+    }
+    let stored = file.lines().count();
+
+    let browser = Browser::start(1280, 900);
+    sign_in(&browser, &server, &admin);
+    browser.goto(&format!("http://{}/#/executions/{id}", server.addr));
+    browser.wait_until(
+        "the execution view",
+        "return !!document.querySelector('#act-Build-talk')",
+    );
+    browser.click("#act-Build-talk summary");
+    browser.wait_until(
+        "every line of the log",
+        &format!(
+            "return document.querySelectorAll('#act-Build-talk .log .line').length === {stored}"
+        ),
+    );
+    browser.fill("#act-Build-talk .log-search", "WARN-ING");
+    let shown = browser.wait_until(
+        "the search to hide the other lines",
+        &format!(
+            "const pane = document.querySelector('#act-Build-talk');
+             const shown = [...pane.querySelectorAll('.log .line')].filter((l) => !l.hidden);
+             return pane.querySelector('.log-matches').textContent === '1 of {stored} lines'
+               && shown.map((l) => l.textContent)"
+        ),
+    );
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(
+        shown[0]
+            .as_str()
+            .unwrap()
+            .ends_with("warn-ing: unused variable"),
+        "{shown:?}"
+    );
+
+    let link = browser.script(
+        "const a = document.querySelector('#act-Build-talk .log-download'); return [a.getAttribute('href'), a.hasAttribute('download')]",
+    );
+    assert_eq!(link, serde_json::json!([path, true]));
+    // The link, followed with the console's session cookie, gives the file.
+    browser.script(&format!(
+        "fetch('{path}').then((r) => r.text()).then((t) => {{ window.downloaded = t; }}); return null"
+    ));
+    let downloaded = browser.wait_until(
+        "the download",
+        "return window.downloaded !== undefined && window.downloaded",
+    );
+    assert_eq!(downloaded.as_str(), Some(file.as_str()));
+}
+
 /// The session cookie attacked over plain HTTP.
 #[test]
 fn console_sessions_are_http_only_cookies_and_changes_need_the_pages_csrf_value() {

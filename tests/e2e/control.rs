@@ -60,6 +60,25 @@ fn fixture(pipeline: &str) -> Fixture {
 }
 
 impl Fixture {
+    /// `kill -9` the server, let `meanwhile` see the data directory with no
+    /// server running, and start another one with `flags`.
+    fn restart(self, flags: &[&str], meanwhile: impl FnOnce(&Workspace)) -> Fixture {
+        let Fixture {
+            _workspace: workspace,
+            mut server,
+            admin,
+        } = self;
+        server.kill9();
+        drop(server);
+        meanwhile(&workspace);
+        let server = Server::start_with(&workspace, flags);
+        Fixture {
+            _workspace: workspace,
+            server,
+            admin,
+        }
+    }
+
     fn start(&self) -> String {
         let (status, body) = self.server.call(
             "POST",
@@ -589,18 +608,7 @@ fn a_pending_approval_survives_a_server_kill() {
     };
     let id = f.start();
     let secret = f.approval_token(&id);
-    let Fixture {
-        _workspace: workspace,
-        mut server,
-        admin,
-    } = f;
-    server.kill9();
-    let server = Server::start(&workspace);
-    let f = Fixture {
-        _workspace: workspace,
-        server,
-        admin,
-    };
+    let f = f.restart(&[], |_| {});
     assert_eq!(
         f.approval_token(&id),
         secret,
@@ -751,22 +759,11 @@ fn a_continuing_action_is_called_again_with_its_token_even_across_a_restart() {
         let action = &state["stages"][0]["current"]["actions"][0];
         action["status"] == "InProgress" && action["summary"] == "1 of 3 rounds done"
     });
-    let Fixture {
-        _workspace: workspace,
-        mut server,
-        admin,
-    } = f;
-    server.kill9();
-    let server = Server::start(&workspace);
-    let done = wait_for_end(&server, &admin, &id);
+    let f = f.restart(&[], |_| {});
+    let done = wait_for_end(&f.server, &f.admin, &id);
     assert_eq!(done["execution"]["status"], "Succeeded", "{done:#}");
     assert_eq!(done["actions"][0]["summary"], "done after 3 rounds");
-    let (_, logs) = server.call(
-        "GET",
-        &format!("/api/v1/executions/{id}/logs?action=converge"),
-        Some(&admin),
-        None,
-    );
+    let logs = f.get(&format!("/api/v1/executions/{id}/logs?action=converge"));
     let lines: Vec<&str> = logs["lines"]
         .as_array()
         .unwrap()
@@ -1164,42 +1161,30 @@ fn a_rollback_asked_for_just_before_the_server_died_is_started_by_the_next_one_o
     let good = f.start_release("v1");
     let bad = f.fail_release();
     let first = f.one_rollback_to(&good);
-    let Fixture {
-        _workspace: workspace,
-        mut server,
-        admin,
-    } = f;
-    server.kill9();
-    drop(server);
     // What the dead server would have left had it died in between: the end
-    // with its ask, and no rollback.
-    let db = rusqlite::Connection::open(workspace.path(".sluice/state.db")).unwrap();
-    db.execute(
-        "UPDATE executions SET rollback_stage = 'Deploy' WHERE id = ?1",
-        [&bad],
-    )
-    .unwrap();
-    for table in [
-        "action_runs",
-        "stage_runs",
-        "events",
-        "action_logs",
-        "gate_places",
-    ] {
-        let sql = format!("DELETE FROM {table} WHERE execution_id = ?1");
-        db.execute(&sql, [&first]).unwrap();
-    }
-    db.execute("DELETE FROM executions WHERE id = ?1", [&first])
+    // with its ask, and no rollback. A short lease: the next server's lease
+    // loop, which looks for asks, turns every second.
+    let f = f.restart(&["--lease", "3s"], |workspace| {
+        let db = rusqlite::Connection::open(workspace.path(".sluice/state.db")).unwrap();
+        db.execute(
+            "UPDATE executions SET rollback_stage = 'Deploy' WHERE id = ?1",
+            [&bad],
+        )
         .unwrap();
-    drop(db);
-
-    // A short lease: its loop, which looks for asks, turns every second.
-    let server = Server::start_with(&workspace, &["--lease", "3s"]);
-    let f = Fixture {
-        _workspace: workspace,
-        server,
-        admin,
-    };
+        let rows = [
+            "action_runs",
+            "stage_runs",
+            "events",
+            "action_logs",
+            "gate_places",
+        ];
+        for table in rows {
+            let sql = format!("DELETE FROM {table} WHERE execution_id = ?1");
+            db.execute(&sql, [&first]).unwrap();
+        }
+        db.execute("DELETE FROM executions WHERE id = ?1", [&first])
+            .unwrap();
+    });
     let again = f.one_rollback_to(&good);
     assert_ne!(again, first);
     // The server's lease loop looks for asks again and again: never a second.

@@ -1119,7 +1119,7 @@ grants = {{ commands = ["sh"] }}
 }
 
 /// The routes the API serves, as (method, path).
-const API_ROUTES: [(&str, &str); 25] = [
+const API_ROUTES: [(&str, &str); 26] = [
     ("get", "/api/v1/pipelines"),
     ("get", "/api/v1/pipelines/{name}"),
     ("put", "/api/v1/pipelines/{name}"),
@@ -1131,6 +1131,7 @@ const API_ROUTES: [(&str, &str); 25] = [
     ("get", "/api/v1/executions"),
     ("get", "/api/v1/executions/{id}"),
     ("get", "/api/v1/executions/{id}/logs"),
+    ("get", "/api/v1/executions/{id}/logs/download"),
     ("get", "/api/v1/executions/{id}/artifacts"),
     ("get", "/api/v1/executions/{id}/artifacts/{name}"),
     ("post", "/api/v1/executions/{id}/stages/{stage}/retry"),

@@ -50,6 +50,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_executions))
         .routes(routes!(get_execution))
         .routes(routes!(get_logs))
+        .routes(routes!(download_logs))
         .routes(routes!(list_artifacts))
         .routes(routes!(get_artifact))
         .routes(routes!(retry_stage))
@@ -1329,6 +1330,82 @@ async fn get_logs(
         )))
     })
     .await
+}
+
+/// Query of `GET /executions/{id}/logs/download`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct LogDownloadQuery {
+    /// Only this action's lines.
+    action: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/executions/{id}/logs/download",
+    tag = "executions",
+    summary = "Logs of an execution (masked) as a text file to save: one line each, with its time, action, attempt and stream",
+    description = "Requires role viewer. The lines are as stored (colour escapes included), in storage order; the file is named after the execution and the action.",
+    params(("id" = String, Path, description = "Execution id, a unique prefix of one, or `latest`"), LogDownloadQuery),
+    responses((status = 200, description = "The log, `text/plain` as an attachment", body = String, content_type = "text/plain")),
+)]
+async fn download_logs(
+    State(app): State<AppState>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+    QueryParams(query): QueryParams<LogDownloadQuery>,
+) -> ApiResult<axum::response::Response> {
+    sluice_store::off_workers(move || {
+        let execution = visible_execution(&app, &caller, &id)?;
+        let action = query.action.as_deref();
+        let lines = (app.state.logs(&execution.id, action)).map_err(ApiError::internal)?;
+        let file = log_file_name(&execution.id, action);
+        axum::response::Response::builder()
+            .header(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )
+            .header(
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            )
+            .body(axum::body::Body::from(log_text(&lines)))
+            .map_err(ApiError::internal)
+    })
+    .await
+}
+
+/// `<execution>[-<action>].log`, with anything but letters, digits, `.`,
+/// `_` and `-` replaced, so the name is safe in a header and on any disk.
+fn log_file_name(execution: &str, action: Option<&str>) -> String {
+    let name = match action {
+        Some(action) => format!("{execution}-{action}.log"),
+        None => format!("{execution}.log"),
+    };
+    name.chars()
+        .map(|c| match c.is_ascii_alphanumeric() || "._-".contains(c) {
+            true => c,
+            false => '_',
+        })
+        .collect()
+}
+
+/// Stored log lines as a text file: `<time> [<action> #<attempt>] <stream> <line>`.
+fn log_text(lines: &[sluice_store::state::LogRecord]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for line in lines {
+        let time = chrono::DateTime::from_timestamp_millis(line.ts_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| line.ts_ms.to_string());
+        let _ = writeln!(
+            text,
+            "{time} [{} #{}] {:<7} {}",
+            line.action, line.attempt, line.stream, line.line
+        );
+    }
+    text
 }
 
 /// The output artifacts of a visible execution.

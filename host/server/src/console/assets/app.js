@@ -910,7 +910,21 @@ function actionPane(execution, action) {
   const summary = h("summary");
   const info = h("div");
   const log = h("pre", { class: "log", tabindex: "0", "aria-label": `Log of ${action.action}` });
-  const element = h("details", { class: "act", id: `act-${action.stage}-${action.action}` }, summary, h("div", { class: "body" }, info, h("div", {}, h("h4", {}, "Log"), log)));
+  const matches = h("span", { class: "log-matches", "aria-live": "polite" });
+  /** Hide the lines without the searched text (any case); say how many have it. */
+  const applySearch = () => {
+    const wanted = search.value.trim().toLowerCase();
+    const lines = [...log.querySelectorAll(".line")];
+    const shown = lines.filter((line) => {
+      line.hidden = !!wanted && !line.dataset.text.includes(wanted);
+      return !line.hidden;
+    }).length;
+    matches.textContent = wanted ? `${shown} of ${lines.length} lines` : "";
+  };
+  const search = h("input", { type: "search", class: "log-search", placeholder: "Search this log", "aria-label": `Search the log of ${action.action}`, oninput: applySearch });
+  const download = h("a", { class: "log-download", href: `/api/v1/executions/${enc(execution)}/logs/download?action=${enc(action.action)}`, download: true }, "Download");
+  const tools = h("div", { class: "log-tools" }, search, matches, download);
+  const element = h("details", { class: "act", id: `act-${action.stage}-${action.action}` }, summary, h("div", { class: "body" }, info, h("div", {}, h("h4", {}, "Log"), tools, log)));
   let last = null;
   let finished = false;
   const pane = {
@@ -935,7 +949,10 @@ function actionPane(execution, action) {
         log.append(logLine(line));
         last = line.id;
       }
-      if (page.lines.length) log.scrollTop = log.scrollHeight;
+      if (page.lines.length) {
+        applySearch();
+        log.scrollTop = log.scrollHeight;
+      }
       if (page.status !== "InProgress" && page.status !== "Stopping") finished = true;
     },
   };
@@ -976,8 +993,11 @@ function actionInfo(execution, action, detail, artifacts) {
 }
 
 function logLine(record) {
-  const line = h("div", { class: record.stream === "stderr" ? "err-line" : "" });
-  line.append(h("span", { class: "ts" }, `${new Date(record.ts_ms).toLocaleTimeString()} `), ...ansi(record.line));
+  const line = h("div", { class: record.stream === "stderr" ? "line err-line" : "line" });
+  const text = ansi(record.line);
+  line.append(h("span", { class: "ts" }, `${new Date(record.ts_ms).toLocaleTimeString()} `), ...text);
+  // What a search looks in: the shown text, without the time or colour escapes.
+  line.dataset.text = text.map((part) => (part instanceof Node ? part.textContent : part)).join("").toLowerCase();
   return line;
 }
 
