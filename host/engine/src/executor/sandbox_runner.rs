@@ -177,7 +177,7 @@ impl ActionRunner for SandboxRunner {
             off_workers(move || state.open_approval(&id, &name, &approvers, &message, expires))
                 .await
                 .map_err(failed)?;
-        self.progress_hook(execution, action)(
+        self.progress_hook(execution, action, None)(
             0,
             &format!("waiting for approval (token {})", approval.token),
         );
@@ -441,7 +441,7 @@ impl SandboxRunner {
         let log = LogSink::new(
             action.limits.log_bytes,
             self.masker.clone(),
-            Some(self.progress_hook(request.execution, action)),
+            Some(self.progress_hook(request.execution, action, request.claim)),
         );
         // What the action prints is shown live; the host's own note of a failed
         // attempt (below) is not: the retry or end event says it already.
@@ -585,11 +585,17 @@ impl SandboxRunner {
         })
     }
 
-    /// Stores each progress report (shown by the pipeline state API) and shows it.
-    pub(super) fn progress_hook(&self, execution: &str, action: &ActionPlan) -> ProgressHook {
+    /// Stores each progress report (shown by the pipeline state API), under
+    /// the worker's claim if it runs one, and shows it.
+    pub(super) fn progress_hook(
+        &self,
+        execution: &str,
+        action: &ActionPlan,
+        claim: Option<AttemptClaim<'_>>,
+    ) -> ProgressHook {
         let events = self.events.clone();
         let name = action.name.clone();
-        let stored = ProgressWriter::new(self.state.clone(), execution, &name);
+        let stored = ProgressWriter::new(self.state.clone(), execution, &name, claim);
         Arc::new(move |percent, message| {
             stored.write(percent, message);
             events(Event::ActionProgress {
@@ -795,16 +801,24 @@ struct ProgressWriter {
     state: Arc<dyn Store>,
     execution: String,
     action: String,
+    /// The worker's claim (key, fence) the reports are stored under.
+    claim: Option<(String, i64)>,
     /// The newest report not yet taken by a write, and whether one is under way.
     latest: std::sync::Mutex<(Option<(u8, String)>, bool)>,
 }
 
 impl ProgressWriter {
-    fn new(state: Arc<dyn Store>, execution: &str, action: &str) -> Arc<Self> {
+    fn new(
+        state: Arc<dyn Store>,
+        execution: &str,
+        action: &str,
+        claim: Option<AttemptClaim<'_>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state,
             execution: execution.to_string(),
             action: action.to_string(),
+            claim: claim.map(|c| (c.key.to_string(), c.fence)),
             latest: std::sync::Mutex::new((None, false)),
         })
     }
@@ -841,7 +855,9 @@ impl ProgressWriter {
             // would wait for a write that never comes.
             let state = &self.state;
             let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                state.set_progress(&self.execution, &self.action, percent, &message)
+                let claim =
+                    (self.claim.as_ref()).map(|(key, fence)| AttemptClaim { key, fence: *fence });
+                state.set_progress(&self.execution, &self.action, claim, percent, &message)
             }));
             if stored.is_err() {
                 tracing::warn!(action = %self.action, "storing a progress report panicked");
@@ -922,7 +938,7 @@ mod tests {
         state
             .start_action("e", "s", "a", 1, "noop@0.1.0", &[], 1, None)
             .unwrap();
-        let writer = ProgressWriter::new(state.clone(), "e", "a");
+        let writer = ProgressWriter::new(state.clone(), "e", "a", None);
         for percent in 0..=100u8 {
             writer.write(percent, &format!("step {percent}"));
         }

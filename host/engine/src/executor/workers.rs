@@ -292,7 +292,7 @@ pub(super) async fn dispatch(
         state: state.clone(),
         key: Some(key.clone()),
     };
-    let progress = runner.progress_hook(request.execution, request.action);
+    let progress = runner.progress_hook(request.execution, request.action, None);
     let signals = state.signals();
     let done = signals.done(&key);
     let last_look = look(&signals, LAST_LOOK);

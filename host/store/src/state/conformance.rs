@@ -411,11 +411,16 @@ pub fn concurrent_claimers_never_share_an_attempt(first: &dyn Store, second: &dy
     assert_eq!(claimed.len(), ATTEMPTS);
 }
 
-/// A worker's log lines are stored while it holds its claim; once another
-/// worker took the attempt over, the first one's late lines are refused,
-/// naming the lost claim, and the second's are stored.
-pub fn a_lost_claims_late_log_lines_are_refused(store: &dyn Store) {
+/// A worker's log lines and progress are stored while it holds its claim;
+/// once another worker took the attempt over, the first one's late lines
+/// are refused, naming the lost claim, its late progress is dropped, and the
+/// second's are stored.
+pub fn a_lost_claims_late_log_lines_and_progress_are_refused(store: &dyn Store) {
     start(store, "e", 1);
+    store.start_stage("e", "s", 0, 1, None).unwrap();
+    store
+        .start_action("e", "s", "a", 1, "noop@0.1.0", &[], 1, None)
+        .unwrap();
     store.queue_attempt("e/a/1/", "e", "payload").unwrap();
     let first = store.claim_attempt("w1", 0, 100).unwrap().expect("queued");
     let line = |text: &str| LogLine {
@@ -431,6 +436,21 @@ pub fn a_lost_claims_late_log_lines_are_refused(store: &dyn Store) {
         store.append_logs("e", "a", 1, Some(claim), &[line(text)])
     };
     append(first.fence, "first worker").unwrap();
+    let progress = |fence: i64, percent: u8| {
+        let claim = AttemptClaim {
+            key: "e/a/1/",
+            fence,
+        };
+        store
+            .set_progress("e", "a", Some(claim), percent, "step")
+            .unwrap();
+        store.actions("e").unwrap()[0].percent
+    };
+    assert_eq!(
+        progress(first.fence, 80),
+        Some(80),
+        "the claim was still held"
+    );
     let second = store
         .claim_attempt("w2", 201, 300)
         .unwrap()
@@ -441,6 +461,8 @@ pub fn a_lost_claims_late_log_lines_are_refused(store: &dyn Store) {
         "{refused}"
     );
     append(second.fence, "second worker").unwrap();
+    assert_eq!(progress(second.fence, 10), Some(10));
+    assert_eq!(progress(first.fence, 99), Some(10), "a lost claim's report");
     let stored: Vec<String> = (store.logs("e", Some("a")).unwrap())
         .into_iter()
         .map(|l| l.line)

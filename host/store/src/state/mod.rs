@@ -238,11 +238,14 @@ pub trait ExecutionStore {
         summary: &str,
     ) -> anyhow::Result<()>;
 
-    /// Record an action's latest progress report.
+    /// Record an action's latest progress report. One from a worker under a
+    /// `claim` it no longer holds is dropped: the worker that took the
+    /// attempt over reports for it now.
     fn set_progress(
         &self,
         execution: &str,
         action: &str,
+        claim: Option<AttemptClaim<'_>>,
         percent: u8,
         message: &str,
     ) -> anyhow::Result<()>;

@@ -1089,13 +1089,16 @@ impl ExecutionStore for SqliteStore {
         &self,
         execution: &str,
         action: &str,
+        claim: Option<AttemptClaim<'_>>,
         percent: u8,
         message: &str,
     ) -> anyhow::Result<()> {
+        let (key, fence) = (claim.map(|c| c.key), claim.map(|c| c.fence));
         self.write_held(
             execution,
-            "UPDATE action_runs SET percent = ?3, progress = ?4 WHERE execution_id = ?1 AND action = ?2",
-            params![execution, action, percent, message],
+            "UPDATE action_runs SET percent = ?3, progress = ?4 WHERE execution_id = ?1 AND action = ?2
+               AND (?5 IS NULL OR EXISTS (SELECT 1 FROM attempts WHERE key = ?5 AND fence = ?6 AND state = 'running'))",
+            params![execution, action, percent, message, key, fence],
         )
     }
 
@@ -2281,7 +2284,7 @@ mod tests {
         an_executions_rule_evaluations_are_listed_in_order,
         event_numbers_never_go_back_when_gc_empties_the_events,
         an_asked_rollback_waits_until_one_process_starts_it,
-        a_lost_claims_late_log_lines_are_refused,
+        a_lost_claims_late_log_lines_and_progress_are_refused,
     );
     #[test]
     fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone() {
