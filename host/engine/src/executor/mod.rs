@@ -380,30 +380,16 @@ impl<R: ActionRunner> Executor<R> {
             serde_json::to_value(&variables)?,
             serde_json::to_value(&trigger)?,
         );
-        let (name, file, now) = (&plan.name, &plan.file, now_ms());
-        match asked_by {
-            None => (self.state).start_execution(
-                &id,
-                name,
-                file,
-                &variables_json,
-                &trigger_json,
-                now,
-            )?,
-            Some(asked_by) => {
-                let state = &self.state;
-                if !state.start_asked_rollback(
-                    asked_by,
-                    &id,
-                    name,
-                    file,
-                    &variables_json,
-                    &trigger_json,
-                    now,
-                )? {
-                    return Ok(None);
-                }
+        let (state, name, file, now) = (&self.state, &plan.name, &plan.file, now_ms());
+        let started = match asked_by {
+            None => (state.start_execution(&id, name, file, &variables_json, &trigger_json, now))
+                .map(|()| true),
+            Some(by) => {
+                state.start_asked_rollback(by, &id, name, file, &variables_json, &trigger_json, now)
             }
+        }?;
+        if !started {
+            return Ok(None);
         }
         let mut context = ExecutionContext::new(id, plan.clone(), trigger, variables);
         context.ended_stages = (0..plan.stages.len()).filter(|p| *p != position).collect();
