@@ -1193,6 +1193,38 @@ fn a_rollback_asked_for_just_before_the_server_died_is_started_by_the_next_one_o
     assert_eq!(started.len(), 1, "{started:#?}");
 }
 
+/// A store failure while the asked rollback starts (here a trigger makes the
+/// database refuse new rollback executions) may pass, so the ask is kept:
+/// once the database accepts them again, the lease loop starts it, once.
+#[test]
+fn a_rollback_that_a_failing_store_kept_from_starting_starts_once_it_works_again() {
+    let f = fixture(&rolled_back_when_bad()).restart(&["--lease", "3s"], |_| {});
+    let good = f.start_release("v1");
+    let db = rusqlite::Connection::open(f._workspace.path(".sluice/state.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        r#"CREATE TRIGGER failing_disk BEFORE INSERT ON executions
+           WHEN json_extract(NEW."trigger", '$.kind') = 'rollback'
+           BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"#,
+    )
+    .unwrap();
+    let bad = f.fail_release();
+    // The lease loop turns every second: let it fail a few times.
+    std::thread::sleep(Duration::from_secs(3));
+    let asked: Option<String> = db
+        .query_row(
+            "SELECT rollback_stage FROM executions WHERE id = ?1",
+            [&bad],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(asked.as_deref(), Some("Deploy"), "the ask was dropped");
+    db.execute_batch("DROP TRIGGER failing_disk").unwrap();
+    f.one_rollback_to(&good);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.rollbacks().len(), 1, "the rollback started twice");
+}
+
 #[test]
 fn an_operator_overrides_the_condition_that_failed_a_stage_and_the_audit_log_says_who() {
     let gated = RELEASES.replace(

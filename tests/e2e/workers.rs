@@ -497,3 +497,77 @@ plugin = "command@0.1"
 config = { run = "sh -c 'echo warm >> $CACHE/log'", env = "CACHE=#{cache.data}" }
 grants = { commands = ["sh"], caches = ["data"] }
 "#;
+
+/// Where Debian's `faketime` package puts libfaketime, which moves the wall
+/// clock of a process it is preloaded into (`.ci/run` installs it).
+fn libfaketime() -> std::path::PathBuf {
+    let lib = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+        .find(|lib| lib.exists());
+    lib.expect("libfaketime is missing: install Debian's `faketime` package")
+}
+
+/// `envs`, plus what sets a process's wall clock `offset` away (`-1h`,
+/// `+1h`) from the real one. Its monotonic clock stays as it is.
+fn clock_off_by(envs: &[(String, String)], offset: &str) -> Vec<(String, String)> {
+    let mut envs = envs.to_vec();
+    envs.extend([
+        ("LD_PRELOAD".into(), libfaketime().display().to_string()),
+        ("FAKETIME".into(), offset.into()),
+        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]);
+    envs
+}
+
+/// Machines' clocks disagree. A worker whose clock is an hour behind would
+/// record claims that every other worker sees as run out at once (and take
+/// over while it still runs the action); one an hour ahead would hold a claim
+/// for an hour after it died. Claims are timed by the database's clock.
+#[test]
+fn workers_whose_clocks_are_an_hour_off_time_their_claims_by_the_databases_clock() {
+    let Cluster {
+        schema,
+        _bucket,
+        envs,
+        workspace,
+    } = Cluster::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let server = Server::start_with(&workspace, &["--actions", "workers", "--lease", "3s"]);
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/handoff",
+        Some(&admin),
+        Some(HANDOFF),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // Behind: its claim holds while it runs, with a punctual worker waiting.
+    let mut behind = WorkerProcess::start(&clock_off_by(&envs, "-1h"));
+    let first = start(&server, &admin, 4);
+    assert_eq!(claimant(&schema, &first, "build"), behind.id);
+    let mut punctual = WorkerProcess::start(&envs);
+    assert_handed_off(&server, &admin, &first);
+    assert_eq!(
+        attempts(&schema, &first, "build"),
+        [(behind.id.clone(), 1, "done".to_string())],
+        "the punctual worker took over the live claim of the one behind"
+    );
+
+    // Ahead: killed mid-action, its claim runs out after the lease, not an
+    // hour later, and a punctual worker finishes the action once.
+    behind.kill9();
+    punctual.kill9();
+    let mut ahead = WorkerProcess::start(&clock_off_by(&envs, "+1h"));
+    let second = start(&server, &admin, 4);
+    assert_eq!(claimant(&schema, &second, "build"), ahead.id);
+    let rescuer = WorkerProcess::start(&envs);
+    ahead.kill9();
+    assert_handed_off(&server, &admin, &second);
+    assert_eq!(
+        attempts(&schema, &second, "build"),
+        [(rescuer.id.clone(), 2, "done".to_string())],
+        "the dead worker's claim was not taken over after its lease"
+    );
+}

@@ -1140,7 +1140,11 @@ pub(super) fn roll_back_after(app: &AppState, id: &str, stage: &str) -> ApiResul
         let target = earlier_success(app, &plan, stage, record.version, 0)?;
         start_rollback(app, plan, &target, stage, record.version, Some(id))
     })();
-    if started.is_err()
+    // A refusal (no earlier success, limits) is final: the ask is dropped. A
+    // failure of the store may pass, so the ask stays for the next lease-loop
+    // turn to try again (`roll_back_what_was_asked`).
+    if let Err(refused) = &started
+        && !refused.status.is_server_error()
         && let Err(e) = app.state.drop_rollback(id)
     {
         tracing::warn!(execution = %id, "forgetting a rollback that cannot start: {e:#}");

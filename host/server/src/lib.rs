@@ -362,6 +362,9 @@ async fn roll_back_as_asked(app: &AppState, id: String, stage: String) {
             tracing::info!(execution = %id, stage, rollback, "rolling back as a condition asked")
         }
         Ok(None) => tracing::info!(execution = %id, stage, "another server started the rollback"),
+        Err(e) if e.status.is_server_error() => {
+            tracing::warn!(execution = %id, stage, "the rollback a condition asked for could not start yet; trying again later: {}", e.body.error)
+        }
         Err(e) => {
             tracing::warn!(execution = %id, stage, "the rollback a condition asked for could not start: {}", e.body.error)
         }
@@ -546,13 +549,21 @@ async fn metrics(State(app): State<AppState>) -> Result<String, ApiError> {
 /// Schedules are UTC; fires missed while the server was down are not caught up.
 async fn run_cron(app: AppState) {
     let mut schedules: HashMap<(String, i64), Vec<(String, cron::Schedule)>> = HashMap::new();
-    let mut last_check = chrono::Utc::now();
+    let state = app.state.clone();
+    let started_ms = off_workers(move || state.clock_ms()).await;
+    let mut last_check =
+        chrono::DateTime::from_timestamp_millis(started_ms).unwrap_or_else(chrono::Utc::now);
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let now = chrono::Utc::now();
+        // Ticks come due by the store's clock, so a server whose own clock
+        // runs ahead does not fire them early.
         let state = app.state.clone();
-        let pipelines = match off_workers(move || state.pipelines()).await {
-            Ok(pipelines) => pipelines,
+        let read = off_workers(move || anyhow::Ok((state.pipelines()?, state.clock_ms()))).await;
+        let (pipelines, now) = match read {
+            Ok((pipelines, now_ms)) => (
+                pipelines,
+                chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_else(chrono::Utc::now),
+            ),
             Err(e) => {
                 tracing::error!("cron: reading pipelines failed: {e:#}");
                 continue;
@@ -617,11 +628,14 @@ async fn run_notifications(app: AppState) {
         // One server delivers at a time (the others stand by), so an event
         // reaches its target once; a server that takes over goes on from the
         // shared cursor.
-        let now = now_ms();
-        match app
-            .state
-            .hold_notifier(&app.lease.id, now, now + app.lease.lease_ms)
-        {
+        let state = app.state.clone();
+        let owner = app.lease.clone();
+        let held = off_workers(move || {
+            let now = state.clock_ms();
+            state.hold_notifier(&owner.id, now, now + owner.lease_ms)
+        })
+        .await;
+        match held {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
@@ -777,7 +791,7 @@ fn start_scheduled(
 /// Two servers racing for one execution: the lease goes to one.
 fn take_over(app: &AppState, own: bool) -> anyhow::Result<()> {
     let owner = &app.lease;
-    let now = now_ms();
+    let now = app.state.clock_ms();
     for id in app.state.unleased_executions(&owner.id, now, own)? {
         let until = now.saturating_add(owner.lease_ms);
         if !app.state.claim_execution(&id, &owner.id, now, until)? {
@@ -878,7 +892,7 @@ fn renewal_interval(owner: &Owner) -> Duration {
 
 /// Extend every lease `owner` holds by its full length from now.
 fn renew(state: &dyn Store, owner: &Owner) {
-    let until = now_ms().saturating_add(owner.lease_ms);
+    let until = state.clock_ms().saturating_add(owner.lease_ms);
     if let Err(e) = state.renew_leases(&owner.id, until) {
         tracing::error!("renewing execution leases failed: {e:#}");
     }

@@ -15,7 +15,7 @@ use crate::cache::CacheStore;
 use sluice_core::pipeline::limits::Limits;
 use sluice_core::pipeline::{ActionKind, ActionPlan, ApprovalPolicy, Plan};
 use sluice_core::plugin::InstalledPlugin;
-use sluice_sandbox::log::{LineHook, LogSink, LogStream, ProgressHook, now_ms};
+use sluice_sandbox::log::{LineHook, LogSink, LogStream, ProgressHook};
 use sluice_sandbox::{
     ActionError, ActionOutcome, Invocation, LoadedPlugin, RuleVerdict, Runtime, SandboxSpec,
 };
@@ -166,17 +166,21 @@ impl ActionRunner for SandboxRunner {
         policy: &ApprovalPolicy,
     ) -> Result<ActionOutcome, String> {
         let failed = |e: anyhow::Error| format!("approval bookkeeping failed: {e:#}");
-        let expires = now_ms() + policy.timeout.as_millis() as i64;
+        // The deadline is kept by the store's clock: a server that resumes
+        // the wait on another machine keeps the same one.
+        let timeout = policy.timeout.as_millis() as i64;
         let (state, id, name) = (
             self.state.clone(),
             execution.to_string(),
             action.name.clone(),
         );
         let (approvers, message) = (policy.approvers.clone(), policy.message.clone());
-        let approval =
-            off_workers(move || state.open_approval(&id, &name, &approvers, &message, expires))
-                .await
-                .map_err(failed)?;
+        let approval = off_workers(move || {
+            let expires = state.clock_ms() + timeout;
+            state.open_approval(&id, &name, &approvers, &message, expires)
+        })
+        .await
+        .map_err(failed)?;
         self.progress_hook(execution, action, None)(
             0,
             &format!("waiting for approval (token {})", approval.token),
@@ -190,10 +194,11 @@ impl ActionRunner for SandboxRunner {
                 execution.to_string(),
                 action.name.clone(),
             );
-            let current = off_workers(move || state.approval(&id, &name))
-                .await
-                .map_err(failed)?
-                .ok_or_else(|| "approval record vanished".to_string())?;
+            let (current, now) =
+                off_workers(move || Ok((state.approval(&id, &name)?, state.clock_ms())))
+                    .await
+                    .map_err(failed)?;
+            let current = current.ok_or_else(|| "approval record vanished".to_string())?;
             let by = current.decided_by.clone().unwrap_or_default();
             let comment = current.comment.clone().unwrap_or_default();
             match current.status {
@@ -207,7 +212,7 @@ impl ActionRunner for SandboxRunner {
                 ApprovalStatus::Rejected => return Err(format!("rejected by {by}: {comment}")),
                 _ => {}
             }
-            let remaining = current.expires_ms - now_ms();
+            let remaining = current.expires_ms - now;
             if remaining <= 0 {
                 let (state, id, name) = (
                     self.state.clone(),

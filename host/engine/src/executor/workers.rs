@@ -24,7 +24,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sluice_core::pipeline::{ActionKind, Plan};
 use sluice_core::plugin::{InstalledPlugin, Registry};
-use sluice_core::units::now_ms;
 use sluice_sandbox::ActionOutcome;
 use sluice_store::off_workers;
 use sluice_store::remote::RemoteArtifacts;
@@ -250,10 +249,20 @@ struct Withdraw {
 
 impl Drop for Withdraw {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take()
-            && let Err(e) = self.state.cancel_attempt(&key)
-        {
-            tracing::warn!("withdrawing attempt {key}: {e:#}");
+        let Some(key) = self.key.take() else { return };
+        let state = self.state.clone();
+        let cancel = move || {
+            if let Err(e) = state.cancel_attempt(&key) {
+                tracing::warn!("withdrawing attempt {key}: {e:#}");
+            }
+        };
+        // Dropped on a tokio worker thread (the wait's future is dropped), a
+        // store call must not block it: the withdrawal goes to the blocking
+        // pool. Should the runtime shut down first, the attempt runs to its
+        // end, and a resumed executor takes its result instead of another run.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(cancel)),
+            Err(_) => cancel(),
         }
     }
 }
@@ -411,7 +420,7 @@ impl Worker {
             let queued = signals.queued().notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            let now = now_ms();
+            let now = self.state().clock_ms();
             match self
                 .state()
                 .claim_attempt(&self.id, now, now + self.lease_ms())
@@ -464,7 +473,7 @@ impl Worker {
     async fn keep_claim(&self, claim: &ClaimedAttempt) {
         loop {
             tokio::time::sleep(self.lease / 3).await;
-            let until = now_ms() + self.lease_ms();
+            let until = self.state().clock_ms() + self.lease_ms();
             match self.state().renew_attempt(&claim.key, claim.fence, until) {
                 Ok(true) => {}
                 Ok(false) => return,

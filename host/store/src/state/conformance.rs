@@ -228,6 +228,33 @@ pub fn a_lease_is_held_by_one_owner_until_it_runs_out(store: &dyn Store) {
     );
 }
 
+/// A new execution's lease runs from the store's clock, whatever time its
+/// start is stamped with: a process whose own clock is off records a lease
+/// that the others see neither as run out nor as lasting an hour too long.
+pub fn a_new_lease_runs_from_the_stores_clock(store: &dyn Store) {
+    const HOUR: i64 = 3_600_000;
+    store.lease_as(Owner {
+        id: "a".into(),
+        lease_ms: 60_000,
+    });
+    let now = store.clock_ms();
+    start(store, "behind", now - HOUR);
+    start(store, "ahead", now + HOUR);
+    assert!(
+        (store
+            .unleased_executions("b", store.clock_ms(), false)
+            .unwrap())
+        .is_empty(),
+        "a lease ran out at once"
+    );
+    let after_the_lease = store.clock_ms() + 120_000;
+    let mut ran_out = store
+        .unleased_executions("b", after_the_lease, false)
+        .unwrap();
+    ran_out.sort();
+    assert_eq!(ran_out, ["ahead", "behind"], "a lease outlived its length");
+}
+
 /// A process whose lease was taken over records nothing more of the
 /// execution: not its ends, not its events, not its logs.
 pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {
@@ -235,9 +262,14 @@ pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {
         id: "a".into(),
         lease_ms: 100,
     });
+    let now = store.clock_ms();
     start(store, "e", 1_000);
     store.start_stage("e", "S", 0, 1_001, None).unwrap();
-    assert!(store.claim_execution("e", "b", 2_000, 3_000).unwrap());
+    assert!(
+        store
+            .claim_execution("e", "b", now + 1_000, now + 2_000)
+            .unwrap()
+    );
     let refused = [
         store
             .finish_stage(
@@ -815,7 +847,12 @@ pub fn concurrent_transitions_are_each_committed_and_a_refusal_stays_alone(
     for i in 0..EXECUTIONS {
         start(&*store, &format!("e{i}"), 1_000);
     }
-    assert!(store.claim_execution("e7", "b", 2_000, 9_000).unwrap());
+    let now = store.clock_ms();
+    assert!(
+        store
+            .claim_execution("e7", "b", now + 1_000, now + 8_000)
+            .unwrap()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 mod conformance;
 mod postgres;
+pub mod shared_clock;
 pub mod signals;
 mod sqlite;
 mod transition;
@@ -279,6 +280,15 @@ pub trait LeaseStore {
     /// From now on, executions started through this store are leased to
     /// `owner` (without this, they are leased to no one).
     fn lease_as(&self, owner: Owner);
+
+    /// The time, in ms since the epoch, that leases and claims are measured
+    /// in. Every process sharing the store reads the same clock, so a
+    /// machine whose own clock is wrong neither takes over a live lease nor
+    /// keeps a dead one: SQLite's is this machine's (only processes here
+    /// share the file), PostgreSQL's the database server's (see
+    /// [`shared_clock`]). May ask the database: call it where store calls
+    /// are made.
+    fn clock_ms(&self) -> i64;
 
     /// Take the lease of unfinished execution `id` for `owner` until
     /// `until_ms`, if it has none, `owner` holds it already, or it ran out

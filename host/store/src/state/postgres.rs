@@ -227,6 +227,8 @@ pub struct PostgresStore {
     signals: Arc<StoreSignals>,
     /// Whether that session's thread was started.
     listening: std::sync::Once,
+    /// The database server's clock, which leases are measured in.
+    clock: super::shared_clock::SharedClock,
 }
 
 impl PostgresStore {
@@ -244,6 +246,7 @@ impl PostgresStore {
             owner: std::sync::OnceLock::new(),
             signals: Arc::new(StoreSignals::across_processes()),
             listening: std::sync::Once::new(),
+            clock: super::shared_clock::SharedClock::new(),
         };
         store.with(|db| migrate(db).context("creating or migrating the state database"))?;
         Ok(store)
@@ -945,7 +948,8 @@ impl ExecutionStore for PostgresStore {
         trigger: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        let (owner, until) = lease(self.owner.get(), now_ms);
+        // The lease ends by the database's clock; `now_ms` only dates the start.
+        let (owner, until) = lease(self.owner.get(), self.clock_ms());
         self.execute(
             INSERT_EXECUTION,
             &[
@@ -997,7 +1001,7 @@ impl ExecutionStore for PostgresStore {
         trigger: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
-        let (owner, until) = lease(self.owner.get(), now_ms);
+        let (owner, until) = lease(self.owner.get(), self.clock_ms());
         self.with(|db| {
             let mut transaction = db.transaction()?;
             let taken = transaction.execute(
@@ -1363,7 +1367,7 @@ impl ExecutionStore for PostgresStore {
 
     fn reopen_execution(&self, id: &str) -> anyhow::Result<bool> {
         // Whoever retries a finished execution runs it, so it holds it now.
-        let (owner, until) = lease(self.owner.get(), sluice_core::units::now_ms());
+        let (owner, until) = lease(self.owner.get(), self.clock_ms());
         let changed = self.execute(
             "UPDATE executions SET status = 'InProgress', error = NULL, ended_ms = NULL, owner = $2, lease_until_ms = $3
              WHERE id = $1 AND status NOT IN ('InProgress', 'Stopping')",
@@ -1400,6 +1404,16 @@ impl ExecutionStore for PostgresStore {
 impl LeaseStore for PostgresStore {
     fn lease_as(&self, owner: Owner) {
         let _ = self.owner.set(owner);
+    }
+
+    fn clock_ms(&self) -> i64 {
+        self.clock.now_ms(|| {
+            let rows = self.query(
+                "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+                &[],
+            )?;
+            Ok(rows[0].try_get(0)?)
+        })
     }
 
     fn claim_execution(
@@ -2169,6 +2183,7 @@ mod tests {
         a_cron_fire_is_claimed_once,
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
+        a_new_lease_runs_from_the_stores_clock,
         an_id_prefix_matches_literally,
         an_attempt_is_fenced_after_its_claim_runs_out,
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,

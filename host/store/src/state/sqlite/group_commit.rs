@@ -277,7 +277,10 @@ mod tests {
         for id in ids {
             (store.start_execution(id, "p", Path::new("p.toml"), &none, &none, 1_000)).unwrap();
         }
-        assert!(store.claim_execution(ids[1], "b", 2_000, 9_000).unwrap());
+        let after_the_lease = store.clock_ms() + 60_000;
+        assert!(
+            (store.claim_execution(ids[1], "b", after_the_lease, after_the_lease + 9_000)).unwrap()
+        );
         (dir, store)
     }
 

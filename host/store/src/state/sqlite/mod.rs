@@ -1164,6 +1164,10 @@ impl LeaseStore for SqliteStore {
         let _ = self.owner.set(owner);
     }
 
+    fn clock_ms(&self) -> i64 {
+        sluice_core::units::now_ms()
+    }
+
     fn claim_execution(
         &self,
         id: &str,
@@ -2043,7 +2047,8 @@ fn insert_execution(
     owner: Option<&Owner>,
     new: &NewExecution<'_>,
 ) -> anyhow::Result<()> {
-    let (owner, until) = lease(owner, new.now_ms);
+    // The lease runs from the store's clock; `now_ms` only dates the start.
+    let (owner, until) = lease(owner, sluice_core::units::now_ms());
     db.prepare_cached(
         "INSERT INTO executions (id, pipeline, pipeline_file, status, started_ms, variables, trigger, owner, lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
@@ -2272,6 +2277,7 @@ mod tests {
         a_cron_fire_is_claimed_once,
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
+        a_new_lease_runs_from_the_stores_clock,
         an_id_prefix_matches_literally,
         an_attempt_is_fenced_after_its_claim_runs_out,
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
