@@ -19,6 +19,9 @@ pub struct SharedClock {
     /// The last reading: when it was taken here, and what it said (ms since
     /// the epoch), if one was taken.
     last: Mutex<Option<Reading>>,
+    /// When reading last failed: the next try waits [`SharedClock::RETRY`],
+    /// so an unreachable database is not asked (and logged) on every call.
+    failed: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone, Copy)]
@@ -38,10 +41,14 @@ impl SharedClock {
     /// How old a reading may get before it is taken again.
     pub const RESYNC: Duration = Duration::from_secs(30);
 
+    /// How long after a failed reading the next is tried.
+    pub const RETRY: Duration = Duration::from_secs(1);
+
     /// A clock with no reading yet.
     pub fn new() -> Self {
         Self {
             last: Mutex::new(None),
+            failed: Mutex::new(None),
         }
     }
 
@@ -50,20 +57,37 @@ impl SharedClock {
     /// [`Self::RESYNC`]. When it fails, the last reading is carried further
     /// (and with none, this machine's clock stands in) until it answers.
     pub fn now_ms(&self, read: impl FnOnce() -> anyhow::Result<i64>) -> i64 {
-        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(reading) = last.filter(|r| r.taken.elapsed() < Self::RESYNC) {
+        if let Some(reading) = self.fresh_reading() {
             return reading.now_ms();
+        }
+        // One caller reads at a time; the others then find its reading fresh.
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reading) = self.fresh_reading() {
+            return reading.now_ms();
+        }
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let carried = || last.map_or_else(sluice_core::units::now_ms, Reading::now_ms);
+        if failed.is_some_and(|at| at.elapsed() < Self::RETRY) {
+            return carried();
         }
         match Self::take_reading(read) {
             Ok(reading) => {
+                *failed = None;
                 *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(reading);
                 reading.now_ms()
             }
             Err(e) => {
+                *failed = Some(Instant::now());
                 tracing::warn!("reading the database's clock failed: {e:#}");
-                last.map_or_else(sluice_core::units::now_ms, Reading::now_ms)
+                carried()
             }
         }
+    }
+
+    /// The last reading, if it is younger than [`Self::RESYNC`].
+    fn fresh_reading(&self) -> Option<Reading> {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.filter(|r| r.taken.elapsed() < Self::RESYNC)
     }
 
     /// Ask the remote clock, and date its answer at the middle of the round
@@ -126,6 +150,8 @@ mod tests {
             (HOUR_AHEAD - 60_000..HOUR_AHEAD + 60_000).contains(&(behind + 30_000)),
             "{carried} is not the last reading carried forward ({behind} ms behind)"
         );
+        clock.now_ms(|| panic!("asked again at once after a failure"));
+        *clock.failed.lock().unwrap() = Some(Instant::now() - SharedClock::RETRY);
         let answered = clock.now_ms(|| Ok(42));
         assert!(
             (42..1_042).contains(&answered),
