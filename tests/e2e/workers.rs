@@ -571,3 +571,82 @@ fn workers_whose_clocks_are_an_hour_off_time_their_claims_by_the_databases_clock
         "the dead worker's claim was not taken over after its lease"
     );
 }
+
+/// A server on the cluster's database with its wall clock `offset` away,
+/// running actions itself and logging to `log` in the workspace.
+fn server_with_clock(workspace: &Workspace, offset: &str, log: &str) -> Server {
+    let skewed = clock_off_by(&[], offset);
+    let envs: Vec<(&str, &str)> = skewed
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    Server::start_logging(workspace, &["--lease", "3s"], &envs, log)
+}
+
+/// The same for execution leases between servers: one an hour behind keeps
+/// the execution it runs while a punctual one looks for executions to take
+/// over; one an hour ahead that dies has its execution taken over after the
+/// lease, not an hour later.
+#[test]
+fn servers_whose_clocks_are_an_hour_off_time_their_leases_by_the_databases_clock() {
+    let Cluster {
+        schema: _schema,
+        _bucket,
+        envs: _,
+        workspace,
+    } = Cluster::new();
+    let admin = token(&workspace, &["--role", "admin"]);
+    let punctual = Server::start_logging(&workspace, &["--lease", "3s"], &[], "punctual.log");
+    let (status, body) = punctual.call(
+        "PUT",
+        "/api/v1/pipelines/handoff",
+        Some(&admin),
+        Some(HANDOFF),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    let mut behind = server_with_clock(&workspace, "-1h", "behind.log");
+    let first = start(&behind, &admin, 4);
+    assert_handed_off(&behind, &admin, &first);
+    let (_, detail) = behind.call(
+        "GET",
+        &format!("/api/v1/executions/{first}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(detail["actions"][0]["attempts"], 1, "{detail:#}");
+    let read = |log: &str| std::fs::read_to_string(workspace.path(log)).unwrap();
+    assert!(
+        !read("punctual.log").contains(&first),
+        "the punctual server took over the execution of the one behind:\n{}",
+        read("punctual.log")
+    );
+    assert!(
+        !read("behind.log").contains("lost the lease"),
+        "{}",
+        read("behind.log")
+    );
+
+    behind.kill9();
+    let mut ahead = server_with_clock(&workspace, "+1h", "ahead.log");
+    let second = start(&ahead, &admin, 4);
+    assert!(
+        eventually(30, || {
+            let (_, detail) = ahead.call(
+                "GET",
+                &format!("/api/v1/executions/{second}"),
+                Some(&admin),
+                None,
+            );
+            detail["actions"][0]["status"] == "InProgress"
+        }),
+        "the build never started"
+    );
+    ahead.kill9();
+    // wait_for_end gives up after 30 s: an hour-long lease fails it.
+    assert_handed_off(&punctual, &admin, &second);
+    assert!(
+        read("punctual.log").contains(&second),
+        "the punctual server did not say it took the execution over"
+    );
+}
