@@ -51,7 +51,8 @@ pub fn create_token(
     description: String,
     lifetime: Option<std::time::Duration>,
 ) -> anyhow::Result<(TokenRecord, String)> {
-    let now = sluice_core::units::now_ms();
+    // Expiry is checked by servers on other machines: the store's clock.
+    let now = state.clock_ms();
     let id = format!("tok_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let secret = format!(
         "sluice_{}{}",
@@ -82,7 +83,7 @@ pub fn revoke_token(state: &dyn Store, id: &str) -> anyhow::Result<()> {
 
 /// `sluice token list`: one line per token (never its secret).
 pub fn list_tokens(state: &dyn Store) -> anyhow::Result<String> {
-    let now = sluice_core::units::now_ms();
+    let now = state.clock_ms();
     let mut out = format!(
         "{:<17} {:<9} {:<20} {:<28} {:<28} DESCRIPTION\n",
         "ID", "ROLE", "PIPELINES", "EXPIRES", "REVOKED"
@@ -186,7 +187,7 @@ impl Caller {
             .reason("revoked"));
         }
         if let Some(expires) = token.expires_ms
-            && expires <= sluice_core::units::now_ms()
+            && expires <= state.clock_ms()
         {
             return Err(ApiError::unauthorized(format!(
                 "token {} expired at {}",

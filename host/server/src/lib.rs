@@ -18,6 +18,7 @@ mod extract;
 mod handlers;
 mod openapi;
 mod plans;
+mod rollback_retries;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub struct AppState {
     admission: Arc<std::sync::Mutex<()>>,
     /// This server as the holder of executions' leases.
     lease: Owner,
+    /// Asked rollbacks that failed to start here, and when to try each again.
+    rollback_retries: Arc<rollback_retries::RollbackRetries>,
 }
 
 /// Most bytes a request body may have, except webhook deliveries (axum's default).
@@ -118,6 +121,7 @@ impl AppState {
             limits: Limits::default(),
             plans: Arc::default(),
             admission: Arc::default(),
+            rollback_retries: Arc::default(),
             lease: Owner {
                 id: format!("serve-{}", uuid::Uuid::new_v4().simple()),
                 lease_ms: 30_000,
@@ -353,34 +357,73 @@ pub(crate) fn run_to_end(app: &AppState, started: Begun) {
 }
 
 /// Start the rollback of `stage` that execution `id` asked for when it ended.
+/// A refusal drops the ask; a failure of the store keeps it, to be tried
+/// again later ([`rollback_retries`]).
 async fn roll_back_as_asked(app: &AppState, id: String, stage: String) {
-    let app = app.clone();
+    let asked = app.clone();
     let (asked_by, asked_stage) = (id.clone(), stage.clone());
-    let started = off_workers(move || handlers::roll_back_after(&app, &asked_by, &asked_stage));
+    let started = off_workers(move || handlers::roll_back_after(&asked, &asked_by, &asked_stage));
+    let retries = &app.rollback_retries;
     match started.await {
         Ok(Some(rollback)) => {
+            retries.forget(&id);
             tracing::info!(execution = %id, stage, rollback, "rolling back as a condition asked")
         }
-        Ok(None) => tracing::info!(execution = %id, stage, "another server started the rollback"),
+        Ok(None) => {
+            retries.forget(&id);
+            tracing::info!(execution = %id, stage, "another server started the rollback")
+        }
         Err(e) if e.status.is_server_error() => {
-            tracing::warn!(execution = %id, stage, "the rollback a condition asked for could not start yet; trying again later: {}", e.body.error)
+            match retries.failed(&id, std::time::Instant::now()) {
+                rollback_retries::AfterFailure::TryAgainAfter(wait) => tracing::warn!(
+                    execution = %id, stage,
+                    "the rollback a condition asked for could not start ({}); tried again in {} if still asked",
+                    e.body.error, humantime::format_duration(wait)
+                ),
+                rollback_retries::AfterFailure::GiveUp => {
+                    tracing::error!(
+                        execution = %id, stage,
+                        "the rollback a condition asked for could not start after {} tries; giving it up: {}",
+                        rollback_retries::RollbackRetries::MAX_TRIES, e.body.error
+                    );
+                    let (state, id) = (app.state.clone(), id.clone());
+                    if let Err(e) = off_workers(move || state.drop_rollback(&id)).await {
+                        tracing::warn!("forgetting a rollback that cannot start: {e:#}");
+                    }
+                }
+            }
         }
         Err(e) => {
+            retries.forget(&id);
             tracing::warn!(execution = %id, stage, "the rollback a condition asked for could not start: {}", e.body.error)
         }
     }
 }
 
 /// Start the rollbacks that executions asked for when they ended and that no
-/// process started: the one that ended them died first.
+/// process started (the one that ended them died first, or the store failed
+/// it), each when its retry is due.
 async fn roll_back_what_was_asked(app: &AppState) {
     let state = app.state.clone();
     let pending = match off_workers(move || state.pending_rollbacks()).await {
         Ok(pending) => pending,
         Err(e) => return tracing::warn!("reading the rollbacks asked for: {e:#}"),
     };
+    let ids: Vec<&str> = pending.iter().map(|(id, _)| id.as_str()).collect();
+    app.rollback_retries.keep_only(&ids);
     for (id, stage) in pending {
-        roll_back_as_asked(app, id, stage).await;
+        if app.rollback_retries.is_due(&id, std::time::Instant::now()) {
+            roll_back_as_asked(app, id, stage).await;
+        }
+    }
+}
+
+/// Look for asked rollbacks as often as the lease loop turns, from start-up
+/// on, on a task of its own so that a slow start never delays a renewal.
+async fn run_asked_rollbacks(app: AppState) {
+    loop {
+        roll_back_what_was_asked(&app).await;
+        tokio::time::sleep(renewal_interval(&app.lease)).await;
     }
 }
 
@@ -402,6 +445,7 @@ pub async fn serve(
     })
     .await?;
     tokio::spawn(run_leases(app.clone()));
+    tokio::spawn(run_asked_rollbacks(app.clone()));
     tokio::spawn(run_cron(app.clone()));
     tokio::spawn(run_polls(app.clone()));
     tokio::spawn(run_notifications(app.clone()));
@@ -808,10 +852,6 @@ fn take_over(app: &AppState, own: bool) -> anyhow::Result<()> {
 /// executions whose holder stopped renewing.
 async fn run_leases(app: AppState) {
     loop {
-        // First thing after start-up's take-over: a rollback asked for by an
-        // execution whose server died before starting it (this one, before a
-        // restart, or another) starts here.
-        roll_back_what_was_asked(&app).await;
         tokio::time::sleep(renewal_interval(&app.lease)).await;
         let looking = app.clone();
         off_workers(move || look_after_leases(&looking)).await;

@@ -164,7 +164,9 @@ pub struct Swept {
 /// Remove what is older than `keep` (finished executions with their runs and
 /// logs, events, audit rows), then the artifacts nothing remaining refers to.
 pub fn sweep(state: &dyn Store, artifacts_root: &Path, keep: Duration) -> anyhow::Result<Swept> {
-    let now = sluice_core::units::now_ms();
+    // Ages of rows other machines wrote (webhook and cron dedup rows among
+    // them): the store's clock, so a server running ahead deletes nothing early.
+    let now = state.clock_ms();
     let cutoff = now - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX).min(now);
     let rows = state.gc(cutoff)?;
     let referenced = state.referenced_digests()?;

@@ -256,13 +256,13 @@ impl Drop for Withdraw {
                 tracing::warn!("withdrawing attempt {key}: {e:#}");
             }
         };
-        // Dropped on a tokio worker thread (the wait's future is dropped), a
-        // store call must not block it: the withdrawal goes to the blocking
-        // pool. Should the runtime shut down first, the attempt runs to its
-        // end, and a resumed executor takes its result instead of another run.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(cancel)),
-            Err(_) => cancel(),
+        // The withdrawal lands before the executor records the stop (a retry
+        // then queues the attempt afresh, never to be withdrawn late). On a
+        // tokio worker thread (the wait's future is dropped there), tokio is
+        // told the thread blocks, so its other tasks move on meanwhile.
+        match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(cancel),
+            _ => cancel(),
         }
     }
 }
@@ -420,11 +420,13 @@ impl Worker {
             let queued = signals.queued().notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            let now = self.state().clock_ms();
-            match self
-                .state()
-                .claim_attempt(&self.id, now, now + self.lease_ms())
-            {
+            let (state, id, lease_ms) = (self.state().clone(), self.id.clone(), self.lease_ms());
+            let claimed = off_workers(move || {
+                let now = state.clock_ms();
+                state.claim_attempt(&id, now, now + lease_ms)
+            })
+            .await;
+            match claimed {
                 Ok(Some(claim)) => {
                     let worker = self.clone();
                     tokio::spawn(async move {
@@ -473,8 +475,18 @@ impl Worker {
     async fn keep_claim(&self, claim: &ClaimedAttempt) {
         loop {
             tokio::time::sleep(self.lease / 3).await;
-            let until = self.state().clock_ms() + self.lease_ms();
-            match self.state().renew_attempt(&claim.key, claim.fence, until) {
+            let (state, key, fence, lease_ms) = (
+                self.state().clone(),
+                claim.key.clone(),
+                claim.fence,
+                self.lease_ms(),
+            );
+            let renewed = off_workers(move || {
+                let until = state.clock_ms() + lease_ms;
+                state.renew_attempt(&key, fence, until)
+            })
+            .await;
+            match renewed {
                 Ok(true) => {}
                 Ok(false) => return,
                 // The database is unreachable: keep running; the fence

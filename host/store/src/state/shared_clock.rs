@@ -16,24 +16,41 @@ use std::time::{Duration, Instant};
 /// The reading of a remote clock, carried forward on this machine's
 /// monotonic clock between readings.
 pub struct SharedClock {
-    /// The last reading: when it was taken here, and what it said (ms since
-    /// the epoch), if one was taken.
+    /// The last reading, if one was taken.
     last: Mutex<Option<Reading>>,
-    /// When reading last failed: the next try waits [`SharedClock::RETRY`],
-    /// so an unreachable database is not asked (and logged) on every call.
-    failed: Mutex<Option<Instant>>,
+    /// Held while one caller reads; with when reading last failed, so an
+    /// unreachable database is asked (and logged) once per
+    /// [`SharedClock::RETRY`], not on every call.
+    reading: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone, Copy)]
 struct Reading {
+    /// When it was taken, on the monotonic clock and on this machine's wall
+    /// clock.
     taken: Instant,
+    taken_local_ms: i64,
+    /// What the remote clock said then (ms since the epoch).
     remote_ms: i64,
 }
 
 impl Reading {
+    fn elapsed_ms(self) -> i64 {
+        i64::try_from(self.taken.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
     fn now_ms(self) -> i64 {
-        let elapsed = i64::try_from(self.taken.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.remote_ms.saturating_add(elapsed)
+        self.remote_ms.saturating_add(self.elapsed_ms())
+    }
+
+    /// Young enough to carry on. The monotonic clock stands still while the
+    /// machine is suspended, so a reading is also taken again when the wall
+    /// clock moved on much more than it (or was stepped).
+    fn is_fresh(self) -> bool {
+        let elapsed = self.elapsed_ms();
+        let wall_elapsed = sluice_core::units::now_ms() - self.taken_local_ms;
+        self.taken.elapsed() < SharedClock::RESYNC
+            && (wall_elapsed - elapsed).abs() < SharedClock::SUSPEND_SLACK_MS
     }
 }
 
@@ -44,29 +61,37 @@ impl SharedClock {
     /// How long after a failed reading the next is tried.
     pub const RETRY: Duration = Duration::from_secs(1);
 
+    /// How far the wall clock may run apart from the monotonic one since a
+    /// reading (a suspend, a step) before the reading is taken again.
+    const SUSPEND_SLACK_MS: i64 = 1_000;
+
     /// A clock with no reading yet.
     pub fn new() -> Self {
         Self {
             last: Mutex::new(None),
-            failed: Mutex::new(None),
+            reading: Mutex::new(None),
         }
     }
 
     /// The remote clock's time now, in ms since the epoch. `read` asks the
-    /// remote clock; it is called when there is no reading younger than
-    /// [`Self::RESYNC`]. When it fails, the last reading is carried further
-    /// (and with none, this machine's clock stands in) until it answers.
+    /// remote clock; it is called when the last reading is not fresh (older
+    /// than [`Self::RESYNC`], or the machine was suspended since). While
+    /// another caller reads, and when reading fails, the last reading is
+    /// carried further (with none, this machine's clock stands in).
     pub fn now_ms(&self, read: impl FnOnce() -> anyhow::Result<i64>) -> i64 {
-        if let Some(reading) = self.fresh_reading() {
-            return reading.now_ms();
-        }
-        // One caller reads at a time; the others then find its reading fresh.
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(reading) = self.fresh_reading() {
-            return reading.now_ms();
-        }
         let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
         let carried = || last.map_or_else(sluice_core::units::now_ms, Reading::now_ms);
+        if let Some(reading) = last.filter(|r| r.is_fresh()) {
+            return reading.now_ms();
+        }
+        let mut failed = match self.reading.try_lock() {
+            Ok(failed) => failed,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if last.is_some() => return carried(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.reading.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
         if failed.is_some_and(|at| at.elapsed() < Self::RETRY) {
             return carried();
         }
@@ -84,20 +109,18 @@ impl SharedClock {
         }
     }
 
-    /// The last reading, if it is younger than [`Self::RESYNC`].
-    fn fresh_reading(&self) -> Option<Reading> {
-        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.filter(|r| r.taken.elapsed() < Self::RESYNC)
-    }
-
     /// Ask the remote clock, and date its answer at the middle of the round
     /// trip (the error is at most half of it).
     fn take_reading(read: impl FnOnce() -> anyhow::Result<i64>) -> anyhow::Result<Reading> {
         let asked = Instant::now();
         let remote_ms = read()?;
         let answered = Instant::now();
+        let taken = asked + (answered - asked) / 2;
+        let taken_local_ms =
+            sluice_core::units::now_ms() - i64::try_from(taken.elapsed().as_millis()).unwrap_or(0);
         Ok(Reading {
-            taken: asked + (answered - asked) / 2,
+            taken,
+            taken_local_ms,
             remote_ms,
         })
     }
@@ -117,6 +140,28 @@ mod tests {
 
     fn local_ms() -> i64 {
         sluice_core::units::now_ms()
+    }
+
+    /// Make the last reading `by` older, on both of this machine's clocks.
+    fn age(clock: &SharedClock, by: Duration) {
+        let mut last = clock.last.lock().unwrap();
+        let reading = last.as_mut().unwrap();
+        reading.taken = reading.taken.checked_sub(by).unwrap();
+        reading.taken_local_ms -= by.as_millis() as i64;
+    }
+
+    #[test]
+    fn a_reading_is_taken_again_after_the_machine_was_suspended() {
+        let clock = SharedClock::new();
+        clock.now_ms(|| Ok(local_ms()));
+        // A suspend of a minute: the wall clock moved on, the monotonic one not.
+        clock.last.lock().unwrap().as_mut().unwrap().taken_local_ms -= 60_000;
+        let remote = local_ms() + HOUR_AHEAD;
+        let now = clock.now_ms(|| Ok(remote));
+        assert!(
+            now >= remote,
+            "the reading from before the suspend was carried on"
+        );
     }
 
     #[test]
@@ -142,8 +187,7 @@ mod tests {
         let clock = SharedClock::new();
         let remote = local_ms() - HOUR_AHEAD;
         clock.now_ms(|| Ok(remote));
-        // Age the reading past the resync interval.
-        clock.last.lock().unwrap().as_mut().unwrap().taken -= SharedClock::RESYNC;
+        age(&clock, SharedClock::RESYNC);
         let carried = clock.now_ms(|| anyhow::bail!("the database is down"));
         let behind = local_ms() - carried;
         assert!(
@@ -151,7 +195,7 @@ mod tests {
             "{carried} is not the last reading carried forward ({behind} ms behind)"
         );
         clock.now_ms(|| panic!("asked again at once after a failure"));
-        *clock.failed.lock().unwrap() = Some(Instant::now() - SharedClock::RETRY);
+        *clock.reading.lock().unwrap() = Instant::now().checked_sub(SharedClock::RETRY);
         let answered = clock.now_ms(|| Ok(42));
         assert!(
             (42..1_042).contains(&answered),
