@@ -1225,6 +1225,25 @@ fn a_rollback_that_a_failing_store_kept_from_starting_starts_once_it_works_again
     assert_eq!(f.rollbacks().len(), 1, "the rollback started twice");
 }
 
+/// A rollback whose pipeline version the store fails to record, right after
+/// its start was recorded, still runs: it does not stay InProgress with
+/// nothing running it.
+#[test]
+fn a_rollback_whose_version_the_store_fails_to_record_still_runs() {
+    let f = fixture(&rolled_back_when_bad());
+    let good = f.start_release("v1");
+    let db = rusqlite::Connection::open(f._workspace.path(".sluice/state.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        r#"CREATE TRIGGER failing_disk BEFORE UPDATE OF pipeline_version ON executions
+           WHEN json_extract(NEW."trigger", '$.kind') = 'rollback'
+           BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"#,
+    )
+    .unwrap();
+    f.fail_release();
+    f.one_rollback_to(&good);
+}
+
 #[test]
 fn an_operator_overrides_the_condition_that_failed_a_stage_and_the_audit_log_says_who() {
     let gated = RELEASES.replace(

@@ -184,6 +184,17 @@ fn stored_events(server: &Server, admin: &str) -> Vec<(i64, String, String)> {
         .collect()
 }
 
+/// Register the `handoff` pipeline through `server`.
+fn register_handoff(server: &Server, admin: &str) {
+    let (status, body) = server.call(
+        "PUT",
+        "/api/v1/pipelines/handoff",
+        Some(admin),
+        Some(HANDOFF),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
 fn start(server: &Server, admin: &str, pause: u32) -> String {
     let (status, body) = server.call(
         "POST",
@@ -250,13 +261,7 @@ fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kil
     let admin = token(&workspace, &["--role", "admin"]);
     let mut server = Server::start_with(&workspace, &["--actions", "workers", "--lease", "3s"]);
     let mut workers = [WorkerProcess::start(&envs), WorkerProcess::start(&envs)];
-    let (status, body) = server.call(
-        "PUT",
-        "/api/v1/pipelines/handoff",
-        Some(&admin),
-        Some(HANDOFF),
-    );
-    assert_eq!(status, 201, "{body}");
+    register_handoff(&server, &admin);
     let streams = [subscribe(&server, &admin), subscribe(&server, &admin)];
     std::thread::sleep(Duration::from_millis(300));
 
@@ -403,13 +408,7 @@ fn stopping_an_execution_withdraws_its_attempt_and_the_worker_kills_the_command(
     let admin = token(&workspace, &["--role", "admin"]);
     let server = Server::start_with(&workspace, &["--actions", "workers"]);
     let worker = WorkerProcess::start(&envs);
-    let (status, body) = server.call(
-        "PUT",
-        "/api/v1/pipelines/handoff",
-        Some(&admin),
-        Some(HANDOFF),
-    );
-    assert_eq!(status, 201, "{body}");
+    register_handoff(&server, &admin);
     // A duration no other process uses, to find the command by.
     let nap = format!(
         "{}.{}",
@@ -535,13 +534,7 @@ fn workers_whose_clocks_are_an_hour_off_time_their_claims_by_the_databases_clock
     } = Cluster::new();
     let admin = token(&workspace, &["--role", "admin"]);
     let server = Server::start_with(&workspace, &["--actions", "workers", "--lease", "3s"]);
-    let (status, body) = server.call(
-        "PUT",
-        "/api/v1/pipelines/handoff",
-        Some(&admin),
-        Some(HANDOFF),
-    );
-    assert_eq!(status, 201, "{body}");
+    register_handoff(&server, &admin);
 
     // Behind: its claim holds while it runs, with a punctual worker waiting.
     // (moto does not check request times, so S3 requests signed with a
@@ -604,13 +597,7 @@ fn servers_whose_clocks_are_an_hour_off_time_their_leases_by_the_databases_clock
     } = Cluster::new();
     let admin = token(&workspace, &["--role", "admin"]);
     let punctual = Server::start_logging(&workspace, &["--lease", "3s"], &[], "punctual.log");
-    let (status, body) = punctual.call(
-        "PUT",
-        "/api/v1/pipelines/handoff",
-        Some(&admin),
-        Some(HANDOFF),
-    );
-    assert_eq!(status, 201, "{body}");
+    register_handoff(&punctual, &admin);
 
     let mut behind = server_with_clock(&workspace, "-1h", "behind.log");
     let first = start(&behind, &admin, 4);

@@ -263,7 +263,7 @@ async fn start_execution(
             trigger.insert("revision".into(), revision);
         }
         let started = admit(&app, plan, &request.variables, trigger)?;
-        let id = super::launch(&app, started, record.version).map_err(ApiError::internal)?;
+        let id = super::launch(&app, started, record.version);
         Ok(accepted(id, name, record.version))
     })
     .await
@@ -739,7 +739,7 @@ fn start_delivery(
         ));
     }
     let started = admit(app, plan, &BTreeMap::new(), delivery.variables())?;
-    let id = super::launch(app, started, record.version).map_err(ApiError::internal)?;
+    let id = super::launch(app, started, record.version);
     Ok((
         StatusCode::ACCEPTED,
         Json(WebhookAnswer::Started {
@@ -1120,9 +1120,7 @@ fn start_rollback(
     let Some(started) = started else {
         return Ok(None);
     };
-    super::launch(app, started, version)
-        .map(Some)
-        .map_err(ApiError::internal)
+    Ok(Some(super::launch(app, started, version)))
 }
 
 /// After execution `id` failed because a condition of `stage` asked for a

@@ -335,11 +335,17 @@ async fn json_errors(request: Request, next: Next) -> Response {
 
 /// Record which pipeline version a begun execution runs, then run it to its end
 /// on its own task. Returns the execution id.
-pub(crate) fn launch(app: &AppState, started: Begun, version: i64) -> anyhow::Result<String> {
+///
+/// The execution is recorded already: it runs even when its version cannot
+/// be recorded (a failing store), rather than stay InProgress with nothing
+/// running it. Only a resume after a restart, which needs the version, is lost.
+pub(crate) fn launch(app: &AppState, started: Begun, version: i64) -> String {
     let id = started.id.clone();
-    app.state.set_execution_version(&id, version)?;
+    if let Err(e) = app.state.set_execution_version(&id, version) {
+        tracing::error!(execution = %id, "recording its pipeline version failed (it runs, but a restart cannot resume it): {e:#}");
+    }
     run_to_end(app, started);
-    Ok(id)
+    id
 }
 
 /// Run a begun (or reopened) execution to its end on its own task; then
@@ -760,7 +766,10 @@ fn start_polled(
         return Ok(());
     }
     match handlers::admit(app, plan, &Default::default(), trigger) {
-        Ok(started) => launch(app, started, record.version).map(|_| ()),
+        Ok(started) => {
+            launch(app, started, record.version);
+            Ok(())
+        }
         Err(e) => {
             state.swap_poll_revision(name, action, Some(newest), last.as_deref(), now_ms())?;
             Err(anyhow::anyhow!("{e}"))
@@ -825,7 +834,7 @@ fn start_scheduled(
     ]);
     let started = handlers::admit(app, Arc::new(plan), &Default::default(), trigger)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    launch(app, started, record.version)?;
+    launch(app, started, record.version);
     Ok(())
 }
 

@@ -322,8 +322,19 @@ impl<R: ActionRunner> Executor<R> {
             &trigger_json,
             now_ms(),
         )?;
-        let context = ExecutionContext::new(id, plan, trigger, variables);
-        self.announce_start(context, 0)
+        let context = ExecutionContext::new(id.clone(), plan, trigger, variables);
+        (self.announce_start(context, 0)).map_err(|e| self.fail_unstarted(&id, e))
+    }
+
+    /// Fail an execution whose start was recorded but which could not start
+    /// (the store failed right after), so that it does not stay InProgress
+    /// with nothing running it. Returns `error`, for the caller.
+    fn fail_unstarted(&self, id: &str, error: anyhow::Error) -> anyhow::Error {
+        let reason = format!("it could not start: {error:#}");
+        if let Err(e) = self.state.fail_execution(id, &reason, now_ms()) {
+            tracing::error!(execution = %id, "recording that it could not start failed: {e:#}");
+        }
+        error
     }
 
     /// Publish a recorded start and take a place in line at stage `first`,
@@ -391,7 +402,23 @@ impl<R: ActionRunner> Executor<R> {
         if !started {
             return Ok(None);
         }
-        let mut context = ExecutionContext::new(id, plan.clone(), trigger, variables);
+        let context = ExecutionContext::new(id.clone(), plan.clone(), trigger, variables);
+        (self.rollback_context(context, target, position))
+            .and_then(|context| self.announce_start(context, position))
+            .map(Some)
+            .map_err(|e| self.fail_unstarted(&id, e))
+    }
+
+    /// A rollback of the stage at `position`: the other stages count as
+    /// ended, and the earlier stages' actions as done with the outputs and
+    /// namespaces they had in execution `target`.
+    fn rollback_context(
+        &self,
+        mut context: ExecutionContext,
+        target: &str,
+        position: usize,
+    ) -> anyhow::Result<ExecutionContext> {
+        let plan = context.plan.clone();
         context.ended_stages = (0..plan.stages.len()).filter(|p| *p != position).collect();
         let earlier: HashSet<&str> = plan.stages[..position]
             .iter()
@@ -413,7 +440,7 @@ impl<R: ActionRunner> Executor<R> {
                 lock(&context.namespaces).insert(namespace, variables);
             }
         }
-        self.announce_start(context, position).map(Some)
+        Ok(context)
     }
 
     /// Pick up an execution a stopped process left InProgress: succeeded actions

@@ -409,6 +409,34 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// An execution whose start was recorded but that could not take its place
+/// at the first stage's gate (the store failed) is failed, saying why, and
+/// does not stay InProgress with nothing running it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execution_the_store_fails_to_start_is_failed_not_left_in_progress() {
+    let harness = Harness::new();
+    let db = rusqlite::Connection::open(harness._dir.path().join("state.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER failing_disk BEFORE INSERT ON gate_places
+         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END",
+    )
+    .unwrap();
+    let plan = Arc::new(plan(ExecutionMode::Queued, &[("Build", &[("compile", 1)])]));
+
+    let refused = harness.executor.begin(plan, &BTreeMap::new());
+
+    let error = format!("{:#}", refused.err().expect("the start fails"));
+    assert!(error.contains("disk I/O error"), "{error}");
+    let id = harness.state.latest_execution().unwrap().expect("recorded");
+    let execution = harness.state.execution(&id).unwrap().unwrap();
+    assert_eq!(execution.status, Status::Failed);
+    let reason = execution.error.unwrap_or_default();
+    assert!(
+        reason.contains("could not start") && reason.contains("disk I/O error"),
+        "{reason}"
+    );
+}
+
 #[tokio::test]
 async fn an_action_that_fails_twice_then_succeeds_succeeds_with_three_attempts() {
     let harness = Harness::new();

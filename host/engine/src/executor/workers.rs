@@ -461,10 +461,8 @@ impl Worker {
             }
         };
         let stored = serde_json::to_string(&result).expect("attempt results serialize");
-        match self
-            .state()
-            .complete_attempt(&claim.key, claim.fence, &stored)
-        {
+        let (state, key, fence) = (self.state().clone(), claim.key.clone(), claim.fence);
+        match off_workers(move || state.complete_attempt(&key, fence, &stored)).await {
             Ok(true) => tracing::debug!("attempt recorded"),
             Ok(false) => tracing::warn!("the result came too late: another claim holds it"),
             Err(e) => tracing::warn!("recording the attempt's result: {e:#}"),
