@@ -1241,7 +1241,18 @@ fn a_rollback_whose_version_the_store_fails_to_record_still_runs() {
     )
     .unwrap();
     f.fail_release();
-    f.one_rollback_to(&good);
+    let rollback = f.one_rollback_to(&good);
+    let version: Option<i64> = db
+        .query_row(
+            "SELECT pipeline_version FROM executions WHERE id = ?1",
+            [&rollback],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        version, None,
+        "the failing disk never failed the rollback's version"
+    );
 }
 
 #[test]

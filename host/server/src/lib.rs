@@ -383,7 +383,7 @@ async fn roll_back_as_asked(app: &AppState, id: String, stage: String) {
             match retries.failed(&id, std::time::Instant::now()) {
                 rollback_retries::AfterFailure::TryAgainAfter(wait) => tracing::warn!(
                     execution = %id, stage,
-                    "the rollback a condition asked for could not start ({}); tried again in {} if still asked",
+                    "the rollback a condition asked for could not start ({}); tried again in {} unless the failed start took the ask (then it shows as a failed rollback)",
                     e.body.error, humantime::format_duration(wait)
                 ),
                 rollback_retries::AfterFailure::GiveUp => {
@@ -392,9 +392,10 @@ async fn roll_back_as_asked(app: &AppState, id: String, stage: String) {
                         "the rollback a condition asked for could not start after {} tries; giving it up: {}",
                         rollback_retries::RollbackRetries::MAX_TRIES, e.body.error
                     );
-                    let (state, id) = (app.state.clone(), id.clone());
-                    if let Err(e) = off_workers(move || state.drop_rollback(&id)).await {
-                        tracing::warn!("forgetting a rollback that cannot start: {e:#}");
+                    let (state, dropped) = (app.state.clone(), id.clone());
+                    match off_workers(move || state.drop_rollback(&dropped)).await {
+                        Ok(()) => retries.forget(&id),
+                        Err(e) => tracing::warn!("forgetting a rollback that cannot start: {e:#}"),
                     }
                 }
             }

@@ -4,7 +4,7 @@
 //! The ask stays in the database, so no server loses it; this server waits
 //! longer after each failed try (1 s, doubling, at most 5 minutes), so a
 //! store that keeps failing is neither hammered nor logged on every turn,
-//! and gives up after [`RollbackRetries::MAX_TRIES`] (about half an hour).
+//! and gives up after [`RollbackRetries::MAX_TRIES`] (about 20 minutes).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -50,7 +50,9 @@ impl RollbackRetries {
         });
         retry.tries += 1;
         if retry.tries >= Self::MAX_TRIES {
-            asks.remove(execution);
+            // Forgotten once the ask is dropped; should dropping fail too,
+            // the next try waits the longest.
+            retry.next = now + Self::LONGEST_WAIT;
             return AfterFailure::GiveUp;
         }
         let wait = Self::FIRST_WAIT
@@ -98,7 +100,17 @@ mod tests {
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(waits.len() as u32, RollbackRetries::MAX_TRIES - 1);
-        assert!(retries.is_due("e", now), "a given-up ask is forgotten");
+        assert!(
+            !retries.is_due("e", now),
+            "until the ask is dropped, the next try waits"
+        );
+        assert_eq!(
+            retries.failed("e", now),
+            AfterFailure::GiveUp,
+            "still given up"
+        );
+        retries.forget("e");
+        assert!(retries.is_due("e", now), "a dropped ask is forgotten");
     }
 
     #[test]

@@ -299,6 +299,10 @@ impl<R: ActionRunner> Executor<R> {
         }
         tell_stop(walk, context);
         running.abort_all();
+        // The aborted tasks are dropped before the abandonment is recorded:
+        // their commands killed, their queued attempts withdrawn, so a retry
+        // of the execution never meets a withdrawal that lands late.
+        while running.join_next().await.is_some() {}
         let reason = context
             .stop_requested()
             .map(|s| s.describe())

@@ -322,8 +322,8 @@ impl<R: ActionRunner> Executor<R> {
             &trigger_json,
             now_ms(),
         )?;
-        let context = ExecutionContext::new(id.clone(), plan, trigger, variables);
-        (self.announce_start(context, 0)).map_err(|e| self.fail_unstarted(&id, e))
+        let context = ExecutionContext::new(id, plan, trigger, variables);
+        self.announce_start(context, 0)
     }
 
     /// Fail an execution whose start was recorded but which could not start
@@ -333,6 +333,28 @@ impl<R: ActionRunner> Executor<R> {
         let reason = format!("it could not start: {error:#}");
         if let Err(e) = self.state.fail_execution(id, &reason, now_ms()) {
             tracing::error!(execution = %id, "recording that it could not start failed: {e:#}");
+        }
+        error
+    }
+
+    /// [`Executor::fail_unstarted`] for an execution whose start was also
+    /// announced: its end is stored and announced with its event, so event
+    /// streams and notifications see it end.
+    fn fail_announced(&self, context: &ExecutionContext, error: anyhow::Error) -> anyhow::Error {
+        let reason = format!("it could not start: {error:#}");
+        let event = Event::ExecutionFinished {
+            id: context.id.clone(),
+            pipeline: context.plan.name.clone(),
+            status: Status::Failed,
+            error: Some(reason.clone()),
+        };
+        let record = self.change_record(context, &event);
+        let end = state::ExecutionEnd::new(Status::Failed, Some(&reason));
+        match (self.state).finish_execution(&context.id, end, now_ms(), record) {
+            Ok(stored) => self.announce(stored, event),
+            Err(e) => {
+                tracing::error!(execution = %context.id, "recording that it could not start failed: {e:#}")
+            }
         }
         error
     }
@@ -353,7 +375,9 @@ impl<R: ActionRunner> Executor<R> {
             let gate = self
                 .gates
                 .gate(&plan.name, &stage.name, plan.execution_mode);
-            gate.join(&context.id)?;
+            if let Err(e) = gate.join(&context.id) {
+                return Err(self.fail_announced(&context, e));
+            }
         }
         Ok(Started(context))
     }
@@ -403,10 +427,10 @@ impl<R: ActionRunner> Executor<R> {
             return Ok(None);
         }
         let context = ExecutionContext::new(id.clone(), plan.clone(), trigger, variables);
-        (self.rollback_context(context, target, position))
-            .and_then(|context| self.announce_start(context, position))
-            .map(Some)
-            .map_err(|e| self.fail_unstarted(&id, e))
+        match self.rollback_context(context, target, position) {
+            Ok(context) => self.announce_start(context, position).map(Some),
+            Err(e) => Err(self.fail_unstarted(&id, e)),
+        }
     }
 
     /// A rollback of the stage at `position`: the other stages count as

@@ -435,6 +435,11 @@ async fn an_execution_the_store_fails_to_start_is_failed_not_left_in_progress() 
         reason.contains("could not start") && reason.contains("disk I/O error"),
         "{reason}"
     );
+    assert_eq!(
+        harness.events(&id),
+        strings(&["pipeline demo STARTED", "pipeline demo FAILED"]),
+        "event streams see it end"
+    );
 }
 
 #[tokio::test]

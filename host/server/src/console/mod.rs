@@ -114,18 +114,19 @@ async fn sign_in(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
         return refused;
     }
     let token = form_field(&body, "token").unwrap_or_default();
-    let token = token.trim();
+    let token = token.trim().to_string();
     if token.is_empty() {
         return html(
             StatusCode::BAD_REQUEST,
             sign_in_page(Some("Paste an API token.")),
         );
     }
-    match Caller::from_secret(app.state.as_ref(), token) {
+    let (state, offered) = (app.state.clone(), token.clone());
+    match sluice_store::off_workers(move || Caller::from_secret(state.as_ref(), &offered)).await {
         Ok(caller) => {
             tracing::info!(token = %caller.id, "signed in to the console");
             let mut response = redirect_home();
-            set_cookie(&mut response, &session_cookie(token, &headers));
+            set_cookie(&mut response, &session_cookie(&token, &headers));
             response
         }
         Err(refused) => html(

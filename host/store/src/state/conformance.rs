@@ -255,6 +255,28 @@ pub fn a_new_lease_runs_from_the_stores_clock(store: &dyn Store) {
     assert_eq!(ran_out, ["ahead", "behind"], "a lease outlived its length");
 }
 
+/// A process that lost an execution's lease withdraws none of its attempts:
+/// the process holding it now waits on them.
+pub fn a_process_that_lost_its_lease_withdraws_no_attempt(store: &dyn Store) {
+    store.lease_as(Owner {
+        id: "a".into(),
+        lease_ms: 100,
+    });
+    start(store, "lost", 1_000);
+    start(store, "kept", 1_000);
+    store.queue_attempt("lost/x/1/", "lost", "{}").unwrap();
+    store.queue_attempt("kept/x/1/", "kept", "{}").unwrap();
+    let after_the_lease = store.clock_ms() + 60_000;
+    assert!(
+        (store.claim_execution("lost", "b", after_the_lease, after_the_lease + 60_000)).unwrap()
+    );
+    store.cancel_attempt("lost/x/1/").unwrap();
+    store.cancel_attempt("kept/x/1/").unwrap();
+    let state = |key| store.queued_attempt(key).unwrap().expect("queued").state;
+    assert_eq!(state("lost/x/1/"), AttemptState::Queued, "withdrawn by a");
+    assert_eq!(state("kept/x/1/"), AttemptState::Cancelled);
+}
+
 /// A process whose lease was taken over records nothing more of the
 /// execution: not its ends, not its events, not its logs.
 pub fn a_process_that_lost_its_lease_records_nothing_more(store: &dyn Store) {

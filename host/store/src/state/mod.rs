@@ -594,7 +594,10 @@ pub trait AttemptQueue {
     fn queued_attempt(&self, key: &str) -> anyhow::Result<Option<QueuedAttempt>>;
 
     /// Withdraw an attempt that is not done (its execution was stopped): no
-    /// worker claims it, and the one running it loses its claim.
+    /// worker claims it, and the one running it loses its claim. Nothing is
+    /// withdrawn while another process holds the execution: one that lost its
+    /// lease lets go of its waits, and the new holder waits on the same
+    /// attempt.
     fn cancel_attempt(&self, key: &str) -> anyhow::Result<()>;
 
     /// Forget the finished attempts of `execution` (a stage retry runs its

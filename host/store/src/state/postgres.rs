@@ -800,12 +800,14 @@ impl AttemptQueue for PostgresStore {
 
     fn cancel_attempt(&self, key: &str) -> anyhow::Result<()> {
         let done = signals::done(key);
+        let owner = self.owner.get().map(|o| o.id.as_str());
         self.query(
             "WITH cancelled AS (
                  UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = $1 AND state IN ('queued', 'running')
+                   AND ($4::TEXT IS NULL OR NOT EXISTS (SELECT 1 FROM executions e WHERE e.id = attempts.execution_id AND e.owner <> $4))
                  RETURNING key)
              SELECT pg_notify($2, $3) FROM cancelled",
-            &[&key, &signals::CHANNEL, &done],
+            &[&key, &signals::CHANNEL, &done, &owner],
         )?;
         self.signals.announce(&done);
         Ok(())
@@ -2184,6 +2186,7 @@ mod tests {
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
         a_new_lease_runs_from_the_stores_clock,
+        a_process_that_lost_its_lease_withdraws_no_attempt,
         an_id_prefix_matches_literally,
         an_attempt_is_fenced_after_its_claim_runs_out,
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,

@@ -92,6 +92,11 @@ impl SharedClock {
                 self.reading.lock().unwrap_or_else(|e| e.into_inner())
             }
         };
+        // A caller that held the lock meanwhile may have just read it.
+        let newest = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reading) = newest.filter(|r| r.is_fresh()) {
+            return reading.now_ms();
+        }
         if failed.is_some_and(|at| at.elapsed() < Self::RETRY) {
             return carried();
         }

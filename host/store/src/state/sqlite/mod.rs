@@ -1989,9 +1989,11 @@ impl AttemptQueue for SqliteStore {
     }
 
     fn cancel_attempt(&self, key: &str) -> anyhow::Result<()> {
+        let owner = self.owner.get().map(|o| o.id.as_str());
         self.db().execute(
-            "UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = ?1 AND state IN ('queued', 'running')",
-            params![key],
+            "UPDATE attempts SET state = 'cancelled', lease_until_ms = NULL WHERE key = ?1 AND state IN ('queued', 'running')
+               AND (?2 IS NULL OR NOT EXISTS (SELECT 1 FROM executions e WHERE e.id = attempts.execution_id AND e.owner <> ?2))",
+            params![key, owner],
         )?;
         self.signals.announce(&super::signals::done(key));
         Ok(())
@@ -2278,6 +2280,7 @@ mod tests {
         a_lease_is_held_by_one_owner_until_it_runs_out,
         a_process_that_lost_its_lease_records_nothing_more,
         a_new_lease_runs_from_the_stores_clock,
+        a_process_that_lost_its_lease_withdraws_no_attempt,
         an_id_prefix_matches_literally,
         an_attempt_is_fenced_after_its_claim_runs_out,
         a_cancelled_attempt_is_withdrawn_and_can_be_queued_again,
