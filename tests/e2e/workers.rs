@@ -570,6 +570,32 @@ fn workers_whose_clocks_are_an_hour_off_time_their_claims_by_the_databases_clock
         [(rescuer.id.clone(), 2, "done".to_string())],
         "the dead worker's claim was not taken over after its lease"
     );
+
+    // Many at once, with workers an hour behind, an hour ahead and on time
+    // claiming side by side: every attempt runs once, none is taken over.
+    let skewed = [
+        WorkerProcess::start(&clock_off_by(&envs, "-1h")),
+        WorkerProcess::start(&clock_off_by(&envs, "+1h")),
+    ];
+    let many: Vec<String> = (0..12).map(|_| start(&server, &admin, 1)).collect();
+    let mut ran_on = BTreeSet::new();
+    for id in &many {
+        assert_handed_off(&server, &admin, id);
+        for action in ["build", "check"] {
+            let rows = attempts(&schema, id, action);
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(
+                (rows[0].1, rows[0].2.as_str()),
+                (1, "done"),
+                "{action} of {id} was taken over: {rows:?}"
+            );
+            ran_on.insert(rows[0].0.clone());
+        }
+    }
+    assert!(
+        ran_on.contains(&skewed[0].id),
+        "the worker an hour behind ran nothing, so nothing was checked: {ran_on:?}"
+    );
 }
 
 /// A server on the cluster's database with its wall clock `offset` away,
