@@ -250,6 +250,24 @@ fn claimant(schema: &PostgresSchema, execution: &str, action: &str) -> String {
     holder
 }
 
+/// Assert that each action of `execution` ran once (one attempt row, fence 1,
+/// done); the workers that ran them.
+fn ran_once(schema: &PostgresSchema, execution: &str) -> Vec<String> {
+    ["build", "check"]
+        .into_iter()
+        .map(|action| {
+            let rows = attempts(schema, execution, action);
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(
+                (rows[0].1, rows[0].2.as_str()),
+                (1, "done"),
+                "{action} of {execution} ran twice or was taken over: {rows:?}"
+            );
+            rows[0].0.clone()
+        })
+        .collect()
+}
+
 #[test]
 fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kills() {
     let Cluster {
@@ -270,18 +288,7 @@ fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kil
     for id in &many {
         assert_handed_off(&server, &admin, id);
     }
-    let ran_on: BTreeSet<String> = many
-        .iter()
-        .flat_map(|id| {
-            attempts(&schema, id, "build")
-                .into_iter()
-                .chain(attempts(&schema, id, "check"))
-        })
-        .map(|(worker, fence, state)| {
-            assert_eq!((fence, state.as_str()), (1, "done"), "an attempt ran twice");
-            worker
-        })
-        .collect();
+    let ran_on: BTreeSet<String> = many.iter().flat_map(|id| ran_once(&schema, id)).collect();
     let ids: BTreeSet<String> = workers.iter().map(|w| w.id.clone()).collect();
     assert!(ran_on.is_subset(&ids), "{ran_on:?} not in {ids:?}");
 
@@ -347,15 +354,7 @@ fn a_server_and_two_workers_on_postgres_and_s3_run_each_attempt_once_through_kil
     let server = Server::start_with(&workspace, &["--actions", "workers", "--lease", "3s"]);
     for id in &inflight {
         assert_handed_off(&server, &admin, id);
-        for action in ["build", "check"] {
-            let rows = attempts(&schema, id, action);
-            assert_eq!(rows.len(), 1, "{rows:?}");
-            assert_eq!(
-                (rows[0].1, rows[0].2.as_str()),
-                (1, "done"),
-                "{action} of {id} ran twice: {rows:?}"
-            );
-        }
+        ran_once(&schema, id);
     }
 
     // Each live stream carried every stored event of its lifetime, in order.
@@ -581,16 +580,7 @@ fn workers_whose_clocks_are_an_hour_off_time_their_claims_by_the_databases_clock
     let mut ran_on = BTreeSet::new();
     for id in &many {
         assert_handed_off(&server, &admin, id);
-        for action in ["build", "check"] {
-            let rows = attempts(&schema, id, action);
-            assert_eq!(rows.len(), 1, "{rows:?}");
-            assert_eq!(
-                (rows[0].1, rows[0].2.as_str()),
-                (1, "done"),
-                "{action} of {id} was taken over: {rows:?}"
-            );
-            ran_on.insert(rows[0].0.clone());
-        }
+        ran_on.extend(ran_once(&schema, id));
     }
     assert!(
         ran_on.contains(&skewed[0].id),

@@ -49,7 +49,7 @@ impl Reading {
     fn is_fresh(self) -> bool {
         let elapsed = self.elapsed_ms();
         let wall_elapsed = sluice_core::units::now_ms() - self.taken_local_ms;
-        self.taken.elapsed() < SharedClock::RESYNC
+        elapsed < SharedClock::RESYNC.as_millis() as i64
             && (wall_elapsed - elapsed).abs() < SharedClock::SUSPEND_SLACK_MS
     }
 }
